@@ -1,0 +1,37 @@
+// The `pdserve` tool's subcommands. Each takes parsed options and returns a process exit code.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/generate.h"
+
+namespace pdserve::cli {
+
+struct GenerateOptions {
+  std::string model;
+  std::vector<int32_t> prompt_ids;
+  SamplingParams sampling;
+  StopCriteria stop;
+  int threads = 0;
+  bool verbose = false;  // timings on stderr
+};
+int RunGenerate(const GenerateOptions& options);
+
+struct SynthOptions {
+  std::string config_path;
+  std::string out_dir;
+  uint64_t seed = 0;
+};
+int RunSynth(const SynthOptions& options);
+
+struct DemoOptions {
+  std::string model;  // empty: stories260K from the shared models folder, else a synthetic one
+  int max_tokens = 64;
+  int threads = 0;
+};
+int RunDemo(const DemoOptions& options);
+
+}  // namespace pdserve::cli

@@ -1,0 +1,60 @@
+// `pdserve`: parse the command line, hand off to a subcommand.
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  using namespace pdserve::cli;
+  CLI::App app{"pdserve: LLM serving with prefill/decode disaggregation (tool)"};
+  app.require_subcommand(1);
+
+  GenerateOptions gen;
+  std::optional<uint64_t> seed;
+  CLI::App* generate = app.add_subcommand(
+      "generate", "Run one request in this process and print the generated ids on one line");
+  generate->add_option("--model", gen.model, "Hugging Face model directory or llama2.c .bin")
+      ->required();
+  generate->add_option("--prompt-ids", gen.prompt_ids, "Prompt token ids, e.g. 1,2,3")
+      ->required()
+      ->delimiter(',');
+  generate->add_option("--max-tokens", gen.stop.max_tokens, "Maximum new tokens")->default_val(64);
+  generate->add_option("--temperature", gen.sampling.temperature, "0 = greedy")->default_val(0.0);
+  generate->add_option("--top-k", gen.sampling.top_k, "Keep the k most likely tokens (0 = off)")
+      ->default_val(0);
+  generate->add_option("--top-p", gen.sampling.top_p, "Nucleus sampling mass (1 = off)")
+      ->default_val(1.0);
+  generate->add_option("--min-p", gen.sampling.min_p, "Drop tokens below min_p * p_max (0 = off)")
+      ->default_val(0.0);
+  generate->add_option("--repetition-penalty", gen.sampling.repetition_penalty, "1 = off")
+      ->default_val(1.0);
+  generate->add_option("--seed", seed, "Random seed (same seed, same tokens)");
+  generate->add_option("--stop-ids", gen.stop.stop_token_ids, "Extra stop token ids, e.g. 5,6")
+      ->delimiter(',');
+  generate->add_flag("--ignore-eos", gen.stop.ignore_eos, "Do not stop at the model's EOS ids");
+  generate->add_option("--threads", gen.threads, "Compute threads (0 = all cores)")->default_val(0);
+  generate->add_flag("-v,--verbose", gen.verbose, "Print timings to stderr");
+
+  SynthOptions synth;
+  CLI::App* synth_cmd =
+      app.add_subcommand("synth", "Write a model with deterministic random weights");
+  synth_cmd->add_option("--config", synth.config_path, "config.json (Hugging Face keys)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  synth_cmd->add_option("--out", synth.out_dir, "Output directory")->required();
+  synth_cmd->add_option("--seed", synth.seed, "Weight seed")->default_val(0);
+
+  DemoOptions demo;
+  CLI::App* demo_cmd = app.add_subcommand(
+      "demo", "Answer a prompt on the default model (single process until the services land)");
+  demo_cmd->add_option("--model", demo.model, "Model (default: stories260K, else synthetic)");
+  demo_cmd->add_option("--max-tokens", demo.max_tokens, "Maximum new tokens")->default_val(64);
+  demo_cmd->add_option("--threads", demo.threads, "Compute threads (0 = all cores)")
+      ->default_val(0);
+
+  CLI11_PARSE(app, argc, argv);
+  gen.sampling.seed = seed;
+  if (generate->parsed()) return RunGenerate(gen);
+  if (synth_cmd->parsed()) return RunSynth(synth);
+  if (demo_cmd->parsed()) return RunDemo(demo);
+  return 1;
+}

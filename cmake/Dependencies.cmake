@@ -1,0 +1,17 @@
+# Third-party dependencies, all from Debian 12 packages (scripts/install-deps.sh).
+
+find_package(Threads REQUIRED)
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+set(BLA_VENDOR OpenBLAS)
+find_package(BLAS REQUIRED)
+find_path(CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas REQUIRED)
+find_package(absl REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)
+find_package(CLI11 REQUIRED)
+if(PDSERVE_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(PDSERVE_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()

@@ -1,0 +1,172 @@
+#include "engine/llama_model.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace pdserve {
+
+LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, Backend& backend)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      backend_(backend),
+      rope_(config_.MakeRopeSpec()) {}
+
+std::unique_ptr<KvCache> LlamaModel::NewKvCache(int64_t capacity) {
+  return std::make_unique<KvCache>(backend_, config_.num_layers, capacity,
+                                   config_.num_kv_heads * config_.head_dim);
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceInput> batch,
+                                                       const ForwardOptions& options) {
+  const ModelConfig& c = config_;
+  Backend& be = backend_;
+  if (batch.empty()) return absl::InvalidArgumentError("forward pass with no sequences");
+
+  // Validate everything before touching any cache, so a bad request changes nothing.
+  std::vector<int32_t> ids, positions;
+  std::vector<AttentionSeq> seqs(batch.size());
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const SequenceInput& in = batch[s];
+    if (in.tokens.empty() || in.cache == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no tokens or no cache"));
+    }
+    const int64_t start = in.cache->length();
+    const int64_t n = static_cast<int64_t>(in.tokens.size());
+    if (start + n > in.cache->capacity()) {
+      return absl::OutOfRangeError(absl::StrCat("sequence ", s, " needs ", start + n,
+                                                " KV positions but its cache holds ",
+                                                in.cache->capacity()));
+    }
+    seqs[s].q_begin = static_cast<int64_t>(ids.size());
+    seqs[s].q_len = n;
+    seqs[s].start_pos = start;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t id = in.tokens[static_cast<size_t>(i)];
+      if (id < 0 || id >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+      ids.push_back(id);
+      positions.push_back(static_cast<int32_t>(start + i));
+    }
+  }
+
+  const int64_t rows = static_cast<int64_t>(ids.size());
+  const int64_t q_width = c.num_heads * c.head_dim;
+  const int64_t kv_width = c.num_kv_heads * c.head_dim;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const AttentionShape attn_shape{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads),
+                                  static_cast<int>(c.head_dim),
+                                  1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+
+  Tensor x = be.Allocate(DType::kF32, Shape{rows, c.hidden_size});
+  Tensor h = be.Allocate(DType::kF32, Shape{rows, c.hidden_size});
+  Tensor q = be.Allocate(DType::kF32, Shape{rows, q_width});
+  Tensor k = be.Allocate(DType::kF32, Shape{rows, kv_width});
+  Tensor v = be.Allocate(DType::kF32, Shape{rows, kv_width});
+  Tensor attn = be.Allocate(DType::kF32, Shape{rows, q_width});
+  Tensor gate = be.Allocate(DType::kF32, Shape{rows, c.intermediate_size});
+  Tensor up = be.Allocate(DType::kF32, Shape{rows, c.intermediate_size});
+
+  be.Embed(ids, weights_.embed, x);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LlamaLayerWeights& w = weights_.layers[static_cast<size_t>(l)];
+    for (size_t s = 0; s < batch.size(); ++s) {
+      seqs[s].k_cache = batch[s].cache->k(l);
+      seqs[s].v_cache = batch[s].cache->v(l);
+    }
+    // Attention block.
+    be.RmsNorm(x, w.attn_norm, eps, h);
+    be.Linear(h, w.wq, w.bq.empty() ? nullptr : &w.bq, q);
+    be.Linear(h, w.wk, w.bk.empty() ? nullptr : &w.bk, k);
+    be.Linear(h, w.wv, w.bv.empty() ? nullptr : &w.bv, v);
+    be.Rope(q, static_cast<int>(c.num_heads), static_cast<int>(c.head_dim), positions, rope_);
+    be.Rope(k, static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim), positions, rope_);
+    be.StoreKv(k, v, seqs);
+    be.Attention(q, seqs, attn_shape, attn);
+    be.Linear(attn, w.wo, nullptr, h);
+    be.Add(x, h);
+    // SwiGLU MLP block.
+    be.RmsNorm(x, w.ffn_norm, eps, h);
+    be.Linear(h, w.w_gate, nullptr, gate);
+    be.Linear(h, w.w_up, nullptr, up);
+    be.SiluMul(gate, up, gate);
+    be.Linear(gate, w.w_down, nullptr, h);
+    be.Add(x, h);
+    if (options.on_layer_done) options.on_layer_done(l);
+  }
+  for (size_t s = 0; s < batch.size(); ++s) batch[s].cache->Advance(seqs[s].q_len);
+
+  // Logits only where asked: the last new token of each sequence unless all_logits.
+  be.RmsNorm(x, weights_.final_norm, eps, x);
+  const bool every_row = options.all_logits || rows == static_cast<int64_t>(batch.size());
+  const int64_t out_rows = every_row ? rows : static_cast<int64_t>(batch.size());
+  Tensor logits = be.Allocate(DType::kF32, Shape{out_rows, c.vocab_size});
+  if (every_row) {
+    be.Linear(x, weights_.lm_head, nullptr, logits);
+  } else {
+    for (size_t s = 0; s < batch.size(); ++s) {
+      Tensor last = x.Rows(seqs[s].q_begin + seqs[s].q_len - 1, 1);
+      Tensor out = logits.Rows(static_cast<int64_t>(s), 1);
+      be.Linear(last, weights_.lm_head, nullptr, out);
+    }
+  }
+  std::vector<float> host(static_cast<size_t>(logits.numel()));
+  be.CopyToHost(logits, host.data());
+  return host;
+}
+
+}  // namespace pdserve
+
+#include "engine/weight_source.h"
+
+namespace pdserve {
+
+absl::StatusOr<std::unique_ptr<Model>> LoadLlamaFromHf(const std::string& dir, const ModelConfig& c,
+                                                       Backend& backend) {
+  auto source = WeightSource::Open(dir);
+  if (!source.ok()) return source.status();
+  const WeightSource& src = **source;
+  absl::Status status;
+  // Loads one tensor; the first failure is kept and later loads are skipped.
+  auto load = [&](const std::string& name, Shape shape) -> Tensor {
+    if (!status.ok()) return {};
+    auto t = src.Load(name, shape, backend);
+    if (!t.ok()) {
+      status = t.status();
+      return {};
+    }
+    return *std::move(t);
+  };
+  const int64_t hidden = c.hidden_size, ffn = c.intermediate_size;
+  const int64_t q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+  LlamaWeights w;
+  w.embed = load("model.embed_tokens.weight", Shape{c.vocab_size, hidden});
+  w.final_norm = load("model.norm.weight", Shape{hidden});
+  // Tied checkpoints usually omit lm_head; when tied, the embedding is authoritative.
+  w.lm_head = c.tie_word_embeddings ? w.embed : load("lm_head.weight", Shape{c.vocab_size, hidden});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    LlamaLayerWeights lw;
+    lw.attn_norm = load(p + "input_layernorm.weight", Shape{hidden});
+    lw.wq = load(p + "self_attn.q_proj.weight", Shape{q_width, hidden});
+    lw.wk = load(p + "self_attn.k_proj.weight", Shape{kv_width, hidden});
+    lw.wv = load(p + "self_attn.v_proj.weight", Shape{kv_width, hidden});
+    lw.wo = load(p + "self_attn.o_proj.weight", Shape{hidden, q_width});
+    if (c.attention_bias) {
+      lw.bq = load(p + "self_attn.q_proj.bias", Shape{q_width});
+      lw.bk = load(p + "self_attn.k_proj.bias", Shape{kv_width});
+      lw.bv = load(p + "self_attn.v_proj.bias", Shape{kv_width});
+    }
+    lw.ffn_norm = load(p + "post_attention_layernorm.weight", Shape{hidden});
+    lw.w_gate = load(p + "mlp.gate_proj.weight", Shape{ffn, hidden});
+    lw.w_up = load(p + "mlp.up_proj.weight", Shape{ffn, hidden});
+    lw.w_down = load(p + "mlp.down_proj.weight", Shape{hidden, ffn});
+    w.layers.push_back(std::move(lw));
+  }
+  if (!status.ok()) return status;
+  return std::make_unique<LlamaModel>(c, std::move(w), backend);
+}
+
+}  // namespace pdserve

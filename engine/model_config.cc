@@ -1,0 +1,280 @@
+#include "engine/model_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <numbers>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace pdserve {
+namespace {
+
+using nlohmann::json;
+
+// Upper bounds that no real model approaches; they keep a hostile config from making the
+// loader allocate absurd amounts before the weights are even opened.
+constexpr int64_t kMaxDim = 1 << 20;
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxVocab = 1 << 24;
+
+absl::Status FieldError(const std::string& source, absl::string_view field,
+                        absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(source, ": field '", field, "' ", what));
+}
+
+absl::StatusOr<int64_t> GetInt(const json& j, const std::string& source, const char* field,
+                               std::optional<int64_t> fallback, int64_t lo, int64_t hi) {
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) {
+    if (fallback) return *fallback;
+    return FieldError(source, field, "is missing; a Llama-family config.json must set it");
+  }
+  if (!it->is_number_integer()) return FieldError(source, field, "must be an integer");
+  int64_t v = it->get<int64_t>();
+  if (v < lo || v > hi) {
+    return FieldError(source, field, absl::StrCat("is ", v, "; expected ", lo, "..", hi));
+  }
+  return v;
+}
+
+absl::StatusOr<double> GetDouble(const json& j, const std::string& source, const char* field,
+                                 double fallback, double lo, double hi) {
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_number()) return FieldError(source, field, "must be a number");
+  double v = it->get<double>();
+  if (!std::isfinite(v) || v < lo || v > hi) {
+    return FieldError(source, field, absl::StrCat("is ", v, "; expected ", lo, "..", hi));
+  }
+  return v;
+}
+
+absl::StatusOr<bool> GetBool(const json& j, const std::string& source, const char* field,
+                             bool fallback) {
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) return FieldError(source, field, "must be true or false");
+  return it->get<bool>();
+}
+
+#define PDSERVE_ASSIGN(lhs, expr)     \
+  do {                                \
+    auto _v = (expr);                 \
+    if (!_v.ok()) return _v.status(); \
+    lhs = *_v;                        \
+  } while (0)
+
+absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, const std::string& source) {
+  RopeScaling s;
+  auto it = j.find("rope_scaling");
+  if (it == j.end() || it->is_null()) return s;
+  if (!it->is_object()) return FieldError(source, "rope_scaling", "must be an object or null");
+  const json& r = *it;
+  std::string type;
+  for (const char* key : {"rope_type", "type"}) {
+    if (r.contains(key) && r[key].is_string()) {
+      type = r[key].get<std::string>();
+      break;
+    }
+  }
+  const std::string f = "rope_scaling";
+  if (type == "default") return s;
+  if (type == "linear") {
+    s.type = RopeScaling::Type::kLinear;
+    PDSERVE_ASSIGN(s.factor, GetDouble(r, source, "factor", 1.0, 1e-6, 1e6));
+    return s;
+  }
+  if (type == "llama3") {
+    s.type = RopeScaling::Type::kLlama3;
+    PDSERVE_ASSIGN(s.factor, GetDouble(r, source, "factor", 8.0, 1e-6, 1e6));
+    PDSERVE_ASSIGN(s.low_freq_factor, GetDouble(r, source, "low_freq_factor", 1.0, 1e-6, 1e6));
+    PDSERVE_ASSIGN(s.high_freq_factor, GetDouble(r, source, "high_freq_factor", 4.0, 1e-6, 1e6));
+    PDSERVE_ASSIGN(s.original_max_position_embeddings,
+                   GetInt(r, source, "original_max_position_embeddings", 8192, 1, 1 << 30));
+    if (s.high_freq_factor <= s.low_freq_factor) {
+      return FieldError(source, f, "needs high_freq_factor > low_freq_factor");
+    }
+    return s;
+  }
+  return FieldError(source, f,
+                    absl::StrCat("has rope_type '", type,
+                                 "'; supported for Llama-family models: default, linear, llama3"));
+}
+
+}  // namespace
+
+std::string ModelConfig::AttentionKind() const {
+  if (num_kv_heads == num_heads) return "MHA";
+  if (num_kv_heads == 1) return "MQA";
+  return "GQA";
+}
+
+int64_t ModelConfig::NumParameters() const {
+  const int64_t q = num_heads * head_dim, kv = num_kv_heads * head_dim;
+  int64_t per_layer = hidden_size * (q + 2 * kv) + q * hidden_size +
+                      3 * hidden_size * intermediate_size + 2 * hidden_size;
+  if (attention_bias) per_layer += q + 2 * kv;
+  int64_t embeddings = vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
+  return num_layers * per_layer + embeddings + hidden_size;
+}
+
+RopeSpec ModelConfig::MakeRopeSpec() const {
+  RopeSpec spec;
+  spec.style = rope_style;
+  spec.rotary_dim = static_cast<int>(head_dim);
+  const int half = static_cast<int>(head_dim / 2);
+  spec.inv_freq.resize(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    double inv = 1.0 / std::pow(rope_theta, 2.0 * i / static_cast<double>(head_dim));
+    switch (rope_scaling.type) {
+      case RopeScaling::Type::kNone:
+        break;
+      case RopeScaling::Type::kLinear:
+        inv /= rope_scaling.factor;
+        break;
+      case RopeScaling::Type::kLlama3: {
+        // Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+        const double orig = static_cast<double>(rope_scaling.original_max_position_embeddings);
+        const double low_wavelen = orig / rope_scaling.low_freq_factor;
+        const double high_wavelen = orig / rope_scaling.high_freq_factor;
+        const double wavelen = 2.0 * std::numbers::pi / inv;
+        if (wavelen > low_wavelen) {
+          inv /= rope_scaling.factor;
+        } else if (wavelen >= high_wavelen) {
+          const double smooth = (orig / wavelen - rope_scaling.low_freq_factor) /
+                                (rope_scaling.high_freq_factor - rope_scaling.low_freq_factor);
+          inv = (1.0 - smooth) * inv / rope_scaling.factor + smooth * inv;
+        }
+        break;
+      }
+    }
+    spec.inv_freq[static_cast<size_t>(i)] = static_cast<float>(inv);
+  }
+  return spec;
+}
+
+nlohmann::json ModelConfig::ToHfJson() const {
+  json j;
+  j["architectures"] = {architecture};
+  j["model_type"] = architecture == "Qwen2ForCausalLM" ? "qwen2" : "llama";
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_layers;
+  j["num_attention_heads"] = num_heads;
+  j["num_key_value_heads"] = num_kv_heads;
+  j["head_dim"] = head_dim;
+  j["vocab_size"] = vocab_size;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  j["hidden_act"] = "silu";
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["attention_bias"] = attention_bias;
+  j["bos_token_id"] = bos_token_id;
+  if (eos_token_ids.size() == 1) {
+    j["eos_token_id"] = eos_token_ids[0];
+  } else {
+    j["eos_token_id"] = eos_token_ids;
+  }
+  j["torch_dtype"] = torch_dtype == DType::kF32   ? "float32"
+                     : torch_dtype == DType::kF16 ? "float16"
+                                                  : "bfloat16";
+  switch (rope_scaling.type) {
+    case RopeScaling::Type::kNone:
+      j["rope_scaling"] = nullptr;
+      break;
+    case RopeScaling::Type::kLinear:
+      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
+      break;
+    case RopeScaling::Type::kLlama3:
+      j["rope_scaling"] = {
+          {"rope_type", "llama3"},
+          {"factor", rope_scaling.factor},
+          {"low_freq_factor", rope_scaling.low_freq_factor},
+          {"high_freq_factor", rope_scaling.high_freq_factor},
+          {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
+      break;
+  }
+  return j;
+}
+
+absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) return absl::InvalidArgumentError(source + ": expected a JSON object");
+  ModelConfig c;
+  static const std::vector<std::string> kSupported = {"LlamaForCausalLM", "MistralForCausalLM",
+                                                      "Qwen2ForCausalLM"};
+  if (auto it = j.find("architectures");
+      it != j.end() && it->is_array() && !it->empty() && (*it)[0].is_string()) {
+    c.architecture = (*it)[0].get<std::string>();
+  } else {
+    return FieldError(source, "architectures", "is missing; expected e.g. [\"LlamaForCausalLM\"]");
+  }
+  if (std::find(kSupported.begin(), kSupported.end(), c.architecture) == kSupported.end()) {
+    return FieldError(
+        source, "architectures",
+        absl::StrCat("names '", c.architecture, "', which pdserve does not run; supported: ",
+                     absl::StrJoin(kSupported, ", ")));
+  }
+  if (auto it = j.find("hidden_act"); it != j.end() && it->is_string() && *it != "silu") {
+    return FieldError(source, "hidden_act", "must be \"silu\" (SwiGLU MLP)");
+  }
+  PDSERVE_ASSIGN(c.hidden_size, GetInt(j, source, "hidden_size", std::nullopt, 1, kMaxDim));
+  PDSERVE_ASSIGN(c.intermediate_size,
+                 GetInt(j, source, "intermediate_size", std::nullopt, 1, kMaxDim));
+  PDSERVE_ASSIGN(c.num_layers, GetInt(j, source, "num_hidden_layers", std::nullopt, 1, kMaxLayers));
+  PDSERVE_ASSIGN(c.num_heads, GetInt(j, source, "num_attention_heads", std::nullopt, 1, kMaxDim));
+  PDSERVE_ASSIGN(c.num_kv_heads,
+                 GetInt(j, source, "num_key_value_heads", c.num_heads, 1, c.num_heads));
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return FieldError(
+        source, "num_key_value_heads",
+        absl::StrCat("(", c.num_kv_heads, ") must divide num_attention_heads (", c.num_heads, ")"));
+  }
+  const int64_t default_head_dim = c.hidden_size / c.num_heads;
+  PDSERVE_ASSIGN(c.head_dim, GetInt(j, source, "head_dim", default_head_dim, 2, kMaxDim));
+  if (c.head_dim % 2 != 0) return FieldError(source, "head_dim", "must be even for RoPE");
+  PDSERVE_ASSIGN(c.vocab_size, GetInt(j, source, "vocab_size", std::nullopt, 1, kMaxVocab));
+  PDSERVE_ASSIGN(c.max_position_embeddings,
+                 GetInt(j, source, "max_position_embeddings", 2048, 1, 1 << 24));
+  PDSERVE_ASSIGN(c.rms_norm_eps, GetDouble(j, source, "rms_norm_eps", 1e-6, 0.0, 1.0));
+  PDSERVE_ASSIGN(c.rope_theta, GetDouble(j, source, "rope_theta", 10000.0, 1.0, 1e12));
+  PDSERVE_ASSIGN(c.rope_scaling, ParseRopeScaling(j, source));
+  PDSERVE_ASSIGN(c.tie_word_embeddings, GetBool(j, source, "tie_word_embeddings", false));
+  PDSERVE_ASSIGN(c.attention_bias,
+                 GetBool(j, source, "attention_bias", c.architecture == "Qwen2ForCausalLM"));
+  bool mlp_bias = false;
+  PDSERVE_ASSIGN(mlp_bias, GetBool(j, source, "mlp_bias", false));
+  if (mlp_bias) return FieldError(source, "mlp_bias", "is true; pdserve supports bias-free MLPs");
+  PDSERVE_ASSIGN(c.bos_token_id, GetInt(j, source, "bos_token_id", 1, 0, c.vocab_size - 1));
+  if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
+    std::vector<json> ids = it->is_array() ? it->get<std::vector<json>>() : std::vector<json>{*it};
+    for (const json& id : ids) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= c.vocab_size) {
+        return FieldError(source, "eos_token_id", "must be token ids below vocab_size");
+      }
+      c.eos_token_ids.push_back(id.get<int32_t>());
+    }
+  }
+  if (auto it = j.find("torch_dtype"); it != j.end() && it->is_string()) {
+    auto dtype = ParseDType(it->get<std::string>());
+    if (!dtype) {
+      return FieldError(source, "torch_dtype", "must be float32, float16 or bfloat16");
+    }
+    c.torch_dtype = *dtype;
+  }
+  return c;
+}
+
+absl::StatusOr<ModelConfig> LoadHfConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open config"));
+  std::stringstream text;
+  text << in.rdbuf();
+  json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(path + ": not valid JSON");
+  return ParseHfConfig(j, path);
+}
+
+}  // namespace pdserve

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds and runs every test: the optimized build, then the unit tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer. Installs dependencies first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/build.sh release
+ctest --test-dir build --output-on-failure -j "$(nproc)"
+
+scripts/build.sh asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -L unit -j "$(nproc)"
+
+# A quick run of the benchmark proves it still builds and runs (figures are not checked).
+build/bin/pdserve-bench-engine --quick
+echo "all tests passed"

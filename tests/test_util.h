@@ -1,0 +1,44 @@
+// Small helpers shared by the unit tests.
+#pragma once
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "engine/model_config.h"
+
+namespace pdserve::testing_util {
+
+// ../shared/models beside the repository, or $PDSERVE_MODELS_DIR.
+inline std::string ModelsDir() {
+  if (const char* env = std::getenv("PDSERVE_MODELS_DIR")) return env;
+  return PDSERVE_DEFAULT_MODELS_DIR;
+}
+
+// A fresh, empty directory under the test temp dir.
+inline std::string FreshDir(const std::string& name) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(::testing::TempDir()) / ("pdserve_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+// A tiny Llama-family config; vary the KV heads for MHA (4), GQA (2) or MQA (1).
+inline ModelConfig TinyConfig(int64_t kv_heads, bool tied = true) {
+  ModelConfig c;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.num_layers = 3;
+  c.num_heads = 4;
+  c.num_kv_heads = kv_heads;
+  c.head_dim = 16;
+  c.vocab_size = 300;
+  c.max_position_embeddings = 256;
+  c.rms_norm_eps = 1e-5;
+  c.tie_word_embeddings = tied;
+  c.eos_token_ids = {2};
+  return c;
+}
+
+}  // namespace pdserve::testing_util
