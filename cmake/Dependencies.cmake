@@ -2,9 +2,14 @@
 
 find_package(Threads REQUIRED)
 find_package(OpenMP REQUIRED COMPONENTS CXX)
-set(BLA_VENDOR OpenBLAS)
-find_package(BLAS REQUIRED)
-find_path(CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas REQUIRED)
+# OpenBLAS built on OpenMP, so BLAS calls and our own OpenMP kernels share one thread pool
+# (the pthread build's workers and OpenMP's spinning workers fight over the cores).
+set(_openblas_omp ${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp)
+find_library(OPENBLAS_LIBRARY NAMES openblas PATHS /usr/lib/${_openblas_omp} NO_DEFAULT_PATH
+             REQUIRED)
+find_path(CBLAS_INCLUDE_DIR cblas.h PATHS /usr/include/${_openblas_omp} NO_DEFAULT_PATH
+          REQUIRED)
+set(BLAS_LIBRARIES ${OPENBLAS_LIBRARY})
 find_package(absl REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)

@@ -132,7 +132,8 @@ absl::StatusOr<std::unique_ptr<Model>> LoadLlamaFromHf(const std::string& dir, c
   // Loads one tensor; the first failure is kept and later loads are skipped.
   auto load = [&](const std::string& name, Shape shape) -> Tensor {
     if (!status.ok()) return {};
-    auto t = src.Load(name, shape, backend);
+    using Use = WeightSource::Use;
+    auto t = src.Load(name, shape, backend, shape.rank() == 2 ? Use::kMatrix : Use::kVector);
     if (!t.ok()) {
       status = t.status();
       return {};

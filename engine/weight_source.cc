@@ -1,5 +1,6 @@
 #include "engine/weight_source.h"
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -82,7 +83,7 @@ absl::StatusOr<std::unique_ptr<WeightSource>> WeightSource::Open(const std::stri
 }
 
 absl::StatusOr<Tensor> WeightSource::Load(const std::string& name, const Shape& expected,
-                                          Backend& backend) const {
+                                          Backend& backend, Use use) const {
   auto it = index_.find(name);
   if (it == index_.end()) {
     return absl::NotFoundError(absl::StrCat(dir_, ": missing tensor '", name, "' (expected shape ",
@@ -98,10 +99,17 @@ absl::StatusOr<Tensor> WeightSource::Load(const std::string& name, const Shape& 
         absl::StrCat(file->path(), ": tensor '", name, "' has shape ", ShapeString(entry->shape),
                      " but config.json implies ", expected.ToString()));
   }
-  Tensor host = Tensor::EmptyCpu(DType::kF32, expected);
-  if (absl::Status s = file->ReadF32(*entry, host.data_as<float>()); !s.ok()) return s;
+  Tensor host;
+  if (use == Use::kMatrix && entry->dtype == DType::kBF16 &&
+      backend.WeightDType(DType::kBF16) == DType::kBF16) {
+    host = Tensor::EmptyCpu(DType::kBF16, expected);
+    std::memcpy(host.data(), entry->data.data(), entry->data.size());
+  } else {
+    host = Tensor::EmptyCpu(DType::kF32, expected);
+    if (absl::Status s = file->ReadF32(*entry, host.data_as<float>()); !s.ok()) return s;
+  }
   if (backend.device() == Device::kCpu) return host;
-  Tensor dev = backend.Allocate(DType::kF32, expected);
+  Tensor dev = backend.Allocate(host.dtype(), expected);
   backend.CopyFromHost(host.data(), dev);
   return dev;
 }

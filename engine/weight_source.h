@@ -19,10 +19,14 @@ class WeightSource {
   static absl::StatusOr<std::unique_ptr<WeightSource>> Open(const std::string& dir);
 
   bool Contains(const std::string& name) const { return index_.contains(name); }
-  // Loads tensor `name` as f32 onto `backend`, checking its shape against `expected`.
+  // What a tensor is used as: matrices (Linear/Embed operands) may stay in a 16-bit dtype when
+  // the backend keeps them so; everything else (norms, biases) is f32.
+  enum class Use { kMatrix, kVector };
+
+  // Loads tensor `name` onto `backend`, checking its shape against `expected`.
   // Errors name the file and the tensor: missing, wrong shape, or an unsupported dtype.
-  absl::StatusOr<Tensor> Load(const std::string& name, const Shape& expected,
-                              Backend& backend) const;
+  absl::StatusOr<Tensor> Load(const std::string& name, const Shape& expected, Backend& backend,
+                              Use use) const;
 
  private:
   std::string dir_;

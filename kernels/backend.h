@@ -53,15 +53,19 @@ class Backend {
   virtual Device device() const = 0;
   virtual int num_threads() const = 0;
 
+  // The dtype this backend keeps a weight matrix in, given the checkpoint's dtype. Storing
+  // bf16 checkpoints as bf16 halves the bytes a decode step streams, losslessly.
+  virtual DType WeightDType(DType /*checkpoint_dtype*/) const { return DType::kF32; }
+
   // Uninitialized device memory.
   virtual Tensor Allocate(DType dtype, Shape shape) = 0;
   // Host <-> device copies of a whole tensor; `host` has tensor.bytes() bytes.
   virtual void CopyToHost(const Tensor& src, void* host) = 0;
   virtual void CopyFromHost(const void* host, Tensor& dst) = 0;
 
-  // out[i] = table[ids[i]]; table [vocab, d], out [ids.size(), d].
+  // out[i] = table[ids[i]]; table [vocab, d] (f32 or WeightDType()), out [ids.size(), d].
   virtual void Embed(std::span<const int32_t> ids, const Tensor& table, Tensor& out) = 0;
-  // y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n] when bias is non-null).
+  // y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n] when bias is non-null); w is f32 or WeightDType().
   virtual void Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
   // y = x / rms(x) * weight, per row; y may alias x.
   virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) = 0;

@@ -1,6 +1,8 @@
 // Backend on host memory: f32 compute, OpenBLAS for GEMM, OpenMP threads for the rest.
 #pragma once
 
+#include <vector>
+
 #include "kernels/backend.h"
 
 namespace pdserve {
@@ -13,6 +15,8 @@ class CpuBackend final : public Backend {
   Device device() const override { return Device::kCpu; }
   int num_threads() const override { return num_threads_; }
 
+  // bf16 checkpoints stay bf16 (converted to f32 inside the GEMV/GEMM); others become f32.
+  DType WeightDType(DType checkpoint_dtype) const override;
   Tensor Allocate(DType dtype, Shape shape) override;
   void CopyToHost(const Tensor& src, void* host) override;
   void CopyFromHost(const void* host, Tensor& dst) override;
@@ -29,7 +33,10 @@ class CpuBackend final : public Backend {
                  Tensor& out) override;
 
  private:
+  void LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, float* y);
+
   int num_threads_;
+  std::vector<float> bf16_scratch_;  // f32 copy of a bf16 weight for prefill-sized GEMMs
 };
 
 }  // namespace pdserve
