@@ -1,9 +1,12 @@
 // Small helpers shared by the unit tests.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "engine/model_config.h"
 
@@ -15,12 +18,25 @@ inline std::string ModelsDir() {
   return PDSERVE_DEFAULT_MODELS_DIR;
 }
 
-// A fresh, empty directory under the test temp dir.
+// Removes every FreshDir at process exit so repeated runs leave nothing behind.
+struct FreshDirCleaner {
+  std::vector<std::string> dirs;
+  ~FreshDirCleaner() {
+    std::error_code ec;
+    for (const std::string& d : dirs) std::filesystem::remove_all(d, ec);
+  }
+};
+inline FreshDirCleaner fresh_dir_cleaner;
+
+// A fresh, empty directory under the test temp dir, private to this process (ctest runs test
+// processes in parallel, and two builds' tests may run at once).
 inline std::string FreshDir(const std::string& name) {
   namespace fs = std::filesystem;
-  fs::path dir = fs::path(::testing::TempDir()) / ("pdserve_" + name);
+  fs::path dir =
+      fs::path(::testing::TempDir()) / ("pdserve_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
+  fresh_dir_cleaner.dirs.push_back(dir.string());
   return dir.string();
 }
 
