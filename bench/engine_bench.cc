@@ -3,8 +3,11 @@
 //   pdserve-bench-engine [--quick] [--threads N]
 //
 // Models: stories260K (../shared/models), a synthetic ~100M-parameter GQA model, and a
-// synthetic SmolLM2-135M-shaped model (the shape of the project's llama.cpp anchor).
+// synthetic SmolLM2-135M-shaped model (the shape of the project's llama.cpp anchor). Decode is
+// memory-bound, so each decode figure is also shown as the weight bytes it streams per second
+// and as a fraction of the machine's read bandwidth measured in the same run.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -18,6 +21,42 @@
 
 namespace pdserve {
 namespace {
+
+// Read bandwidth of this machine with `threads` threads: best of 5 sums over 512 MiB, with
+// independent accumulators so the loop is bound by memory, not by add latency.
+double MeasureReadBandwidthGBs(int threads) {
+  const size_t n = size_t{128} << 20;  // floats
+  std::vector<float> data(n, 1.0f);
+  double best = 1e30;
+  float sink = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    float total = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
+    for (size_t b = 0; b < n; b += 4096) {
+      float acc[8] = {};
+      for (size_t i = b; i < b + 4096; i += 8) {
+        for (int l = 0; l < 8; ++l) acc[l] += data[i + static_cast<size_t>(l)];
+      }
+      for (float a : acc) total += a;
+    }
+    sink += total;
+    best = std::min(
+        best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  if (sink == 0) std::printf(" ");
+  return static_cast<double>(n * sizeof(float)) / best / 1e9;
+}
+
+// Bytes of weights one decode step streams: every matrix except an untied input embedding
+// (only one row of it is read), at the dtype the backend stores.
+double WeightBytesPerToken(const ModelConfig& c, const Backend& backend) {
+  const int64_t vectors = (2 * c.num_layers + 1) * c.hidden_size;
+  int64_t matrices = c.NumParameters() - vectors;
+  if (!c.tie_word_embeddings) matrices -= c.vocab_size * c.hidden_size;
+  return static_cast<double>(matrices) *
+         static_cast<double>(DTypeSize(backend.WeightDType(c.torch_dtype)));
+}
 
 struct Figures {
   double prefill_tps = 0;
@@ -50,16 +89,18 @@ Figures Measure(Model& model, int prompt_len, int decode_len, int reps) {
 }
 
 void Report(const std::string& name, Model& model, int threads, int prompt_len, int decode_len,
-            int reps) {
+            int reps, double bandwidth_gbs) {
   const Figures f = Measure(model, prompt_len, decode_len, reps);
-  std::printf("%-28s %8.1fM %7d %8d %14.1f %8d %13.1f\n", name.c_str(),
+  const double weights_gbs =
+      f.decode_tps * WeightBytesPerToken(model.config(), model.backend()) / 1e9;
+  std::printf("%-28s %8.1fM %7d %8d %14.1f %8d %13.1f %9.1f %6.2f\n", name.c_str(),
               static_cast<double>(model.config().NumParameters()) / 1e6, threads, prompt_len,
-              f.prefill_tps, decode_len, f.decode_tps);
+              f.prefill_tps, decode_len, f.decode_tps, weights_gbs, weights_gbs / bandwidth_gbs);
   std::fflush(stdout);
 }
 
 ModelConfig SynthShape(int64_t hidden, int64_t ffn, int64_t layers, int64_t heads, int64_t kv_heads,
-                  int64_t vocab) {
+                       int64_t vocab) {
   ModelConfig c;
   c.hidden_size = hidden;
   c.intermediate_size = ffn;
@@ -95,8 +136,10 @@ int main(int argc, char** argv) {
   const int n = backend.num_threads();
   std::printf("pdserve engine benchmark: CPU backend, %d threads, f32 compute, best of %d runs\n",
               n, quick ? 1 : 3);
-  std::printf("%-28s %9s %7s %8s %14s %8s %13s\n", "model", "params", "threads", "prompt",
-              "prefill tok/s", "decode", "decode tok/s");
+  const double bandwidth = MeasureReadBandwidthGBs(n);
+  std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", n, bandwidth);
+  std::printf("%-28s %9s %7s %8s %14s %8s %13s %9s %6s\n", "model", "params", "threads", "prompt",
+              "prefill tok/s", "decode", "decode tok/s", "wt GB/s", "/bw");
 
   const std::string stories = std::string(PDSERVE_DEFAULT_MODELS_DIR) + "/stories260K.bin";
   if (std::filesystem::exists(stories)) {
@@ -105,7 +148,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
       return 1;
     }
-    Report("stories260K", **model, n, quick ? 64 : 256, quick ? 32 : 200, quick ? 1 : 3);
+    Report("stories260K", **model, n, quick ? 64 : 256, quick ? 32 : 200, quick ? 1 : 3, bandwidth);
   } else {
     std::printf("stories260K: not found at %s (skipped)\n", stories.c_str());
   }
@@ -130,7 +173,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
       return 1;
     }
-    Report(s.name, **model, n, 512, 64, 3);
+    Report(s.name, **model, n, 512, 64, 3, bandwidth);
   }
   std::filesystem::remove_all(dir);
   std::printf(

@@ -1,0 +1,528 @@
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+#include "kernels/cuda/cuda_backend.h"
+
+namespace pdserve {
+namespace {
+
+// A failed CUDA or cuBLAS call means a broken invariant or a broken device; there is no
+// sensible way to continue a forward pass, so report where and stop.
+#define PDSERVE_CUDA_CHECK(expr)                                                             \
+  do {                                                                                       \
+    const cudaError_t pdserve_err_ = (expr);                                                 \
+    if (pdserve_err_ != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "%s:%d: CUDA error %s: %s (in %s)\n", __FILE__, __LINE__,         \
+                   cudaGetErrorName(pdserve_err_), cudaGetErrorString(pdserve_err_), #expr); \
+      std::abort();                                                                          \
+    }                                                                                        \
+  } while (0)
+
+#define PDSERVE_CUBLAS_CHECK(expr)                                                               \
+  do {                                                                                           \
+    const cublasStatus_t pdserve_st_ = (expr);                                                   \
+    if (pdserve_st_ != CUBLAS_STATUS_SUCCESS) {                                                  \
+      std::fprintf(stderr, "%s:%d: cuBLAS error %s: %s (in %s)\n", __FILE__, __LINE__,           \
+                   cublasGetStatusName(pdserve_st_), cublasGetStatusString(pdserve_st_), #expr); \
+      std::abort();                                                                              \
+    }                                                                                            \
+  } while (0)
+
+// Broken caller invariants are programming errors, not runtime conditions (as on the CPU).
+#define PDSERVE_KERNEL_CHECK(cond)                                                             \
+  do {                                                                                         \
+    if (!(cond)) {                                                                             \
+      std::fprintf(stderr, "%s:%d: kernel invariant failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                            \
+    }                                                                                          \
+  } while (0)
+
+// Launches are asynchronous; this catches bad launch configurations right away. Faults inside a
+// kernel surface at the next synchronizing call.
+#define PDSERVE_CUDA_CHECK_LAUNCH() PDSERVE_CUDA_CHECK(cudaGetLastError())
+
+bool IsDeviceF32(const Tensor& t) {
+  return t.device() == Device::kCuda && t.dtype() == DType::kF32 && !t.empty();
+}
+
+int64_t Cols(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
+
+constexpr int kThreads = 256;
+constexpr int kWarp = 32;
+
+// Grid for a grid-stride loop over n elements; capped so huge tensors reuse blocks.
+int GridFor(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(std::min<int64_t>(blocks, 1 << 16));
+}
+
+__device__ float WarpSum(float v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block, returned to every thread. blockDim.x is a multiple of 32, <= 1024.
+__device__ float BlockSum(float v) {
+  __shared__ float partial[kWarp];
+  __shared__ float total;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  v = WarpSum(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int n_warps = static_cast<int>(blockDim.x) / kWarp;
+    float s = lane < n_warps ? partial[lane] : 0.0f;
+    s = WarpSum(s);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+// One block per output row.
+__global__ void EmbedKernel(const int32_t* ids, const float* table, int64_t d, float* out) {
+  const int64_t r = blockIdx.x;
+  const float* src = table + static_cast<int64_t>(ids[r]) * d;
+  float* dst = out + r * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
+}
+
+__global__ void AddBiasKernel(float* y, const float* bias, int64_t total, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] += bias[i % n];
+  }
+}
+
+// One block per row. y may alias x: every thread reads its elements of x for the sum before
+// the block-wide barrier in BlockSum, and afterwards reads x[i] just before writing y[i].
+__global__ void RmsNormKernel(const float* x, const float* weight, float eps, int64_t d, float* y) {
+  const float* xr = x + blockIdx.x * d;
+  float* yr = y + blockIdx.x * d;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = BlockSum(ss);
+  // 1/sqrtf (IEEE, not rsqrtf) to match the CPU backend's rounding.
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = xr[i] * inv * weight[i];
+}
+
+// One thread per rotated pair (row, head, i).
+__global__ void RopeKernel(float* x, int64_t rows, int n_heads, int head_dim, int half,
+                           bool interleaved, const int32_t* positions, const float* inv_freq,
+                           float attention_factor) {
+  const int64_t total = rows * n_heads * half;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    const int64_t rest = idx / half;
+    const int h = static_cast<int>(rest % n_heads);
+    const int64_t r = rest / n_heads;
+    // Same f32 angle as the CPU backend; sincosf (not __sincosf) keeps full range reduction,
+    // which matters at large positions.
+    const float angle = static_cast<float>(positions[r]) * inv_freq[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    c *= attention_factor;
+    s *= attention_factor;
+    float* v = x + r * n_heads * head_dim + static_cast<int64_t>(h) * head_dim;
+    const int a = interleaved ? 2 * i : i;
+    const int b = interleaved ? 2 * i + 1 : i + half;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = x0 * c - x1 * s;
+    v[b] = x0 * s + x1 * c;
+  }
+}
+
+// out may alias gate or up: each element is read before it is written by the same thread.
+__global__ void SiluMulKernel(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void AddKernel(float* x, const float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] += y[i];
+  }
+}
+
+// What one attention block needs about its query row; built on the host per call.
+struct AttnRow {
+  const float* k;  // this sequence's K cache for the layer, [capacity, kv_width]
+  const float* v;
+  int64_t row;    // row of q / out
+  int64_t n_ctx;  // keys visible to this row: start_pos + t + 1
+};
+
+constexpr int kAttnWarps = 8;
+constexpr int kDimsPerLane = CudaBackend::kMaxHeadDim / kWarp;
+
+// One block per (query row, head). Each warp walks keys warp, warp + kAttnWarps, ... with an
+// online softmax (running max m, normalizer l, unnormalized output acc), so context length is
+// unbounded and needs no score buffer; lane j owns dims j, j + 32, ... of the head. The warps'
+// partial states are merged through shared memory at the end.
+__global__ void __launch_bounds__(kAttnWarps* kWarp)
+    AttentionKernel(const float* q, const AttnRow* rows, int group, int head_dim, int64_t q_width,
+                    int64_t kv_width, float scale, float* out) {
+  const AttnRow r = rows[blockIdx.x];
+  const int h = blockIdx.y;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const float* qh = q + r.row * q_width + static_cast<int64_t>(h) * head_dim;
+  const int64_t kv_off = static_cast<int64_t>(h / group) * head_dim;
+
+  float qv[kDimsPerLane], acc[kDimsPerLane];
+#pragma unroll
+  for (int j = 0; j < kDimsPerLane; ++j) {
+    const int d = lane + j * kWarp;
+    qv[j] = d < head_dim ? qh[d] : 0.0f;
+    acc[j] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  // The loop bound depends only on the warp, so every lane reaches the shuffles together.
+  for (int64_t p = warp; p < r.n_ctx; p += kAttnWarps) {
+    const float* kp = r.k + p * kv_width + kv_off;
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kDimsPerLane; ++j) {
+      const int d = lane + j * kWarp;
+      if (d < head_dim) dot += qv[j] * kp[d];
+    }
+    const float s = WarpSum(dot) * scale;
+    const float m_new = fmaxf(m, s);
+    const float correction = expf(m - m_new);  // 0 on the first key (m = -inf)
+    const float e = expf(s - m_new);
+    l = l * correction + e;
+    const float* vp = r.v + p * kv_width + kv_off;
+#pragma unroll
+    for (int j = 0; j < kDimsPerLane; ++j) {
+      const int d = lane + j * kWarp;
+      if (d < head_dim) acc[j] = acc[j] * correction + e * vp[d];
+    }
+  }
+
+  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps];
+  __shared__ float s_acc[kAttnWarps][CudaBackend::kMaxHeadDim];
+  if (lane == 0) {
+    s_m[warp] = m;
+    s_l[warp] = l;
+  }
+#pragma unroll
+  for (int j = 0; j < kDimsPerLane; ++j) {
+    const int d = lane + j * kWarp;
+    if (d < head_dim) s_acc[warp][d] = acc[j];
+  }
+  __syncthreads();
+  // n_ctx >= 1, so the global max is finite; warps that saw no key (m = -inf) weigh 0.
+  float mx = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, s_m[w]);
+  float* oh = out + r.row * q_width + static_cast<int64_t>(h) * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float denom = 0.0f, o = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) {
+      const float f = expf(s_m[w] - mx);
+      denom += s_l[w] * f;
+      o += s_acc[w][d] * f;
+    }
+    oh[d] = o / denom;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Whether `ordinal` names a device this build has kernels for. The library is built for sm_80
+// and sm_90 (SASS plus PTX), which runs on compute capability 8.0 and newer; older GPUs would
+// fail every launch with "no kernel image".
+bool UsableDevice(int ordinal) {
+  int count = 0, major = 0;
+  const bool ok =
+      cudaGetDeviceCount(&count) == cudaSuccess && ordinal >= 0 && ordinal < count &&
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal) == cudaSuccess &&
+      major >= 8;
+  // No driver / no device is an expected answer here; clear the error so a later launch check
+  // does not report it.
+  (void)cudaGetLastError();
+  return ok;
+}
+
+}  // namespace
+
+bool CudaBackend::DeviceAvailable() { return UsableDevice(0); }
+
+CudaBackend::CudaBackend(int device_ordinal) : ordinal_(device_ordinal) {
+  if (!UsableDevice(ordinal_)) return;  // not ready: ops abort with a message, see Activate()
+  PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
+  cudaStream_t stream = nullptr;
+  // Non-blocking: no implicit ordering with the legacy default stream other code may use.
+  PDSERVE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  stream_ = stream;
+  cublasHandle_t handle = nullptr;
+  PDSERVE_CUBLAS_CHECK(cublasCreate(&handle));
+  cublas_ = handle;
+  PDSERVE_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  // Plain FP32 SGEMM: no TF32 tensor-op shortcut, so logits match the CPU backend closely.
+  PDSERVE_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  ready_ = true;
+}
+
+CudaBackend::~CudaBackend() {
+  if (!ready_) return;
+  PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  FreeScratch(ids_scratch_);
+  FreeScratch(positions_scratch_);
+  FreeScratch(freq_scratch_);
+  FreeScratch(attn_scratch_);
+  PDSERVE_CUBLAS_CHECK(cublasDestroy(cublas_));
+  PDSERVE_CUDA_CHECK(cudaStreamDestroy(stream_));
+}
+
+void CudaBackend::Activate() const {
+  if (!ready_) {
+    std::fprintf(stderr,
+                 "CudaBackend: no usable CUDA device %d (absent, or compute capability < 8.0)\n",
+                 ordinal_);
+    std::abort();
+  }
+  // The current device is per host thread; make ours current for whichever thread calls.
+  PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
+}
+
+void* CudaBackend::Upload(Scratch& scratch, const void* host, size_t bytes) {
+  if (bytes > scratch.capacity) {
+    // Kernels issued earlier may still read the old buffer.
+    PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    FreeScratch(scratch);
+    const size_t capacity = std::max<size_t>({bytes, 2 * scratch.capacity, 4096});
+    PDSERVE_CUDA_CHECK(cudaMalloc(&scratch.data, capacity));
+    scratch.capacity = capacity;
+  }
+  // From pageable memory this returns once the bytes are staged, so `host` may be reused at
+  // once; the device-side write is ordered on stream_ after every earlier reader of scratch.
+  if (bytes > 0) {
+    PDSERVE_CUDA_CHECK(cudaMemcpyAsync(scratch.data, host, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  return scratch.data;
+}
+
+void CudaBackend::FreeScratch(Scratch& scratch) {
+  if (scratch.data != nullptr) PDSERVE_CUDA_CHECK(cudaFree(scratch.data));
+  scratch.data = nullptr;
+  scratch.capacity = 0;
+}
+
+Tensor CudaBackend::Allocate(DType dtype, Shape shape) {
+  Activate();
+  const size_t bytes = static_cast<size_t>(shape.numel()) * DTypeSize(dtype);
+  void* p = nullptr;
+  // At least one byte so even an empty shape gets a non-null (non-"empty") tensor, as on CPU.
+  PDSERVE_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 1)));
+  // cudaFree waits for in-flight work on the device, so dropping a tensor that a queued kernel
+  // still uses is safe. At process exit the runtime may already be unloaded; nothing to free.
+  std::shared_ptr<void> storage(p, [](void* q) {
+    const cudaError_t err = cudaFree(q);
+    if (err != cudaErrorCudartUnloading) PDSERVE_CUDA_CHECK(err);
+  });
+  return Tensor(std::move(storage), p, Device::kCuda, dtype, shape);
+}
+
+void CudaBackend::CopyToHost(const Tensor& src, void* host) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(src.device() == Device::kCuda);
+  if (src.bytes() == 0) return;
+  PDSERVE_CUDA_CHECK(
+      cudaMemcpyAsync(host, src.data(), src.bytes(), cudaMemcpyDeviceToHost, stream_));
+  // Also where a fault in any earlier kernel on the stream gets reported.
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(dst.device() == Device::kCuda);
+  if (dst.bytes() == 0) return;
+  PDSERVE_CUDA_CHECK(
+      cudaMemcpyAsync(dst.data(), host, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tensor& out) {
+  Activate();
+  // f32 tables only: WeightDType() is f32, so loaders never hand this backend a bf16 table.
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(table) && table.shape().rank() == 2 && IsDeviceF32(out));
+  const int64_t d = table.dim(1);
+  const int64_t rows = static_cast<int64_t>(ids.size());
+  PDSERVE_KERNEL_CHECK(out.dim(0) == rows && Cols(out) == d);
+  // Checked on the host: an out-of-range id would otherwise be a silent out-of-bounds read.
+  for (int32_t id : ids) PDSERVE_KERNEL_CHECK(id >= 0 && id < table.dim(0));
+  if (rows == 0 || d == 0) return;
+  PDSERVE_KERNEL_CHECK(rows <= INT_MAX);
+  const auto* dev_ids =
+      static_cast<const int32_t*>(Upload(ids_scratch_, ids.data(), ids.size_bytes()));
+  EmbedKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(
+      dev_ids, table.data_as<float>(), d, out.data_as<float>());
+  PDSERVE_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(w) && IsDeviceF32(y));
+  const int64_t m = x.dim(0), k = Cols(x), n = w.dim(0);
+  PDSERVE_KERNEL_CHECK(Cols(w) == k && y.dim(0) == m && Cols(y) == n);
+  PDSERVE_KERNEL_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX);
+  if (bias != nullptr) PDSERVE_KERNEL_CHECK(IsDeviceF32(*bias) && bias->numel() == n);
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    // An empty sum; cuBLAS would reject the leading dimension 0 below.
+    PDSERVE_CUDA_CHECK(cudaMemsetAsync(y.data(), 0, y.bytes(), stream_));
+  } else {
+    // cuBLAS is column-major. Row-major y[m, n] is column-major yᵀ (n x m, ld n), and
+    // yᵀ = w · xᵀ. Row-major w[n, k] reads as column-major wᵀ (k x n, ld k), so op(A) = T
+    // gives w; row-major x[m, k] reads as column-major xᵀ (k x m, ld k), so op(B) = N.
+    const float one = 1.0f, zero = 0.0f;
+    PDSERVE_CUBLAS_CHECK(cublasSgemm(
+        cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+        static_cast<int>(k), &one, w.data_as<float>(), static_cast<int>(k), x.data_as<float>(),
+        static_cast<int>(k), &zero, y.data_as<float>(), static_cast<int>(n)));
+  }
+  if (bias != nullptr) {
+    const int64_t total = m * n;
+    AddBiasKernel<<<GridFor(total), kThreads, 0, stream_>>>(y.data_as<float>(),
+                                                            bias->data_as<float>(), total, n);
+    PDSERVE_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(weight) && IsDeviceF32(y));
+  const int64_t rows = x.dim(0), d = Cols(x);
+  PDSERVE_KERNEL_CHECK(weight.numel() == d && y.numel() == x.numel());
+  PDSERVE_KERNEL_CHECK(rows <= INT_MAX);
+  if (rows == 0 || d == 0) return;
+  RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(
+      x.data_as<float>(), weight.data_as<float>(), eps, d, y.data_as<float>());
+  PDSERVE_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::Rope(Tensor& x, int n_heads, int head_dim, std::span<const int32_t> positions,
+                       const RopeSpec& rope) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x));
+  const int64_t rows = x.dim(0);
+  const int half = rope.rotary_dim / 2;
+  PDSERVE_KERNEL_CHECK(static_cast<int64_t>(positions.size()) == rows);
+  PDSERVE_KERNEL_CHECK(Cols(x) == static_cast<int64_t>(n_heads) * head_dim);
+  PDSERVE_KERNEL_CHECK(rope.rotary_dim <= head_dim && rope.inv_freq.size() == size_t(half));
+  if (rows == 0 || n_heads == 0 || half == 0) return;
+  // Both are small (rows and rotary_dim / 2 entries); uploading each call keeps the backend
+  // stateless about which model / RopeSpec is in use.
+  const auto* dev_pos = static_cast<const int32_t*>(
+      Upload(positions_scratch_, positions.data(), positions.size_bytes()));
+  const auto* dev_freq = static_cast<const float*>(
+      Upload(freq_scratch_, rope.inv_freq.data(), rope.inv_freq.size() * sizeof(float)));
+  RopeKernel<<<GridFor(rows * n_heads * half), kThreads, 0, stream_>>>(
+      x.data_as<float>(), rows, n_heads, head_dim, half, rope.style == RopeStyle::kInterleaved,
+      dev_pos, dev_freq, rope.attention_factor);
+  PDSERVE_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(gate) && IsDeviceF32(up) && IsDeviceF32(out));
+  PDSERVE_KERNEL_CHECK(gate.numel() == up.numel() && out.numel() == gate.numel());
+  const int64_t n = gate.numel();
+  if (n == 0) return;
+  SiluMulKernel<<<GridFor(n), kThreads, 0, stream_>>>(gate.data_as<float>(), up.data_as<float>(), n,
+                                                      out.data_as<float>());
+  PDSERVE_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::Add(Tensor& x, const Tensor& y) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(y) && x.numel() == y.numel());
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  AddKernel<<<GridFor(n), kThreads, 0, stream_>>>(x.data_as<float>(), y.data_as<float>(), n);
+  PDSERVE_CUDA_CHECK_LAUNCH();
+}
+
+void CudaBackend::StoreKv(const Tensor& k, const Tensor& v, std::span<const AttentionSeq> seqs) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(k) && IsDeviceF32(v) && k.numel() == v.numel());
+  const int64_t width = Cols(k);
+  for (const AttentionSeq& s : seqs) {
+    PDSERVE_KERNEL_CHECK(IsDeviceF32(s.k_cache) && IsDeviceF32(s.v_cache));
+    PDSERVE_KERNEL_CHECK(Cols(s.k_cache) == width && Cols(s.v_cache) == width);
+    PDSERVE_KERNEL_CHECK(s.start_pos + s.q_len <= s.k_cache.dim(0) &&
+                         s.start_pos + s.q_len <= s.v_cache.dim(0));
+    PDSERVE_KERNEL_CHECK(s.q_begin >= 0 && s.q_len >= 0 && s.q_begin + s.q_len <= k.dim(0));
+    if (s.q_len == 0) continue;
+    // Rows of one sequence are contiguous in both k and the cache: one copy each, ordered on
+    // the stream before the Attention call that reads them.
+    const size_t bytes = static_cast<size_t>(s.q_len * width) * sizeof(float);
+    PDSERVE_CUDA_CHECK(cudaMemcpyAsync(s.k_cache.data_as<float>() + s.start_pos * width,
+                                       k.data_as<float>() + s.q_begin * width, bytes,
+                                       cudaMemcpyDeviceToDevice, stream_));
+    PDSERVE_CUDA_CHECK(cudaMemcpyAsync(s.v_cache.data_as<float>() + s.start_pos * width,
+                                       v.data_as<float>() + s.q_begin * width, bytes,
+                                       cudaMemcpyDeviceToDevice, stream_));
+  }
+}
+
+void CudaBackend::Attention(const Tensor& q, std::span<const AttentionSeq> seqs,
+                            const AttentionShape& shape, Tensor& out) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(q) && IsDeviceF32(out) && q.numel() == out.numel());
+  const int hd = shape.head_dim;
+  PDSERVE_KERNEL_CHECK(hd > 0 && hd <= kMaxHeadDim);
+  PDSERVE_KERNEL_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
+  PDSERVE_KERNEL_CHECK(shape.n_heads > 0 && shape.n_heads <= 65535);  // grid.y limit
+  const int group = shape.n_heads / shape.n_kv_heads;
+  const int64_t q_width = static_cast<int64_t>(shape.n_heads) * hd;
+  const int64_t kv_width = static_cast<int64_t>(shape.n_kv_heads) * hd;
+  PDSERVE_KERNEL_CHECK(Cols(q) == q_width);
+
+  // One descriptor per query row, so a ragged batch (prefill next to decode) launches exactly
+  // the blocks it needs.
+  const size_t row_bytes = sizeof(AttnRow);
+  attn_host_.clear();
+  for (const AttentionSeq& s : seqs) {
+    PDSERVE_KERNEL_CHECK(IsDeviceF32(s.k_cache) && IsDeviceF32(s.v_cache));
+    PDSERVE_KERNEL_CHECK(Cols(s.k_cache) == kv_width && Cols(s.v_cache) == kv_width);
+    PDSERVE_KERNEL_CHECK(s.start_pos + s.q_len <= s.k_cache.dim(0) &&
+                         s.start_pos + s.q_len <= s.v_cache.dim(0));
+    PDSERVE_KERNEL_CHECK(s.q_begin >= 0 && s.q_len >= 0 && s.q_begin + s.q_len <= q.dim(0));
+    for (int64_t t = 0; t < s.q_len; ++t) {
+      const AttnRow r{s.k_cache.data_as<float>(), s.v_cache.data_as<float>(), s.q_begin + t,
+                      s.start_pos + t + 1};
+      const auto* p = reinterpret_cast<const unsigned char*>(&r);
+      attn_host_.insert(attn_host_.end(), p, p + row_bytes);
+    }
+  }
+  const size_t n_rows = attn_host_.size() / row_bytes;
+  if (n_rows == 0) return;
+  PDSERVE_KERNEL_CHECK(n_rows <= static_cast<size_t>(INT_MAX));
+  const auto* dev_rows =
+      static_cast<const AttnRow*>(Upload(attn_scratch_, attn_host_.data(), attn_host_.size()));
+  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(shape.n_heads));
+  AttentionKernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(q.data_as<float>(), dev_rows, group, hd,
+                                                            q_width, kv_width, shape.scale,
+                                                            out.data_as<float>());
+  PDSERVE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace pdserve

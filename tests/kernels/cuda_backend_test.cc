@@ -1,0 +1,359 @@
+// Parity of the CUDA backend with the CPU backend, op by op and for a whole model. Every test
+// skips (never passes vacuously) on machines without a CUDA device.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/synth.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/test_util.h"
+
+namespace pdserve {
+namespace {
+
+Tensor Random(Shape shape, std::mt19937& rng, float scale = 1.0f) {
+  Tensor t = Tensor::EmptyCpu(DType::kF32, shape);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = dist(rng);
+  return t;
+}
+
+Tensor ToDevice(CudaBackend& be, const Tensor& host) {
+  Tensor dev = be.Allocate(host.dtype(), host.shape());
+  be.CopyFromHost(host.data(), dev);
+  return dev;
+}
+
+Tensor ToHost(CudaBackend& be, const Tensor& dev) {
+  Tensor host = Tensor::EmptyCpu(dev.dtype(), dev.shape());
+  be.CopyToHost(dev, host.data());
+  return host;
+}
+
+// Compares a CUDA result (copied back) with the CPU backend's result, element by element.
+void ExpectClose(const Tensor& gpu, const Tensor& cpu, float tol) {
+  ASSERT_EQ(gpu.numel(), cpu.numel());
+  for (int64_t i = 0; i < cpu.numel(); ++i) {
+    ASSERT_NEAR(gpu.data_as<float>()[i], cpu.data_as<float>()[i], tol) << "element " << i;
+  }
+}
+
+// f32 dot products of length <= 256 over O(1) values, summed in a different order by cuBLAS
+// and OpenBLAS: errors are ~1e-6, well inside 1e-4 absolute.
+constexpr float kGemmTol = 1e-4f;
+// Elementwise ops and row reductions over O(1) values: a few f32 ulps apart.
+constexpr float kElementTol = 1e-5f;
+// Attention outputs are convex combinations of O(1) values; online vs two-pass softmax and
+// different summation orders differ by ~1e-6.
+constexpr float kAttentionTol = 2e-5f;
+// Logits are O(1..10) after 3 layers of the tiny model; per-op differences above compound.
+constexpr float kLogitTol = 1e-3f;
+
+TEST(CudaBackend, AllocatesOnDeviceAndRoundTripsCopies) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend be;
+  EXPECT_EQ(be.device(), Device::kCuda);
+  std::mt19937 rng(20);
+  Tensor host = Random(Shape{7, 9}, rng);
+  Tensor dev = ToDevice(be, host);
+  EXPECT_EQ(dev.device(), Device::kCuda);
+  EXPECT_EQ(dev.shape(), host.shape());
+  ExpectClose(ToHost(be, dev), host, 0.0f);
+  // A row view of device memory copies just those rows.
+  Tensor rows = ToHost(be, dev.Rows(2, 3));
+  ASSERT_EQ(rows.numel(), 27);
+  EXPECT_EQ(std::memcmp(rows.data(), host.data_as<float>() + 18, 27 * sizeof(float)), 0);
+  // Storage dtypes other than f32 round-trip bytewise.
+  Tensor bf = Tensor::EmptyCpu(DType::kBF16, Shape{5});
+  for (int i = 0; i < 5; ++i) bf.data_as<uint16_t>()[i] = static_cast<uint16_t>(0x3f80 + i);
+  Tensor bf_back = ToHost(be, ToDevice(be, bf));
+  EXPECT_EQ(std::memcmp(bf_back.data(), bf.data(), bf.bytes()), 0);
+}
+
+TEST(CudaBackend, LinearMatchesCpuForGemvAndGemmWithAndWithoutBias) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  std::mt19937 rng(21);
+  for (int64_t m : {1, 5, 64}) {
+    for (int64_t k : {37, 256}) {
+      const int64_t n = 23;
+      SCOPED_TRACE(testing::Message() << "m=" << m << " k=" << k);
+      Tensor x = Random(Shape{m, k}, rng), w = Random(Shape{n, k}, rng), b = Random(Shape{n}, rng);
+      Tensor dx = ToDevice(gpu, x), dw = ToDevice(gpu, w), db = ToDevice(gpu, b);
+      for (bool with_bias : {false, true}) {
+        Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{m, n});
+        cpu.Linear(x, w, with_bias ? &b : nullptr, y);
+        Tensor dy = gpu.Allocate(DType::kF32, Shape{m, n});
+        gpu.Linear(dx, dw, with_bias ? &db : nullptr, dy);
+        ExpectClose(ToHost(gpu, dy), y, kGemmTol);
+      }
+    }
+  }
+  // A one-row view into a larger activation, as the model uses for per-sequence logits.
+  Tensor x = Random(Shape{4, 40}, rng), w = Random(Shape{11, 40}, rng);
+  Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{1, 11});
+  cpu.Linear(x.Rows(2, 1), w, nullptr, y);
+  Tensor dx = ToDevice(gpu, x), dy = gpu.Allocate(DType::kF32, Shape{3, 11});
+  Tensor dy_row = dy.Rows(1, 1);
+  gpu.Linear(dx.Rows(2, 1), ToDevice(gpu, w), nullptr, dy_row);
+  ExpectClose(ToHost(gpu, dy_row), y, kGemmTol);
+}
+
+TEST(CudaBackend, EmbedMatchesCpuExactly) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(1);
+  std::mt19937 rng(22);
+  Tensor table = Random(Shape{10, 300}, rng);
+  const std::vector<int32_t> ids = {7, 0, 7, 9, 3};
+  Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{5, 300});
+  cpu.Embed(ids, table, out);
+  Tensor dout = gpu.Allocate(DType::kF32, Shape{5, 300});
+  gpu.Embed(ids, ToDevice(gpu, table), dout);
+  ExpectClose(ToHost(gpu, dout), out, 0.0f);
+}
+
+TEST(CudaBackend, RmsNormMatchesCpuIncludingInPlace) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  std::mt19937 rng(23);
+  for (int64_t d : {50, 1000, 4096}) {  // below, around and above one block's 256 threads
+    SCOPED_TRACE(testing::Message() << "d=" << d);
+    Tensor x = Random(Shape{3, d}, rng), w = Random(Shape{d}, rng);
+    Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{3, d});
+    cpu.RmsNorm(x, w, 1e-5f, y);
+    Tensor dx = ToDevice(gpu, x), dw = ToDevice(gpu, w);
+    Tensor dy = gpu.Allocate(DType::kF32, Shape{3, d});
+    gpu.RmsNorm(dx, dw, 1e-5f, dy);
+    ExpectClose(ToHost(gpu, dy), y, kElementTol);
+    gpu.RmsNorm(dx, dw, 1e-5f, dx);  // y aliases x
+    ExpectClose(ToHost(gpu, dx), y, kElementTol);
+  }
+}
+
+TEST(CudaBackend, RopeMatchesCpuForBothStylesPartialRotaryAndAttentionFactor) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  std::mt19937 rng(24);
+  const int heads = 3, hd = 16;
+  const std::vector<int32_t> positions = {0, 7, 300, 4095};
+  for (int rotary_dim : {16, 8}) {
+    for (float factor : {1.0f, 1.25f}) {
+      for (RopeStyle style : {RopeStyle::kHalfSplit, RopeStyle::kInterleaved}) {
+        SCOPED_TRACE(testing::Message() << "rotary_dim=" << rotary_dim << " factor=" << factor
+                                        << " interleaved=" << (style == RopeStyle::kInterleaved));
+        RopeSpec spec;
+        spec.rotary_dim = rotary_dim;
+        spec.style = style;
+        spec.attention_factor = factor;
+        for (int i = 0; i < rotary_dim / 2; ++i) {
+          spec.inv_freq.push_back(std::pow(10000.0f, -2.0f * static_cast<float>(i) / rotary_dim));
+        }
+        Tensor x = Random(Shape{4, heads * hd}, rng);
+        Tensor dx = ToDevice(gpu, x);
+        cpu.Rope(x, heads, hd, positions, spec);
+        gpu.Rope(dx, heads, hd, positions, spec);
+        ExpectClose(ToHost(gpu, dx), x, kElementTol);
+      }
+    }
+  }
+}
+
+TEST(CudaBackend, SiluMulAndAddMatchCpuIncludingAliasedOutput) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  std::mt19937 rng(25);
+  Tensor g = Random(Shape{3, 1000}, rng, 4.0f), u = Random(Shape{3, 1000}, rng);
+  Tensor dg = ToDevice(gpu, g), du = ToDevice(gpu, u);
+  Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{3, 1000});
+  cpu.SiluMul(g, u, out);
+  Tensor dout = gpu.Allocate(DType::kF32, Shape{3, 1000});
+  gpu.SiluMul(dg, du, dout);
+  ExpectClose(ToHost(gpu, dout), out, kElementTol);
+  gpu.SiluMul(dg, du, dg);  // out aliases gate, as in the model's MLP
+  ExpectClose(ToHost(gpu, dg), out, kElementTol);
+  cpu.Add(out, u);
+  gpu.Add(dout, du);
+  ExpectClose(ToHost(gpu, dout), out, kElementTol);
+}
+
+// Ragged batch: sequences with different cached lengths and new-token counts (decode rows next
+// to prefill rows), over MHA, GQA and MQA and head sizes up to CudaBackend::kMaxHeadDim.
+TEST(CudaBackend, StoreKvAndRaggedAttentionMatchCpuForMhaGqaMqa) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  std::mt19937 rng(26);
+  struct Heads {
+    int heads, kv_heads, hd;
+  };
+  const std::vector<Heads> head_cases = {
+      {4, 4, 16}, {4, 2, 16}, {4, 1, 16}, {8, 2, 128}, {2, 1, CudaBackend::kMaxHeadDim},
+      {3, 3, 40}};
+  struct Seq {
+    int64_t start, len;
+  };
+  const std::vector<Seq> seq_cases = {{0, 5}, {9, 1}, {3, 4}, {40, 1}, {100, 70}};
+  const int64_t capacity = 200;
+  for (const Heads& hc : head_cases) {
+    SCOPED_TRACE(testing::Message()
+                 << "heads=" << hc.heads << " kv_heads=" << hc.kv_heads << " head_dim=" << hc.hd);
+    const int64_t kv_width = int64_t{hc.kv_heads} * hc.hd, q_width = int64_t{hc.heads} * hc.hd;
+    std::vector<AttentionSeq> cpu_seqs, gpu_seqs;
+    int64_t rows = 0;
+    for (const Seq& c : seq_cases) {
+      AttentionSeq s;
+      s.q_begin = rows;
+      s.q_len = c.len;
+      s.start_pos = c.start;
+      s.k_cache = Random(Shape{capacity, kv_width}, rng);
+      s.v_cache = Random(Shape{capacity, kv_width}, rng);
+      AttentionSeq d = s;
+      d.k_cache = ToDevice(gpu, s.k_cache);
+      d.v_cache = ToDevice(gpu, s.v_cache);
+      rows += c.len;
+      cpu_seqs.push_back(s);
+      gpu_seqs.push_back(d);
+    }
+    Tensor q = Random(Shape{rows, q_width}, rng), k = Random(Shape{rows, kv_width}, rng),
+           v = Random(Shape{rows, kv_width}, rng);
+    const AttentionShape shape{hc.heads, hc.kv_heads, hc.hd, 1.0f / std::sqrt(float(hc.hd))};
+
+    Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{rows, q_width});
+    cpu.StoreKv(k, v, cpu_seqs);
+    cpu.Attention(q, cpu_seqs, shape, out);
+
+    // Device inputs stay alive until the results are copied back.
+    Tensor dq = ToDevice(gpu, q), dk = ToDevice(gpu, k), dv = ToDevice(gpu, v);
+    Tensor dout = gpu.Allocate(DType::kF32, Shape{rows, q_width});
+    gpu.StoreKv(dk, dv, gpu_seqs);
+    gpu.Attention(dq, gpu_seqs, shape, dout);
+
+    for (size_t i = 0; i < cpu_seqs.size(); ++i) {
+      ExpectClose(ToHost(gpu, gpu_seqs[i].k_cache), cpu_seqs[i].k_cache, 0.0f);
+      ExpectClose(ToHost(gpu, gpu_seqs[i].v_cache), cpu_seqs[i].v_cache, 0.0f);
+    }
+    ExpectClose(ToHost(gpu, dout), out, kAttentionTol);
+  }
+}
+
+std::vector<int32_t> Prompt(int n, int vocab) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back((i * 37 + 11) % vocab);
+  return ids;
+}
+
+void ExpectLogitsClose(const std::vector<float>& gpu, const std::vector<float>& cpu) {
+  ASSERT_EQ(gpu.size(), cpu.size());
+  for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], kLogitTol) << "logit " << i;
+}
+
+struct ModelPair {
+  std::unique_ptr<Model> cpu, gpu;
+};
+
+ModelPair LoadBoth(const ModelConfig& config, CpuBackend& cpu, CudaBackend& gpu) {
+  const std::string dir = testing_util::FreshDir("cuda_parity");
+  EXPECT_TRUE(WriteSyntheticModel(config, dir, 7).ok());
+  auto c = LoadModel(dir, cpu);
+  auto g = LoadModel(dir, gpu);
+  EXPECT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(g.ok()) << g.status();
+  if (!c.ok() || !g.ok()) return {};
+  return {*std::move(c), *std::move(g)};
+}
+
+// Prefill of a 10-token prompt (logits for every position), then 5 greedy decode steps fed the
+// same tokens on both backends. MHA, GQA and MQA in f32, and a bf16 checkpoint (the CPU backend
+// keeps bf16 matrices, the CUDA backend widens them to f32 at load: the same values).
+TEST(CudaBackend, TinyModelPrefillAndDecodeLogitsMatchCpu) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  struct Case {
+    int64_t kv_heads;
+    DType dtype;
+  };
+  for (const Case& mc :
+       {Case{4, DType::kF32}, Case{2, DType::kF32}, Case{1, DType::kF32}, Case{2, DType::kBF16}}) {
+    SCOPED_TRACE(testing::Message()
+                 << "kv_heads=" << mc.kv_heads << " dtype=" << DTypeName(mc.dtype));
+    ModelConfig config = testing_util::TinyConfig(mc.kv_heads);
+    config.torch_dtype = mc.dtype;
+    ModelPair m = LoadBoth(config, cpu, gpu);
+    ASSERT_NE(m.cpu, nullptr);
+    ASSERT_NE(m.gpu, nullptr);
+    const int vocab = static_cast<int>(m.cpu->config().vocab_size);
+    auto cpu_cache = m.cpu->NewKvCache(32);
+    auto gpu_cache = m.gpu->NewKvCache(32);
+    const std::vector<int32_t> prompt = Prompt(10, vocab);
+    const ForwardOptions all{.all_logits = true, .on_layer_done = {}};
+    SequenceInput cin{prompt, cpu_cache.get()}, gin{prompt, gpu_cache.get()};
+    auto cl = m.cpu->Forward(std::span<const SequenceInput>(&cin, 1), all);
+    auto gl = m.gpu->Forward(std::span<const SequenceInput>(&gin, 1), all);
+    ASSERT_TRUE(cl.ok()) << cl.status();
+    ASSERT_TRUE(gl.ok()) << gl.status();
+    ASSERT_EQ(cl->size(), static_cast<size_t>(10 * vocab));
+    ExpectLogitsClose(*gl, *cl);
+    std::vector<float> last(cl->end() - vocab, cl->end());
+    for (int step = 0; step < 5; ++step) {
+      SCOPED_TRACE(testing::Message() << "decode step " << step);
+      const int32_t next =
+          static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+      SequenceInput cs{std::span<const int32_t>(&next, 1), cpu_cache.get()};
+      SequenceInput gs{std::span<const int32_t>(&next, 1), gpu_cache.get()};
+      auto c = m.cpu->Forward(std::span<const SequenceInput>(&cs, 1));
+      auto g = m.gpu->Forward(std::span<const SequenceInput>(&gs, 1));
+      ASSERT_TRUE(c.ok()) << c.status();
+      ASSERT_TRUE(g.ok()) << g.status();
+      ExpectLogitsClose(*g, *c);
+      last = *c;
+    }
+    EXPECT_EQ(gpu_cache->length(), 15);
+  }
+}
+
+// One batched forward with a prefilling sequence next to a decoding one: the ragged batch path
+// through StoreKv, Attention and the per-sequence logits rows.
+TEST(CudaBackend, TinyModelRaggedBatchLogitsMatchCpu) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  ModelPair m = LoadBoth(testing_util::TinyConfig(2), cpu, gpu);
+  ASSERT_NE(m.cpu, nullptr);
+  ASSERT_NE(m.gpu, nullptr);
+  const int vocab = static_cast<int>(m.cpu->config().vocab_size);
+  const std::vector<int32_t> a = Prompt(10, vocab), b = Prompt(4, vocab);
+  const std::vector<int32_t> b_next = {5};
+  for (bool all_logits : {false, true}) {
+    SCOPED_TRACE(testing::Message() << "all_logits=" << all_logits);
+    std::vector<float> logits[2];
+    for (int side = 0; side < 2; ++side) {
+      Model& model = side == 0 ? *m.cpu : *m.gpu;
+      auto cache_a = model.NewKvCache(16), cache_b = model.NewKvCache(16);
+      SequenceInput first{b, cache_b.get()};
+      ASSERT_TRUE(model.Forward(std::span<const SequenceInput>(&first, 1)).ok());
+      const SequenceInput batch[] = {{a, cache_a.get()}, {b_next, cache_b.get()}};
+      auto out =
+          model.Forward(batch, ForwardOptions{.all_logits = all_logits, .on_layer_done = {}});
+      ASSERT_TRUE(out.ok()) << out.status();
+      logits[side] = *std::move(out);
+    }
+    ASSERT_EQ(logits[0].size(), static_cast<size_t>((all_logits ? 11 : 2) * vocab));
+    ExpectLogitsClose(logits[1], logits[0]);
+  }
+}
+
+}  // namespace
+}  // namespace pdserve
