@@ -3,5 +3,5 @@
 # Extra arguments go to `pdserve demo` (see `build/bin/pdserve demo --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/build.sh release
+scripts/build.sh release pdserve
 exec build/bin/pdserve demo "$@"
