@@ -32,6 +32,11 @@ bool IsHostF32(const Tensor& t) {
 
 int64_t Cols(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
 
+// Below this many multiply-adds (or elements) a kernel runs on the calling thread: waking the
+// OpenMP team costs more than it saves, and idle workers spinning on a busy machine (prefill
+// and decode workers sharing a laptop's cores) can slow a tiny step down by orders of magnitude.
+constexpr int64_t kParallelWork = 1 << 16;
+
 bool IsHostWeight(const Tensor& t) {
   return t.device() == Device::kCpu && !t.empty() &&
          (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16);
@@ -160,7 +165,7 @@ void CpuBackend::LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t
   if (m <= kMaxGemvRows) {
     // Memory-bound: split output rows across threads; each weight row is read exactly once.
     const int64_t chunk = 16;
-#pragma omp parallel for num_threads(num_threads_) schedule(static)
+#pragma omp parallel for num_threads(num_threads_) schedule(static) if (m * n * k > kParallelWork)
     for (int64_t j0 = 0; j0 < n; j0 += chunk) {
       GemvBf16Rows(x, m, w, k, j0, std::min(n, j0 + chunk), y, n);
     }
@@ -188,7 +193,7 @@ void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tenso
   const int64_t rows = x.dim(0), d = Cols(x);
   PDSERVE_KERNEL_CHECK(weight.numel() == d && y.numel() == x.numel());
   const float* w = weight.data_as<float>();
-#pragma omp parallel for num_threads(num_threads_) if (rows > 8)
+#pragma omp parallel for num_threads(num_threads_) if (x.numel() > kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x.data_as<float>() + r * d;
     float* yr = y.data_as<float>() + r * d;
@@ -207,7 +212,7 @@ void CpuBackend::Rope(Tensor& x, int n_heads, int head_dim, std::span<const int3
   PDSERVE_KERNEL_CHECK(static_cast<int64_t>(positions.size()) == rows);
   PDSERVE_KERNEL_CHECK(Cols(x) == static_cast<int64_t>(n_heads) * head_dim);
   PDSERVE_KERNEL_CHECK(rope.rotary_dim <= head_dim && rope.inv_freq.size() == size_t(half));
-#pragma omp parallel for num_threads(num_threads_) if (rows > 8)
+#pragma omp parallel for num_threads(num_threads_) if (x.numel() > kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     // cos/sin depend only on the position: compute once per row, apply to every head.
     std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));
@@ -238,7 +243,7 @@ void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const float* g = gate.data_as<float>();
   const float* u = up.data_as<float>();
   float* o = out.data_as<float>();
-#pragma omp parallel for num_threads(num_threads_) if (n > 65536)
+#pragma omp parallel for num_threads(num_threads_) if (n > kParallelWork)
   for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
@@ -247,7 +252,7 @@ void CpuBackend::Add(Tensor& x, const Tensor& y) {
   const int64_t n = x.numel();
   float* xp = x.data_as<float>();
   const float* yp = y.data_as<float>();
-#pragma omp parallel for num_threads(num_threads_) if (n > 65536)
+#pragma omp parallel for num_threads(num_threads_) if (n > kParallelWork)
   for (int64_t i = 0; i < n; ++i) xp[i] += yp[i];
 }
 
@@ -294,7 +299,9 @@ void CpuBackend::Attention(const Tensor& q, std::span<const AttentionSeq> seqs,
     }
   }
   const int64_t n_items = static_cast<int64_t>(items.size());
-#pragma omp parallel num_threads(num_threads_) if (n_items > 1)
+  int64_t work = 0;  // multiply-adds of Q·Kᵀ and P·V
+  for (const Item& it : items) work += 2 * it.rows * (it.seq->start_pos + it.t0 + it.rows) * hd;
+#pragma omp parallel num_threads(num_threads_) if (n_items > 1 && work > kParallelWork)
   {
     std::vector<float> scores;  // per thread: [rows, context] for the current item
     std::vector<float> denom;
