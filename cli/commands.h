@@ -34,4 +34,13 @@ struct DemoOptions {
 };
 int RunDemo(const DemoOptions& options);
 
+struct KvInfoOptions {
+  std::string model;        // a Hugging Face model directory or a llama2.c .bin; or
+  std::string config_path;  // a config.json
+  std::string dtype = "bf16";
+  std::optional<int> tokens_per_block;  // unset: the format's default
+  bool json = false;                    // one JSON object instead of text
+};
+int RunKvInfo(const KvInfoOptions& options);
+
 }  // namespace pdserve::cli

@@ -51,10 +51,26 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--threads", demo.threads, "Compute threads (0 = all cores)")
       ->default_val(0);
 
+  KvInfoOptions kv;
+  CLI::App* kv_cmd = app.add_subcommand(
+      "kv-info", "Print a model's KV cache format and its bytes per token and per block");
+  CLI::Option_group* kv_source = kv_cmd->add_option_group("source", "What to describe (one)");
+  kv_source->add_option("--model", kv.model, "Hugging Face model directory or llama2.c .bin");
+  kv_source->add_option("--config", kv.config_path, "config.json (Hugging Face keys)");
+  kv_source->require_option(1);
+  kv_cmd->add_option("--dtype", kv.dtype, "KV storage dtype: bf16, f16 or f32")
+      ->default_val("bf16");
+  kv_cmd
+      ->add_option("--block-size", kv.tokens_per_block,
+                   "Tokens per block (default: 16 for MHA/GQA/MQA, 64 for MLA)")
+      ->check(CLI::Range(1, 1 << 20));
+  kv_cmd->add_flag("--json", kv.json, "Print one JSON object");
+
   CLI11_PARSE(app, argc, argv);
   gen.sampling.seed = seed;
   if (generate->parsed()) return RunGenerate(gen);
   if (synth_cmd->parsed()) return RunSynth(synth);
   if (demo_cmd->parsed()) return RunDemo(demo);
+  if (kv_cmd->parsed()) return RunKvInfo(kv);
   return 1;
 }

@@ -17,7 +17,7 @@ struct Header {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Model>> LoadLlama2c(const std::string& path, Backend& backend) {
+absl::StatusOr<ModelConfig> ReadLlama2cConfig(const std::string& path) {
   std::error_code ec;
   const auto file_size = static_cast<int64_t>(std::filesystem::file_size(path, ec));
   if (ec) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", ec.message()));
@@ -64,10 +64,24 @@ absl::StatusOr<std::unique_ptr<Model>> LoadLlama2c(const std::string& path, Back
   c.bos_token_id = 1;
   // llama2.c's sampler ends a story when the model emits BOS (1); 2 is the nominal EOS.
   c.eos_token_ids = {1, 2};
+  return c;
+}
 
-  const int64_t dim = hd.dim, hidden = hd.hidden_dim, L = hd.n_layers;
-  const int64_t kv_dim = dim * hd.n_kv_heads / hd.n_heads;
-  const int64_t head_size = dim / hd.n_heads;
+absl::StatusOr<std::unique_ptr<Model>> LoadLlama2c(const std::string& path, Backend& backend) {
+  auto config = ReadLlama2cConfig(path);
+  if (!config.ok()) return config.status();
+  ModelConfig c = *std::move(config);
+  std::error_code ec;
+  const auto file_size = static_cast<int64_t>(std::filesystem::file_size(path, ec));
+  if (ec) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", ec.message()));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  const bool shared_classifier = c.tie_word_embeddings;
+  const int64_t vocab = c.vocab_size;
+
+  const int64_t dim = c.hidden_size, hidden = c.intermediate_size, L = c.num_layers;
+  const int64_t kv_dim = c.num_kv_heads * c.head_dim;
+  const int64_t head_size = c.head_dim;
   int64_t offset = sizeof(Header);
   absl::Status status;
   // Reads the next tensor of the file, stopping at the first one that runs past its end.
@@ -122,7 +136,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadLlama2c(const std::string& path, Back
   w.final_norm = read("rms_final", Shape{dim});
   if (!status.ok()) return status;
   // Skip the legacy precomputed RoPE tables (freq_cis_real/imag); RoPE is computed here.
-  const int64_t rope_tables = static_cast<int64_t>(hd.seq_len) * head_size * 4;
+  const int64_t rope_tables = c.max_position_embeddings * head_size * 4;
   if (offset + rope_tables > file_size) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": truncated: the RoPE tables after 'rms_final' need ", rope_tables,

@@ -14,4 +14,8 @@ namespace pdserve {
 // The checkpoint rotates consecutive pairs, so the model uses RopeStyle::kInterleaved.
 absl::StatusOr<std::unique_ptr<Model>> LoadLlama2c(const std::string& path, Backend& backend);
 
+// Reads and validates only the header of a llama2.c checkpoint and returns its config (f32
+// weights, interleaved RoPE, eos ids {1, 2}); the tensors are not read or size-checked.
+absl::StatusOr<ModelConfig> ReadLlama2cConfig(const std::string& path);
+
 }  // namespace pdserve

@@ -14,6 +14,13 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backen
   if (fs::is_directory(path, ec)) {
     auto config = LoadHfConfig((fs::path(path) / "config.json").string());
     if (!config.ok()) return config.status();
+    if (config->is_mla()) {
+      return absl::UnimplementedError(
+          absl::StrCat(path, ": ", config->architecture,
+                       " (MLA) configs parse, but the DeepSeek model itself lands with issue 3; "
+                       "`pdserve kv-info --model ",
+                       path, "` shows its KV cache format meanwhile"));
+    }
     return LoadLlamaFromHf(path, *config, backend);
   }
   if (fs::is_regular_file(path, ec)) {

@@ -1,5 +1,6 @@
 #include "engine/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <numbers>
@@ -24,12 +25,15 @@ absl::Status FieldError(const std::string& source, absl::string_view field,
   return absl::InvalidArgumentError(absl::StrCat(source, ": field '", field, "' ", what));
 }
 
+// `family` names the kind of config.json that must set a field without a default.
 absl::StatusOr<int64_t> GetInt(const json& j, const std::string& source, const char* field,
-                               std::optional<int64_t> fallback, int64_t lo, int64_t hi) {
+                               std::optional<int64_t> fallback, int64_t lo, int64_t hi,
+                               absl::string_view family = "Llama-family") {
   auto it = j.find(field);
   if (it == j.end() || it->is_null()) {
     if (fallback) return *fallback;
-    return FieldError(source, field, "is missing; a Llama-family config.json must set it");
+    return FieldError(source, field,
+                      absl::StrCat("is missing; a ", family, " config.json must set it"));
   }
   if (!it->is_number_integer()) return FieldError(source, field, "must be an integer");
   int64_t v = it->get<int64_t>();
@@ -66,7 +70,18 @@ absl::StatusOr<bool> GetBool(const json& j, const std::string& source, const cha
     lhs = *_v;                        \
   } while (0)
 
-absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, const std::string& source) {
+bool IsDeepseek(const std::string& architecture) {
+  return architecture == "DeepseekV2ForCausalLM" || architecture == "DeepseekV3ForCausalLM";
+}
+
+// YaRN's magnitude correction: 0.1 * mscale * ln(factor) + 1 (1 when not stretching).
+double YarnMscale(double factor, double mscale) {
+  return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
+}
+
+// `deepseek` selects the family's rope types: Llama takes llama3, DeepSeek takes yarn.
+absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, const std::string& source,
+                                             bool deepseek) {
   RopeScaling s;
   auto it = j.find("rope_scaling");
   if (it == j.end() || it->is_null()) return s;
@@ -86,7 +101,7 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, const std::string& s
     PDSERVE_ASSIGN(s.factor, GetDouble(r, source, "factor", 1.0, 1e-6, 1e6));
     return s;
   }
-  if (type == "llama3") {
+  if (type == "llama3" && !deepseek) {
     s.type = RopeScaling::Type::kLlama3;
     PDSERVE_ASSIGN(s.factor, GetDouble(r, source, "factor", 8.0, 1e-6, 1e6));
     PDSERVE_ASSIGN(s.low_freq_factor, GetDouble(r, source, "low_freq_factor", 1.0, 1e-6, 1e6));
@@ -98,14 +113,49 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& j, const std::string& s
     }
     return s;
   }
+  if (type == "yarn" && deepseek) {
+    s.type = RopeScaling::Type::kYarn;
+    PDSERVE_ASSIGN(s.factor, GetDouble(r, source, "factor", 1.0, 1e-6, 1e6));
+    PDSERVE_ASSIGN(s.original_max_position_embeddings,
+                   GetInt(r, source, "original_max_position_embeddings", 4096, 1, 1 << 30));
+    PDSERVE_ASSIGN(s.beta_fast, GetDouble(r, source, "beta_fast", 32.0, 1e-6, 1e6));
+    PDSERVE_ASSIGN(s.beta_slow, GetDouble(r, source, "beta_slow", 1.0, 1e-6, 1e6));
+    PDSERVE_ASSIGN(s.mscale, GetDouble(r, source, "mscale", 1.0, 0.0, 1e3));
+    PDSERVE_ASSIGN(s.mscale_all_dim, GetDouble(r, source, "mscale_all_dim", 0.0, 0.0, 1e3));
+    if (s.beta_fast <= s.beta_slow) return FieldError(source, f, "needs beta_fast > beta_slow");
+    return s;
+  }
   return FieldError(source, f,
-                    absl::StrCat("has rope_type '", type,
-                                 "'; supported for Llama-family models: default, linear, llama3"));
+                    absl::StrCat("has rope_type '", type, "'; supported for ",
+                                 deepseek ? "DeepSeek models: default, linear, yarn"
+                                          : "Llama-family models: default, linear, llama3"));
+}
+
+// The MLA dimensions of a DeepSeek config; sets head_dim to the query/key head width.
+absl::Status ParseMla(const json& j, const std::string& source, ModelConfig& c) {
+  constexpr absl::string_view kFamily = "DeepSeek (MLA)";
+  if (auto it = j.find("q_lora_rank"); it != j.end() && !it->is_null()) {
+    PDSERVE_ASSIGN(c.q_lora_rank, GetInt(j, source, "q_lora_rank", std::nullopt, 1, kMaxDim));
+  }
+  PDSERVE_ASSIGN(c.kv_lora_rank,
+                 GetInt(j, source, "kv_lora_rank", std::nullopt, 1, kMaxDim, kFamily));
+  PDSERVE_ASSIGN(c.qk_nope_head_dim,
+                 GetInt(j, source, "qk_nope_head_dim", std::nullopt, 1, kMaxDim, kFamily));
+  PDSERVE_ASSIGN(c.qk_rope_head_dim,
+                 GetInt(j, source, "qk_rope_head_dim", std::nullopt, 2, kMaxDim, kFamily));
+  if (c.qk_rope_head_dim % 2 != 0) {
+    return FieldError(source, "qk_rope_head_dim", "must be even for RoPE");
+  }
+  PDSERVE_ASSIGN(c.v_head_dim, GetInt(j, source, "v_head_dim", std::nullopt, 1, kMaxDim, kFamily));
+  c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  c.rope_style = RopeStyle::kInterleaved;  // SPEC: k_pe is cached in interleaved pair order
+  return absl::OkStatus();
 }
 
 }  // namespace
 
 std::string ModelConfig::AttentionKind() const {
+  if (is_mla()) return "MLA";
   if (num_kv_heads == num_heads) return "MHA";
   if (num_kv_heads == 1) return "MQA";
   return "GQA";
@@ -113,8 +163,18 @@ std::string ModelConfig::AttentionKind() const {
 
 int64_t ModelConfig::NumParameters() const {
   const int64_t q = num_heads * head_dim, kv = num_kv_heads * head_dim;
-  int64_t per_layer = hidden_size * (q + 2 * kv) + q * hidden_size +
-                      3 * hidden_size * intermediate_size + 2 * hidden_size;
+  int64_t per_layer = 3 * hidden_size * intermediate_size + 2 * hidden_size;
+  if (is_mla()) {
+    // q_a_proj + q_a_layernorm + q_b_proj (or q_proj), kv_a_proj_with_mqa, kv_a_layernorm,
+    // kv_b_proj, o_proj.
+    per_layer += q_lora_rank ? hidden_size * *q_lora_rank + *q_lora_rank + *q_lora_rank * q
+                             : hidden_size * q;
+    per_layer += hidden_size * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;
+    per_layer += kv_lora_rank * num_heads * (qk_nope_head_dim + v_head_dim);
+    per_layer += num_heads * v_head_dim * hidden_size;
+  } else {
+    per_layer += hidden_size * (q + 2 * kv) + q * hidden_size;
+  }
   if (attention_bias) per_layer += q + 2 * kv;
   int64_t embeddings = vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
   return num_layers * per_layer + embeddings + hidden_size;
@@ -123,11 +183,29 @@ int64_t ModelConfig::NumParameters() const {
 RopeSpec ModelConfig::MakeRopeSpec() const {
   RopeSpec spec;
   spec.style = rope_style;
-  spec.rotary_dim = static_cast<int>(head_dim);
-  const int half = static_cast<int>(head_dim / 2);
+  const int64_t dim = is_mla() ? qk_rope_head_dim : head_dim;  // rotated width of a head
+  spec.rotary_dim = static_cast<int>(dim);
+  const int half = static_cast<int>(dim / 2);
   spec.inv_freq.resize(static_cast<size_t>(half));
+  // YaRN (DeepSeek's yarn_find_correction_range / yarn_linear_ramp_mask): pairs below `low`
+  // keep their frequency, pairs above `high` are divided by `factor`, a linear ramp between.
+  double yarn_low = 0.0, yarn_high = 0.0;
+  if (rope_scaling.type == RopeScaling::Type::kYarn) {
+    const double d = static_cast<double>(dim);
+    const double orig = static_cast<double>(rope_scaling.original_max_position_embeddings);
+    auto correction_dim = [&](double rotations) {
+      return d * std::log(orig / (rotations * 2.0 * std::numbers::pi)) /
+             (2.0 * std::log(rope_theta));
+    };
+    yarn_low = std::max(std::floor(correction_dim(rope_scaling.beta_fast)), 0.0);
+    yarn_high = std::min(std::ceil(correction_dim(rope_scaling.beta_slow)), d - 1.0);
+    if (yarn_low == yarn_high) yarn_high += 0.001;
+    spec.attention_factor =
+        static_cast<float>(YarnMscale(rope_scaling.factor, rope_scaling.mscale) /
+                           YarnMscale(rope_scaling.factor, rope_scaling.mscale_all_dim));
+  }
   for (int i = 0; i < half; ++i) {
-    double inv = 1.0 / std::pow(rope_theta, 2.0 * i / static_cast<double>(head_dim));
+    double inv = 1.0 / std::pow(rope_theta, 2.0 * i / static_cast<double>(dim));
     switch (rope_scaling.type) {
       case RopeScaling::Type::kNone:
         break;
@@ -149,22 +227,47 @@ RopeSpec ModelConfig::MakeRopeSpec() const {
         }
         break;
       }
+      case RopeScaling::Type::kYarn: {
+        const double ramp = std::clamp((i - yarn_low) / (yarn_high - yarn_low), 0.0, 1.0);
+        inv = inv / rope_scaling.factor * ramp + inv * (1.0 - ramp);
+        break;
+      }
     }
     spec.inv_freq[static_cast<size_t>(i)] = static_cast<float>(inv);
   }
   return spec;
 }
 
+double ModelConfig::SoftmaxScale() const {
+  double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  if (rope_scaling.type == RopeScaling::Type::kYarn && rope_scaling.mscale_all_dim != 0.0) {
+    const double m = YarnMscale(rope_scaling.factor, rope_scaling.mscale_all_dim);
+    scale *= m * m;
+  }
+  return scale;
+}
+
 nlohmann::json ModelConfig::ToHfJson() const {
   json j;
   j["architectures"] = {architecture};
-  j["model_type"] = architecture == "Qwen2ForCausalLM" ? "qwen2" : "llama";
+  j["model_type"] = architecture == "Qwen2ForCausalLM"        ? "qwen2"
+                    : architecture == "DeepseekV2ForCausalLM" ? "deepseek_v2"
+                    : architecture == "DeepseekV3ForCausalLM" ? "deepseek_v3"
+                                                              : "llama";
   j["hidden_size"] = hidden_size;
   j["intermediate_size"] = intermediate_size;
   j["num_hidden_layers"] = num_layers;
   j["num_attention_heads"] = num_heads;
   j["num_key_value_heads"] = num_kv_heads;
-  j["head_dim"] = head_dim;
+  if (is_mla()) {
+    j["q_lora_rank"] = q_lora_rank ? json(*q_lora_rank) : json(nullptr);
+    j["kv_lora_rank"] = kv_lora_rank;
+    j["qk_nope_head_dim"] = qk_nope_head_dim;
+    j["qk_rope_head_dim"] = qk_rope_head_dim;
+    j["v_head_dim"] = v_head_dim;
+  } else {
+    j["head_dim"] = head_dim;
+  }
   j["vocab_size"] = vocab_size;
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
@@ -196,6 +299,16 @@ nlohmann::json ModelConfig::ToHfJson() const {
           {"high_freq_factor", rope_scaling.high_freq_factor},
           {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
       break;
+    case RopeScaling::Type::kYarn:
+      j["rope_scaling"] = {
+          {"type", "yarn"},
+          {"factor", rope_scaling.factor},
+          {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
+          {"beta_fast", rope_scaling.beta_fast},
+          {"beta_slow", rope_scaling.beta_slow},
+          {"mscale", rope_scaling.mscale},
+          {"mscale_all_dim", rope_scaling.mscale_all_dim}};
+      break;
   }
   return j;
 }
@@ -204,7 +317,8 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
   if (!j.is_object()) return absl::InvalidArgumentError(source + ": expected a JSON object");
   ModelConfig c;
   static const std::vector<std::string> kSupported = {"LlamaForCausalLM", "MistralForCausalLM",
-                                                      "Qwen2ForCausalLM"};
+                                                      "Qwen2ForCausalLM", "DeepseekV2ForCausalLM",
+                                                      "DeepseekV3ForCausalLM"};
   if (auto it = j.find("architectures");
       it != j.end() && it->is_array() && !it->empty() && (*it)[0].is_string()) {
     c.architecture = (*it)[0].get<std::string>();
@@ -217,6 +331,7 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
         absl::StrCat("names '", c.architecture, "', which pdserve does not run; supported: ",
                      absl::StrJoin(kSupported, ", ")));
   }
+  const bool deepseek = IsDeepseek(c.architecture);
   if (auto it = j.find("hidden_act"); it != j.end() && it->is_string() && *it != "silu") {
     return FieldError(source, "hidden_act", "must be \"silu\" (SwiGLU MLP)");
   }
@@ -232,15 +347,19 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
         source, "num_key_value_heads",
         absl::StrCat("(", c.num_kv_heads, ") must divide num_attention_heads (", c.num_heads, ")"));
   }
-  const int64_t default_head_dim = c.hidden_size / c.num_heads;
-  PDSERVE_ASSIGN(c.head_dim, GetInt(j, source, "head_dim", default_head_dim, 2, kMaxDim));
-  if (c.head_dim % 2 != 0) return FieldError(source, "head_dim", "must be even for RoPE");
+  if (deepseek) {
+    if (absl::Status s = ParseMla(j, source, c); !s.ok()) return s;
+  } else {
+    const int64_t default_head_dim = c.hidden_size / c.num_heads;
+    PDSERVE_ASSIGN(c.head_dim, GetInt(j, source, "head_dim", default_head_dim, 2, kMaxDim));
+    if (c.head_dim % 2 != 0) return FieldError(source, "head_dim", "must be even for RoPE");
+  }
   PDSERVE_ASSIGN(c.vocab_size, GetInt(j, source, "vocab_size", std::nullopt, 1, kMaxVocab));
   PDSERVE_ASSIGN(c.max_position_embeddings,
                  GetInt(j, source, "max_position_embeddings", 2048, 1, 1 << 24));
   PDSERVE_ASSIGN(c.rms_norm_eps, GetDouble(j, source, "rms_norm_eps", 1e-6, 0.0, 1.0));
   PDSERVE_ASSIGN(c.rope_theta, GetDouble(j, source, "rope_theta", 10000.0, 1.0, 1e12));
-  PDSERVE_ASSIGN(c.rope_scaling, ParseRopeScaling(j, source));
+  PDSERVE_ASSIGN(c.rope_scaling, ParseRopeScaling(j, source, deepseek));
   PDSERVE_ASSIGN(c.tie_word_embeddings, GetBool(j, source, "tie_word_embeddings", false));
   PDSERVE_ASSIGN(c.attention_bias,
                  GetBool(j, source, "attention_bias", c.architecture == "Qwen2ForCausalLM"));

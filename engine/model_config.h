@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,17 +13,28 @@
 namespace pdserve {
 
 // How RoPE frequencies are scaled for long context ("rope_scaling" in config.json).
+// llama3 is accepted for the Llama family, yarn for DeepSeek (as in their Hugging Face code).
 struct RopeScaling {
-  enum class Type { kNone, kLinear, kLlama3 };
+  enum class Type { kNone, kLinear, kLlama3, kYarn };
   Type type = Type::kNone;
   double factor = 1.0;
   double low_freq_factor = 1.0;                     // llama3
   double high_freq_factor = 4.0;                    // llama3
-  int64_t original_max_position_embeddings = 8192;  // llama3
+  int64_t original_max_position_embeddings = 8192;  // llama3, yarn
+  double beta_fast = 32.0;                          // yarn: correction range, in rotations
+  double beta_slow = 1.0;                           // yarn
+  double mscale = 1.0;                              // yarn: cos/sin factor numerator
+  double mscale_all_dim = 0.0;  // yarn: cos/sin denominator; squared into the softmax scale
 };
 
-// Everything the Llama-family forward pass needs to know about a checkpoint. Invariants after
-// a successful parse: all sizes positive, n_heads % n_kv_heads == 0, head_dim even.
+// Everything a forward pass needs to know about a checkpoint: the Llama family
+// (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) and DeepSeek-V2/V3's multi-head
+// latent attention (DeepseekV2ForCausalLM, DeepseekV3ForCausalLM; see SPEC "MLA, precisely").
+// Invariants after a successful parse: all sizes positive, n_heads % n_kv_heads == 0,
+// head_dim even. For MLA configs additionally: kv_lora_rank, qk_nope_head_dim,
+// qk_rope_head_dim (even) and v_head_dim positive, head_dim == qk_nope_head_dim +
+// qk_rope_head_dim (any "head_dim" key in the file is ignored: newer transformers write the
+// RoPE width there), rope_style == kInterleaved. For Llama-family configs the MLA fields are 0.
 struct ModelConfig {
   std::string architecture = "LlamaForCausalLM";
   int64_t hidden_size = 0;
@@ -43,12 +55,30 @@ struct ModelConfig {
   std::vector<int32_t> eos_token_ids;  // may be empty
   DType torch_dtype = DType::kF32;     // dtype the checkpoint is stored in
 
-  // "MHA", "GQA" or "MQA", from the head counts.
+  // Multi-head latent attention (DeepSeek). Each layer caches, per token, the normalized
+  // latent c_kv (kv_lora_rank values) and one RoPE key k_pe shared by all heads
+  // (qk_rope_head_dim values); per head, K is [k_nope (qk_nope_head_dim) | k_pe] and V is
+  // v_head_dim wide, both expanded from c_kv.
+  std::optional<int64_t> q_lora_rank;  // unset: queries are projected from x directly
+  int64_t kv_lora_rank = 0;            // > 0 exactly for MLA configs
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+
+  bool is_mla() const { return kv_lora_rank > 0; }
+  // "MHA", "GQA" or "MQA" from the head counts; "MLA" for DeepSeek.
   std::string AttentionKind() const;
-  // Parameters of the whole model (embeddings counted once when tied).
+  // Parameters of the whole model (embeddings counted once when tied). For MLA configs the
+  // attention is exact but every MLP counts as dense (intermediate_size): DeepSeek's MoE
+  // experts are not parsed yet.
   int64_t NumParameters() const;
-  // The rotary embedding for this config (frequencies with scaling applied).
+  // The rotary embedding for this config (frequencies with scaling applied). For MLA it
+  // covers the qk_rope_head_dim RoPE part of each head, interleaved, with YaRN's
+  // attention_factor.
   RopeSpec MakeRopeSpec() const;
+  // Softmax scale of attention: 1/sqrt(head_dim), times YaRN's mscale(mscale_all_dim)^2 when
+  // that scaling is on (DeepSeek-V3: 0.135234...).
+  double SoftmaxScale() const;
   // The config as Hugging Face-style JSON (what `pdserve synth` writes).
   nlohmann::json ToHfJson() const;
 };
