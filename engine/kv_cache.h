@@ -4,17 +4,20 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/kv_format.h"
 #include "kernels/backend.h"
 
 namespace pdserve {
 
-// Contiguous K and V of one sequence: per layer, [capacity, kv_width] on the backend's device,
-// where kv_width = num_kv_heads * head_dim. Positions [0, length()) hold valid entries.
-// (The paged block pool shared between sequences replaces this in the serving path.)
-// Thread-safety: owned by one sequence; not shared.
+// Contiguous K and V of one sequence in a full-K/V format: per layer, [capacity, kv_width] on
+// the backend's device, where kv_width = num_kv_heads * head_dim, in format.dtype. Positions [0,
+// length()) hold valid entries. (The paged block pool shared between sequences replaces this in the
+// serving path.) Thread-safety: owned by one sequence; not shared.
 class KvCache {
  public:
-  KvCache(Backend& backend, int64_t num_layers, int64_t capacity, int64_t kv_width);
+  KvCache(Backend& backend, const KvFormat& format, int64_t capacity);
+
+  const KvFormat& format() const { return format_; }
 
   int64_t capacity() const { return capacity_; }
   int64_t length() const { return length_; }
@@ -25,10 +28,9 @@ class KvCache {
 
   Tensor k(int64_t layer) const { return k_[static_cast<size_t>(layer)]; }
   Tensor v(int64_t layer) const { return v_[static_cast<size_t>(layer)]; }
-  // K+V bytes used per token over all layers.
-  int64_t bytes_per_token() const;
 
  private:
+  KvFormat format_;
   int64_t capacity_;
   int64_t length_ = 0;
   std::vector<Tensor> k_, v_;

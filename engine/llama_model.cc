@@ -13,8 +13,8 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, Backend& backen
       rope_(config_.MakeRopeSpec()) {}
 
 std::unique_ptr<KvCache> LlamaModel::NewKvCache(int64_t capacity) {
-  return std::make_unique<KvCache>(backend_, config_.num_layers, capacity,
-                                   config_.num_kv_heads * config_.head_dim);
+  // The CPU kernels compute and store K/V in f32.
+  return std::make_unique<KvCache>(backend_, KvFormat::FromConfig(config_, DType::kF32), capacity);
 }
 
 absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceInput> batch,
