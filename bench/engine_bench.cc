@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/memory_bandwidth.h"
 #include "engine/generate.h"
 #include "engine/model.h"
 #include "engine/synth.h"
@@ -21,32 +22,6 @@
 
 namespace pdserve {
 namespace {
-
-// Read bandwidth of this machine with `threads` threads: best of 5 sums over 512 MiB, with
-// independent accumulators so the loop is bound by memory, not by add latency.
-double MeasureReadBandwidthGBs(int threads) {
-  const size_t n = size_t{128} << 20;  // floats
-  std::vector<float> data(n, 1.0f);
-  double best = 1e30;
-  float sink = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto start = std::chrono::steady_clock::now();
-    float total = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
-    for (size_t b = 0; b < n; b += 4096) {
-      float acc[8] = {};
-      for (size_t i = b; i < b + 4096; i += 8) {
-        for (int l = 0; l < 8; ++l) acc[l] += data[i + static_cast<size_t>(l)];
-      }
-      for (float a : acc) total += a;
-    }
-    sink += total;
-    best = std::min(
-        best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  if (sink == 0) std::printf(" ");
-  return static_cast<double>(n * sizeof(float)) / best / 1e9;
-}
 
 // Bytes of weights one decode step streams: every matrix except an untied input embedding
 // (only one row of it is read), at the dtype the backend stores.
@@ -136,7 +111,7 @@ int main(int argc, char** argv) {
   const int n = backend.num_threads();
   std::printf("pdserve engine benchmark: CPU backend, %d threads, f32 compute, best of %d runs\n",
               n, quick ? 1 : 3);
-  const double bandwidth = MeasureReadBandwidthGBs(n);
+  const double bandwidth = bench::MeasureReadBandwidthGBs(n);
   std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", n, bandwidth);
   std::printf("%-28s %9s %7s %8s %14s %8s %13s %9s %6s\n", "model", "params", "threads", "prompt",
               "prefill tok/s", "decode", "decode tok/s", "wt GB/s", "/bw");

@@ -197,7 +197,7 @@ int32_t Sampler::Sample(std::span<float> logits, std::span<const int32_t> histor
   size_t kept = 0;
   for (int32_t id : candidates_) {
     const float x = infinite_max ? (logits[id] == max_logit ? 0.0f : kNegInf)
-                           : (logits[id] - max_logit) / temperature;
+                                 : (logits[id] - max_logit) / temperature;
     const float weight = x >= kMinExponent ? std::exp(x) : 0.0f;
     if (!(weight > 0.0f)) continue;
     logits[id] = weight;
@@ -208,15 +208,18 @@ int32_t Sampler::Sample(std::span<float> logits, std::span<const int32_t> histor
   candidates_.resize(kept);  // never empty: the top token has weight 1
 
   // min-p (threshold relative to the top token, so it is the same before or after top-p's
-  // renormalization) is applied here, before any sorting: the ids it drops are the lowest ones,
-  // so they never decide where top-p cuts. For the same reason top-p can drop every id lighter
-  // than (1 - top_p) * total / n: all of them together weigh less than the 1 - top_p that falls
-  // outside the nucleus. On LLM logits that leaves a few hundred of 150k ids to sort.
+  // renormalization) is applied here, before top-p: the ids it drops are the lowest ones, so they
+  // never decide where top-p cuts. For the same reason top-p can drop every id lighter than
+  // (1 - top_p) * total / n up front: all of them together weigh less than the 1 - top_p that
+  // falls outside the nucleus. On peaked LLM distributions that discards most of the vocabulary
+  // before the search below touches it.
   const float top_p = params_.top_p;
   const bool use_top_p = top_p < 1.0f;  // false for NaN; values <= 0 keep only the top token
-  double min_weight = static_cast<double>(std::min(params_.min_p, 1.0f)) * max_weight;  // NaN: no-op
+  // A NaN min_p makes this NaN, and a NaN threshold filters nothing.
+  double min_weight = static_cast<double>(std::min(params_.min_p, 1.0f)) * max_weight;
   if (use_top_p && !sorted) {
-    min_weight = std::max(min_weight, (1.0 - std::max(top_p, 0.0f)) * total / static_cast<double>(kept));
+    min_weight =
+        std::max(min_weight, (1.0 - std::max(top_p, 0.0f)) * total / static_cast<double>(kept));
   }
   const double total_before_filters = total;
   if (min_weight > 0.0) {
@@ -233,12 +236,14 @@ int32_t Sampler::Sample(std::span<float> logits, std::span<const int32_t> histor
     size_t hi = candidates_.size();  // the cut lies in [lo, hi]
     double cumulative = 0.0;
     if (!sorted) {
+      // From here `higher` compares weights, which order ids as the logits did (exp is monotonic).
       // Bisect on mass instead of sorting: each step partitions the open range around its middle
       // and keeps the half holding the cut, so the work is O(n) however large the nucleus is.
       while (hi - lo > kTopPSortBelow) {
         const size_t mid = lo + (hi - lo) / 2;
-        std::nth_element(begin + static_cast<ptrdiff_t>(lo), begin + static_cast<ptrdiff_t>(mid),
-                         begin + static_cast<ptrdiff_t>(hi), higher);
+        std::nth_element(begin + static_cast<std::ptrdiff_t>(lo),
+                         begin + static_cast<std::ptrdiff_t>(mid),
+                         begin + static_cast<std::ptrdiff_t>(hi), higher);
         double upper = 0.0;  // [lo, mid]
         for (size_t i = lo; i <= mid; ++i) upper += logits[candidates_[i]];
         if (cumulative + upper >= target) {
@@ -248,7 +253,8 @@ int32_t Sampler::Sample(std::span<float> logits, std::span<const int32_t> histor
           lo = mid + 1;
         }
       }
-      std::sort(begin + static_cast<ptrdiff_t>(lo), begin + static_cast<ptrdiff_t>(hi), higher);
+      std::sort(begin + static_cast<std::ptrdiff_t>(lo), begin + static_cast<std::ptrdiff_t>(hi),
+                higher);
     }
     size_t count = lo;
     while (count < hi && cumulative < target) cumulative += logits[candidates_[count++]];

@@ -35,6 +35,8 @@ struct SamplingParams {
 // call consumes exactly one random number, so a seeded request replays identically. Params are
 // expected to pass Validate(); invalid values do not crash (NaN or negative temperature behaves
 // as greedy, out-of-range top_p/min_p are clamped) but are otherwise unspecified.
+// Cost per call is O(vocab + history) plus O(k log k) for top-k; top-p partitions by mass
+// instead of sorting the vocabulary, so it stays O(vocab) however large the nucleus is.
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);

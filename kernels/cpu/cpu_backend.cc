@@ -12,19 +12,11 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/check.h"
 #include "kernels/convert.h"
 
 namespace pdserve {
 namespace {
-
-// Broken caller invariants are programming errors, not runtime conditions.
-#define PDSERVE_KERNEL_CHECK(cond)                                                             \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      std::fprintf(stderr, "%s:%d: kernel invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                            \
-    }                                                                                          \
-  } while (0)
 
 bool IsHostF32(const Tensor& t) {
   return t.device() == Device::kCpu && t.dtype() == DType::kF32 && !t.empty();

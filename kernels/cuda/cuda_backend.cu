@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "kernels/check.h"
 #include "kernels/cuda/cuda_backend.h"
 
 namespace pdserve {
@@ -33,15 +34,6 @@ namespace {
                    cublasGetStatusName(pdserve_st_), cublasGetStatusString(pdserve_st_), #expr); \
       std::abort();                                                                              \
     }                                                                                            \
-  } while (0)
-
-// Broken caller invariants are programming errors, not runtime conditions (as on the CPU).
-#define PDSERVE_KERNEL_CHECK(cond)                                                             \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      std::fprintf(stderr, "%s:%d: kernel invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                            \
-    }                                                                                          \
   } while (0)
 
 // Launches are asynchronous; this catches bad launch configurations right away. Faults inside a

@@ -219,46 +219,97 @@ TEST(Sampler, TopPKeepsSmallestSetReachingThreshold) {
   ExpectFrequenciesNear(Frequencies(params, logits), Renormalized(probs, {2}));
 }
 
-TEST(Sampler, TopPOnLargeVocabKeepsExactNucleus) {
-  // Probability ∝ exp(-0.01 * rank) over 4000 shuffled ids: the 0.9 nucleus is ~230 ids, more
-  // than the sampler's first selection blocks, so its growing sorted prefix must extend twice.
-  constexpr int kVocab = 4000;
-  std::vector<int> id_of_rank(kVocab);
+// Draws `draws` tokens and counts them by rank (rank_of_id maps an id to its rank).
+std::vector<int> HitsByRank(const SamplingParams& params, const std::vector<float>& logits,
+                            const std::vector<int>& rank_of_id, int draws) {
+  Sampler sampler(params);
+  std::vector<int> hits(logits.size(), 0);
+  for (int i = 0; i < draws; ++i) ++hits[rank_of_id[SampleOnce(sampler, logits)]];
+  return hits;
+}
+
+// Logits logit_of_rank[r] assigned to shuffled ids, so that no filter can lean on id order.
+void ShuffledLogits(const std::vector<float>& logit_of_rank, std::vector<float>& logits,
+                    std::vector<int>& rank_of_id) {
+  std::vector<int> id_of_rank(logit_of_rank.size());
   std::iota(id_of_rank.begin(), id_of_rank.end(), 0);
   std::shuffle(id_of_rank.begin(), id_of_rank.end(), std::mt19937(3));
-  std::vector<int> rank_of_id(kVocab);
-  std::vector<float> logits(kVocab);
-  for (int rank = 0; rank < kVocab; ++rank) {
-    logits[id_of_rank[rank]] = -0.01f * static_cast<float>(rank);
-    rank_of_id[id_of_rank[rank]] = rank;
+  logits.assign(logit_of_rank.size(), 0.0f);
+  rank_of_id.assign(logit_of_rank.size(), 0);
+  for (size_t rank = 0; rank < logit_of_rank.size(); ++rank) {
+    logits[id_of_rank[rank]] = logit_of_rank[rank];
+    rank_of_id[id_of_rank[rank]] = static_cast<int>(rank);
   }
+}
 
-  const std::vector<double> probs = Softmax(logits);
-  constexpr float kTopP = 0.9f;
+void ExpectDrawnRanksAreExactly(const std::vector<int>& hits_by_rank, int nucleus) {
+  for (int rank = 0; rank < static_cast<int>(hits_by_rank.size()); ++rank) {
+    if (rank < nucleus) {
+      EXPECT_GT(hits_by_rank[rank], 0)
+          << "rank " << rank << " of a " << nucleus << "-id nucleus was never drawn";
+    } else {
+      EXPECT_EQ(hits_by_rank[rank], 0)
+          << "rank " << rank << " is outside the " << nucleus << "-id nucleus";
+    }
+  }
+}
+
+TEST(Sampler, TopPOnLargerVocabKeepsExactlyTheNucleus) {
+  // Probability ∝ exp(-0.005 * rank) over 400 ids: a gentle slope, so the 0.5 nucleus holds
+  // ~110 ids, each likely enough (>= 0.6%) to show up in 4000 draws. That makes "the drawn ids
+  // are exactly the nucleus" checkable, including the last id in and the first out, and the
+  // nucleus is too big for the sampler to find by sorting one small block.
+  constexpr int kVocab = 400;
+  std::vector<float> logit_of_rank(kVocab);
+  for (int rank = 0; rank < kVocab; ++rank) logit_of_rank[rank] = -0.005f * rank;
+  std::vector<float> logits;
+  std::vector<int> rank_of_id;
+  ShuffledLogits(logit_of_rank, logits, rank_of_id);
+
+  const std::vector<double> probs = Softmax(logit_of_rank);
+  constexpr float kTopP = 0.5f;
   int nucleus = 0;
   double cumulative = 0.0;
-  while (cumulative < kTopP) cumulative += probs[id_of_rank[nucleus++]];
+  while (cumulative < kTopP) cumulative += probs[nucleus++];
   // The boundary is far from any rounding slack, so the expected set is unambiguous.
-  ASSERT_LT(cumulative - probs[id_of_rank[nucleus - 1]], kTopP - 1e-4);
-  ASSERT_GT(nucleus, 200);
-  double head_mass = 0.0;  // ranks below 64, as a share of the nucleus
-  for (int rank = 0; rank < 64; ++rank) head_mass += probs[id_of_rank[rank]] / cumulative;
+  ASSERT_LT(cumulative - probs[nucleus - 1], kTopP - 1e-4);
+  ASSERT_GT(nucleus, 100);
 
   SamplingParams params = Seeded(8);
   params.top_p = kTopP;
-  Sampler sampler(params);
-  constexpr int kLargeDraws = 1000;
-  int max_rank = 0;
-  int head_count = 0;
-  for (int i = 0; i < kLargeDraws; ++i) {
-    const int rank = rank_of_id[SampleOnce(sampler, logits)];
-    ASSERT_LT(rank, nucleus) << "sampled outside the nucleus";
-    max_rank = std::max(max_rank, rank);
-    head_count += rank < 64;
+  constexpr int kNucleusDraws = 4000;
+  const std::vector<int> hits = HitsByRank(params, logits, rank_of_id, kNucleusDraws);
+  ExpectDrawnRanksAreExactly(hits, nucleus);
+  // Per-id frequencies are too noisy here; the top half's share (~0.56, one standard deviation
+  // 0.008) checks that the kept ids are weighted by their renormalized probabilities.
+  double top_half_mass = 0.0;
+  int top_half_hits = 0;
+  for (int rank = 0; rank < nucleus / 2; ++rank) {
+    top_half_mass += probs[rank] / cumulative;
+    top_half_hits += hits[rank];
   }
-  EXPECT_GT(max_rank, 128) << "the nucleus was cut short";
-  // ~0.53 expected, one standard deviation 0.016 at 1000 draws.
-  EXPECT_NEAR(static_cast<double>(head_count) / kLargeDraws, head_mass, 0.06);
+  EXPECT_NEAR(static_cast<double>(top_half_hits) / kNucleusDraws, top_half_mass, 0.04);
+}
+
+TEST(Sampler, TopPKeepsTheBoundaryTokenWhenCutFallsMidList) {
+  // 130 ids; the nucleus is exactly the top 66, i.e. it ends just past the middle of the list,
+  // where a bisecting search is most likely to be off by one. The 67th id is only slightly less
+  // likely than the 66th, so wrongly keeping it would show up as readily as wrongly dropping.
+  constexpr int kVocab = 130;
+  constexpr int kNucleus = 66;
+  std::vector<float> logit_of_rank(kVocab);
+  for (int rank = 0; rank < kVocab; ++rank) {
+    logit_of_rank[rank] = -0.001f * rank - (rank < kNucleus ? 0.0f : 0.2f);
+  }
+  std::vector<float> logits;
+  std::vector<int> rank_of_id;
+  ShuffledLogits(logit_of_rank, logits, rank_of_id);
+  const std::vector<double> probs = Softmax(logit_of_rank);
+  double below = 0.0;  // mass of the top kNucleus - 1
+  for (int rank = 0; rank < kNucleus - 1; ++rank) below += probs[rank];
+  SamplingParams params = Seeded(99);
+  params.top_p = static_cast<float>(below + probs[kNucleus - 1] / 2);  // cut inside id 66
+  ExpectDrawnRanksAreExactly(HitsByRank(params, logits, rank_of_id, 3000), kNucleus);
 }
 
 TEST(Sampler, MinPExcludesTokensBelowFractionOfMax) {
@@ -277,7 +328,7 @@ TEST(Sampler, FiltersComposeInDocumentedOrder) {
   const std::vector<double> probs = {0.25, 0.4, 0.04, 0.15, 0.1, 0.06};
   const std::vector<float> logits = LogitsFromProbabilities(probs);
   SamplingParams params = Seeded(41);
-  params.top_k = 4;    // ids 1, 0, 3, 4 → renormalized 0.444, 0.278, 0.167, 0.111
+  params.top_k = 4;     // ids 1, 0, 3, 4 → renormalized 0.444, 0.278, 0.167, 0.111
   params.top_p = 0.8f;  // cumulative 0.444, 0.722, 0.889 → ids 1, 0, 3
   params.min_p = 0.4f;  // 0.4 * 0.444 = 0.178 drops id 3 → ids 1, 0
   ExpectFrequenciesNear(Frequencies(params, logits), Renormalized(probs, {1, 0}));
@@ -363,8 +414,7 @@ TEST(Sampler, RepetitionPenaltyCountsEachDistinctTokenOnce) {
 TEST(Sampler, RepetitionPenaltyIgnoresOutOfVocabHistory) {
   const std::vector<float> logits = {2.0f, 1.5f, 0.1f};
   Sampler sampler(GreedyWithPenalty(2.0f));
-  EXPECT_EQ(SampleOnce(sampler, logits, {-1, 3, 1000000, std::numeric_limits<int32_t>::min()}),
-            0);
+  EXPECT_EQ(SampleOnce(sampler, logits, {-1, 3, 1000000, std::numeric_limits<int32_t>::min()}), 0);
 }
 
 TEST(Sampler, RepetitionPenaltyAppliesBeforeSampling) {
