@@ -20,14 +20,14 @@
 #include <vector>
 
 #include "bench/memory_bandwidth.h"
-#include "kernels/attention_decode.h"
+#include "kernels/paged_attention.h"
 
 namespace pdserve {
 namespace {
 
 constexpr double kMaxPoolBytes = 6.0 * (1ull << 30);
 
-struct Shape {
+struct BenchShape {
   const char* name;
   bool mla;
   int n_heads, n_kv_heads, head_dim;  // GQA
@@ -63,8 +63,8 @@ Batch MakeBatch(int batch, int64_t context, int block_size, int64_t num_blocks, 
   return b;
 }
 
-void Run(const Shape& shape, const std::vector<int64_t>& contexts, const std::vector<int>& batches,
-         int threads, int reps, double bandwidth) {
+void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
+         const std::vector<int>& batches, int threads, int reps, double bandwidth) {
   // One pool sized for the largest combo that fits, reused by all of them.
   const double row_bytes = static_cast<double>(shape.RowFloats()) * sizeof(float);
   int64_t max_blocks = 0;
@@ -163,8 +163,8 @@ int main(int argc, char** argv) {
   std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", threads, bandwidth);
   std::printf("%-6s %7s %6s %10s %9s %9s %7s\n", "kind", "context", "batch", "ms/call", "KV GB/s",
               "GFLOP/s", "/bw");
-  const Shape gqa{"GQA", false, 32, 8, 128, 0, 0, 16};
-  const Shape mla{"MLA", true, 128, 1, 0, 512, 64, 64};
+  const BenchShape gqa{"GQA", false, 32, 8, 128, 0, 0, 16};
+  const BenchShape mla{"MLA", true, 128, 1, 0, 512, 64, 64};
   const std::vector<int64_t> contexts =
       quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 8192, 32768};
   const std::vector<int> batches = quick ? std::vector<int>{1} : std::vector<int>{1, 8, 32};

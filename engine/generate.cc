@@ -52,7 +52,11 @@ absl::StatusOr<GenerationResult> Generate(Model& model, std::span<const int32_t>
   }
 
   using Clock = std::chrono::steady_clock;
-  auto cache = model.NewKvCache(static_cast<int64_t>(prompt.size()) + stop.max_tokens);
+  // A private store just big enough for this request (the workers share one store instead).
+  const KvFormat format = model.kv_format();
+  KvStore store(model.backend(), format,
+                KvStore::BlocksFor(format, static_cast<int64_t>(prompt.size()) + stop.max_tokens));
+  KvCache cache(store);
   Sampler sampler(sampling);
   std::vector<int32_t> history(prompt.begin(), prompt.end());
   GenerationResult result;
@@ -60,7 +64,7 @@ absl::StatusOr<GenerationResult> Generate(Model& model, std::span<const int32_t>
   std::vector<int32_t> next(prompt.begin(), prompt.end());  // tokens to feed this step
   auto start = Clock::now();
   for (int32_t step = 0; step < stop.max_tokens; ++step) {
-    SequenceInput input{next, cache.get()};
+    SequenceInput input{next, &cache};
     auto logits = model.Forward(std::span<const SequenceInput>(&input, 1));
     if (!logits.ok()) return logits.status();
     const int32_t token = sampler.Sample(*logits, history);

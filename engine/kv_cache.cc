@@ -1,13 +1,66 @@
 #include "engine/kv_cache.h"
 
+#include <algorithm>
+
 namespace pdserve {
 
-KvCache::KvCache(Backend& backend, const KvFormat& format, int64_t capacity)
-    : format_(format), capacity_(capacity) {
-  const int64_t kv_width = format.num_kv_heads * format.k_head_dim;
+KvStore::KvStore(Backend& backend, const KvFormat& format, int64_t num_blocks)
+    : format_(format), pool_(format, num_blocks) {
+  const int64_t tpb = format.tokens_per_block;
   for (int64_t l = 0; l < format.num_layers; ++l) {
-    k_.push_back(backend.Allocate(format.dtype, Shape{capacity, kv_width}));
-    v_.push_back(backend.Allocate(format.dtype, Shape{capacity, kv_width}));
+    if (format.is_mla()) {
+      k_.push_back(backend.Allocate(
+          format.dtype, Shape{num_blocks, tpb, format.kv_lora_rank + format.qk_rope_head_dim}));
+    } else {
+      k_.push_back(backend.Allocate(
+          format.dtype, Shape{num_blocks, tpb, format.num_kv_heads * format.k_head_dim}));
+      v_.push_back(backend.Allocate(
+          format.dtype, Shape{num_blocks, tpb, format.num_kv_heads * format.v_head_dim}));
+    }
+  }
+}
+
+int64_t KvStore::BlocksFor(const KvFormat& format, int64_t tokens) {
+  return (tokens + format.tokens_per_block - 1) / format.tokens_per_block;
+}
+
+KvCache::KvCache(KvStore& store) : store_(&store) {}
+
+KvCache::~KvCache() {
+  // Releasing blocks this table holds cannot fail; a failure would be a bookkeeping bug.
+  (void)table_.ReleaseAll(store_->pool());
+}
+
+int64_t KvCache::AdoptCachedPrefix(std::span<const int32_t> prompt) {
+  if (!tokens_.empty() || !table_.blocks().empty() || prompt.size() < 2) return 0;
+  // Leave at least one token to compute: the forward pass must produce its logits.
+  std::vector<int32_t> blocks = store_->pool().MatchPrefix(prompt.first(prompt.size() - 1));
+  if (blocks.empty()) return 0;
+  (void)table_.AdoptPrefix(store_->pool(), blocks);  // the table is empty: cannot fail
+  const int64_t n = table_.num_tokens();
+  tokens_.assign(prompt.begin(), prompt.begin() + n);
+  committed_blocks_ = static_cast<int64_t>(blocks.size());
+  last_hash_ = KvBlockPool::PrefixHashes(tokens_, format().tokens_per_block).back();
+  return n;
+}
+
+absl::Status KvCache::Reserve(int64_t total_tokens) {
+  return table_.Reserve(store_->pool(), std::max(total_tokens, length()));
+}
+
+void KvCache::Append(std::span<const int32_t> tokens) {
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+  const int64_t tpb = format().tokens_per_block;
+  const std::span<const int32_t> all(tokens_);
+  // Register each block that just became full, chaining the prefix hash block by block.
+  while ((committed_blocks_ + 1) * tpb <= length()) {
+    last_hash_ = KvBlockPool::PrefixHash(
+        last_hash_,
+        all.subspan(static_cast<size_t>(committed_blocks_ * tpb), static_cast<size_t>(tpb)));
+    // A block already registered under this hash elsewhere stays private: not an error.
+    (void)store_->pool().CommitFullBlock(table_.blocks()[static_cast<size_t>(committed_blocks_)],
+                                         last_hash_);
+    ++committed_blocks_;
   }
 }
 

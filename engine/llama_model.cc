@@ -12,53 +12,28 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, Backend& backen
       backend_(backend),
       rope_(config_.MakeRopeSpec()) {}
 
-std::unique_ptr<KvCache> LlamaModel::NewKvCache(int64_t capacity) {
+KvFormat LlamaModel::kv_format() const {
   // The CPU kernels compute and store K/V in f32.
-  return std::make_unique<KvCache>(backend_, KvFormat::FromConfig(config_, DType::kF32), capacity);
+  return KvFormat::FromConfig(config_, DType::kF32);
 }
 
 absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceInput> batch,
                                                        const ForwardOptions& options) {
   const ModelConfig& c = config_;
   Backend& be = backend_;
-  if (batch.empty()) return absl::InvalidArgumentError("forward pass with no sequences");
+  absl::StatusOr<BatchPlan> plan = PlanBatch(c, kv_format(), batch);
+  if (!plan.ok()) return plan.status();
+  const std::vector<AttentionSeq>& seqs = plan->seqs;
+  KvStore& store = *plan->store;
 
-  // Validate everything before touching any cache, so a bad request changes nothing.
-  std::vector<int32_t> ids, positions;
-  std::vector<AttentionSeq> seqs(batch.size());
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const SequenceInput& in = batch[s];
-    if (in.tokens.empty() || in.cache == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no tokens or no cache"));
-    }
-    const int64_t start = in.cache->length();
-    const int64_t n = static_cast<int64_t>(in.tokens.size());
-    if (start + n > in.cache->capacity()) {
-      return absl::OutOfRangeError(absl::StrCat("sequence ", s, " needs ", start + n,
-                                                " KV positions but its cache holds ",
-                                                in.cache->capacity()));
-    }
-    seqs[s].q_begin = static_cast<int64_t>(ids.size());
-    seqs[s].q_len = n;
-    seqs[s].start_pos = start;
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t id = in.tokens[static_cast<size_t>(i)];
-      if (id < 0 || id >= c.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-      }
-      ids.push_back(id);
-      positions.push_back(static_cast<int32_t>(start + i));
-    }
-  }
-
-  const int64_t rows = static_cast<int64_t>(ids.size());
+  const int64_t rows = plan->rows();
   const int64_t q_width = c.num_heads * c.head_dim;
   const int64_t kv_width = c.num_kv_heads * c.head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  const AttentionShape attn_shape{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads),
-                                  static_cast<int>(c.head_dim),
-                                  1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+  const AttentionShape attn_shape{.n_heads = static_cast<int>(c.num_heads),
+                                  .n_kv_heads = static_cast<int>(c.num_kv_heads),
+                                  .head_dim = static_cast<int>(c.head_dim),
+                                  .scale = static_cast<float>(c.SoftmaxScale())};
 
   Tensor x = be.Allocate(DType::kF32, Shape{rows, c.hidden_size});
   Tensor h = be.Allocate(DType::kF32, Shape{rows, c.hidden_size});
@@ -69,22 +44,20 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceI
   Tensor gate = be.Allocate(DType::kF32, Shape{rows, c.intermediate_size});
   Tensor up = be.Allocate(DType::kF32, Shape{rows, c.intermediate_size});
 
-  be.Embed(ids, weights_.embed, x);
+  be.Embed(plan->ids, weights_.embed, x);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayerWeights& w = weights_.layers[static_cast<size_t>(l)];
-    for (size_t s = 0; s < batch.size(); ++s) {
-      seqs[s].k_cache = batch[s].cache->k(l);
-      seqs[s].v_cache = batch[s].cache->v(l);
-    }
     // Attention block.
     be.RmsNorm(x, w.attn_norm, eps, h);
     be.Linear(h, w.wq, w.bq.empty() ? nullptr : &w.bq, q);
     be.Linear(h, w.wk, w.bk.empty() ? nullptr : &w.bk, k);
     be.Linear(h, w.wv, w.bv.empty() ? nullptr : &w.bv, v);
-    be.Rope(q, static_cast<int>(c.num_heads), static_cast<int>(c.head_dim), positions, rope_);
-    be.Rope(k, static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim), positions, rope_);
-    be.StoreKv(k, v, seqs);
-    be.Attention(q, seqs, attn_shape, attn);
+    be.Rope(q, static_cast<int>(c.num_heads), static_cast<int>(c.head_dim), plan->positions, rope_);
+    be.Rope(k, static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim), plan->positions,
+            rope_);
+    be.WriteCache(k, seqs, store.k(l));
+    be.WriteCache(v, seqs, store.v(l));
+    be.Attention(q, store.k(l), store.v(l), seqs, attn_shape, attn);
     be.Linear(attn, w.wo, nullptr, h);
     be.Add(x, h);
     // SwiGLU MLP block.
@@ -96,7 +69,7 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceI
     be.Add(x, h);
     if (options.on_layer_done) options.on_layer_done(l);
   }
-  for (size_t s = 0; s < batch.size(); ++s) batch[s].cache->Advance(seqs[s].q_len);
+  AppendBatch(batch);
 
   // Logits only where asked: the last new token of each sequence unless all_logits.
   be.RmsNorm(x, weights_.final_norm, eps, x);

@@ -34,7 +34,7 @@ class LlamaModel final : public Model {
   Backend& backend() override { return backend_; }
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceInput> batch,
                                              const ForwardOptions& options) override;
-  std::unique_ptr<KvCache> NewKvCache(int64_t capacity) override;
+  KvFormat kv_format() const override;
 
  private:
   ModelConfig config_;

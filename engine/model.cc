@@ -8,6 +8,58 @@
 
 namespace pdserve {
 
+absl::StatusOr<BatchPlan> PlanBatch(const ModelConfig& config, const KvFormat& format,
+                                    std::span<const SequenceInput> batch) {
+  if (batch.empty()) return absl::InvalidArgumentError("forward pass with no sequences");
+  BatchPlan plan;
+  plan.seqs.resize(batch.size());
+  // Validate everything before reserving anything.
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const SequenceInput& in = batch[s];
+    if (in.tokens.empty() || in.cache == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has no tokens or no cache"));
+    }
+    if (in.cache->format() != format) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, "'s KV cache is ",
+                                                     in.cache->format().ToString(),
+                                                     " but the model reads ", format.ToString()));
+    }
+    if (plan.store == nullptr) plan.store = &in.cache->store();
+    if (plan.store != &in.cache->store()) {
+      return absl::InvalidArgumentError("the sequences of one batch must share one KV store");
+    }
+    const int64_t start = in.cache->length();
+    const int64_t n = static_cast<int64_t>(in.tokens.size());
+    if (start + n > config.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat("sequence ", s, " would reach position ", start + n,
+                                                " but the model's context is ",
+                                                config.max_position_embeddings, " tokens"));
+    }
+    plan.seqs[s].q_begin = plan.rows();
+    plan.seqs[s].q_len = n;
+    plan.seqs[s].start_pos = start;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t id = in.tokens[static_cast<size_t>(i)];
+      if (id < 0 || id >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", id, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+      }
+      plan.ids.push_back(id);
+      plan.positions.push_back(static_cast<int32_t>(start + i));
+    }
+  }
+  for (size_t s = 0; s < batch.size(); ++s) {
+    KvCache& cache = *batch[s].cache;
+    if (absl::Status st = cache.Reserve(cache.length() + plan.seqs[s].q_len); !st.ok()) return st;
+    plan.seqs[s].block_table = cache.block_table();
+  }
+  return plan;
+}
+
+void AppendBatch(std::span<const SequenceInput> batch) {
+  for (const SequenceInput& in : batch) in.cache->Append(in.tokens);
+}
+
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backend& backend) {
   namespace fs = std::filesystem;
   std::error_code ec;

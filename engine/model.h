@@ -17,7 +17,8 @@
 namespace pdserve {
 
 // New tokens of one sequence in a batched forward pass. They take positions
-// cache->length() .. cache->length() + tokens.size() - 1.
+// cache->length() .. cache->length() + tokens.size() - 1; the cache's store must have been made
+// with the model's kv_format().
 struct SequenceInput {
   std::span<const int32_t> tokens;
   KvCache* cache = nullptr;
@@ -40,16 +41,37 @@ class Model {
   virtual const ModelConfig& config() const = 0;
   virtual Backend& backend() = 0;
 
-  // Runs every sequence's new tokens (prefill: many; decode: one), appends their K/V to each
-  // cache and advances it. Returns host logits, [rows, vocab] row-major, where rows is the
-  // number of sequences (or of new tokens with all_logits). Invalid ids or a cache without room
-  // give InvalidArgument / OutOfRange and leave the caches unchanged.
+  // The format of the KV cache this model reads and writes on its backend (the storage dtype
+  // its kernels use, default block size). KvStores for this model are made with it.
+  virtual KvFormat kv_format() const = 0;
+
+  // Runs every sequence's new tokens (prefill: many; decode: one), reserving cache blocks as
+  // needed and appending the new K/V to each cache. Returns host logits, [rows, vocab]
+  // row-major, where rows is the number of sequences (or of new tokens with all_logits).
+  // Invalid ids or positions past the model's context give InvalidArgument / OutOfRange, a
+  // store without enough free blocks ResourceExhausted; on error no cache has grown.
   virtual absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceInput> batch,
                                                      const ForwardOptions& options = {}) = 0;
-
-  // An empty cache for one sequence of up to `capacity` tokens.
-  virtual std::unique_ptr<KvCache> NewKvCache(int64_t capacity) = 0;
 };
+
+// The validated layout of one batched forward pass, shared by every model: token ids and
+// positions of all new tokens in batch order, one AttentionSeq per sequence (block tables
+// point into the caches), and the one KvStore all caches share.
+struct BatchPlan {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> positions;
+  std::vector<AttentionSeq> seqs;
+  KvStore* store = nullptr;
+  int64_t rows() const { return static_cast<int64_t>(ids.size()); }
+};
+
+// Checks `batch` against the model (tokens present and in the vocabulary, caches of `format`
+// from one store, positions within max_position_embeddings) and reserves the blocks every
+// sequence needs. Errors as Model::Forward documents; call AppendBatch after the pass.
+absl::StatusOr<BatchPlan> PlanBatch(const ModelConfig& config, const KvFormat& format,
+                                    std::span<const SequenceInput> batch);
+// Records the new tokens of every sequence in its cache once their K/V are stored.
+void AppendBatch(std::span<const SequenceInput> batch);
 
 // Loads a model for `backend`: a Hugging Face directory (config.json + model.safetensors or
 // model.safetensors.index.json) or a llama2.c checkpoint file (*.bin).

@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "kernels/attention_decode.h"
+#include "kernels/paged_attention.h"
 
 namespace pdserve {
 namespace {
@@ -59,6 +59,43 @@ void PagedDecodeAttentionReference(const float* q, int n_heads, const PagedKv& k
           scores,
           [&](int64_t t) { return TokenRow(kv.v, seq, kv.block_size, kv_width, t) + kv_off; }, hd,
           out + static_cast<int64_t>(b) * q_width + static_cast<int64_t>(h) * hd);
+    }
+  }
+}
+
+void PagedPrefillAttentionReference(const float* q, int n_heads, const PagedKv& kv, int v_head_dim,
+                                    std::span<const AttentionSeq> seqs, float scale, float* out) {
+  if (kv.n_kv_heads <= 0 || n_heads % kv.n_kv_heads != 0 || kv.head_dim <= 0) std::abort();
+  const int hd = kv.head_dim, vd = v_head_dim;
+  const int group = n_heads / kv.n_kv_heads;
+  const int64_t k_width = static_cast<int64_t>(kv.n_kv_heads) * hd;
+  const int64_t v_width = static_cast<int64_t>(kv.n_kv_heads) * vd;
+  const int64_t q_width = static_cast<int64_t>(n_heads) * hd;
+  const int64_t o_width = static_cast<int64_t>(n_heads) * vd;
+  for (const AttentionSeq& s : seqs) {
+    const PagedSeq seq{s.block_table, s.start_pos + s.q_len};
+    CheckPagedSeqs(std::span<const PagedSeq>(&seq, 1), kv.num_blocks, kv.block_size);
+    for (int64_t i = 0; i < s.q_len; ++i) {
+      const int64_t row = s.q_begin + i;
+      for (int h = 0; h < n_heads; ++h) {
+        const float* qh = q + row * q_width + static_cast<int64_t>(h) * hd;
+        const int64_t kv_head = h / group;
+        // Causal: new token i sees positions [0, start_pos + i].
+        std::vector<double> scores(static_cast<size_t>(s.start_pos + i + 1));
+        for (size_t t = 0; t < scores.size(); ++t) {
+          const float* k =
+              TokenRow(kv.k, seq, kv.block_size, k_width, static_cast<int64_t>(t)) + kv_head * hd;
+          double dot = 0;
+          for (int d = 0; d < hd; ++d) dot += double(qh[d]) * k[d];
+          scores[t] = dot * scale;
+        }
+        SoftmaxWeightedSum(
+            scores,
+            [&](int64_t t) {
+              return TokenRow(kv.v, seq, kv.block_size, v_width, t) + kv_head * vd;
+            },
+            vd, out + row * o_width + static_cast<int64_t>(h) * vd);
+      }
     }
   }
 }

@@ -25,21 +25,32 @@ struct RopeSpec {
   float attention_factor = 1.0f;  // multiplies cos/sin (YaRN); 1 for plain RoPE
 };
 
-// One sequence's slice of a batched attention call. New token i of the sequence sits at
-// position start_pos + i and attends causally to cached positions [0, start_pos + i].
+// One sequence's slice of a batched call on the paged KV cache. New token i of the sequence
+// sits at position start_pos + i and attends causally to positions [0, start_pos + i].
+// Position p of the sequence lives in cache block block_table[p / block_size], slot
+// p % block_size; the table covers at least start_pos + q_len positions.
 struct AttentionSeq {
-  int64_t q_begin = 0;    // first row of this sequence in q / out / k / v
-  int64_t q_len = 0;      // number of new tokens
-  int64_t start_pos = 0;  // tokens already cached before the new ones
-  Tensor k_cache;         // [capacity, n_kv_heads * head_dim] for one layer
-  Tensor v_cache;         // same shape as k_cache
+  int64_t q_begin = 0;                   // first row of this sequence in q / out / the new rows
+  int64_t q_len = 0;                     // number of new tokens
+  int64_t start_pos = 0;                 // tokens already cached before the new ones
+  std::span<const int32_t> block_table;  // host memory; ids into the layer's cache pools
 };
 
 struct AttentionShape {
   int n_heads = 0;
   int n_kv_heads = 0;  // divides n_heads: MHA (equal), GQA, MQA (1)
-  int head_dim = 0;
+  int head_dim = 0;    // of queries and keys
+  int v_head_dim = 0;  // of values and the output; 0 means head_dim
   float scale = 0.0f;  // softmax scale, usually 1/sqrt(head_dim)
+  int value_dim() const { return v_head_dim > 0 ? v_head_dim : head_dim; }
+};
+
+// MLA's absorbed attention over the latent cache (see ../shared/SPEC.md, "MLA, precisely").
+struct MlaShape {
+  int n_heads = 0;
+  int kv_lora_rank = 0;  // c_kv width: the leading part of each latent row
+  int rope_dim = 0;      // k_pe width: the trailing part
+  float scale = 0.0f;
 };
 
 // Kernels used by the model. All tensors passed in live on device(); 2-D activations are
@@ -76,13 +87,42 @@ class Backend {
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // x += y, elementwise.
   virtual void Add(Tensor& x, const Tensor& y) = 0;
-  // Writes rows of k and v ([rows, n_kv_heads * head_dim]) to each sequence's cache at
-  // positions start_pos .. start_pos + q_len - 1.
-  virtual void StoreKv(const Tensor& k, const Tensor& v, std::span<const AttentionSeq> seqs) = 0;
-  // Causal attention of q [rows, n_heads * head_dim] over each sequence's cache (which must
-  // already hold the new tokens' K/V); out has q's shape.
-  virtual void Attention(const Tensor& q, std::span<const AttentionSeq> seqs,
-                         const AttentionShape& shape, Tensor& out) = 0;
+  // out[r, h, :] = concat(a[r, h_a, :], b[r, h_b, :]) for h in [0, n_heads), where a is
+  // [rows, a_heads * da] and b [rows, b_heads * db], each with 1 head (broadcast to all) or
+  // n_heads; out is [rows, n_heads * (da + db)]. Builds MLA's per-head keys and latent rows.
+  virtual void ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int b_heads, int n_heads,
+                           Tensor& out) = 0;
+  // Per-head matmul over x [rows, n_heads * in]: y[r, h, :] = x[r, h, :] · W_h, where W_h is
+  // rows [h * in, (h + 1) * in) of w [n_heads * in, out] when !transpose_w, or
+  // y[r, h, :] = x[r, h, :] · W_hᵀ with W_h rows [h * out, (h + 1) * out) of w [n_heads * out,
+  // in] when transpose_w. y is [rows, n_heads * out]. MLA's absorption of W_UK and W_UV.
+  virtual void HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
+                          Tensor& y) = 0;
+  // out[i, :] = x[rows[i], :]: gathers the tokens routed to one expert.
+  virtual void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
+  // y[rows[i], :] += weights[i] * x[i, :]: adds an expert's weighted output back.
+  virtual void ScatterAddRows(const Tensor& x, std::span<const int32_t> rows,
+                              std::span<const float> weights, Tensor& y) = 0;
+
+  // Paged cache pools are [num_blocks, block_size, width] tensors, one per layer and cached
+  // stream (K and V, or MLA's latent). Writes new rows [rows, width] of each sequence to
+  // positions start_pos .. start_pos + q_len - 1 of its blocks.
+  virtual void WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) = 0;
+  // out[i, :] = the cached row at position i of one sequence, for i in [0, out.dim(0)).
+  virtual void ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) = 0;
+  // Causal attention of q [rows, n_heads * head_dim] over each sequence's paged K and V
+  // (which already hold the new tokens); out is [rows, n_heads * value_dim()]. Prefill
+  // (many new tokens, with or without a cached prefix) and decode (one) alike.
+  virtual void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
+                         std::span<const AttentionSeq> seqs, const AttentionShape& shape,
+                         Tensor& out) = 0;
+  // MLA decode, absorbed: q_lat [rows, n_heads * kv_lora_rank] (q_nope · W_UK), q_pe [rows,
+  // n_heads * rope_dim] (rotated) attend to each sequence's latent pool [.., kv_lora_rank +
+  // rope_dim]; o_lat [rows, n_heads * kv_lora_rank], to be multiplied by W_UV. Every sequence
+  // has q_len 1 (decode); prefill uses the expanded form through Attention.
+  virtual void MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Tensor& latent_pool,
+                            std::span<const AttentionSeq> seqs, const MlaShape& shape,
+                            Tensor& o_lat) = 0;
 };
 
 }  // namespace pdserve

@@ -5,9 +5,12 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "engine/kv_cache.h"
+#include "engine/model.h"
 #include "engine/model_config.h"
 
 namespace pdserve::testing_util {
@@ -16,6 +19,12 @@ namespace pdserve::testing_util {
 inline std::string ModelsDir() {
   if (const char* env = std::getenv("PDSERVE_MODELS_DIR")) return env;
   return PDSERVE_DEFAULT_MODELS_DIR;
+}
+
+// configs/ of this source tree, or $PDSERVE_CONFIGS_DIR.
+inline std::string ConfigsDir() {
+  if (const char* env = std::getenv("PDSERVE_CONFIGS_DIR")) return env;
+  return PDSERVE_DEFAULT_CONFIGS_DIR;
 }
 
 // Removes every FreshDir at process exit so repeated runs leave nothing behind.
@@ -38,6 +47,11 @@ inline std::string FreshDir(const std::string& name) {
   fs::create_directories(dir);
   fresh_dir_cleaner.dirs.push_back(dir.string());
   return dir.string();
+}
+
+// A KV store for `model` with `blocks` blocks (64 of 16 tokens: plenty for the unit tests).
+inline std::unique_ptr<KvStore> StoreFor(Model& model, int64_t blocks = 64) {
+  return std::make_unique<KvStore>(model.backend(), model.kv_format(), blocks);
 }
 
 // A tiny Llama-family config; vary the KV heads for MHA (4), GQA (2) or MQA (1).

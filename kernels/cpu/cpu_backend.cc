@@ -14,6 +14,7 @@
 
 #include "kernels/check.h"
 #include "kernels/convert.h"
+#include "kernels/paged_attention.h"
 
 namespace pdserve {
 namespace {
@@ -248,51 +249,215 @@ void CpuBackend::Add(Tensor& x, const Tensor& y) {
   for (int64_t i = 0; i < n; ++i) xp[i] += yp[i];
 }
 
-void CpuBackend::StoreKv(const Tensor& k, const Tensor& v, std::span<const AttentionSeq> seqs) {
-  PDSERVE_KERNEL_CHECK(IsHostF32(k) && IsHostF32(v) && k.numel() == v.numel());
-  const int64_t width = Cols(k);
-  for (const AttentionSeq& s : seqs) {
-    PDSERVE_KERNEL_CHECK(IsHostF32(s.k_cache) && IsHostF32(s.v_cache));
-    PDSERVE_KERNEL_CHECK(Cols(s.k_cache) == width && s.start_pos + s.q_len <= s.k_cache.dim(0));
-    const size_t bytes = static_cast<size_t>(s.q_len * width) * sizeof(float);
-    std::memcpy(s.k_cache.data_as<float>() + s.start_pos * width,
-                k.data_as<float>() + s.q_begin * width, bytes);
-    std::memcpy(s.v_cache.data_as<float>() + s.start_pos * width,
-                v.data_as<float>() + s.q_begin * width, bytes);
+void CpuBackend::ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int b_heads,
+                             int n_heads, Tensor& out) {
+  PDSERVE_KERNEL_CHECK(IsHostF32(a) && IsHostF32(b) && IsHostF32(out));
+  PDSERVE_KERNEL_CHECK((a_heads == 1 || a_heads == n_heads) &&
+                       (b_heads == 1 || b_heads == n_heads));
+  const int64_t rows = a.dim(0);
+  const int64_t da = Cols(a) / a_heads, db = Cols(b) / b_heads;
+  PDSERVE_KERNEL_CHECK(b.dim(0) == rows && out.dim(0) == rows && Cols(a) == a_heads * da &&
+                       Cols(b) == b_heads * db && Cols(out) == n_heads * (da + db));
+  const size_t a_bytes = static_cast<size_t>(da) * sizeof(float);
+  const size_t b_bytes = static_cast<size_t>(db) * sizeof(float);
+#pragma omp parallel for num_threads(num_threads_) if (out.numel() > kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* ar = a.data_as<float>() + r * Cols(a);
+    const float* br = b.data_as<float>() + r * Cols(b);
+    float* o = out.data_as<float>() + r * Cols(out);
+    for (int h = 0; h < n_heads; ++h, o += da + db) {
+      std::memcpy(o, ar + (a_heads == 1 ? 0 : h * da), a_bytes);
+      std::memcpy(o + da, br + (b_heads == 1 ? 0 : h * db), b_bytes);
+    }
   }
 }
 
-void CpuBackend::Attention(const Tensor& q, std::span<const AttentionSeq> seqs,
-                           const AttentionShape& shape, Tensor& out) {
-  PDSERVE_KERNEL_CHECK(IsHostF32(q) && IsHostF32(out) && q.numel() == out.numel());
-  const int hd = shape.head_dim;
-  const int group = shape.n_heads / shape.n_kv_heads;
-  PDSERVE_KERNEL_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
-  const int64_t q_width = static_cast<int64_t>(shape.n_heads) * hd;
-  const int64_t kv_width = static_cast<int64_t>(shape.n_kv_heads) * hd;
-  PDSERVE_KERNEL_CHECK(Cols(q) == q_width);
+void CpuBackend::HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
+                            Tensor& y) {
+  PDSERVE_KERNEL_CHECK(IsHostF32(x) && IsHostF32(w) && IsHostF32(y) && w.shape().rank() == 2);
+  PDSERVE_KERNEL_CHECK(n_heads > 0 && x.dim(0) == y.dim(0));
+  const int64_t in = Cols(x) / n_heads, out = Cols(y) / n_heads;
+  PDSERVE_KERNEL_CHECK(Cols(x) == n_heads * in && Cols(y) == n_heads * out);
+  PDSERVE_KERNEL_CHECK(transpose_w ? (w.dim(0) == n_heads * out && w.dim(1) == in)
+                                   : (w.dim(0) == n_heads * in && w.dim(1) == out));
+  const int m = static_cast<int>(x.dim(0));
+  const int64_t work = x.dim(0) * n_heads * in * out;
+#pragma omp parallel for num_threads(num_threads_) if (n_heads > 1 && work > kParallelWork)
+  for (int h = 0; h < n_heads; ++h) {
+    const float* wh =
+        w.data_as<float>() + static_cast<int64_t>(h) * (transpose_w ? out : in) * w.dim(1);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_w ? CblasTrans : CblasNoTrans, m,
+                static_cast<int>(out), static_cast<int>(in), 1.0f, x.data_as<float>() + h * in,
+                static_cast<int>(Cols(x)), wh, static_cast<int>(w.dim(1)), 0.0f,
+                y.data_as<float>() + h * out, static_cast<int>(Cols(y)));
+  }
+}
 
-  // Work items: (sequence, head, block of up to kBlock new tokens). Each item is two small
-  // GEMMs, S = Q·Kᵀ over the block's visible context and O = softmax(S)·V, so prefill runs at
-  // BLAS speed; decode is the one-row case of the same path.
+void CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
+  PDSERVE_KERNEL_CHECK(IsHostF32(x) && IsHostF32(out) && Cols(x) == Cols(out));
+  PDSERVE_KERNEL_CHECK(out.dim(0) == static_cast<int64_t>(rows.size()));
+  const int64_t width = Cols(x);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    PDSERVE_KERNEL_CHECK(rows[i] >= 0 && rows[i] < x.dim(0));
+    std::memcpy(out.data_as<float>() + static_cast<int64_t>(i) * width,
+                x.data_as<float>() + rows[i] * width, static_cast<size_t>(width) * sizeof(float));
+  }
+}
+
+void CpuBackend::ScatterAddRows(const Tensor& x, std::span<const int32_t> rows,
+                                std::span<const float> weights, Tensor& y) {
+  PDSERVE_KERNEL_CHECK(IsHostF32(x) && IsHostF32(y) && Cols(x) == Cols(y));
+  PDSERVE_KERNEL_CHECK(x.dim(0) == static_cast<int64_t>(rows.size()) &&
+                       weights.size() == rows.size());
+  const int64_t width = Cols(x);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    PDSERVE_KERNEL_CHECK(rows[i] >= 0 && rows[i] < y.dim(0));
+    const float* xr = x.data_as<float>() + static_cast<int64_t>(i) * width;
+    float* yr = y.data_as<float>() + rows[i] * width;
+    for (int64_t c = 0; c < width; ++c) yr[c] += weights[i] * xr[c];
+  }
+}
+
+namespace {
+
+// A paged pool [num_blocks, block_size, width] and the address of one sequence's position.
+struct PoolView {
+  float* data;
+  int64_t num_blocks, block_size, width;
+
+  explicit PoolView(const Tensor& pool)
+      : data(pool.data_as<float>()),
+        num_blocks(pool.dim(0)),
+        block_size(pool.dim(1)),
+        width(pool.dim(2)) {
+    PDSERVE_KERNEL_CHECK(IsHostF32(pool) && pool.shape().rank() == 3);
+  }
+  float* Row(std::span<const int32_t> table, int64_t pos) const {
+    const size_t slot = static_cast<size_t>(pos / block_size);
+    PDSERVE_KERNEL_CHECK(slot < table.size() && table[slot] >= 0 && table[slot] < num_blocks);
+    return data + (table[slot] * block_size + pos % block_size) * width;
+  }
+};
+
+// Copies positions [0, n) of a sequence into contiguous rows (run by run within each block).
+void GatherSequence(const PoolView& pool, std::span<const int32_t> table, int64_t n, float* out) {
+  for (int64_t p = 0; p < n; p += pool.block_size) {
+    const int64_t run = std::min(pool.block_size, n - p);
+    std::memcpy(out + p * pool.width, pool.Row(table, p),
+                static_cast<size_t>(run * pool.width) * sizeof(float));
+  }
+}
+
+}  // namespace
+
+void CpuBackend::WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) {
+  const PoolView view(pool);
+  PDSERVE_KERNEL_CHECK(IsHostF32(rows) && Cols(rows) == view.width);
+  const size_t row_bytes = static_cast<size_t>(view.width) * sizeof(float);
+  for (const AttentionSeq& s : seqs) {
+    PDSERVE_KERNEL_CHECK(s.q_begin + s.q_len <= rows.dim(0));
+    for (int64_t t = 0; t < s.q_len; ++t) {
+      std::memcpy(view.Row(s.block_table, s.start_pos + t),
+                  rows.data_as<float>() + (s.q_begin + t) * view.width, row_bytes);
+    }
+  }
+}
+
+void CpuBackend::ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) {
+  const PoolView view(pool);
+  PDSERVE_KERNEL_CHECK(IsHostF32(out) && Cols(out) == view.width);
+  GatherSequence(view, block_table, out.dim(0), out.data_as<float>());
+}
+
+void CpuBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Tensor& latent_pool,
+                              std::span<const AttentionSeq> seqs, const MlaShape& shape,
+                              Tensor& o_lat) {
+  const PoolView view(latent_pool);
+  PDSERVE_KERNEL_CHECK(IsHostF32(q_lat) && IsHostF32(q_pe) && IsHostF32(o_lat));
+  PDSERVE_KERNEL_CHECK(view.width == shape.kv_lora_rank + shape.rope_dim);
+  PDSERVE_KERNEL_CHECK(Cols(q_lat) == int64_t{shape.n_heads} * shape.kv_lora_rank &&
+                       Cols(q_pe) == int64_t{shape.n_heads} * shape.rope_dim &&
+                       o_lat.numel() == q_lat.numel());
+  std::vector<PagedSeq> paged;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    PDSERVE_KERNEL_CHECK(seqs[i].q_len == 1 && seqs[i].q_begin == static_cast<int64_t>(i));
+    paged.push_back({seqs[i].block_table, seqs[i].start_pos + 1});
+  }
+  PDSERVE_KERNEL_CHECK(q_lat.dim(0) == static_cast<int64_t>(seqs.size()));
+  const MlaCache cache{view.data, view.num_blocks, static_cast<int>(view.block_size),
+                       shape.kv_lora_rank, shape.rope_dim};
+  MlaDecodeAttention(q_lat.data_as<float>(), q_pe.data_as<float>(), shape.n_heads, cache, paged,
+                     shape.scale, o_lat.data_as<float>(), num_threads_);
+}
+
+void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
+                           std::span<const AttentionSeq> seqs, const AttentionShape& shape,
+                           Tensor& out) {
+  const PoolView kp(k_pool), vp(v_pool);
+  const int hd = shape.head_dim, vd = shape.value_dim();
+  PDSERVE_KERNEL_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
+  const int group = shape.n_heads / shape.n_kv_heads;
+  const int64_t q_width = static_cast<int64_t>(shape.n_heads) * hd;
+  const int64_t o_width = static_cast<int64_t>(shape.n_heads) * vd;
+  const int64_t k_width = static_cast<int64_t>(shape.n_kv_heads) * hd;
+  const int64_t v_width = static_cast<int64_t>(shape.n_kv_heads) * vd;
+  PDSERVE_KERNEL_CHECK(IsHostF32(q) && IsHostF32(out) && Cols(q) == q_width &&
+                       Cols(out) == o_width && q.dim(0) == out.dim(0));
+  PDSERVE_KERNEL_CHECK(kp.width == k_width && vp.width == v_width &&
+                       kp.block_size == vp.block_size && kp.num_blocks == vp.num_blocks);
+
+  // Decode: one new token per sequence reads the pages in place (memory-bound kernel).
+  const bool decode =
+      std::all_of(seqs.begin(), seqs.end(), [](const AttentionSeq& s) { return s.q_len == 1; });
+  if (decode && hd == vd && q.dim(0) == static_cast<int64_t>(seqs.size())) {
+    std::vector<PagedSeq> paged;
+    for (const AttentionSeq& s : seqs) {
+      PDSERVE_KERNEL_CHECK(s.q_begin == static_cast<int64_t>(paged.size()));
+      paged.push_back({s.block_table, s.start_pos + 1});
+    }
+    const PagedKv kv{kp.data,          vp.data, kp.num_blocks, static_cast<int>(kp.block_size),
+                     shape.n_kv_heads, hd};
+    PagedDecodeAttention(q.data_as<float>(), shape.n_heads, kv, paged, shape.scale,
+                         out.data_as<float>(), num_threads_);
+    return;
+  }
+
+  // Prefill: gather each sequence's context (cached prefix and new tokens) into contiguous K
+  // and V, then per (sequence, head, block of up to kBlock new tokens) two small GEMMs,
+  // S = Q·Kᵀ over the visible context and O = softmax(S)·V, so prefill runs at BLAS speed.
+  // The gather copies O(context) rows against O(new tokens × context) multiply-adds.
+  std::vector<int64_t> ctx_off(seqs.size() + 1, 0);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const AttentionSeq& s = seqs[i];
+    PDSERVE_KERNEL_CHECK(s.q_len >= 1 && s.q_begin + s.q_len <= q.dim(0));
+    ctx_off[i + 1] = ctx_off[i] + s.start_pos + s.q_len;
+  }
+  k_scratch_.resize(static_cast<size_t>(ctx_off.back() * k_width));
+  v_scratch_.resize(static_cast<size_t>(ctx_off.back() * v_width));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const int64_t ctx = ctx_off[i + 1] - ctx_off[i];
+    GatherSequence(kp, seqs[i].block_table, ctx, k_scratch_.data() + ctx_off[i] * k_width);
+    GatherSequence(vp, seqs[i].block_table, ctx, v_scratch_.data() + ctx_off[i] * v_width);
+  }
+
   constexpr int64_t kBlock = 64;
   struct Item {
-    const AttentionSeq* seq;
+    size_t seq;
     int head;
     int64_t t0, rows;  // new tokens [t0, t0 + rows) of the sequence
   };
   std::vector<Item> items;
-  for (const AttentionSeq& s : seqs) {
-    PDSERVE_KERNEL_CHECK(Cols(s.k_cache) == kv_width && s.start_pos + s.q_len <= s.k_cache.dim(0));
+  int64_t work = 0;  // multiply-adds of Q·Kᵀ and P·V
+  for (size_t i = 0; i < seqs.size(); ++i) {
     for (int h = 0; h < shape.n_heads; ++h) {
-      for (int64_t t0 = 0; t0 < s.q_len; t0 += kBlock) {
-        items.push_back({&s, h, t0, std::min(kBlock, s.q_len - t0)});
+      for (int64_t t0 = 0; t0 < seqs[i].q_len; t0 += kBlock) {
+        const int64_t rows = std::min(kBlock, seqs[i].q_len - t0);
+        items.push_back({i, h, t0, rows});
+        work += rows * (seqs[i].start_pos + t0 + rows) * (hd + vd);
       }
     }
   }
   const int64_t n_items = static_cast<int64_t>(items.size());
-  int64_t work = 0;  // multiply-adds of Q·Kᵀ and P·V
-  for (const Item& it : items) work += 2 * it.rows * (it.seq->start_pos + it.t0 + it.rows) * hd;
 #pragma omp parallel num_threads(num_threads_) if (n_items > 1 && work > kParallelWork)
   {
     std::vector<float> scores;  // per thread: [rows, context] for the current item
@@ -300,19 +465,20 @@ void CpuBackend::Attention(const Tensor& q, std::span<const AttentionSeq> seqs,
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < n_items; ++w) {
       const Item& it = items[static_cast<size_t>(w)];
-      const AttentionSeq& s = *it.seq;
+      const AttentionSeq& s = seqs[it.seq];
       const int64_t first_row = s.q_begin + it.t0;
       const int64_t context = s.start_pos + it.t0 + it.rows;  // keys the last row sees
-      const int64_t h_off = static_cast<int64_t>(it.head) * hd;
-      const int64_t kv_off = static_cast<int64_t>(it.head / group) * hd;
-      const float* qh = q.data_as<float>() + first_row * q_width + h_off;
-      float* oh = out.data_as<float>() + first_row * q_width + h_off;
+      const int64_t kv_head = it.head / group;
+      const float* qh = q.data_as<float>() + first_row * q_width + int64_t{it.head} * hd;
+      float* oh = out.data_as<float>() + first_row * o_width + int64_t{it.head} * vd;
+      const float* kh = k_scratch_.data() + ctx_off[it.seq] * k_width + kv_head * hd;
+      const float* vh = v_scratch_.data() + ctx_off[it.seq] * v_width + kv_head * vd;
       scores.resize(static_cast<size_t>(it.rows * context));
       denom.resize(static_cast<size_t>(it.rows));
       const int rows = static_cast<int>(it.rows), ctx = static_cast<int>(context);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, hd, shape.scale, qh,
-                  static_cast<int>(q_width), s.k_cache.data_as<float>() + kv_off,
-                  static_cast<int>(kv_width), 0.0f, scores.data(), ctx);
+                  static_cast<int>(q_width), kh, static_cast<int>(k_width), 0.0f, scores.data(),
+                  ctx);
       // Causal softmax per row: row r sees positions [0, start_pos + t0 + r].
       for (int64_t r = 0; r < it.rows; ++r) {
         float* sr = scores.data() + r * context;
@@ -323,12 +489,11 @@ void CpuBackend::Attention(const Tensor& q, std::span<const AttentionSeq> seqs,
         std::fill(sr + visible, sr + context, 0.0f);
         denom[static_cast<size_t>(r)] = sum;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, ctx, 1.0f, scores.data(),
-                  ctx, s.v_cache.data_as<float>() + kv_off, static_cast<int>(kv_width), 0.0f, oh,
-                  static_cast<int>(q_width));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, vd, ctx, 1.0f, scores.data(),
+                  ctx, vh, static_cast<int>(v_width), 0.0f, oh, static_cast<int>(o_width));
       for (int64_t r = 0; r < it.rows; ++r) {
         const float inv = 1.0f / denom[static_cast<size_t>(r)];
-        for (int i = 0; i < hd; ++i) oh[r * q_width + i] *= inv;
+        for (int i = 0; i < vd; ++i) oh[r * o_width + i] *= inv;
       }
     }
   }

@@ -28,15 +28,31 @@ class CpuBackend final : public Backend {
             const RopeSpec& rope) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(Tensor& x, const Tensor& y) override;
-  void StoreKv(const Tensor& k, const Tensor& v, std::span<const AttentionSeq> seqs) override;
-  void Attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionShape& shape,
+  void ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int b_heads, int n_heads,
+                   Tensor& out) override;
+  // w must be f32 (the per-head slices are too small for bf16 streaming to pay).
+  void HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
+                  Tensor& y) override;
+  void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void ScatterAddRows(const Tensor& x, std::span<const int32_t> rows,
+                      std::span<const float> weights, Tensor& y) override;
+  void WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) override;
+  void ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) override;
+  // Decode batches (one new token each, K and V heads equally wide) use the paged decode kernel
+  // of kernels/paged_attention.h; everything else gathers the context and runs GEMMs.
+  void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
+                 std::span<const AttentionSeq> seqs, const AttentionShape& shape,
                  Tensor& out) override;
+  void MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Tensor& latent_pool,
+                    std::span<const AttentionSeq> seqs, const MlaShape& shape,
+                    Tensor& o_lat) override;
 
  private:
   void LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, float* y);
 
   int num_threads_;
-  std::vector<float> bf16_scratch_;  // f32 copy of a bf16 weight for prefill-sized GEMMs
+  std::vector<float> bf16_scratch_;           // f32 copy of a bf16 weight for prefill-sized GEMMs
+  std::vector<float> k_scratch_, v_scratch_;  // prefill attention's gathered contexts
 };
 
 }  // namespace pdserve

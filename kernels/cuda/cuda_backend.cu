@@ -153,27 +153,42 @@ __global__ void AddKernel(float* x, const float* y, int64_t n) {
 
 // What one attention block needs about its query row; built on the host per call.
 struct AttnRow {
-  const float* k;  // this sequence's K cache for the layer, [capacity, kv_width]
-  const float* v;
+  int64_t table;  // offset of this sequence's block table in the uploaded tables
   int64_t row;    // row of q / out
   int64_t n_ctx;  // keys visible to this row: start_pos + t + 1
 };
+
+// The paged pools of one layer: [num_blocks, block_size, width] each.
+struct PagedPools {
+  const float* k;
+  const float* v;
+  const int32_t* tables;  // every sequence's block table, concatenated
+  int block_size;
+  int64_t k_width, v_width;
+};
+
+__device__ __forceinline__ int64_t PagedRow(const PagedPools& p, int64_t table, int64_t pos) {
+  return static_cast<int64_t>(p.tables[table + pos / p.block_size]) * p.block_size +
+         pos % p.block_size;
+}
 
 constexpr int kAttnWarps = 8;
 constexpr int kDimsPerLane = CudaBackend::kMaxHeadDim / kWarp;
 
 // One block per (query row, head). Each warp walks keys warp, warp + kAttnWarps, ... with an
 // online softmax (running max m, normalizer l, unnormalized output acc), so context length is
-// unbounded and needs no score buffer; lane j owns dims j, j + 32, ... of the head. The warps'
-// partial states are merged through shared memory at the end.
+// unbounded and needs no score buffer; lane j owns dims j, j + 32, ... of the head (of the key
+// for scores, of the value for the output). The warps' partial states are merged through
+// shared memory at the end.
 __global__ void __launch_bounds__(kAttnWarps* kWarp)
-    AttentionKernel(const float* q, const AttnRow* rows, int group, int head_dim, int64_t q_width,
-                    int64_t kv_width, float scale, float* out) {
+    AttentionKernel(const float* q, const AttnRow* rows, PagedPools pools, int group, int head_dim,
+                    int v_dim, int64_t q_width, int64_t o_width, float scale, float* out) {
   const AttnRow r = rows[blockIdx.x];
   const int h = blockIdx.y;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const float* qh = q + r.row * q_width + static_cast<int64_t>(h) * head_dim;
-  const int64_t kv_off = static_cast<int64_t>(h / group) * head_dim;
+  const int64_t k_off = static_cast<int64_t>(h / group) * head_dim;
+  const int64_t v_off = static_cast<int64_t>(h / group) * v_dim;
 
   float qv[kDimsPerLane], acc[kDimsPerLane];
 #pragma unroll
@@ -185,7 +200,8 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
   float m = -INFINITY, l = 0.0f;
   // The loop bound depends only on the warp, so every lane reaches the shuffles together.
   for (int64_t p = warp; p < r.n_ctx; p += kAttnWarps) {
-    const float* kp = r.k + p * kv_width + kv_off;
+    const int64_t slot = PagedRow(pools, r.table, p);
+    const float* kp = pools.k + slot * pools.k_width + k_off;
     float dot = 0.0f;
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) {
@@ -197,11 +213,11 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
     const float correction = expf(m - m_new);  // 0 on the first key (m = -inf)
     const float e = expf(s - m_new);
     l = l * correction + e;
-    const float* vp = r.v + p * kv_width + kv_off;
+    const float* vp = pools.v + slot * pools.v_width + v_off;
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) {
       const int d = lane + j * kWarp;
-      if (d < head_dim) acc[j] = acc[j] * correction + e * vp[d];
+      if (d < v_dim) acc[j] = acc[j] * correction + e * vp[d];
     }
   }
 
@@ -214,14 +230,14 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
 #pragma unroll
   for (int j = 0; j < kDimsPerLane; ++j) {
     const int d = lane + j * kWarp;
-    if (d < head_dim) s_acc[warp][d] = acc[j];
+    if (d < v_dim) s_acc[warp][d] = acc[j];
   }
   __syncthreads();
   // n_ctx >= 1, so the global max is finite; warps that saw no key (m = -inf) weigh 0.
   float mx = -INFINITY;
   for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, s_m[w]);
-  float* oh = out + r.row * q_width + static_cast<int64_t>(h) * head_dim;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+  float* oh = out + r.row * o_width + static_cast<int64_t>(h) * v_dim;
+  for (int d = threadIdx.x; d < v_dim; d += blockDim.x) {
     float denom = 0.0f, o = 0.0f;
     for (int w = 0; w < kAttnWarps; ++w) {
       const float f = expf(s_m[w] - mx);
@@ -229,6 +245,19 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
       o += s_acc[w][d] * f;
     }
     oh[d] = o / denom;
+  }
+}
+
+// dst[dst_rows[i]] (+)= weight[i] * src[src_rows[i]] for each i, one block per i; null row
+// lists mean the identity and null weights a plain copy. Serves the paged cache writes and
+// reads and the MoE gather/scatter.
+__global__ void CopyRowsKernel(const float* src, const int64_t* src_rows, float* dst,
+                               const int64_t* dst_rows, const float* weights, int64_t width) {
+  const int64_t i = blockIdx.x;
+  const float* s = src + (src_rows ? src_rows[i] : i) * width;
+  float* d = dst + (dst_rows ? dst_rows[i] : i) * width;
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+    d[c] = weights ? d[c] + weights[i] * s[c] : s[c];
   }
 }
 
@@ -279,6 +308,10 @@ CudaBackend::~CudaBackend() {
   FreeScratch(positions_scratch_);
   FreeScratch(freq_scratch_);
   FreeScratch(attn_scratch_);
+  FreeScratch(tables_scratch_);
+  FreeScratch(rows_scratch_);
+  FreeScratch(rows2_scratch_);
+  FreeScratch(weights_scratch_);
   PDSERVE_CUBLAS_CHECK(cublasDestroy(cublas_));
   PDSERVE_CUDA_CHECK(cudaStreamDestroy(stream_));
 }
@@ -452,68 +485,161 @@ void CudaBackend::Add(Tensor& x, const Tensor& y) {
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
-void CudaBackend::StoreKv(const Tensor& k, const Tensor& v, std::span<const AttentionSeq> seqs) {
-  Activate();
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(k) && IsDeviceF32(v) && k.numel() == v.numel());
-  const int64_t width = Cols(k);
-  for (const AttentionSeq& s : seqs) {
-    PDSERVE_KERNEL_CHECK(IsDeviceF32(s.k_cache) && IsDeviceF32(s.v_cache));
-    PDSERVE_KERNEL_CHECK(Cols(s.k_cache) == width && Cols(s.v_cache) == width);
-    PDSERVE_KERNEL_CHECK(s.start_pos + s.q_len <= s.k_cache.dim(0) &&
-                         s.start_pos + s.q_len <= s.v_cache.dim(0));
-    PDSERVE_KERNEL_CHECK(s.q_begin >= 0 && s.q_len >= 0 && s.q_begin + s.q_len <= k.dim(0));
-    if (s.q_len == 0) continue;
-    // Rows of one sequence are contiguous in both k and the cache: one copy each, ordered on
-    // the stream before the Attention call that reads them.
-    const size_t bytes = static_cast<size_t>(s.q_len * width) * sizeof(float);
-    PDSERVE_CUDA_CHECK(cudaMemcpyAsync(s.k_cache.data_as<float>() + s.start_pos * width,
-                                       k.data_as<float>() + s.q_begin * width, bytes,
-                                       cudaMemcpyDeviceToDevice, stream_));
-    PDSERVE_CUDA_CHECK(cudaMemcpyAsync(s.v_cache.data_as<float>() + s.start_pos * width,
-                                       v.data_as<float>() + s.q_begin * width, bytes,
-                                       cudaMemcpyDeviceToDevice, stream_));
-  }
+void CudaBackend::CopyRows(const Tensor& src, std::span<const int64_t> src_rows, Tensor& dst,
+                           std::span<const int64_t> dst_rows, std::span<const float> weights,
+                           int64_t n) {
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(src) && IsDeviceF32(dst) && Cols(src) == Cols(dst));
+  if (n == 0) return;
+  PDSERVE_KERNEL_CHECK(n <= INT_MAX);
+  const auto* dev_src = src_rows.empty()
+                            ? nullptr
+                            : static_cast<const int64_t*>(
+                                  Upload(rows_scratch_, src_rows.data(), src_rows.size_bytes()));
+  const auto* dev_dst = dst_rows.empty()
+                            ? nullptr
+                            : static_cast<const int64_t*>(
+                                  Upload(rows2_scratch_, dst_rows.data(), dst_rows.size_bytes()));
+  const auto* dev_w = weights.empty()
+                          ? nullptr
+                          : static_cast<const float*>(
+                                Upload(weights_scratch_, weights.data(), weights.size_bytes()));
+  CopyRowsKernel<<<static_cast<unsigned>(n), kThreads, 0, stream_>>>(
+      src.data_as<float>(), dev_src, dst.data_as<float>(), dev_dst, dev_w, Cols(src));
+  PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
-void CudaBackend::Attention(const Tensor& q, std::span<const AttentionSeq> seqs,
-                            const AttentionShape& shape, Tensor& out) {
+namespace {
+
+// Row index of position `pos` in a pool [num_blocks, block_size, width] viewed as rows.
+int64_t PoolRow(const Tensor& pool, std::span<const int32_t> table, int64_t pos) {
+  const int64_t block_size = pool.dim(1);
+  const size_t slot = static_cast<size_t>(pos / block_size);
+  PDSERVE_KERNEL_CHECK(slot < table.size() && table[slot] >= 0 && table[slot] < pool.dim(0));
+  return table[slot] * block_size + pos % block_size;
+}
+
+// A pool viewed as [num_blocks * block_size, width] rows.
+Tensor PoolRows(const Tensor& pool) {
+  PDSERVE_KERNEL_CHECK(pool.shape().rank() == 3);
+  return pool.Reshape(Shape{pool.dim(0) * pool.dim(1), pool.dim(2)});
+}
+
+}  // namespace
+
+void CudaBackend::WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) {
   Activate();
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(q) && IsDeviceF32(out) && q.numel() == out.numel());
-  const int hd = shape.head_dim;
-  PDSERVE_KERNEL_CHECK(hd > 0 && hd <= kMaxHeadDim);
+  std::vector<int64_t> src, dst;
+  for (const AttentionSeq& s : seqs) {
+    PDSERVE_KERNEL_CHECK(s.q_begin >= 0 && s.q_begin + s.q_len <= rows.dim(0));
+    for (int64_t t = 0; t < s.q_len; ++t) {
+      src.push_back(s.q_begin + t);
+      dst.push_back(PoolRow(pool, s.block_table, s.start_pos + t));
+    }
+  }
+  Tensor pool_rows = PoolRows(pool);
+  CopyRows(rows, src, pool_rows, dst, {}, static_cast<int64_t>(src.size()));
+}
+
+void CudaBackend::ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) {
+  Activate();
+  std::vector<int64_t> src;
+  for (int64_t p = 0; p < out.dim(0); ++p) src.push_back(PoolRow(pool, block_table, p));
+  CopyRows(PoolRows(pool), src, out, {}, {}, out.dim(0));
+}
+
+void CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(out.dim(0) == static_cast<int64_t>(rows.size()));
+  std::vector<int64_t> src(rows.begin(), rows.end());
+  for (int64_t r : src) PDSERVE_KERNEL_CHECK(r >= 0 && r < x.dim(0));
+  CopyRows(x, src, out, {}, {}, out.dim(0));
+}
+
+void CudaBackend::ScatterAddRows(const Tensor& x, std::span<const int32_t> rows,
+                                 std::span<const float> weights, Tensor& y) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(x.dim(0) == static_cast<int64_t>(rows.size()) &&
+                       weights.size() == rows.size());
+  // One launch would race when a row repeats; MoE routing sends a token to an expert once, so
+  // each call's rows are distinct.
+  std::vector<int64_t> dst(rows.begin(), rows.end());
+  for (int64_t r : dst) PDSERVE_KERNEL_CHECK(r >= 0 && r < y.dim(0));
+  CopyRows(x, {}, y, dst, weights, x.dim(0));
+}
+
+void CudaBackend::ConcatHeads(const Tensor&, int, const Tensor&, int, int, Tensor&) {
+  NotYetOnCuda("ConcatHeads");
+}
+
+void CudaBackend::HeadMatmul(const Tensor&, const Tensor&, int, bool, Tensor&) {
+  NotYetOnCuda("HeadMatmul");
+}
+
+void CudaBackend::MlaAttention(const Tensor&, const Tensor&, const Tensor&,
+                               std::span<const AttentionSeq>, const MlaShape&, Tensor&) {
+  NotYetOnCuda("MlaAttention");
+}
+
+void CudaBackend::NotYetOnCuda(const char* op) const {
+  std::fprintf(stderr,
+               "CudaBackend::%s is not implemented yet (MLA models run on the CPU backend; "
+               "LoadModel refuses them on CUDA)\n",
+               op);
+  std::abort();
+}
+
+void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
+                            std::span<const AttentionSeq> seqs, const AttentionShape& shape,
+                            Tensor& out) {
+  Activate();
+  const int hd = shape.head_dim, vd = shape.value_dim();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(q) && IsDeviceF32(out) && IsDeviceF32(k_pool) &&
+                       IsDeviceF32(v_pool));
+  PDSERVE_KERNEL_CHECK(hd > 0 && hd <= kMaxHeadDim && vd > 0 && vd <= kMaxHeadDim);
   PDSERVE_KERNEL_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
   PDSERVE_KERNEL_CHECK(shape.n_heads > 0 && shape.n_heads <= 65535);  // grid.y limit
   const int group = shape.n_heads / shape.n_kv_heads;
   const int64_t q_width = static_cast<int64_t>(shape.n_heads) * hd;
-  const int64_t kv_width = static_cast<int64_t>(shape.n_kv_heads) * hd;
-  PDSERVE_KERNEL_CHECK(Cols(q) == q_width);
+  const int64_t o_width = static_cast<int64_t>(shape.n_heads) * vd;
+  PDSERVE_KERNEL_CHECK(Cols(q) == q_width && Cols(out) == o_width && q.dim(0) == out.dim(0));
+  PDSERVE_KERNEL_CHECK(k_pool.shape().rank() == 3 && v_pool.shape().rank() == 3 &&
+                       k_pool.dim(0) == v_pool.dim(0) && k_pool.dim(1) == v_pool.dim(1));
+  PDSERVE_KERNEL_CHECK(k_pool.dim(2) == int64_t{shape.n_kv_heads} * hd &&
+                       v_pool.dim(2) == int64_t{shape.n_kv_heads} * vd);
 
   // One descriptor per query row, so a ragged batch (prefill next to decode) launches exactly
-  // the blocks it needs.
-  const size_t row_bytes = sizeof(AttnRow);
-  attn_host_.clear();
+  // the blocks it needs; the block tables go up once, concatenated.
+  std::vector<AttnRow> host_rows;
+  tables_host_.clear();
   for (const AttentionSeq& s : seqs) {
-    PDSERVE_KERNEL_CHECK(IsDeviceF32(s.k_cache) && IsDeviceF32(s.v_cache));
-    PDSERVE_KERNEL_CHECK(Cols(s.k_cache) == kv_width && Cols(s.v_cache) == kv_width);
-    PDSERVE_KERNEL_CHECK(s.start_pos + s.q_len <= s.k_cache.dim(0) &&
-                         s.start_pos + s.q_len <= s.v_cache.dim(0));
     PDSERVE_KERNEL_CHECK(s.q_begin >= 0 && s.q_len >= 0 && s.q_begin + s.q_len <= q.dim(0));
-    for (int64_t t = 0; t < s.q_len; ++t) {
-      const AttnRow r{s.k_cache.data_as<float>(), s.v_cache.data_as<float>(), s.q_begin + t,
-                      s.start_pos + t + 1};
-      const auto* p = reinterpret_cast<const unsigned char*>(&r);
-      attn_host_.insert(attn_host_.end(), p, p + row_bytes);
+    const int64_t ctx = s.start_pos + s.q_len;
+    const int64_t blocks = (ctx + k_pool.dim(1) - 1) / k_pool.dim(1);
+    PDSERVE_KERNEL_CHECK(blocks <= static_cast<int64_t>(s.block_table.size()));
+    const int64_t table = static_cast<int64_t>(tables_host_.size());
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int32_t id = s.block_table[static_cast<size_t>(b)];
+      PDSERVE_KERNEL_CHECK(id >= 0 && id < k_pool.dim(0));
+      tables_host_.push_back(id);
     }
+    for (int64_t t = 0; t < s.q_len; ++t)
+      host_rows.push_back({table, s.q_begin + t, s.start_pos + t + 1});
   }
-  const size_t n_rows = attn_host_.size() / row_bytes;
-  if (n_rows == 0) return;
-  PDSERVE_KERNEL_CHECK(n_rows <= static_cast<size_t>(INT_MAX));
-  const auto* dev_rows =
-      static_cast<const AttnRow*>(Upload(attn_scratch_, attn_host_.data(), attn_host_.size()));
-  const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(shape.n_heads));
-  AttentionKernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(q.data_as<float>(), dev_rows, group, hd,
-                                                            q_width, kv_width, shape.scale,
-                                                            out.data_as<float>());
+  if (host_rows.empty()) return;
+  PDSERVE_KERNEL_CHECK(host_rows.size() <= static_cast<size_t>(INT_MAX));
+  const auto* dev_rows = static_cast<const AttnRow*>(
+      Upload(attn_scratch_, host_rows.data(), host_rows.size() * sizeof(AttnRow)));
+  const PagedPools pools{k_pool.data_as<float>(),
+                         v_pool.data_as<float>(),
+                         static_cast<const int32_t*>(Upload(tables_scratch_, tables_host_.data(),
+                                                            tables_host_.size() * sizeof(int32_t))),
+                         static_cast<int>(k_pool.dim(1)),
+                         k_pool.dim(2),
+                         v_pool.dim(2)};
+  const dim3 grid(static_cast<unsigned>(host_rows.size()), static_cast<unsigned>(shape.n_heads));
+  AttentionKernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(q.data_as<float>(), dev_rows, pools,
+                                                            group, hd, vd, q_width, o_width,
+                                                            shape.scale, out.data_as<float>());
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 

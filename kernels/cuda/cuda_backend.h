@@ -70,9 +70,22 @@ class CudaBackend final : public Backend {
             const RopeSpec& rope) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(Tensor& x, const Tensor& y) override;
-  void StoreKv(const Tensor& k, const Tensor& v, std::span<const AttentionSeq> seqs) override;
-  void Attention(const Tensor& q, std::span<const AttentionSeq> seqs, const AttentionShape& shape,
+  void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void ScatterAddRows(const Tensor& x, std::span<const int32_t> rows,
+                      std::span<const float> weights, Tensor& y) override;
+  void WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) override;
+  void ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) override;
+  void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
+                 std::span<const AttentionSeq> seqs, const AttentionShape& shape,
                  Tensor& out) override;
+  // MLA's ops are not on the GPU yet: they abort, and LoadModel refuses MLA models on CUDA.
+  void ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int b_heads, int n_heads,
+                   Tensor& out) override;
+  void HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
+                  Tensor& y) override;
+  void MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Tensor& latent_pool,
+                    std::span<const AttentionSeq> seqs, const MlaShape& shape,
+                    Tensor& o_lat) override;
 
  private:
   // A growable device buffer for small per-call uploads from host spans. Reuse is safe without
@@ -88,13 +101,19 @@ class CudaBackend final : public Backend {
   // pointer.
   void* Upload(Scratch& scratch, const void* host, size_t bytes);
   void FreeScratch(Scratch& scratch);
+  // dst[dst_rows[i]] = src[src_rows[i]] (or += weights[i] * ... when weights are given) for
+  // i < n; an empty row list means the identity.
+  void CopyRows(const Tensor& src, std::span<const int64_t> src_rows, Tensor& dst,
+                std::span<const int64_t> dst_rows, std::span<const float> weights, int64_t n);
+  [[noreturn]] void NotYetOnCuda(const char* op) const;
 
   int ordinal_;
   bool ready_ = false;
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
-  Scratch ids_scratch_, positions_scratch_, freq_scratch_, attn_scratch_;
-  std::vector<unsigned char> attn_host_;  // host staging for Attention's row descriptors
+  Scratch ids_scratch_, positions_scratch_, freq_scratch_, attn_scratch_, tables_scratch_;
+  Scratch rows_scratch_, rows2_scratch_, weights_scratch_;
+  std::vector<int32_t> tables_host_;  // host staging for Attention's block tables
 };
 
 }  // namespace pdserve

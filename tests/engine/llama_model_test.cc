@@ -48,14 +48,18 @@ float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
 
 void ExpectPrefillEqualsStepwiseDecode(Model& model, int n) {
   const auto prompt = Prompt(n, static_cast<int>(model.config().vocab_size));
-  auto prefill_cache = model.NewKvCache(n);
+  auto store_prefill_cache = testing_util::StoreFor(model);
+  auto prefill_cache = std::make_unique<KvCache>(*store_prefill_cache);
   SequenceInput all{prompt, prefill_cache.get()};
-  auto prefill = model.Forward(std::span<const SequenceInput>(&all, 1), ForwardOptions{.all_logits = true, .on_layer_done = {}});
+  auto prefill = model.Forward(std::span<const SequenceInput>(&all, 1),
+                               ForwardOptions{.all_logits = true, .on_layer_done = {}});
   ASSERT_TRUE(prefill.ok()) << prefill.status();
   const size_t vocab = static_cast<size_t>(model.config().vocab_size);
   ASSERT_EQ(prefill->size(), vocab * static_cast<size_t>(n));
 
-  auto decode_cache = model.NewKvCache(n);
+  auto store_decode_cache = testing_util::StoreFor(model);
+
+  auto decode_cache = std::make_unique<KvCache>(*store_decode_cache);
   for (int i = 0; i < n; ++i) {
     SequenceInput one{std::span<const int32_t>(&prompt[static_cast<size_t>(i)], 1),
                       decode_cache.get()};
@@ -92,7 +96,9 @@ TEST(LlamaModel, BatchedSequencesMatchSeparateRuns) {
   ASSERT_NE(model, nullptr);
   const auto a = Prompt(9, 300), b = Prompt(4, 250);
   // Sequence b already has a cached prefix, so the batch mixes start positions.
-  auto cache_a = model->NewKvCache(16), cache_b = model->NewKvCache(16);
+  auto store_cache_a = testing_util::StoreFor(*model);
+  auto cache_a = std::make_unique<KvCache>(*store_cache_a),
+       cache_b = std::make_unique<KvCache>(*store_cache_a);
   SequenceInput b_prefix{std::span<const int32_t>(b).first(2), cache_b.get()};
   ASSERT_TRUE(model->Forward(std::span<const SequenceInput>(&b_prefix, 1)).ok());
   std::vector<SequenceInput> batch = {{a, cache_a.get()},
@@ -101,7 +107,9 @@ TEST(LlamaModel, BatchedSequencesMatchSeparateRuns) {
   ASSERT_TRUE(batched.ok()) << batched.status();
 
   const size_t vocab = 300;
-  auto solo_a_cache = model->NewKvCache(16), solo_b_cache = model->NewKvCache(16);
+  auto store_solo_a_cache = testing_util::StoreFor(*model);
+  auto solo_a_cache = std::make_unique<KvCache>(*store_solo_a_cache),
+       solo_b_cache = std::make_unique<KvCache>(*store_solo_a_cache);
   SequenceInput solo_a{a, solo_a_cache.get()}, solo_b{b, solo_b_cache.get()};
   auto la = model->Forward(std::span<const SequenceInput>(&solo_a, 1));
   auto lb = model->Forward(std::span<const SequenceInput>(&solo_b, 1));
@@ -116,24 +124,36 @@ TEST(LlamaModel, ForwardRejectsBadInputWithoutTouchingCaches) {
   CpuBackend backend(2);
   auto model = SynthAndLoad(TinyConfig(2), "bad_input", backend);
   ASSERT_NE(model, nullptr);
-  auto cache = model->NewKvCache(4);
+  auto store_cache = testing_util::StoreFor(*model);
+  auto cache = std::make_unique<KvCache>(*store_cache);
   const std::vector<int32_t> bad_id = {1, 300};
   SequenceInput in{bad_id, cache.get()};
   auto r = model->Forward(std::span<const SequenceInput>(&in, 1));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("300"), absl::string_view::npos);
-  const std::vector<int32_t> too_long = {1, 2, 3, 4, 5};
+  // Past max_position_embeddings (256).
+  const std::vector<int32_t> too_long(257, 1);
   in.tokens = too_long;
   EXPECT_EQ(model->Forward(std::span<const SequenceInput>(&in, 1)).status().code(),
             absl::StatusCode::kOutOfRange);
   EXPECT_EQ(cache->length(), 0);
+  // More tokens than the store has blocks for: an error value, nothing stored or leaked.
+  KvStore small(backend, model->kv_format(), 1);
+  KvCache tight(small);
+  const std::vector<int32_t> seventeen(17, 1);
+  SequenceInput over{seventeen, &tight};
+  EXPECT_EQ(model->Forward(std::span<const SequenceInput>(&over, 1)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(tight.length(), 0);
+  EXPECT_EQ(small.pool().Stats().used_blocks, 0);
 }
 
 TEST(LlamaModel, LayerHookSeesEveryLayerInOrder) {
   CpuBackend backend(2);
   auto model = SynthAndLoad(TinyConfig(1), "hook", backend);
   ASSERT_NE(model, nullptr);
-  auto cache = model->NewKvCache(8);
+  auto store_cache = testing_util::StoreFor(*model);
+  auto cache = std::make_unique<KvCache>(*store_cache);
   const auto prompt = Prompt(5, 300);
   SequenceInput in{prompt, cache.get()};
   std::vector<int64_t> seen;
@@ -196,7 +216,8 @@ TEST(LlamaModel, Bf16AndF16CheckpointsLoadAndTrackTheF32Model) {
   auto f32 = SynthAndLoad(c, "dtype_f32", backend);
   ASSERT_NE(f32, nullptr);
   const auto prompt = Prompt(8, 300);
-  auto cache = f32->NewKvCache(8);
+  auto store_cache = testing_util::StoreFor(*f32);
+  auto cache = std::make_unique<KvCache>(*store_cache);
   SequenceInput in{prompt, cache.get()};
   auto ref = f32->Forward(std::span<const SequenceInput>(&in, 1));
   ASSERT_TRUE(ref.ok());
@@ -206,7 +227,8 @@ TEST(LlamaModel, Bf16AndF16CheckpointsLoadAndTrackTheF32Model) {
     c.torch_dtype = dtype;
     auto model = SynthAndLoad(c, "dtype_half", backend);
     ASSERT_NE(model, nullptr);
-    auto cache16 = model->NewKvCache(8);
+    auto store_cache16 = testing_util::StoreFor(*model);
+    auto cache16 = std::make_unique<KvCache>(*store_cache16);
     SequenceInput in16{prompt, cache16.get()};
     auto logits = model->Forward(std::span<const SequenceInput>(&in16, 1));
     ASSERT_TRUE(logits.ok());
@@ -243,7 +265,8 @@ TEST(LlamaModel, ShardedCheckpointGivesTheSameLogits) {
   auto a = LoadModel(single, backend), b = LoadModel(sharded, backend);
   ASSERT_TRUE(a.ok() && b.ok()) << b.status();
   const auto prompt = Prompt(5, 300);
-  auto ca = (*a)->NewKvCache(5), cb = (*b)->NewKvCache(5);
+  auto store_a = testing_util::StoreFor(**a), store_b = testing_util::StoreFor(**b);
+  auto ca = std::make_unique<KvCache>(*store_a), cb = std::make_unique<KvCache>(*store_b);
   SequenceInput ia{prompt, ca.get()}, ib{prompt, cb.get()};
   auto la = (*a)->Forward(std::span<const SequenceInput>(&ia, 1));
   auto lb = (*b)->Forward(std::span<const SequenceInput>(&ib, 1));

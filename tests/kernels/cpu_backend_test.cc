@@ -3,11 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
 #include "kernels/convert.h"
+#include "kernels/paged_attention.h"
+#include "tests/kernels/paged_batch.h"
 
 namespace pdserve {
 namespace {
@@ -171,71 +174,133 @@ TEST(CpuBackend, SiluMulAndAddMatchReference) {
   ExpectNear(out, ref, 1e-5f);
 }
 
-// Ragged batch: sequences with different cached lengths and new-token counts, GQA grouping.
-TEST(CpuBackend, CausalAttentionOverCacheMatchesNaiveSoftmax) {
+// Prefill (with cached prefixes) and decode over paged K/V, MHA/GQA/MQA, block sizes from 1
+// to larger than a sequence, K and V head dims equal or not: the backend's Attention (GEMM path
+// for prefill, the paged decode kernel for decode) against the plain reference.
+TEST(CpuBackend, PagedAttentionMatchesReferenceForPrefillWithPrefixAndDecode) {
   std::mt19937 rng(5);
   CpuBackend be(2);
-  for (int kv_heads : {4, 2, 1}) {
-    const int heads = 4, hd = 16;
-    const int64_t kv_width = kv_heads * hd, q_width = heads * hd;
-    struct Case {
-      int64_t start, len;
-    };
-    const std::vector<Case> cases = {{0, 5}, {9, 1}, {3, 4}, {40, 1}};
-    std::vector<AttentionSeq> seqs;
-    int64_t rows = 0;
-    for (const Case& c : cases) {
-      AttentionSeq s;
-      s.q_begin = rows;
-      s.q_len = c.len;
-      s.start_pos = c.start;
-      s.k_cache = Random(Shape{64, kv_width}, rng);
-      s.v_cache = Random(Shape{64, kv_width}, rng);
-      rows += c.len;
-      seqs.push_back(s);
-    }
-    Tensor q = Random(Shape{rows, q_width}, rng), k = Random(Shape{rows, kv_width}, rng),
-           v = Random(Shape{rows, kv_width}, rng);
-    Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{rows, q_width});
-    be.StoreKv(k, v, seqs);
-    const float scale = 1.0f / std::sqrt(float(hd));
-    be.Attention(q, seqs, AttentionShape{heads, kv_heads, hd, scale}, out);
-
-    std::vector<float> ref(static_cast<size_t>(rows * q_width));
-    for (const AttentionSeq& s : seqs) {
-      for (int64_t t = 0; t < s.q_len; ++t) {
-        // StoreKv must have put row (q_begin + t) at cache position start_pos + t.
-        for (int64_t i = 0; i < kv_width; ++i) {
-          ASSERT_EQ(s.k_cache.data_as<float>()[(s.start_pos + t) * kv_width + i],
-                    k.data_as<float>()[(s.q_begin + t) * kv_width + i]);
-        }
-        const int64_t row = s.q_begin + t, n_ctx = s.start_pos + t + 1;
-        for (int h = 0; h < heads; ++h) {
-          const int kvh = h / (heads / kv_heads);
-          std::vector<double> scores(static_cast<size_t>(n_ctx));
-          double mx = -1e300;
-          for (int64_t p = 0; p < n_ctx; ++p) {
-            double dot = 0;
-            for (int i = 0; i < hd; ++i)
-              dot += double(q.data_as<float>()[row * q_width + h * hd + i]) *
-                     s.k_cache.data_as<float>()[p * kv_width + kvh * hd + i];
-            scores[static_cast<size_t>(p)] = dot * scale;
-            mx = std::max(mx, dot * scale);
+  const std::vector<std::vector<std::pair<int64_t, int64_t>>> batches = {
+      {{0, 5}, {9, 1}, {3, 70}, {40, 1}},  // ragged prefill next to decode
+      {{0, 1}, {17, 1}, {100, 1}},         // pure decode
+      {{33, 7}}};
+  for (int block_size : {1, 4, 16, 128}) {
+    for (int kv_heads : {4, 2, 1}) {
+      for (int vd : {16, 8}) {
+        for (const auto& spec : batches) {
+          const int heads = 4, hd = 16;
+          const int64_t num_blocks = 300;
+          testing_util::PagedBatch b =
+              testing_util::MakePagedBatch(spec, block_size, num_blocks, rng);
+          Tensor k_pool = Random(Shape{num_blocks, block_size, kv_heads * hd}, rng);
+          Tensor v_pool = Random(Shape{num_blocks, block_size, kv_heads * vd}, rng);
+          Tensor q = Random(Shape{b.rows, heads * hd}, rng);
+          Tensor k = Random(Shape{b.rows, kv_heads * hd}, rng);
+          Tensor v = Random(Shape{b.rows, kv_heads * vd}, rng);
+          be.WriteCache(k, b.seqs, k_pool);
+          be.WriteCache(v, b.seqs, v_pool);
+          // WriteCache put row q_begin + t at position start_pos + t (ReadCache reads it back).
+          for (const AttentionSeq& s : b.seqs) {
+            Tensor ctx = Tensor::EmptyCpu(DType::kF32, Shape{s.start_pos + s.q_len, kv_heads * hd});
+            be.ReadCache(k_pool, s.block_table, ctx);
+            std::vector<float> want(k.data_as<float>() + s.q_begin * kv_heads * hd,
+                                    k.data_as<float>() + (s.q_begin + s.q_len) * kv_heads * hd);
+            ExpectNear(ctx.Rows(s.start_pos, s.q_len), want, 0.0f);
           }
-          double sum = 0;
-          for (double& sc : scores) sum += (sc = std::exp(sc - mx));
-          for (int i = 0; i < hd; ++i) {
-            double acc = 0;
-            for (int64_t p = 0; p < n_ctx; ++p)
-              acc += scores[static_cast<size_t>(p)] / sum *
-                     s.v_cache.data_as<float>()[p * kv_width + kvh * hd + i];
-            ref[static_cast<size_t>(row * q_width + h * hd + i)] = static_cast<float>(acc);
-          }
+          const float scale = 1.0f / std::sqrt(float(hd));
+          Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{b.rows, heads * vd});
+          be.Attention(q, k_pool, v_pool, b.seqs,
+                       AttentionShape{.n_heads = heads,
+                                      .n_kv_heads = kv_heads,
+                                      .head_dim = hd,
+                                      .v_head_dim = vd,
+                                      .scale = scale},
+                       out);
+          std::vector<float> ref(static_cast<size_t>(b.rows * heads * vd));
+          const PagedKv kv{k_pool.data_as<float>(),
+                           v_pool.data_as<float>(),
+                           num_blocks,
+                           block_size,
+                           kv_heads,
+                           hd};
+          PagedPrefillAttentionReference(q.data_as<float>(), heads, kv, vd, b.seqs, scale,
+                                         ref.data());
+          SCOPED_TRACE(testing::Message() << "block " << block_size << " kv_heads " << kv_heads
+                                          << " vd " << vd << " batch of " << spec.size());
+          ExpectNear(out, ref, 2e-5f);
         }
       }
     }
-    ExpectNear(out, ref, 1e-5f);
   }
+}
+
+TEST(CpuBackend, ConcatHeadsBroadcastsSingleHeadInputs) {
+  CpuBackend be(1);
+  const int64_t rows = 2;
+  const int heads = 3, da = 2, db = 1;
+  std::mt19937 rng(8);
+  Tensor per_head = Random(Shape{rows, heads * da}, rng), shared = Random(Shape{rows, db}, rng);
+  Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{rows, heads * (da + db)});
+  be.ConcatHeads(per_head, heads, shared, 1, heads, out);
+  std::vector<float> ref;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < da; ++i)
+        ref.push_back(per_head.data_as<float>()[r * heads * da + h * da + i]);
+      ref.push_back(shared.data_as<float>()[r * db]);
+    }
+  }
+  ExpectNear(out, ref, 0.0f);
+}
+
+TEST(CpuBackend, HeadMatmulMatchesPerHeadProductsBothWays) {
+  CpuBackend be(2);
+  std::mt19937 rng(9);
+  const int64_t rows = 3;
+  const int heads = 4, in = 5, out_dim = 6;
+  Tensor x = Random(Shape{rows, heads * in}, rng);
+  for (bool transpose : {false, true}) {
+    Tensor w = transpose ? Random(Shape{heads * out_dim, in}, rng)
+                         : Random(Shape{heads * in, out_dim}, rng);
+    Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{rows, heads * out_dim});
+    be.HeadMatmul(x, w, heads, transpose, y);
+    std::vector<float> ref;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int h = 0; h < heads; ++h) {
+        for (int o = 0; o < out_dim; ++o) {
+          double acc = 0;
+          for (int i = 0; i < in; ++i) {
+            const float wv = transpose ? w.data_as<float>()[(h * out_dim + o) * in + i]
+                                       : w.data_as<float>()[(h * in + i) * out_dim + o];
+            acc += double(x.data_as<float>()[r * heads * in + h * in + i]) * wv;
+          }
+          ref.push_back(static_cast<float>(acc));
+        }
+      }
+    }
+    ExpectNear(y, ref, kTol);
+  }
+}
+
+TEST(CpuBackend, GatherAndWeightedScatterRows) {
+  CpuBackend be(1);
+  std::mt19937 rng(10);
+  Tensor x = Random(Shape{5, 3}, rng);
+  const std::vector<int32_t> rows = {4, 0, 2};
+  Tensor g = Tensor::EmptyCpu(DType::kF32, Shape{3, 3});
+  be.GatherRows(x, rows, g);
+  Tensor y = Tensor::ZerosCpu(DType::kF32, Shape{5, 3});
+  const std::vector<float> weights = {0.5f, 2.0f, -1.0f};
+  be.ScatterAddRows(g, rows, weights, y);
+  std::vector<float> ref(15, 0.0f);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    for (int c = 0; c < 3; ++c) {
+      EXPECT_EQ(g.data_as<float>()[i * 3 + static_cast<size_t>(c)],
+                x.data_as<float>()[rows[i] * 3 + c]);
+      ref[static_cast<size_t>(rows[i] * 3 + c)] += weights[i] * x.data_as<float>()[rows[i] * 3 + c];
+    }
+  }
+  ExpectNear(y, ref, 1e-6f);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/kernels/paged_batch.h"
 #include "tests/test_util.h"
 
 namespace pdserve {
@@ -188,64 +189,87 @@ TEST(CudaBackend, SiluMulAndAddMatchCpuIncludingAliasedOutput) {
   ExpectClose(ToHost(gpu, dout), out, kElementTol);
 }
 
-// Ragged batch: sequences with different cached lengths and new-token counts (decode rows next
-// to prefill rows), over MHA, GQA and MQA and head sizes up to CudaBackend::kMaxHeadDim.
-TEST(CudaBackend, StoreKvAndRaggedAttentionMatchCpuForMhaGqaMqa) {
+// Ragged batch over paged pools: sequences with different cached lengths and new-token counts
+// (decode rows next to prefill rows), shuffled block tables, MHA, GQA and MQA, head sizes up to
+// CudaBackend::kMaxHeadDim and K/V head dims that differ (MLA's expanded prefill).
+TEST(CudaBackend, WriteCacheAndPagedAttentionMatchCpu) {
   if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   CudaBackend gpu;
   CpuBackend cpu(2);
   std::mt19937 rng(26);
   struct Heads {
-    int heads, kv_heads, hd;
+    int heads, kv_heads, hd, vd;
   };
-  const std::vector<Heads> head_cases = {
-      {4, 4, 16}, {4, 2, 16}, {4, 1, 16}, {8, 2, 128}, {2, 1, CudaBackend::kMaxHeadDim},
-      {3, 3, 40}};
-  struct Seq {
-    int64_t start, len;
-  };
-  const std::vector<Seq> seq_cases = {{0, 5}, {9, 1}, {3, 4}, {40, 1}, {100, 70}};
-  const int64_t capacity = 200;
-  for (const Heads& hc : head_cases) {
-    SCOPED_TRACE(testing::Message()
-                 << "heads=" << hc.heads << " kv_heads=" << hc.kv_heads << " head_dim=" << hc.hd);
-    const int64_t kv_width = int64_t{hc.kv_heads} * hc.hd, q_width = int64_t{hc.heads} * hc.hd;
-    std::vector<AttentionSeq> cpu_seqs, gpu_seqs;
-    int64_t rows = 0;
-    for (const Seq& c : seq_cases) {
-      AttentionSeq s;
-      s.q_begin = rows;
-      s.q_len = c.len;
-      s.start_pos = c.start;
-      s.k_cache = Random(Shape{capacity, kv_width}, rng);
-      s.v_cache = Random(Shape{capacity, kv_width}, rng);
-      AttentionSeq d = s;
-      d.k_cache = ToDevice(gpu, s.k_cache);
-      d.v_cache = ToDevice(gpu, s.v_cache);
-      rows += c.len;
-      cpu_seqs.push_back(s);
-      gpu_seqs.push_back(d);
+  const std::vector<Heads> head_cases = {{4, 4, 16, 16},
+                                         {4, 2, 16, 16},
+                                         {4, 1, 16, 16},
+                                         {8, 2, 128, 128},
+                                         {2, 1, CudaBackend::kMaxHeadDim, 64},
+                                         {3, 3, 40, 24}};
+  const std::vector<std::pair<int64_t, int64_t>> seq_cases = {
+      {0, 5}, {9, 1}, {3, 4}, {40, 1}, {100, 70}};
+  for (int block_size : {1, 16}) {
+    for (const Heads& hc : head_cases) {
+      SCOPED_TRACE(testing::Message()
+                   << "block=" << block_size << " heads=" << hc.heads << " kv_heads=" << hc.kv_heads
+                   << " hd=" << hc.hd << " vd=" << hc.vd);
+      const int64_t num_blocks = 200;
+      testing_util::PagedBatch b =
+          testing_util::MakePagedBatch(seq_cases, block_size, num_blocks, rng);
+      Tensor k_pool = Random(Shape{num_blocks, block_size, int64_t{hc.kv_heads} * hc.hd}, rng);
+      Tensor v_pool = Random(Shape{num_blocks, block_size, int64_t{hc.kv_heads} * hc.vd}, rng);
+      Tensor q = Random(Shape{b.rows, int64_t{hc.heads} * hc.hd}, rng);
+      Tensor k = Random(Shape{b.rows, int64_t{hc.kv_heads} * hc.hd}, rng);
+      Tensor v = Random(Shape{b.rows, int64_t{hc.kv_heads} * hc.vd}, rng);
+      const AttentionShape shape{.n_heads = hc.heads,
+                                 .n_kv_heads = hc.kv_heads,
+                                 .head_dim = hc.hd,
+                                 .v_head_dim = hc.vd,
+                                 .scale = 1.0f / std::sqrt(float(hc.hd))};
+      // Device copies first: the CPU side writes into its pools in place.
+      Tensor dk_pool = ToDevice(gpu, k_pool), dv_pool = ToDevice(gpu, v_pool);
+      Tensor dq = ToDevice(gpu, q), dk = ToDevice(gpu, k), dv = ToDevice(gpu, v);
+      Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{b.rows, int64_t{hc.heads} * hc.vd});
+      cpu.WriteCache(k, b.seqs, k_pool);
+      cpu.WriteCache(v, b.seqs, v_pool);
+      cpu.Attention(q, k_pool, v_pool, b.seqs, shape, out);
+      Tensor dout = gpu.Allocate(DType::kF32, Shape{b.rows, int64_t{hc.heads} * hc.vd});
+      gpu.WriteCache(dk, b.seqs, dk_pool);
+      gpu.WriteCache(dv, b.seqs, dv_pool);
+      gpu.Attention(dq, dk_pool, dv_pool, b.seqs, shape, dout);
+      ExpectClose(ToHost(gpu, dk_pool), k_pool, 0.0f);
+      ExpectClose(ToHost(gpu, dv_pool), v_pool, 0.0f);
+      ExpectClose(ToHost(gpu, dout), out, kAttentionTol);
     }
-    Tensor q = Random(Shape{rows, q_width}, rng), k = Random(Shape{rows, kv_width}, rng),
-           v = Random(Shape{rows, kv_width}, rng);
-    const AttentionShape shape{hc.heads, hc.kv_heads, hc.hd, 1.0f / std::sqrt(float(hc.hd))};
-
-    Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{rows, q_width});
-    cpu.StoreKv(k, v, cpu_seqs);
-    cpu.Attention(q, cpu_seqs, shape, out);
-
-    // Device inputs stay alive until the results are copied back.
-    Tensor dq = ToDevice(gpu, q), dk = ToDevice(gpu, k), dv = ToDevice(gpu, v);
-    Tensor dout = gpu.Allocate(DType::kF32, Shape{rows, q_width});
-    gpu.StoreKv(dk, dv, gpu_seqs);
-    gpu.Attention(dq, gpu_seqs, shape, dout);
-
-    for (size_t i = 0; i < cpu_seqs.size(); ++i) {
-      ExpectClose(ToHost(gpu, gpu_seqs[i].k_cache), cpu_seqs[i].k_cache, 0.0f);
-      ExpectClose(ToHost(gpu, gpu_seqs[i].v_cache), cpu_seqs[i].v_cache, 0.0f);
-    }
-    ExpectClose(ToHost(gpu, dout), out, kAttentionTol);
   }
+}
+
+TEST(CudaBackend, ReadCacheGatherAndScatterAddMatchCpu) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  std::mt19937 rng(27);
+  Tensor pool = Random(Shape{12, 4, 24}, rng);
+  const std::vector<int32_t> table = {7, 2, 11};
+  Tensor ctx = Tensor::EmptyCpu(DType::kF32, Shape{10, 24});
+  cpu.ReadCache(pool, table, ctx);
+  Tensor dpool = ToDevice(gpu, pool);
+  Tensor dctx = gpu.Allocate(DType::kF32, Shape{10, 24});
+  gpu.ReadCache(dpool, table, dctx);
+  ExpectClose(ToHost(gpu, dctx), ctx, 0.0f);
+
+  const std::vector<int32_t> rows = {9, 0, 4};
+  const std::vector<float> weights = {0.25f, -1.5f, 2.0f};
+  Tensor picked = Tensor::EmptyCpu(DType::kF32, Shape{3, 24});
+  cpu.GatherRows(ctx, rows, picked);
+  Tensor dpicked = gpu.Allocate(DType::kF32, Shape{3, 24});
+  gpu.GatherRows(dctx, rows, dpicked);
+  ExpectClose(ToHost(gpu, dpicked), picked, 0.0f);
+  Tensor y = Random(Shape{10, 24}, rng);
+  Tensor dy = ToDevice(gpu, y);
+  cpu.ScatterAddRows(picked, rows, weights, y);
+  gpu.ScatterAddRows(dpicked, rows, weights, dy);
+  ExpectClose(ToHost(gpu, dy), y, 1e-6f);
 }
 
 std::vector<int32_t> Prompt(int n, int vocab) {
@@ -295,8 +319,10 @@ TEST(CudaBackend, TinyModelPrefillAndDecodeLogitsMatchCpu) {
     ASSERT_NE(m.cpu, nullptr);
     ASSERT_NE(m.gpu, nullptr);
     const int vocab = static_cast<int>(m.cpu->config().vocab_size);
-    auto cpu_cache = m.cpu->NewKvCache(32);
-    auto gpu_cache = m.gpu->NewKvCache(32);
+    auto store_cpu_cache = testing_util::StoreFor(*m.cpu);
+    auto cpu_cache = std::make_unique<KvCache>(*store_cpu_cache);
+    auto store_gpu_cache = testing_util::StoreFor(*m.gpu);
+    auto gpu_cache = std::make_unique<KvCache>(*store_gpu_cache);
     const std::vector<int32_t> prompt = Prompt(10, vocab);
     const ForwardOptions all{.all_logits = true, .on_layer_done = {}};
     SequenceInput cin{prompt, cpu_cache.get()}, gin{prompt, gpu_cache.get()};
@@ -341,7 +367,9 @@ TEST(CudaBackend, TinyModelRaggedBatchLogitsMatchCpu) {
     std::vector<float> logits[2];
     for (int side = 0; side < 2; ++side) {
       Model& model = side == 0 ? *m.cpu : *m.gpu;
-      auto cache_a = model.NewKvCache(16), cache_b = model.NewKvCache(16);
+      auto store_cache_a = testing_util::StoreFor(model);
+      auto cache_a = std::make_unique<KvCache>(*store_cache_a),
+           cache_b = std::make_unique<KvCache>(*store_cache_a);
       SequenceInput first{b, cache_b.get()};
       ASSERT_TRUE(model.Forward(std::span<const SequenceInput>(&first, 1)).ok());
       const SequenceInput batch[] = {{a, cache_a.get()}, {b_next, cache_b.get()}};

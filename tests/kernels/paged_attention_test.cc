@@ -1,6 +1,6 @@
 // Parity of the paged decode attention kernels (GQA family and absorbed MLA) with their plain
 // references, over random shapes, block sizes, ragged batches and shuffled block tables.
-#include "kernels/attention_decode.h"
+#include "kernels/paged_attention.h"
 
 #include <gtest/gtest.h>
 

@@ -3,11 +3,11 @@
 //   - PagedDecodeAttention: MHA / GQA / MQA over full K and V pools.
 //   - MlaDecodeAttention: DeepSeek MLA in the absorbed form over the latent pool (c_kv, k_pe);
 //     see ../shared/SPEC.md, "MLA, precisely".
-// The fast kernels (kernels/cpu/attention_decode.cc) are memory-bound by design: each cached row
+// The fast kernels (kernels/cpu/paged_attention.cc) are memory-bound by design: each cached row
 // is read once per KV group (once for all heads under MLA), long contexts are split across
 // threads (flash-decoding) and the partial softmax states are merged at the end. The references
 // (kernels/attention_reference.cc) are straightforward loops in double with a two-pass softmax;
-// parity tests compare the two (tests/kernels/attention_decode_test.cc).
+// parity tests compare the two (tests/kernels/paged_attention_test.cc).
 //
 // Storage is f32 for now. Thread-safety: the functions keep no state; concurrent calls are safe
 // when their outputs do not overlap.
@@ -15,6 +15,8 @@
 
 #include <cstdint>
 #include <span>
+
+#include "kernels/backend.h"
 
 namespace pdserve {
 
@@ -65,6 +67,15 @@ void PagedDecodeAttention(const float* q, int n_heads, const PagedKv& kv,
 // Same contract, plain loops in double; single-threaded.
 void PagedDecodeAttentionReference(const float* q, int n_heads, const PagedKv& kv,
                                    std::span<const PagedSeq> seqs, float scale, float* out);
+
+// Causal prefill attention over paged K/V, the contract of Backend::Attention: the new tokens
+// of each sequence (rows q_begin .. q_begin + q_len - 1 of q, at positions start_pos ..) attend
+// to positions [0, own position] of their sequence, cached prefix included. K rows are
+// n_kv_heads * kv.head_dim wide, V rows n_kv_heads * v_head_dim; out is [rows, n_heads *
+// v_head_dim]. Plain loops in double: the reference the backends' Attention is tested against
+// (the CPU kernel itself lives in CpuBackend::Attention).
+void PagedPrefillAttentionReference(const float* q, int n_heads, const PagedKv& kv, int v_head_dim,
+                                    std::span<const AttentionSeq> seqs, float scale, float* out);
 
 // Absorbed MLA decode: for each sequence b and head h,
 //   s(t) = (q_lat[b, h, :] · c_kv_b(t) + q_pe[b, h, :] · k_pe_b(t)) * scale,

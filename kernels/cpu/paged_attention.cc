@@ -1,4 +1,4 @@
-// CPU decode attention over paged caches (see kernels/attention_decode.h).
+// CPU decode attention over paged caches (see kernels/paged_attention.h).
 //
 // Both kernels are one engine: a group of G query heads attends to the rows of a paged pool,
 // with key row width dk and value width dv. GQA: one group per KV head, key = value = that
@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "kernels/check.h"
-#include "kernels/attention_decode.h"
+#include "kernels/paged_attention.h"
 
 namespace pdserve {
 namespace {
