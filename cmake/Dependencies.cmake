@@ -23,3 +23,8 @@ endif()
 if(PDSERVE_BUILD_BENCH)
   find_package(benchmark REQUIRED)
 endif()
+# gRPC and protobuf (libgrpc++-dev, protobuf-compiler-grpc): the services and their contract.
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_program(PROTOC_EXECUTABLE protoc REQUIRED)
+find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)

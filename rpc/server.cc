@@ -1,0 +1,70 @@
+#include "rpc/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace pdserve::rpc {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const std::string& address,
+                                                      const std::vector<grpc::Service*>& services) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::unique_ptr<Server> s(new Server());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &s->port_);
+  // Prompts of 100k ids and long streams: lift the 4 MiB default.
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, ": is the port in use or the host wrong?"));
+  }
+  const size_t colon = address.rfind(':');
+  s->address_ = absl::StrCat(address.substr(0, colon), ":", s->port_);
+  s->SetServing(false);
+  return s;
+}
+
+Server::~Server() {
+  if (server_ != nullptr) Shutdown(std::chrono::milliseconds(0));
+}
+
+void Server::SetServing(bool serving) {
+  if (server_ == nullptr) return;
+  if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(serving);
+}
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  SetServing(false);
+  server_->Shutdown(std::chrono::system_clock::now() + grace);
+}
+
+void Server::Wait() { server_->Wait(); }
+
+namespace {
+sigset_t TerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+}  // namespace
+
+void BlockTerminationSignals() {
+  const sigset_t set = TerminationSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+void WaitForTerminationSignal() {
+  const sigset_t set = TerminationSignals();
+  int sig = 0;
+  sigwait(&set, &sig);
+}
+
+}  // namespace pdserve::rpc

@@ -1,0 +1,48 @@
+// Starting a pdserve gRPC server the same way everywhere: grpc.health.v1 health (NOT_SERVING
+// until the process says it is ready, and again while draining), server reflection (so grpcurl
+// and ghz need no .proto files), and a clean, bounded shutdown on SIGINT/SIGTERM.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace pdserve::rpc {
+
+// A started server. Thread-safety: SetServing and Shutdown may be called from any thread.
+class Server {
+ public:
+  // Listens on `address` ("host:port"; port 0 picks a free one) and serves `services`, which
+  // must outlive the server. Health starts NOT_SERVING.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const std::string& address,
+                                                       const std::vector<grpc::Service*>& services);
+  ~Server();
+
+  int port() const { return port_; }
+  // host:port others can dial (the bind address with the actual port).
+  const std::string& address() const { return address_; }
+  // Flips the health status of the server and all its services.
+  void SetServing(bool serving);
+  // NOT_SERVING, then waits up to `grace` for in-flight calls before cancelling them.
+  void Shutdown(std::chrono::milliseconds grace);
+  // Blocks until Shutdown has run.
+  void Wait();
+
+ private:
+  Server() = default;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  int port_ = 0;
+};
+
+// For mains: call BlockTerminationSignals first thing (before any thread starts, so every
+// thread inherits the mask), then WaitForTerminationSignal blocks until SIGINT or SIGTERM.
+void BlockTerminationSignals();
+void WaitForTerminationSignal();
+
+}  // namespace pdserve::rpc
