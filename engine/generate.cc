@@ -41,15 +41,20 @@ absl::Status ValidateRequest(const ModelConfig& config, std::span<const int32_t>
   return absl::OkStatus();
 }
 
+std::vector<int32_t> StopTokenIds(const ModelConfig& config, const StopCriteria& stop) {
+  std::vector<int32_t> ids = stop.stop_token_ids;
+  if (!stop.ignore_eos) {
+    ids.insert(ids.end(), config.eos_token_ids.begin(), config.eos_token_ids.end());
+  }
+  return ids;
+}
+
 absl::StatusOr<GenerationResult> Generate(Model& model, std::span<const int32_t> prompt,
                                           const SamplingParams& sampling, const StopCriteria& stop,
                                           const std::function<void(int32_t)>& on_token) {
   const ModelConfig& config = model.config();
   if (absl::Status s = ValidateRequest(config, prompt, sampling, stop); !s.ok()) return s;
-  std::vector<int32_t> stop_ids = stop.stop_token_ids;
-  if (!stop.ignore_eos) {
-    stop_ids.insert(stop_ids.end(), config.eos_token_ids.begin(), config.eos_token_ids.end());
-  }
+  const std::vector<int32_t> stop_ids = StopTokenIds(config, stop);
 
   using Clock = std::chrono::steady_clock;
   // A private store just big enough for this request (the workers share one store instead).

@@ -35,6 +35,9 @@ struct GenerationResult {
 absl::Status ValidateRequest(const ModelConfig& config, std::span<const int32_t> prompt,
                              const SamplingParams& sampling, const StopCriteria& stop);
 
+// The ids that end a request: stop.stop_token_ids plus the model's EOS ids unless ignore_eos.
+std::vector<int32_t> StopTokenIds(const ModelConfig& config, const StopCriteria& stop);
+
 // Runs one request to completion. `on_token` (optional) sees each id as it is produced.
 absl::StatusOr<GenerationResult> Generate(Model& model, std::span<const int32_t> prompt,
                                           const SamplingParams& sampling, const StopCriteria& stop,

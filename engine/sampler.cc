@@ -138,6 +138,12 @@ double Sampler::NextUnitDouble() {
   return static_cast<double>(NextRandom() >> 11) * 0x1.0p-53;
 }
 
+void Sampler::SkipTokens(int64_t tokens) {
+  // Greedy draws nothing; every other call draws exactly one number (see the class comment).
+  if (!(params_.temperature > 0.0f)) return;
+  for (int64_t i = 0; i < tokens; ++i) NextRandom();
+}
+
 void Sampler::ApplyRepetitionPenalty(std::span<float> logits, std::span<const int32_t> history) {
   const float penalty = params_.repetition_penalty;
   const int64_t vocab = static_cast<int64_t>(logits.size());

@@ -47,6 +47,11 @@ class Sampler {
   // all probability equally. If no logit is above -inf there is no valid choice and 0 is returned.
   int32_t Sample(std::span<float> logits, std::span<const int32_t> history);
 
+  // Advances the random stream as if `tokens` tokens had been sampled: a request whose first
+  // token was drawn elsewhere (the prefill worker) continues the same stream on the decode
+  // worker, so a seeded request gives the same tokens disaggregated as in one process.
+  void SkipTokens(int64_t tokens);
+
   const SamplingParams& params() const { return params_; }
 
  private:

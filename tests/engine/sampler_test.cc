@@ -489,5 +489,31 @@ TEST(SamplingParams, ValidateRejectsBadRepetitionPenalty) {
   ExpectRejected(params, "repetition_penalty", "nan");
 }
 
+// The prefill worker draws the first token and the decode worker the rest: a fresh sampler that
+// skips one draw must continue exactly where the first one left off.
+TEST(Sampler, SkipTokensContinuesTheSameSeededStream) {
+  SamplingParams params;
+  params.temperature = 0.9f;
+  params.top_p = 0.95f;
+  params.seed = 1234;
+  std::vector<float> base(50);
+  for (size_t i = 0; i < base.size(); ++i) base[i] = std::sin(static_cast<float>(i)) * 2.0f;
+  Sampler whole(params);
+  std::vector<int32_t> expected;
+  for (int step = 0; step < 20; ++step) {
+    std::vector<float> logits = base;
+    expected.push_back(whole.Sample(logits, {}));
+  }
+  Sampler first(params), rest(params);
+  std::vector<float> logits = base;
+  std::vector<int32_t> got = {first.Sample(logits, {})};
+  rest.SkipTokens(1);
+  for (int step = 1; step < 20; ++step) {
+    logits = base;
+    got.push_back(rest.Sample(logits, {}));
+  }
+  EXPECT_EQ(got, expected);
+}
+
 }  // namespace
 }  // namespace pdserve

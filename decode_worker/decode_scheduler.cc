@@ -1,0 +1,160 @@
+#include "decode_worker/decode_scheduler.h"
+
+#include <algorithm>
+
+#include "spdlog/spdlog.h"
+
+namespace pdserve {
+
+bool DecodeStream::Next(Update& update, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !pending_.empty() || (done_ && !reported_done_); });
+  if (pending_.empty() && !(done_ && !reported_done_)) return false;
+  update.tokens.swap(pending_);
+  pending_.clear();
+  update.done = done_;
+  update.finish_reason = reason_;
+  update.status = status_;
+  if (done_) reported_done_ = true;
+  return true;
+}
+
+void DecodeStream::Push(int32_t token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_.push_back(token);
+  cv_.notify_all();
+}
+
+void DecodeStream::Finish(FinishReason reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  done_ = true;
+  reason_ = reason;
+  cv_.notify_all();
+}
+
+void DecodeStream::Fail(absl::Status status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  done_ = true;
+  status_ = std::move(status);
+  cv_.notify_all();
+}
+
+DecodeScheduler::DecodeScheduler(Model& model, Options options)
+    : model_(model), options_(options), thread_([this] { Loop(); }) {}
+
+DecodeScheduler::~DecodeScheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+  for (auto& r : incoming_) Fail(*r, absl::UnavailableError("decode worker shutting down"));
+}
+
+std::shared_ptr<DecodeStream> DecodeScheduler::Submit(DecodeJob job) {
+  Sampler sampler(job.sampling);
+  // The prefill worker drew the first token from the same seeded stream.
+  sampler.SkipTokens(1);
+  std::vector<int32_t> history = job.prompt;
+  std::vector<int32_t> stop_ids = StopTokenIds(model_.config(), job.stop);
+  auto r = std::make_unique<Running>(Running{.job = std::move(job),
+                                             .stream = std::make_shared<DecodeStream>(),
+                                             .sampler = std::move(sampler),
+                                             .history = std::move(history),
+                                             .stop_ids = std::move(stop_ids),
+                                             .last = 0,
+                                             .generated = 0});
+  std::shared_ptr<DecodeStream> stream = r->stream;
+  if (Emit(*r, r->job.first_token)) return stream;  // done after one token: no step needed
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    incoming_.push_back(std::move(r));
+    ++waiting_count_;
+  }
+  cv_.notify_all();
+  return stream;
+}
+
+bool DecodeScheduler::Emit(Running& r, int32_t token) {
+  r.history.push_back(token);
+  r.last = token;
+  ++r.generated;
+  r.stream->Push(token);
+  std::optional<FinishReason> reason;
+  if (std::find(r.stop_ids.begin(), r.stop_ids.end(), token) != r.stop_ids.end()) {
+    reason = FinishReason::kStop;
+  } else if (r.generated >= r.job.stop.max_tokens) {
+    reason = FinishReason::kLength;
+  }
+  if (!reason) return false;
+  // Blocks go back before the consumer hears of the end, so a load report read after the
+  // last message already counts them free.
+  r.job.cache.reset();
+  r.stream->Finish(*reason);
+  return true;
+}
+
+void DecodeScheduler::Fail(Running& r, absl::Status status) {
+  r.job.cache.reset();
+  r.stream->Fail(std::move(status));
+}
+
+void DecodeScheduler::Loop() {
+  std::vector<std::unique_ptr<Running>> running;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !running.empty(); });
+      if (stop_) break;
+      // Join: as many waiting requests as the batch has room for.
+      while (!incoming_.empty() && static_cast<int>(running.size()) < options_.max_batch) {
+        running.push_back(std::move(incoming_.front()));
+        incoming_.pop_front();
+        --waiting_count_;
+      }
+    }
+    // Leave: cancelled requests free their blocks before the step.
+    std::erase_if(running, [this](const std::unique_ptr<Running>& r) {
+      if (!r->stream->cancelled()) return false;
+      Fail(*r, absl::CancelledError("request cancelled"));
+      return true;
+    });
+    running_count_ = static_cast<int>(running.size());
+    if (!running.empty()) Step(running);
+    running_count_ = static_cast<int>(running.size());
+  }
+  for (auto& r : running) Fail(*r, absl::UnavailableError("decode worker shutting down"));
+}
+
+void DecodeScheduler::Step(std::vector<std::unique_ptr<Running>>& running) {
+  std::vector<SequenceInput> batch;
+  batch.reserve(running.size());
+  for (auto& r : running) {
+    batch.push_back({std::span<const int32_t>(&r->last, 1), r->job.cache.get()});
+  }
+  absl::StatusOr<std::vector<float>> logits = model_.Forward(batch);
+  if (!logits.ok()) {
+    // Blocks were reserved up front, so this is a bug or a broken request: fail the batch
+    // rather than spin on it.
+    spdlog::error("decode step over {} requests failed: {}", running.size(),
+                  logits.status().ToString());
+    for (auto& r : running) Fail(*r, logits.status());
+    running.clear();
+    return;
+  }
+  const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
+  std::vector<bool> finished(running.size(), false);
+  for (size_t i = 0; i < running.size(); ++i) {
+    Running& r = *running[i];
+    std::span<float> row(logits->data() + i * vocab, vocab);
+    finished[i] = Emit(r, r.sampler.Sample(row, r.history));
+  }
+  size_t keep = 0;
+  for (size_t i = 0; i < running.size(); ++i) {
+    if (!finished[i]) running[keep++] = std::move(running[i]);
+  }
+  running.resize(keep);
+}
+
+}  // namespace pdserve

@@ -1,0 +1,123 @@
+// Continuous batching on the decode worker: every running request advances by one token per
+// step, requests join and leave between steps.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/generate.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+
+namespace pdserve {
+
+// The output side of one decoding request, shared by the scheduler (producer) and the RPC
+// handler (consumer). Thread-safety: every method is thread-safe.
+class DecodeStream {
+ public:
+  // What the consumer gets: new tokens, and once the request ends its finish reason (or an
+  // error, e.g. CANCELLED).
+  struct Update {
+    std::vector<int32_t> tokens;
+    bool done = false;
+    FinishReason finish_reason = FinishReason::kLength;
+    absl::Status status;  // non-OK only when done by error
+  };
+
+  // Waits up to `timeout` for tokens or the end. Returns false on timeout with nothing new.
+  bool Next(Update& update, std::chrono::milliseconds timeout);
+  // Asks the scheduler to drop the request (client gone, deadline): its blocks are freed at the
+  // next step.
+  void Cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+  // Producer side.
+  void Push(int32_t token);
+  void Finish(FinishReason reason);
+  void Fail(absl::Status status);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> pending_;
+  bool done_ = false;
+  bool reported_done_ = false;
+  FinishReason reason_ = FinishReason::kLength;
+  absl::Status status_;
+  std::atomic<bool> cancelled_{false};
+};
+
+// One request handed to the scheduler: its cache already holds the prompt's KV (and has blocks
+// reserved for prompt + max_tokens, so a step never runs out of memory), and its first token
+// was sampled by the prefill worker.
+struct DecodeJob {
+  std::string request_id;
+  std::unique_ptr<KvCache> cache;
+  std::vector<int32_t> prompt;
+  int32_t first_token = 0;
+  SamplingParams sampling;
+  StopCriteria stop;
+};
+
+// Runs one model on one thread: a step is one batched forward of every running request's
+// latest token, then one sample per request. Requests that finish, fail or are cancelled leave
+// between steps and release their KV blocks right away.
+// Thread-safety: Submit and the counters may be called from any thread.
+class DecodeScheduler {
+ public:
+  struct Options {
+    int max_batch = 64;  // requests per step; the rest wait their turn
+  };
+
+  DecodeScheduler(Model& model, Options options);
+  // Stops the loop; requests still running fail with UNAVAILABLE.
+  ~DecodeScheduler();
+  DecodeScheduler(const DecodeScheduler&) = delete;
+  DecodeScheduler& operator=(const DecodeScheduler&) = delete;
+
+  // Starts decoding `job`; tokens (the first one included) arrive on the returned stream.
+  std::shared_ptr<DecodeStream> Submit(DecodeJob job);
+
+  int running() const { return running_count_; }
+  int waiting() const { return waiting_count_; }
+
+ private:
+  struct Running {
+    DecodeJob job;
+    std::shared_ptr<DecodeStream> stream;
+    Sampler sampler;
+    std::vector<int32_t> history;  // prompt + generated
+    std::vector<int32_t> stop_ids;
+    int32_t last = 0;  // generated but not yet fed to the model
+    int32_t generated = 0;
+  };
+
+  void Loop();
+  // Emits `token` for r; when that ends r, releases its blocks, reports the end and returns true.
+  bool Emit(Running& r, int32_t token);
+  // Releases r's blocks, then reports `status`.
+  static void Fail(Running& r, absl::Status status);
+  void Step(std::vector<std::unique_ptr<Running>>& batch);
+
+  Model& model_;
+  const Options options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Running>> incoming_;
+  bool stop_ = false;
+  std::atomic<int> running_count_{0}, waiting_count_{0};
+  std::thread thread_;
+};
+
+}  // namespace pdserve
