@@ -1,0 +1,86 @@
+// Batched prompt computation on the prefill worker.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+
+namespace pdserve {
+
+struct PrefillJob {
+  std::string request_id;
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  // Called on the scheduler thread once layer `layer` of the whole prompt's KV (a reused prefix
+  // included) sits in the store's blocks `block_table`, positions [0, prompt.size()): where
+  // the worker starts pushing that layer to the decode worker while the next layers compute.
+  // Must not block for long.
+  std::function<void(int64_t layer, std::span<const int32_t> block_table)> on_layer;
+};
+
+struct PrefillResult {
+  int32_t first_token = 0;
+  // The prompt's KV; the caller keeps it alive until the transfer has read it, then drops it
+  // (its full blocks stay in the prefix cache for later prompts).
+  std::unique_ptr<KvCache> cache;
+  double queue_ms = 0;    // submitted -> its batch started
+  double prefill_ms = 0;  // its batch's forward pass and the first token's sampling
+  int64_t cached_prompt_tokens = 0;
+};
+
+// Runs prompts in batches of up to `token_budget` new tokens (concurrent prompts share one
+// forward pass), reusing prefix-cached blocks, and samples each prompt's first token.
+// Thread-safety: Submit and the counters may be called from any thread.
+class PrefillScheduler {
+ public:
+  struct Options {
+    int64_t token_budget = 2048;  // new tokens per forward pass (one prompt may exceed it alone)
+  };
+
+  PrefillScheduler(Model& model, KvStore& store, Options options);
+  ~PrefillScheduler();  // waiting prompts fail with UNAVAILABLE
+  PrefillScheduler(const PrefillScheduler&) = delete;
+  PrefillScheduler& operator=(const PrefillScheduler&) = delete;
+
+  // RESOURCE_EXHAUSTED when the store could never hold the prompt.
+  std::future<absl::StatusOr<PrefillResult>> Submit(PrefillJob job);
+
+  int waiting() const { return waiting_count_; }
+  int running() const { return running_count_; }
+
+ private:
+  struct Pending {
+    PrefillJob job;
+    std::promise<absl::StatusOr<PrefillResult>> promise;
+    std::chrono::steady_clock::time_point submitted;
+  };
+
+  void Loop();
+  void RunBatch(std::vector<std::unique_ptr<Pending>>& batch);
+
+  Model& model_;
+  KvStore& store_;
+  const Options options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Pending>> queue_;
+  bool stop_ = false;
+  std::atomic<int> waiting_count_{0}, running_count_{0};
+  std::thread thread_;
+};
+
+}  // namespace pdserve
