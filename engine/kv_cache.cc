@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+
 namespace pdserve {
 
 KvStore::KvStore(Backend& backend, const KvFormat& format, int64_t num_blocks)
@@ -42,6 +44,21 @@ int64_t KvCache::AdoptCachedPrefix(std::span<const int32_t> prompt) {
   committed_blocks_ = static_cast<int64_t>(blocks.size());
   last_hash_ = KvBlockPool::PrefixHashes(tokens_, format().tokens_per_block).back();
   return n;
+}
+
+absl::Status KvCache::AdoptBlocks(std::span<const int32_t> blocks,
+                                  std::span<const int32_t> tokens) {
+  if (!tokens_.empty() || !table_.blocks().empty()) {
+    return absl::FailedPreconditionError("adopting blocks into a KV cache that is not empty");
+  }
+  if (static_cast<int64_t>(tokens.size()) >
+      static_cast<int64_t>(blocks.size()) * format().tokens_per_block) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(blocks.size(), " blocks cannot hold ", tokens.size(), " tokens"));
+  }
+  if (absl::Status s = table_.AdoptPrefix(store_->pool(), blocks); !s.ok()) return s;
+  Append(tokens);
+  return absl::OkStatus();
 }
 
 absl::Status KvCache::Reserve(int64_t total_tokens) {

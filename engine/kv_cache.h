@@ -71,6 +71,11 @@ class KvCache {
   // never all of it: at least one token is left to compute so the model yields logits).
   // Returns the number of tokens reused.
   int64_t AdoptCachedPrefix(std::span<const int32_t> prompt);
+  // Starts an empty cache from blocks the caller holds references on (a decode reservation the
+  // KV transfer filled), taking those references over: `tokens`' KV sits at positions
+  // [0, tokens.size()) and any further blocks are room to grow. FAILED_PRECONDITION if the
+  // cache is not empty or the blocks cannot hold the tokens.
+  absl::Status AdoptBlocks(std::span<const int32_t> blocks, std::span<const int32_t> tokens);
   // Makes room for `total_tokens`; RESOURCE_EXHAUSTED (nothing changed) when the store lacks
   // blocks.
   absl::Status Reserve(int64_t total_tokens);

@@ -105,5 +105,26 @@ TEST(KvCache, AWholePromptHitStillLeavesATokenToCompute) {
   EXPECT_EQ(b.AdoptCachedPrefix(prompt), 16);
 }
 
+TEST(KvCache, AdoptBlocksTakesOverAReservation) {
+  CpuBackend backend(1);
+  const KvFormat f = KvFormat::FromConfig(testing_util::TinyConfig(2), DType::kF32);
+  KvStore store(backend, f, 6);
+  auto reserved = store.pool().Allocate(3);
+  ASSERT_TRUE(reserved.ok());
+  {
+    KvCache cache(store);
+    const auto prompt = Tokens(20);
+    ASSERT_TRUE(cache.AdoptBlocks(*reserved, prompt).ok());
+    EXPECT_EQ(cache.length(), 20);
+    EXPECT_EQ(cache.capacity(), 48);
+    EXPECT_TRUE(cache.Reserve(48).ok());
+    EXPECT_EQ(store.pool().Stats().used_blocks, 3) << "room was reserved already";
+    KvCache other(store);
+    EXPECT_EQ(other.AdoptBlocks(std::span<const int32_t>(*reserved).first(1), prompt).code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(store.pool().Stats().used_blocks, 0);
+}
+
 }  // namespace
 }  // namespace pdserve

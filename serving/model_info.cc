@@ -1,0 +1,91 @@
+#include "serving/model_info.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace pdserve::serving {
+
+v1::KvFormatInfo ToProto(const KvFormat& f) {
+  v1::KvFormatInfo p;
+  p.set_kind(f.KindName());
+  p.set_num_layers(f.num_layers);
+  p.set_num_kv_heads(f.num_kv_heads);
+  p.set_k_head_dim(f.k_head_dim);
+  p.set_v_head_dim(f.v_head_dim);
+  p.set_kv_lora_rank(f.kv_lora_rank);
+  p.set_qk_rope_head_dim(f.qk_rope_head_dim);
+  p.set_dtype(std::string(DTypeName(f.dtype)));
+  p.set_tokens_per_block(f.tokens_per_block);
+  p.set_bytes_per_token(f.bytes_per_token());
+  p.set_description(f.ToString());
+  return p;
+}
+
+absl::StatusOr<std::string> ModelFingerprint(const std::string& model_path, const Model& model) {
+  namespace fs = std::filesystem;
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  const std::string header =
+      absl::StrCat(model.config().ToHfJson().dump(), "|", model.kv_format().ToString());
+  XXH3_64bits_update(state, header.data(), header.size());
+  std::vector<fs::path> files;
+  std::error_code ec;
+  if (fs::is_directory(model_path, ec)) {
+    for (const auto& entry : fs::directory_iterator(model_path, ec)) {
+      const std::string ext = entry.path().extension().string();
+      if (ext == ".safetensors" || entry.path().filename() == "config.json") {
+        files.push_back(entry.path());
+      }
+    }
+  } else {
+    files.push_back(model_path);
+  }
+  std::sort(files.begin(), files.end());
+  std::vector<char> buf(1 << 20);
+  for (const fs::path& file : files) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in)
+      return absl::NotFoundError(absl::StrCat(file.string(), ": cannot read to fingerprint"));
+    while (in) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      XXH3_64bits_update(state, buf.data(), static_cast<size_t>(in.gcount()));
+    }
+  }
+  const uint64_t digest = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return absl::StrFormat("%016x", digest);
+}
+
+v1::ModelInfo MakeModelInfo(const Model& model, const std::string& fingerprint) {
+  v1::ModelInfo info;
+  info.set_architecture(model.config().architecture);
+  *info.mutable_kv_format() = ToProto(model.kv_format());
+  info.set_max_context(model.config().max_position_embeddings);
+  info.set_vocab_size(model.config().vocab_size);
+  info.set_fingerprint(fingerprint);
+  return info;
+}
+
+EngineRequest FromProto(const v1::GenerateRequest& request) {
+  EngineRequest r;
+  r.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
+  const v1::SamplingParams& s = request.sampling();
+  if (s.has_temperature()) r.sampling.temperature = s.temperature();
+  if (s.has_top_p()) r.sampling.top_p = s.top_p();
+  if (s.has_top_k()) r.sampling.top_k = s.top_k();
+  if (s.has_min_p()) r.sampling.min_p = s.min_p();
+  if (s.has_repetition_penalty()) r.sampling.repetition_penalty = s.repetition_penalty();
+  if (s.has_seed()) r.sampling.seed = s.seed();
+  if (request.has_max_tokens()) r.stop.max_tokens = request.max_tokens();
+  r.stop.stop_token_ids.assign(request.stop_token_ids().begin(), request.stop_token_ids().end());
+  r.stop.ignore_eos = request.ignore_eos();
+  return r;
+}
+
+}  // namespace pdserve::serving
