@@ -48,7 +48,47 @@ inline float HorizontalSum(__m256 v) {
   sum = _mm_hadd_ps(sum, sum);
   return _mm_cvtss_f32(sum);
 }
+
+// exp(x) for 8 lanes: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial
+// (relative error ~1e-7, f32 rounding level), times 2^n built in the exponent bits. Inputs are
+// clamped to the range where the result is a normal f32.
+inline __m256 Exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 split: hi exact
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);      // ... and lo
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i pow2n =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+}
 #endif
+
+// s[i] = exp(s[i] - shift) for i < n; returns their sum. The scores of a tile are the softmax's
+// hot loop: a scalar std::exp per score would cost more than the dot products themselves.
+inline float ExpShiftedSum(float* s, int n, float shift) {
+  int i = 0;
+  float sum = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc = _mm256_setzero_ps();
+  const __m256 sh = _mm256_set1_ps(shift);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), sh));
+    _mm256_storeu_ps(s + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  sum = HorizontalSum(acc);
+#endif
+  for (; i < n; ++i) sum += (s[i] = std::exp(s[i] - shift));
+  return sum;
+}
 
 // out[j] = q[j * n : (j + 1) * n] · k for j < 4: four independent FMA chains sharing each load
 // of k.
@@ -169,6 +209,32 @@ struct Item {
   int64_t partial;  // index of its slot in the partial-state buffer; -1: writes out directly
 };
 
+// Pages are scattered, so the hardware prefetcher loses the stream at every block boundary:
+// while group g of one tile computes, ask for group g's slices of the next tile's K and V rows
+// (spread over the group loop so the requests do not arrive as one burst).
+struct NextTile {
+  int64_t first = -1;  // float offset of the next tile's first row; -1 when there is none
+  int64_t rows = 0;
+};
+
+NextTile FindNextTile(const GroupedDecode& p, const PagedSeq& seq, int64_t t, int64_t end) {
+  if (t >= end) return {};
+  const int64_t bs = p.block_size;
+  const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
+  return {(block * bs + t % bs) * p.row_stride, std::min({int64_t{kTile}, bs - t % bs, end - t})};
+}
+
+void PrefetchGroupSlice(const GroupedDecode& p, const NextTile& next, int g, int64_t bytes) {
+  if (next.first < 0) return;
+  for (int64_t r = 0; r < next.rows; ++r) {
+    const int64_t off = next.first + r * p.row_stride + g * p.group_offset;
+    for (int64_t b = 0; b < bytes; b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(p.k + off) + b, 0, 3);
+      if (p.v != p.k) __builtin_prefetch(reinterpret_cast<const char*>(p.v + off) + b, 0, 3);
+    }
+  }
+}
+
 // Runs one item: attends every head to tokens [t0, t1) and leaves (max, sum, acc) in ws.
 void RunItem(const GroupedDecode& p, const PagedSeq& seq, const Item& it, Workspace& ws) {
   const int g_size = p.group_size;
@@ -191,7 +257,9 @@ void RunItem(const GroupedDecode& p, const PagedSeq& seq, const Item& it, Worksp
     const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
     const int64_t slot = t % bs;
     const int rows = static_cast<int>(std::min({int64_t{kTile}, bs - slot, it.t1 - t}));
+    const NextTile next = FindNextTile(p, seq, t + rows, it.t1);
     for (int g = 0; g < p.n_groups; ++g) {
+      PrefetchGroupSlice(p, next, g, std::max<int64_t>(dk, p.dv) * int64_t{sizeof(float)});
       const int64_t first = (block * bs + slot) * p.row_stride + g * p.group_offset;
       const float* k = p.k + first;
       const float* v = p.v + first;
@@ -218,8 +286,7 @@ void RunItem(const GroupedDecode& p, const PagedSeq& seq, const Item& it, Worksp
         float* acc = ws.acc.data() + static_cast<int64_t>(h) * p.dv;
         const float old_max = ws.max[h];
         const float new_max = std::max(old_max, *std::max_element(s, s + rows));
-        float tile_sum = 0.0f;
-        for (int r = 0; r < rows; ++r) tile_sum += (s[r] = std::exp(s[r] - new_max));
+        const float tile_sum = ExpShiftedSum(s, rows, new_max);
         if (new_max != old_max) {
           const float alpha = std::exp(old_max - new_max);  // 0 on the first tile
           ws.sum[h] *= alpha;
