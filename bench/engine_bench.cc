@@ -2,10 +2,11 @@
 //
 //   pdserve-bench-engine [--quick] [--threads N]
 //
-// Models: stories260K (../shared/models), a synthetic ~100M-parameter GQA model, and a
-// synthetic SmolLM2-135M-shaped model (the shape of the project's llama.cpp anchor). Decode is
-// memory-bound, so each decode figure is also shown as the weight bytes it streams per second
-// and as a fraction of the machine's read bandwidth measured in the same run.
+// Models: stories260K (../shared/models), a synthetic ~100M-parameter GQA model, a synthetic
+// SmolLM2-135M-shaped model (the shape of the project's llama.cpp anchor), and a small
+// synthetic DeepSeek-V3 (MLA + MoE). Decode is memory-bound, so each decode figure is also shown
+// as the weight bytes it streams per second (for MoE: the experts one token uses) and as a
+// fraction of the machine's read bandwidth measured in the same run.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -19,16 +20,23 @@
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "nlohmann/json.hpp"
 
 namespace pdserve {
 namespace {
 
 // Bytes of weights one decode step streams: every matrix except an untied input embedding
-// (only one row of it is read), at the dtype the backend stores.
+// (only one row of it is read) and the routed experts a token does not use, at the dtype the
+// backend stores.
 double WeightBytesPerToken(const ModelConfig& c, const Backend& backend) {
   const int64_t vectors = (2 * c.num_layers + 1) * c.hidden_size;
   int64_t matrices = c.NumParameters() - vectors;
   if (!c.tie_word_embeddings) matrices -= c.vocab_size * c.hidden_size;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (!c.IsMoeLayer(l)) continue;
+    matrices -= (c.moe.n_routed_experts - c.moe.num_experts_per_tok) * 3 * c.hidden_size *
+                c.moe.moe_intermediate_size;
+  }
   return static_cast<double>(matrices) *
          static_cast<double>(DTypeSize(backend.WeightDType(c.torch_dtype)));
 }
@@ -90,6 +98,26 @@ ModelConfig SynthShape(int64_t hidden, int64_t ffn, int64_t layers, int64_t head
   return c;
 }
 
+// A small DeepSeek-V3: MLA with a query LoRA and YaRN, one dense layer then MoE layers of 16
+// experts (top-4 within 2 of 4 groups, noaux_tc) plus a shared expert.
+ModelConfig DeepseekV3Shape() {
+  auto c = ParseHfConfig(nlohmann::json::parse(R"({
+    "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": 512, "intermediate_size": 1408,
+    "moe_intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
+    "q_lora_rank": 192, "kv_lora_rank": 128, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32,
+    "v_head_dim": 64, "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 4,
+    "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2, "vocab_size": 8192,
+    "max_position_embeddings": 4096, "torch_dtype": "bfloat16",
+    "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024,
+                     "mscale": 1.0, "mscale_all_dim": 1.0}})"),
+                         "deepseek-v3-bench");
+  if (!c.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(c.status().message()).c_str());
+    std::exit(1);
+  }
+  return *c;
+}
+
 }  // namespace
 }  // namespace pdserve
 
@@ -136,6 +164,7 @@ int main(int argc, char** argv) {
   const Synthetic models[] = {
       {"synthetic-100M-GQA(12/4)", SynthShape(768, 2048, 12, 12, 4, 32000)},
       {"SmolLM2-135M-shape(9/3)", SynthShape(576, 1536, 30, 9, 3, 49152)},
+      {"DeepSeek-V3-tiny(MLA+MoE)", DeepseekV3Shape()},
   };
   const auto dir = std::filesystem::temp_directory_path() / "pdserve-bench-engine";
   for (const Synthetic& s : models) {

@@ -99,12 +99,6 @@ int RunGenerate(const GenerateOptions& options) {
 int RunSynth(const SynthOptions& options) {
   auto config = ReadConfigFile(options.config_path);
   if (!config.ok()) return Fail(config.status());
-  if (config->is_mla()) {
-    return Fail(absl::UnimplementedError(
-        absl::StrCat(options.config_path, ": synthetic ", config->architecture,
-                     " (MLA) models land with the DeepSeek model (issue 3); the generator "
-                     "writes Llama-family models for now")));
-  }
   if (absl::Status s = WriteSyntheticModel(*config, options.out_dir, options.seed); !s.ok()) {
     return Fail(s);
   }
@@ -114,60 +108,6 @@ int RunSynth(const SynthOptions& options) {
               static_cast<long long>(config->num_kv_heads),
               static_cast<double>(config->NumParameters()) / 1e6,
               std::string(DTypeName(config->torch_dtype)).c_str());
-  return 0;
-}
-
-int RunDemo(const DemoOptions& options) {
-  namespace fs = std::filesystem;
-  std::string model_path = options.model;
-  if (model_path.empty()) {
-    const fs::path stories = fs::path(PDSERVE_DEFAULT_MODELS_DIR) / "stories260K.bin";
-    if (fs::exists(stories)) {
-      model_path = stories.string();
-    } else {
-      // No shared models here: fall back to a small synthetic GQA model.
-      model_path = (fs::temp_directory_path() / "pdserve-demo-synthetic").string();
-      ModelConfig c;
-      c.hidden_size = 128;
-      c.intermediate_size = 344;
-      c.num_layers = 4;
-      c.num_heads = 8;
-      c.num_kv_heads = 2;
-      c.head_dim = 16;
-      c.vocab_size = 512;
-      c.max_position_embeddings = 512;
-      c.tie_word_embeddings = true;
-      c.eos_token_ids = {2};
-      if (absl::Status s = WriteSyntheticModel(c, model_path, 0); !s.ok()) return Fail(s);
-    }
-  }
-  CpuBackend backend(options.threads);
-  auto model = LoadModel(model_path, backend);
-  if (!model.ok()) return Fail(model.status());
-  const ModelConfig& c = (*model)->config();
-  std::printf("model: %s (%s, %lld layers, %s attention, %.2fM parameters), %d threads\n",
-              model_path.c_str(), c.architecture.c_str(), static_cast<long long>(c.num_layers),
-              c.AttentionKind().c_str(), static_cast<double>(c.NumParameters()) / 1e6,
-              backend.num_threads());
-  // Until tokenizers arrive, prompts and answers are token ids.
-  const std::vector<int32_t> prompt = {1, 400, 300};
-  std::printf("prompt ids: %s\nanswer ids:", JoinIds(prompt).c_str());
-  std::fflush(stdout);
-  StopCriteria stop;
-  stop.max_tokens = options.max_tokens;
-  SamplingParams greedy;
-  greedy.temperature = 0.0f;
-  auto result = Generate(**model, prompt, greedy, stop, [](int32_t id) {
-    std::printf(" %d", id);
-    std::fflush(stdout);
-  });
-  if (!result.ok()) return Fail(result.status());
-  std::printf("\nfinish_reason=%s, %zu tokens, prefill %.2f ms, decode %.1f tokens/s\n",
-              std::string(FinishReasonName(result->finish_reason)).c_str(), result->tokens.size(),
-              result->prefill_seconds * 1e3,
-              result->decode_seconds > 0
-                  ? static_cast<double>(result->tokens.size() - 1) / result->decode_seconds
-                  : 0.0);
   return 0;
 }
 

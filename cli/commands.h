@@ -34,6 +34,20 @@ struct DemoOptions {
 };
 int RunDemo(const DemoOptions& options);
 
+struct ClientOptions {
+  std::string router = "localhost:50051";
+  std::vector<int32_t> prompt_ids;
+  SamplingParams sampling;  // sent only where set on the command line
+  bool temperature_set = false, top_p_set = false, top_k_set = false, min_p_set = false,
+       repetition_penalty_set = false;
+  StopCriteria stop;
+  std::string request_id;
+  bool unary = false;  // Complete instead of Generate
+  double timeout_s = 120;
+};
+// Calls a router's public API and prints the ids on one line, the final info on stderr.
+int RunClient(const ClientOptions& options);
+
 struct KvInfoOptions {
   std::string model;        // a Hugging Face model directory or a llama2.c .bin; or
   std::string config_path;  // a config.json

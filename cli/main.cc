@@ -45,10 +45,10 @@ int main(int argc, char** argv) {
 
   DemoOptions demo;
   CLI::App* demo_cmd = app.add_subcommand(
-      "demo", "Answer a prompt on the default model (single process until the services land)");
+      "demo", "Start router + prefill + decode on localhost, stream one answer, stop them");
   demo_cmd->add_option("--model", demo.model, "Model (default: stories260K, else synthetic)");
   demo_cmd->add_option("--max-tokens", demo.max_tokens, "Maximum new tokens")->default_val(64);
-  demo_cmd->add_option("--threads", demo.threads, "Compute threads (0 = all cores)")
+  demo_cmd->add_option("--threads", demo.threads, "Compute threads per worker (0 = 1 each)")
       ->default_val(0);
 
   KvInfoOptions kv;
@@ -66,8 +66,41 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20));
   kv_cmd->add_flag("--json", kv.json, "Print one JSON object");
 
+  ClientOptions client;
+  std::optional<uint64_t> client_seed;
+  CLI::App* client_cmd = app.add_subcommand(
+      "client", "Call a router's Generate (streaming) or Complete and print the ids");
+  client_cmd->add_option("--router", client.router, "Router address")
+      ->default_val("localhost:50051");
+  client_cmd->add_option("--prompt-ids", client.prompt_ids, "Prompt token ids, e.g. 1,2,3")
+      ->required()
+      ->delimiter(',');
+  client_cmd->add_option("--max-tokens", client.stop.max_tokens, "Maximum new tokens")
+      ->default_val(16);
+  CLI::Option* c_temp = client_cmd->add_option("--temperature", client.sampling.temperature,
+                                               "0 = greedy (server default 1)");
+  CLI::Option* c_top_k = client_cmd->add_option("--top-k", client.sampling.top_k, "0 = off");
+  CLI::Option* c_top_p = client_cmd->add_option("--top-p", client.sampling.top_p, "1 = off");
+  CLI::Option* c_min_p = client_cmd->add_option("--min-p", client.sampling.min_p, "0 = off");
+  CLI::Option* c_rep =
+      client_cmd->add_option("--repetition-penalty", client.sampling.repetition_penalty, "1 = off");
+  client_cmd->add_option("--seed", client_seed, "Random seed");
+  client_cmd->add_option("--stop-ids", client.stop.stop_token_ids, "Extra stop ids")
+      ->delimiter(',');
+  client_cmd->add_flag("--ignore-eos", client.stop.ignore_eos, "Do not stop at EOS");
+  client_cmd->add_option("--request-id", client.request_id, "Request id (default: the router's)");
+  client_cmd->add_flag("--unary", client.unary, "Call Complete instead of Generate");
+  client_cmd->add_option("--timeout", client.timeout_s, "Deadline in seconds")->default_val(120);
+
   CLI11_PARSE(app, argc, argv);
   gen.sampling.seed = seed;
+  client.sampling.seed = client_seed;
+  client.temperature_set = c_temp->count() > 0;
+  client.top_k_set = c_top_k->count() > 0;
+  client.top_p_set = c_top_p->count() > 0;
+  client.min_p_set = c_min_p->count() > 0;
+  client.repetition_penalty_set = c_rep->count() > 0;
+  if (client_cmd->parsed()) return RunClient(client);
   if (generate->parsed()) return RunGenerate(gen);
   if (synth_cmd->parsed()) return RunSynth(synth);
   if (demo_cmd->parsed()) return RunDemo(demo);

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "engine/deepseek_model.h"
 #include "engine/llama2c.h"
 #include "engine/llama_model.h"
 
@@ -67,11 +68,9 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backen
     auto config = LoadHfConfig((fs::path(path) / "config.json").string());
     if (!config.ok()) return config.status();
     if (config->is_mla()) {
-      return absl::UnimplementedError(
-          absl::StrCat(path, ": ", config->architecture,
-                       " (MLA) configs parse, but the DeepSeek model itself lands with issue 3; "
-                       "`pdserve kv-info --model ",
-                       path, "` shows its KV cache format meanwhile"));
+      auto model = LoadDeepseekFromHf(path, *config, backend);
+      if (!model.ok()) return model.status();
+      return std::unique_ptr<Model>(*std::move(model));
     }
     return LoadLlamaFromHf(path, *config, backend);
   }

@@ -152,6 +152,76 @@ absl::Status ParseMla(const json& j, const std::string& source, ModelConfig& c) 
   return absl::OkStatus();
 }
 
+constexpr int64_t kMaxExperts = 1 << 16;
+
+constexpr const char* kScoringNames[] = {"softmax", "sigmoid"};
+constexpr const char* kTopkMethodNames[] = {"greedy", "group_limited_greedy", "noaux_tc"};
+
+// A string field that must be one of `names`; returns its index (or `fallback` when absent).
+template <size_t N>
+absl::StatusOr<int> GetChoice(const json& j, const std::string& source, const char* field,
+                              int fallback, const char* const (&names)[N]) {
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (it->is_string()) {
+    for (size_t i = 0; i < N; ++i) {
+      if (*it == names[i]) return static_cast<int>(i);
+    }
+  }
+  return FieldError(
+      source, field,
+      absl::StrCat("is ", it->dump(), "; expected one of ", absl::StrJoin(names, ", ")));
+}
+
+// DeepSeek's MoE fields (see MoeConfig). Without n_routed_experts every layer is dense, as in
+// DeepSeek's own modeling code; otherwise absent keys take the defaults of the architecture's
+// Hugging Face config class, except n_group / topk_group (1 / n_group: no group limit).
+absl::Status ParseMoe(const json& j, const std::string& source, ModelConfig& c) {
+  MoeConfig& m = c.moe;
+  const bool v3 = c.architecture == "DeepseekV3ForCausalLM";
+  m.scale_after_norm = v3;
+  PDSERVE_ASSIGN(m.n_routed_experts, GetInt(j, source, "n_routed_experts", 0, 0, kMaxExperts));
+  if (!m.enabled()) return absl::OkStatus();
+  constexpr absl::string_view kFamily = "DeepSeek MoE (n_routed_experts set)";
+  PDSERVE_ASSIGN(m.num_experts_per_tok, GetInt(j, source, "num_experts_per_tok", std::nullopt, 1,
+                                               m.n_routed_experts, kFamily));
+  PDSERVE_ASSIGN(m.moe_intermediate_size,
+                 GetInt(j, source, "moe_intermediate_size", std::nullopt, 1, kMaxDim, kFamily));
+  PDSERVE_ASSIGN(m.n_shared_experts, GetInt(j, source, "n_shared_experts", 0, 0, kMaxExperts));
+  PDSERVE_ASSIGN(m.first_k_dense_replace,
+                 GetInt(j, source, "first_k_dense_replace", 0, 0, c.num_layers));
+  PDSERVE_ASSIGN(m.moe_layer_freq, GetInt(j, source, "moe_layer_freq", 1, 1, kMaxLayers));
+  int choice = 0;
+  PDSERVE_ASSIGN(choice, GetChoice(j, source, "scoring_func", v3 ? 1 : 0, kScoringNames));
+  m.scoring_func = static_cast<MoeConfig::Scoring>(choice);
+  PDSERVE_ASSIGN(choice, GetChoice(j, source, "topk_method", v3 ? 2 : 0, kTopkMethodNames));
+  m.topk_method = static_cast<MoeConfig::TopkMethod>(choice);
+  PDSERVE_ASSIGN(m.n_group, GetInt(j, source, "n_group", 1, 1, m.n_routed_experts));
+  if (m.n_routed_experts % m.n_group != 0) {
+    return FieldError(
+        source, "n_group",
+        absl::StrCat("(", m.n_group, ") must divide n_routed_experts (", m.n_routed_experts, ")"));
+  }
+  PDSERVE_ASSIGN(m.topk_group, GetInt(j, source, "topk_group", m.n_group, 1, m.n_group));
+  if (m.topk_method != MoeConfig::TopkMethod::kGreedy) {
+    if (m.topk_group * m.group_size() < m.num_experts_per_tok) {
+      return FieldError(source, "topk_group",
+                        absl::StrCat("(", m.topk_group, ") groups of ", m.group_size(),
+                                     " experts cannot hold num_experts_per_tok (",
+                                     m.num_experts_per_tok, ") experts"));
+    }
+    if (m.topk_method == MoeConfig::TopkMethod::kNoauxTc && m.group_size() < 2) {
+      return FieldError(source, "n_group",
+                        "leaves fewer than 2 experts per group; noaux_tc scores a group by its "
+                        "best two");
+    }
+  }
+  PDSERVE_ASSIGN(m.routed_scaling_factor,
+                 GetDouble(j, source, "routed_scaling_factor", v3 ? 2.5 : 1.0, 1e-6, 1e6));
+  PDSERVE_ASSIGN(m.norm_topk_prob, GetBool(j, source, "norm_topk_prob", v3));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string ModelConfig::AttentionKind() const {
@@ -163,7 +233,7 @@ std::string ModelConfig::AttentionKind() const {
 
 int64_t ModelConfig::NumParameters() const {
   const int64_t q = num_heads * head_dim, kv = num_kv_heads * head_dim;
-  int64_t per_layer = 3 * hidden_size * intermediate_size + 2 * hidden_size;
+  int64_t per_layer = 2 * hidden_size;  // the two norms
   if (is_mla()) {
     // q_a_proj + q_a_layernorm + q_b_proj (or q_proj), kv_a_proj_with_mqa, kv_a_layernorm,
     // kv_b_proj, o_proj.
@@ -176,8 +246,20 @@ int64_t ModelConfig::NumParameters() const {
     per_layer += hidden_size * (q + 2 * kv) + q * hidden_size;
   }
   if (attention_bias) per_layer += q + 2 * kv;
+  int64_t mlps = 0;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    if (!IsMoeLayer(l)) {
+      mlps += 3 * hidden_size * intermediate_size;
+      continue;
+    }
+    // Router, routed experts, the fused shared experts, and V3's correction bias.
+    mlps += moe.n_routed_experts * hidden_size;
+    mlps +=
+        (moe.n_routed_experts + moe.n_shared_experts) * 3 * hidden_size * moe.moe_intermediate_size;
+    if (moe.topk_method == MoeConfig::TopkMethod::kNoauxTc) mlps += moe.n_routed_experts;
+  }
   int64_t embeddings = vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
-  return num_layers * per_layer + embeddings + hidden_size;
+  return num_layers * per_layer + mlps + embeddings + hidden_size;
 }
 
 RopeSpec ModelConfig::MakeRopeSpec() const {
@@ -265,6 +347,22 @@ nlohmann::json ModelConfig::ToHfJson() const {
     j["qk_nope_head_dim"] = qk_nope_head_dim;
     j["qk_rope_head_dim"] = qk_rope_head_dim;
     j["v_head_dim"] = v_head_dim;
+    if (moe.enabled()) {
+      j["n_routed_experts"] = moe.n_routed_experts;
+      j["num_experts_per_tok"] = moe.num_experts_per_tok;
+      j["n_shared_experts"] = moe.n_shared_experts;
+      j["moe_intermediate_size"] = moe.moe_intermediate_size;
+      j["first_k_dense_replace"] = moe.first_k_dense_replace;
+      j["moe_layer_freq"] = moe.moe_layer_freq;
+      j["scoring_func"] = kScoringNames[static_cast<int>(moe.scoring_func)];
+      j["topk_method"] = kTopkMethodNames[static_cast<int>(moe.topk_method)];
+      j["n_group"] = moe.n_group;
+      j["topk_group"] = moe.topk_group;
+      j["routed_scaling_factor"] = moe.routed_scaling_factor;
+      j["norm_topk_prob"] = moe.norm_topk_prob;
+    } else {
+      j["n_routed_experts"] = nullptr;
+    }
   } else {
     j["head_dim"] = head_dim;
   }
@@ -349,6 +447,7 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& j, const std::st
   }
   if (deepseek) {
     if (absl::Status s = ParseMla(j, source, c); !s.ok()) return s;
+    if (absl::Status s = ParseMoe(j, source, c); !s.ok()) return s;
   } else {
     const int64_t default_head_dim = c.hidden_size / c.num_heads;
     PDSERVE_ASSIGN(c.head_dim, GetInt(j, source, "head_dim", default_head_dim, 2, kMaxDim));

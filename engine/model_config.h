@@ -27,6 +27,45 @@ struct RopeScaling {
   double mscale_all_dim = 0.0;  // yarn: cos/sin denominator; squared into the softmax scale
 };
 
+// DeepSeek's mixture of experts (config.json keys of the same names). A model has MoE layers
+// iff n_routed_experts > 0; layer l is then MoE when l >= first_k_dense_replace and
+// l % moe_layer_freq == 0, dense (intermediate_size) otherwise. A MoE layer routes each token
+// to num_experts_per_tok of the n_routed_experts (SwiGLU, moe_intermediate_size wide) and adds
+// n_shared_experts always-on experts, fused as one MLP moe_intermediate_size * n_shared_experts
+// wide. Routing (engine/moe_routing.h): scores = softmax or sigmoid of the router logits; top-k
+// over all experts (greedy) or within the topk_group best of n_group groups
+// (group_limited_greedy: a group scores its best expert; noaux_tc: the sum of its best two, after
+// adding the gate's e_score_correction_bias, which only steers the choice).
+// Invariants after a successful parse of a config with experts: every count positive,
+// num_experts_per_tok <= n_routed_experts, n_group divides n_routed_experts, topk_group <=
+// n_group, the chosen groups hold at least num_experts_per_tok experts, noaux_tc groups at
+// least two. Without experts every field keeps its default (n_routed_experts == 0).
+struct MoeConfig {
+  enum class Scoring { kSoftmax, kSigmoid };
+  enum class TopkMethod { kGreedy, kGroupLimitedGreedy, kNoauxTc };
+
+  int64_t n_routed_experts = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t n_shared_experts = 0;
+  int64_t moe_intermediate_size = 0;
+  int64_t first_k_dense_replace = 0;
+  int64_t moe_layer_freq = 1;
+  Scoring scoring_func = Scoring::kSoftmax;
+  TopkMethod topk_method = TopkMethod::kGreedy;
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  double routed_scaling_factor = 1.0;
+  bool norm_topk_prob = false;
+  // How routed_scaling_factor combines with norm_topk_prob, which differs between the two
+  // checkpoints' own code: DeepSeek-V2 scales only weights it does not normalize, DeepSeek-V3
+  // scales always (after normalizing). Set from the architecture, not read from config.json.
+  bool scale_after_norm = false;
+
+  bool enabled() const { return n_routed_experts > 0; }
+  // Experts per group.
+  int64_t group_size() const { return n_group > 0 ? n_routed_experts / n_group : 0; }
+};
+
 // Everything a forward pass needs to know about a checkpoint: the Llama family
 // (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) and DeepSeek-V2/V3's multi-head
 // latent attention (DeepseekV2ForCausalLM, DeepseekV3ForCausalLM; see SPEC "MLA, precisely").
@@ -65,12 +104,18 @@ struct ModelConfig {
   int64_t qk_rope_head_dim = 0;
   int64_t v_head_dim = 0;
 
+  MoeConfig moe;  // DeepSeek only; disabled for the Llama family
+
   bool is_mla() const { return kv_lora_rank > 0; }
+  // Whether layer `layer`'s MLP is a mixture of experts (see MoeConfig).
+  bool IsMoeLayer(int64_t layer) const {
+    return moe.enabled() && layer >= moe.first_k_dense_replace && layer % moe.moe_layer_freq == 0;
+  }
   // "MHA", "GQA" or "MQA" from the head counts; "MLA" for DeepSeek.
   std::string AttentionKind() const;
-  // Parameters of the whole model (embeddings counted once when tied). For MLA configs the
-  // attention is exact but every MLP counts as dense (intermediate_size): DeepSeek's MoE
-  // experts are not parsed yet.
+  // Parameters of the whole model (embeddings counted once when tied), every expert included
+  // (and V3's e_score_correction_bias, a checkpoint tensor). DeepSeek-V3's multi-token
+  // prediction layer is not part of the model and not counted.
   int64_t NumParameters() const;
   // The rotary embedding for this config (frequencies with scaling applied). For MLA it
   // covers the qk_rope_head_dim RoPE part of each head, interleaved, with YaRN's

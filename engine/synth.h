@@ -1,5 +1,6 @@
 // Synthetic models: a Hugging Face-layout checkpoint with deterministic random weights for any
-// supported config, so every architecture and cache format is testable without downloads.
+// supported config (Llama family, DeepSeek-V2/V3 with MLA and MoE), so every architecture and
+// cache format is testable without downloads.
 #pragma once
 
 #include <cstdint>

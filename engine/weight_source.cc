@@ -114,4 +114,19 @@ absl::StatusOr<Tensor> WeightSource::Load(const std::string& name, const Shape& 
   return dev;
 }
 
+Tensor WeightLoader::Load(const std::string& name, const Shape& shape) {
+  return Load(name, shape,
+              shape.rank() == 2 ? WeightSource::Use::kMatrix : WeightSource::Use::kVector);
+}
+
+Tensor WeightLoader::Load(const std::string& name, const Shape& shape, WeightSource::Use use) {
+  if (!status_.ok()) return {};
+  absl::StatusOr<Tensor> t = source_.Load(name, shape, backend_, use);
+  if (!t.ok()) {
+    status_ = t.status();
+    return {};
+  }
+  return *std::move(t);
+}
+
 }  // namespace pdserve

@@ -34,4 +34,26 @@ class WeightSource {
   std::map<std::string, std::pair<const SafetensorsFile*, const SafetensorsEntry*>> index_;
 };
 
+// Loads a model's tensors one after another onto a backend, keeping the first error: after a
+// failure, later loads return empty tensors without reading, so a loader is a list of names
+// and shapes followed by one status() check.
+class WeightLoader {
+ public:
+  WeightLoader(const WeightSource& source, Backend& backend) : source_(source), backend_(backend) {}
+
+  // Rank-2 shapes load as matrices (which may stay 16-bit), others as f32 vectors.
+  Tensor Load(const std::string& name, const Shape& shape);
+  Tensor Load(const std::string& name, const Shape& shape, WeightSource::Use use);
+
+  const WeightSource& source() const { return source_; }
+  Backend& backend() const { return backend_; }
+  bool ok() const { return status_.ok(); }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  const WeightSource& source_;
+  Backend& backend_;
+  absl::Status status_;
+};
+
 }  // namespace pdserve

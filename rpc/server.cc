@@ -5,6 +5,9 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cstdio>
+#include <fstream>
+
 #include "absl/strings/str_cat.h"
 
 namespace pdserve::rpc {
@@ -32,6 +35,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const std::string& address
 
 Server::~Server() {
   if (server_ != nullptr) Shutdown(std::chrono::milliseconds(0));
+}
+
+absl::Status Server::WritePortFile(const std::string& path) const {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << port_ << "\n";
+    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write port file ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
 }
 
 void Server::SetServing(bool serving) {

@@ -26,6 +26,9 @@ class Server {
   int port() const { return port_; }
   // host:port others can dial (the bind address with the actual port).
   const std::string& address() const { return address_; }
+  // Writes the bound port to `path` (atomically: a reader never sees a partial number), for
+  // launchers that start servers on port 0.
+  absl::Status WritePortFile(const std::string& path) const;
   // Flips the health status of the server and all its services.
   void SetServing(bool serving);
   // NOT_SERVING, then waits up to `grace` for in-flight calls before cancelling them.

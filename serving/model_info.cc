@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/cpu/cpu_backend.h"
 
 namespace pdserve::serving {
 
@@ -70,6 +71,37 @@ v1::ModelInfo MakeModelInfo(const Model& model, const std::string& fingerprint) 
   info.set_vocab_size(model.config().vocab_size);
   info.set_fingerprint(fingerprint);
   return info;
+}
+
+absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads) {
+  ServedModel served;
+  served.backend = std::make_unique<CpuBackend>(threads);
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(path, *served.backend);
+  if (!model.ok()) return model.status();
+  served.model = *std::move(model);
+  absl::StatusOr<std::string> fingerprint = ModelFingerprint(path, *served.model);
+  if (!fingerprint.ok()) return fingerprint.status();
+  served.fingerprint = *std::move(fingerprint);
+  return served;
+}
+
+int64_t KvBlocksFor(const KvFormat& format, int64_t kv_blocks, int64_t kv_cache_mb) {
+  if (kv_blocks > 0) return kv_blocks;
+  return std::max<int64_t>(1, (kv_cache_mb << 20) / format.bytes_per_block());
+}
+
+v1::WorkerLoad MakeWorkerLoad(const KvStore& store, int waiting, int running, bool draining) {
+  const KvPoolStats stats = store.pool().Stats();
+  v1::WorkerLoad load;
+  load.set_queue_depth(waiting);
+  load.set_running_requests(running);
+  load.set_kv_blocks_total(stats.total_blocks);
+  load.set_kv_blocks_used(stats.used_blocks);
+  load.set_kv_blocks_free(stats.available_blocks());
+  load.set_kv_blocks_cached(stats.cached_blocks);
+  load.set_tokens_per_block(store.format().tokens_per_block);
+  load.set_draining(draining);
+  return load;
 }
 
 EngineRequest FromProto(const v1::GenerateRequest& request) {

@@ -2,15 +2,18 @@
 // engine's types, and the model's identity.
 #pragma once
 
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/generate.h"
+#include "engine/kv_cache.h"
 #include "engine/kv_format.h"
 #include "engine/model.h"
 #include "pdserve/v1/generation.pb.h"
+#include "pdserve/v1/worker.pb.h"
 
 namespace pdserve::serving {
 
@@ -21,6 +24,20 @@ v1::KvFormatInfo ToProto(const KvFormat& format);
 absl::StatusOr<std::string> ModelFingerprint(const std::string& model_path, const Model& model);
 
 v1::ModelInfo MakeModelInfo(const Model& model, const std::string& fingerprint);
+
+// A model loaded for a worker: its CPU backend, the model and its fingerprint.
+struct ServedModel {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Model> model;
+  std::string fingerprint;
+};
+absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads);
+
+// Blocks for a worker's KV store: `kv_blocks` when > 0, else as many as `kv_cache_mb` MiB hold.
+int64_t KvBlocksFor(const KvFormat& format, int64_t kv_blocks, int64_t kv_cache_mb);
+
+// A worker's load report: its scheduler's counts and its KV store's blocks.
+v1::WorkerLoad MakeWorkerLoad(const KvStore& store, int waiting, int running, bool draining);
 
 // A public request as the engine sees it. Unset fields take the API's defaults (SamplingParams
 // and StopCriteria defaults: OpenAI/vLLM); nothing is validated here.

@@ -12,15 +12,9 @@
 namespace pdserve {
 namespace {
 
-// configs/ of this source tree, or $PDSERVE_CONFIGS_DIR.
-std::string ConfigsDir() {
-  if (const char* env = std::getenv("PDSERVE_CONFIGS_DIR")) return env;
-  return PDSERVE_DEFAULT_CONFIGS_DIR;
-}
-
 // A published config from configs/real/ (see the "_source" key in each file).
 absl::StatusOr<ModelConfig> RealConfig(const std::string& name) {
-  return LoadHfConfig(ConfigsDir() + "/real/" + name + ".json");
+  return LoadHfConfig(testing_util::ConfigsDir() + "/real/" + name + ".json");
 }
 
 // The sizes below are worked out by hand from the published hyperparameters, not by the code

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numbers>
+#include <span>
 
 #include "engine/model.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -23,6 +24,27 @@ nlohmann::json Llama3_8B() {
     "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
     "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+}
+
+// A JSON merge patch that must make a config invalid, and the field the error must name.
+struct RejectCase {
+  const char* patch;
+  const char* field;
+};
+
+// Each case patched onto `base` fails to parse with InvalidArgument naming the field and
+// `source`.
+void ExpectRejected(const nlohmann::json& base, std::span<const RejectCase> cases,
+                    const std::string& source) {
+  for (const RejectCase& c : cases) {
+    nlohmann::json j = base;
+    j.merge_patch(nlohmann::json::parse(c.patch));
+    auto parsed = ParseHfConfig(j, source);
+    ASSERT_FALSE(parsed.ok()) << c.patch;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(parsed.status().message().find(c.field), absl::string_view::npos) << parsed.status();
+    EXPECT_NE(parsed.status().message().find(source), absl::string_view::npos);
+  }
 }
 
 TEST(ModelConfig, ParsesLlama31Config) {
@@ -77,11 +99,7 @@ TEST(ModelConfig, ToHfJsonRoundTrips) {
 }
 
 TEST(ModelConfig, RejectsBadFieldsNamingThem) {
-  struct Case {
-    const char* patch;
-    const char* field;
-  };
-  const Case cases[] = {
+  const RejectCase cases[] = {
       {R"({"num_key_value_heads": 3})", "num_key_value_heads"},
       {R"({"hidden_size": -5})", "hidden_size"},
       {R"({"hidden_size": "big"})", "hidden_size"},
@@ -92,18 +110,10 @@ TEST(ModelConfig, RejectsBadFieldsNamingThem) {
       {R"({"vocab_size": 99999999999})", "vocab_size"},
       {R"({"mlp_bias": true})", "mlp_bias"},
   };
-  for (const Case& c : cases) {
-    nlohmann::json j = Llama3_8B();
-    j.merge_patch(nlohmann::json::parse(c.patch));
-    auto parsed = ParseHfConfig(j, "my/config.json");
-    ASSERT_FALSE(parsed.ok()) << c.patch;
-    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(parsed.status().message().find(c.field), absl::string_view::npos) << parsed.status();
-    EXPECT_NE(parsed.status().message().find("my/config.json"), absl::string_view::npos);
-  }
+  ExpectRejected(Llama3_8B(), cases, "my/config.json");
 }
 
-// DeepSeek-V3's published config.json, less the MoE routing keys pdserve does not read yet.
+// DeepSeek-V3's published config.json without its MoE keys (a dense DeepSeek model).
 nlohmann::json DeepseekV3() {
   return nlohmann::json::parse(R"({
     "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
@@ -214,11 +224,7 @@ TEST(ModelConfig, DeepseekToHfJsonRoundTrips) {
 }
 
 TEST(ModelConfig, RejectsBadDeepseekFieldsNamingThem) {
-  struct Case {
-    const char* patch;
-    const char* field;
-  };
-  const Case cases[] = {
+  const RejectCase cases[] = {
       {R"({"kv_lora_rank": null})", "kv_lora_rank"},
       {R"({"kv_lora_rank": 0})", "kv_lora_rank"},
       {R"({"qk_nope_head_dim": null})", "qk_nope_head_dim"},
@@ -229,15 +235,7 @@ TEST(ModelConfig, RejectsBadDeepseekFieldsNamingThem) {
       {R"({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}})", "rope_scaling"},
       {R"({"rope_scaling": {"type": "yarn", "beta_fast": 1, "beta_slow": 32}})", "rope_scaling"},
   };
-  for (const Case& c : cases) {
-    nlohmann::json j = DeepseekV3();
-    j.merge_patch(nlohmann::json::parse(c.patch));
-    auto parsed = ParseHfConfig(j, "v3/config.json");
-    ASSERT_FALSE(parsed.ok()) << c.patch;
-    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(parsed.status().message().find(c.field), absl::string_view::npos) << parsed.status();
-    EXPECT_NE(parsed.status().message().find("v3/config.json"), absl::string_view::npos);
-  }
+  ExpectRejected(DeepseekV3(), cases, "v3/config.json");
   // A missing MLA field is reported as a DeepSeek requirement, not a Llama one.
   nlohmann::json j = DeepseekV3();
   j.erase("kv_lora_rank");
@@ -254,15 +252,152 @@ TEST(ModelConfig, LlamaRejectsYarn) {
   EXPECT_NE(parsed.status().message().find("rope_scaling"), absl::string_view::npos);
 }
 
-TEST(ModelConfig, LoadModelRefusesDeepseekUntilItsModelLands) {
+TEST(ModelConfig, LoadModelFindsNoWeightsForAConfigOnlyDeepseekDirectory) {
   const std::filesystem::path dir = testing_util::FreshDir("deepseek_config_only");
   std::ofstream(dir / "config.json") << DeepseekV3().dump();
   CpuBackend backend(1);
   auto model = LoadModel(dir.string(), backend);
   ASSERT_FALSE(model.ok());
-  EXPECT_EQ(model.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(model.status().message().find("DeepseekV3ForCausalLM"), absl::string_view::npos);
-  EXPECT_NE(model.status().message().find("kv-info"), absl::string_view::npos);
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kNotFound) << model.status();
+  EXPECT_NE(model.status().message().find("model.safetensors"), absl::string_view::npos);
+}
+
+absl::StatusOr<ModelConfig> RealDeepseek(const std::string& name) {
+  return LoadHfConfig(testing_util::ConfigsDir() + "/real/" + name + ".json");
+}
+
+TEST(ModelConfig, ParsesDeepseekV3Moe) {
+  auto c = RealDeepseek("deepseek-v3");
+  ASSERT_TRUE(c.ok()) << c.status();
+  const MoeConfig& m = c->moe;
+  EXPECT_TRUE(m.enabled());
+  EXPECT_EQ(m.n_routed_experts, 256);
+  EXPECT_EQ(m.num_experts_per_tok, 8);
+  EXPECT_EQ(m.n_shared_experts, 1);
+  EXPECT_EQ(m.moe_intermediate_size, 2048);
+  EXPECT_EQ(m.first_k_dense_replace, 3);
+  EXPECT_EQ(m.moe_layer_freq, 1);
+  EXPECT_EQ(m.scoring_func, MoeConfig::Scoring::kSigmoid);
+  EXPECT_EQ(m.topk_method, MoeConfig::TopkMethod::kNoauxTc);
+  EXPECT_EQ(m.n_group, 8);
+  EXPECT_EQ(m.topk_group, 4);
+  EXPECT_EQ(m.group_size(), 32);
+  EXPECT_EQ(m.routed_scaling_factor, 2.5);
+  EXPECT_TRUE(m.norm_topk_prob);
+  EXPECT_TRUE(m.scale_after_norm);
+  EXPECT_FALSE(c->IsMoeLayer(2));
+  EXPECT_TRUE(c->IsMoeLayer(3));
+  EXPECT_TRUE(c->IsMoeLayer(60));
+  // DeepSeek-V3 has 671B parameters besides its 14B multi-token prediction module.
+  EXPECT_NEAR(static_cast<double>(c->NumParameters()) / 1e9, 671.0, 0.1);
+}
+
+TEST(ModelConfig, ParsesDeepseekV2Moe) {
+  auto c = RealDeepseek("deepseek-v2");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->moe.topk_method, MoeConfig::TopkMethod::kGroupLimitedGreedy);
+  EXPECT_EQ(c->moe.scoring_func, MoeConfig::Scoring::kSoftmax);
+  EXPECT_EQ(c->moe.routed_scaling_factor, 16.0);
+  EXPECT_FALSE(c->moe.norm_topk_prob);
+  EXPECT_FALSE(c->moe.scale_after_norm);
+  EXPECT_FALSE(c->IsMoeLayer(0));
+  EXPECT_TRUE(c->IsMoeLayer(1));
+  // Published sizes: DeepSeek-V2 236B, DeepSeek-V2-Lite 15.7B.
+  EXPECT_NEAR(static_cast<double>(c->NumParameters()) / 1e9, 236.0, 0.5);
+  auto lite = RealDeepseek("deepseek-v2-lite");
+  ASSERT_TRUE(lite.ok()) << lite.status();
+  EXPECT_EQ(lite->moe.topk_method, MoeConfig::TopkMethod::kGreedy);
+  EXPECT_EQ(lite->moe.n_shared_experts, 2);
+  EXPECT_NEAR(static_cast<double>(lite->NumParameters()) / 1e9, 15.7, 0.05);
+}
+
+TEST(ModelConfig, DeepseekMoeDefaultsFollowTheArchitecture) {
+  const auto moe_only = nlohmann::json::parse(
+      R"({"n_routed_experts": 16, "num_experts_per_tok": 2, "moe_intermediate_size": 32})");
+  nlohmann::json v3 = DeepseekV3();
+  v3.merge_patch(moe_only);
+  auto c = ParseHfConfig(v3, "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->moe.scoring_func, MoeConfig::Scoring::kSigmoid);
+  EXPECT_EQ(c->moe.topk_method, MoeConfig::TopkMethod::kNoauxTc);
+  EXPECT_EQ(c->moe.routed_scaling_factor, 2.5);
+  EXPECT_TRUE(c->moe.norm_topk_prob);
+  EXPECT_EQ(c->moe.n_group, 1);
+  EXPECT_EQ(c->moe.topk_group, 1);
+  EXPECT_EQ(c->moe.n_shared_experts, 0);
+  EXPECT_TRUE(c->IsMoeLayer(0));  // first_k_dense_replace defaults to 0
+
+  nlohmann::json v2 = v3;
+  v2["architectures"] = {"DeepseekV2ForCausalLM"};
+  c = ParseHfConfig(v2, "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->moe.scoring_func, MoeConfig::Scoring::kSoftmax);
+  EXPECT_EQ(c->moe.topk_method, MoeConfig::TopkMethod::kGreedy);
+  EXPECT_EQ(c->moe.routed_scaling_factor, 1.0);
+  EXPECT_FALSE(c->moe.norm_topk_prob);
+  EXPECT_FALSE(c->moe.scale_after_norm);
+}
+
+TEST(ModelConfig, DeepseekWithoutRoutedExpertsIsDense) {
+  auto c = ParseHfConfig(DeepseekV3(), "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->moe.enabled());
+  for (int64_t l = 0; l < c->num_layers; ++l) EXPECT_FALSE(c->IsMoeLayer(l));
+}
+
+TEST(ModelConfig, DeepseekMoeToHfJsonRoundTrips) {
+  for (const char* name : {"deepseek-v3", "deepseek-v2", "deepseek-v2-lite"}) {
+    auto c = RealDeepseek(name);
+    ASSERT_TRUE(c.ok()) << c.status();
+    auto again = ParseHfConfig(c->ToHfJson(), "again.json");
+    ASSERT_TRUE(again.ok()) << again.status();
+    const MoeConfig &a = again->moe, &b = c->moe;
+    EXPECT_EQ(a.n_routed_experts, b.n_routed_experts) << name;
+    EXPECT_EQ(a.num_experts_per_tok, b.num_experts_per_tok) << name;
+    EXPECT_EQ(a.n_shared_experts, b.n_shared_experts) << name;
+    EXPECT_EQ(a.moe_intermediate_size, b.moe_intermediate_size) << name;
+    EXPECT_EQ(a.first_k_dense_replace, b.first_k_dense_replace) << name;
+    EXPECT_EQ(a.moe_layer_freq, b.moe_layer_freq) << name;
+    EXPECT_EQ(a.scoring_func, b.scoring_func) << name;
+    EXPECT_EQ(a.topk_method, b.topk_method) << name;
+    EXPECT_EQ(a.n_group, b.n_group) << name;
+    EXPECT_EQ(a.topk_group, b.topk_group) << name;
+    EXPECT_EQ(a.routed_scaling_factor, b.routed_scaling_factor) << name;
+    EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob) << name;
+    EXPECT_EQ(a.scale_after_norm, b.scale_after_norm) << name;
+    EXPECT_EQ(again->NumParameters(), c->NumParameters()) << name;
+  }
+  // Dense DeepSeek stays dense.
+  auto dense = ParseHfConfig(DeepseekV3(), "config.json");
+  ASSERT_TRUE(dense.ok());
+  auto again = ParseHfConfig(dense->ToHfJson(), "again.json");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->moe.enabled());
+}
+
+TEST(ModelConfig, RejectsBadMoeFieldsNamingThem) {
+  const RejectCase cases[] = {
+      {R"({"n_routed_experts": -1})", "n_routed_experts"},
+      {R"({"num_experts_per_tok": null})", "num_experts_per_tok"},
+      {R"({"num_experts_per_tok": 0})", "num_experts_per_tok"},
+      {R"({"num_experts_per_tok": 257})", "num_experts_per_tok"},
+      {R"({"moe_intermediate_size": null})", "moe_intermediate_size"},
+      {R"({"n_shared_experts": -1})", "n_shared_experts"},
+      {R"({"first_k_dense_replace": 62})", "first_k_dense_replace"},
+      {R"({"moe_layer_freq": 0})", "moe_layer_freq"},
+      {R"({"scoring_func": "tanh"})", "scoring_func"},
+      {R"({"topk_method": "gready"})", "topk_method"},
+      {R"({"topk_method": 3})", "topk_method"},
+      {R"({"n_group": 3})", "n_group"},
+      {R"({"topk_group": 9})", "topk_group"},
+      {R"({"topk_group": 1, "num_experts_per_tok": 33})", "topk_group"},
+      {R"({"n_group": 256, "topk_group": 8})", "n_group"},  // noaux_tc: >= 2 per group
+      {R"({"routed_scaling_factor": 0})", "routed_scaling_factor"},
+      {R"({"norm_topk_prob": "yes"})", "norm_topk_prob"},
+  };
+  auto config = RealDeepseek("deepseek-v3");
+  ASSERT_TRUE(config.ok());
+  ExpectRejected(config->ToHfJson(), cases, "v3/config.json");
 }
 
 }  // namespace

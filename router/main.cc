@@ -1,0 +1,130 @@
+// pdserve-router: the public gRPC entry point. Validates requests, reserves KV on a decode
+// worker, has a prefill worker compute the prompt into it, and streams the decode worker's
+// tokens back to the client.
+#include <cstdio>
+
+#include "CLI/CLI.hpp"
+#include "absl/time/time.h"
+#include "router/router.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+// A duration flag ("250ms", "5s", "2m") and where its value goes.
+struct DurationFlag {
+  const char* name;
+  const std::string* text;
+  std::chrono::milliseconds* out;
+  bool zero_ok;
+};
+
+bool Parse(const DurationFlag& flag) {
+  absl::Duration d;
+  if (!absl::ParseDuration(*flag.text, &d) || d < absl::ZeroDuration() ||
+      (d == absl::ZeroDuration() && !flag.zero_ok)) {
+    spdlog::error("{} '{}': give a {} duration such as 250ms, 5s or 2m", flag.name, *flag.text,
+                  flag.zero_ok ? "non-negative" : "positive");
+    return false;
+  }
+  *flag.out = absl::ToChronoMilliseconds(d);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace pdserve;
+  rpc::BlockTerminationSignals();
+  CLI::App app(
+      "pdserve-router: the public pdserve.v1.Generation service; routes each request to a "
+      "decode worker (most free KV blocks) and a prefill worker (queue depth, prefix affinity)");
+  router::RouterConfig config;
+  std::string prefill, decode, prefill_dns, decode_dns, port_file, log_level = "info";
+  std::string dns_refresh = "5s", poll_interval = "250ms", request_timeout = "120s",
+              queue_timeout = "10s", drain_grace = "30s";
+  app.add_option("--listen", config.listen, "gRPC address (port 0: any free port)")
+      ->envname("PDSERVE_ROUTER_LISTEN")
+      ->capture_default_str();
+  app.add_option("--prefill", prefill, "Prefill workers, host:port,host:port,...")
+      ->envname("PDSERVE_ROUTER_PREFILL");
+  app.add_option("--decode", decode, "Decode workers, host:port,host:port,...")
+      ->envname("PDSERVE_ROUTER_DECODE");
+  app.add_option("--prefill-dns", prefill_dns,
+                 "DNS names (host:port, comma-separated) re-resolved to every prefill worker, "
+                 "e.g. a Kubernetes headless Service")
+      ->envname("PDSERVE_ROUTER_PREFILL_DNS");
+  app.add_option("--decode-dns", decode_dns, "Same for decode workers")
+      ->envname("PDSERVE_ROUTER_DECODE_DNS");
+  app.add_option("--dns-refresh", dns_refresh, "How often DNS names are re-resolved")
+      ->envname("PDSERVE_ROUTER_DNS_REFRESH")
+      ->capture_default_str();
+  app.add_option("--poll-interval", poll_interval,
+                 "How often each worker's load and health "
+                 "are polled")
+      ->envname("PDSERVE_ROUTER_POLL_INTERVAL")
+      ->capture_default_str();
+  app.add_option("--request-timeout", request_timeout,
+                 "Deadline of a request whose client sets none")
+      ->envname("PDSERVE_ROUTER_REQUEST_TIMEOUT")
+      ->capture_default_str();
+  app.add_option("--queue-timeout", queue_timeout,
+                 "How long a request may wait for KV blocks when every decode worker is full "
+                 "(0s: answer RESOURCE_EXHAUSTED at once)")
+      ->envname("PDSERVE_ROUTER_QUEUE_TIMEOUT")
+      ->capture_default_str();
+  app.add_option("--drain-grace", drain_grace,
+                 "On SIGTERM, how long in-flight requests may take before they are cancelled")
+      ->envname("PDSERVE_ROUTER_DRAIN_GRACE")
+      ->capture_default_str();
+  app.add_option("--affinity-slack", config.pool.affinity_slack,
+                 "Prefill workers within this many queued+running requests of the least loaded "
+                 "one compete on prefix-cache affinity")
+      ->envname("PDSERVE_ROUTER_AFFINITY_SLACK")
+      ->capture_default_str();
+  app.add_option("--port-file", port_file, "Write the bound gRPC port here once listening");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->envname("PDSERVE_LOG_LEVEL")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  config.discovery = {.prefill = router::SplitAddressList(prefill),
+                      .decode = router::SplitAddressList(decode),
+                      .prefill_dns = router::SplitAddressList(prefill_dns),
+                      .decode_dns = router::SplitAddressList(decode_dns)};
+  if (config.discovery.prefill.empty() && config.discovery.prefill_dns.empty()) {
+    spdlog::error("no prefill workers: give --prefill host:port[,...] or --prefill-dns name:port");
+    return 2;
+  }
+  if (config.discovery.decode.empty() && config.discovery.decode_dns.empty()) {
+    spdlog::error("no decode workers: give --decode host:port[,...] or --decode-dns name:port");
+    return 2;
+  }
+  std::chrono::milliseconds grace{0};
+  const DurationFlag durations[] = {
+      {"--dns-refresh", &dns_refresh, &config.monitor.dns_refresh, false},
+      {"--poll-interval", &poll_interval, &config.monitor.poll_interval, false},
+      {"--request-timeout", &request_timeout, &config.flow.request_timeout, false},
+      {"--queue-timeout", &queue_timeout, &config.flow.queue_timeout, true},
+      {"--drain-grace", &drain_grace, &grace, true}};
+  for (const DurationFlag& flag : durations) {
+    if (!Parse(flag)) return 2;
+  }
+
+  absl::StatusOr<std::unique_ptr<router::Router>> router = router::Router::Start(config);
+  if (!router.ok()) {
+    spdlog::error("{}", router.status().ToString());
+    return 1;
+  }
+  if (!port_file.empty()) {
+    if (absl::Status s = (*router)->server().WritePortFile(port_file); !s.ok()) {
+      spdlog::error("{}", s.ToString());
+      return 1;
+    }
+  }
+  spdlog::info("router listening on {}", (*router)->address());
+  rpc::WaitForTerminationSignal();
+  spdlog::info("draining: up to {} ms for in-flight requests", grace.count());
+  (*router)->Shutdown(grace);
+  return 0;
+}

@@ -1,0 +1,44 @@
+// Checks a public request against the model the workers serve, before any worker is involved.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "pdserve/v1/generation.pb.h"
+
+namespace pdserve::router {
+
+// The API's defaults (OpenAI / vLLM), written into every request the router forwards so that
+// both workers see the same explicit values.
+inline constexpr int32_t kDefaultMaxTokens = 16;
+inline constexpr float kDefaultTemperature = 1.0f;
+inline constexpr float kDefaultTopP = 1.0f;
+inline constexpr float kDefaultRepetitionPenalty = 1.0f;
+// Request ids appear in every log line of every process: bounded and printable.
+inline constexpr size_t kMaxRequestIdBytes = 128;
+
+// Validates requests for one model (vocabulary size and context length from its ModelInfo).
+// Immutable, so thread-safe.
+class RequestValidator {
+ public:
+  RequestValidator(int64_t vocab_size, int64_t max_context)
+      : vocab_size_(vocab_size), max_context_(max_context) {}
+  explicit RequestValidator(const v1::ModelInfo& info)
+      : RequestValidator(info.vocab_size(), info.max_context()) {}
+
+  // The request as the workers should receive it: every sampling field and max_tokens set
+  // (defaults filled; an unset max_tokens shrinks to the room left in the context), and a
+  // request id assigned when empty. INVALID_ARGUMENT naming the field and the allowed range
+  // otherwise.
+  absl::StatusOr<v1::GenerateRequest> Validate(v1::GenerateRequest request) const;
+
+ private:
+  int64_t vocab_size_;
+  int64_t max_context_;
+};
+
+// "req-" and 16 random hex digits.
+std::string NewRequestId();
+
+}  // namespace pdserve::router

@@ -1,0 +1,52 @@
+#include "router/router.h"
+
+#include "spdlog/spdlog.h"
+
+namespace pdserve::router {
+
+Router::Router(const RouterConfig& config, Resolver resolver)
+    : pool_(config.pool),
+      discovery_(config.discovery, std::move(resolver)),
+      service_(FlowEnv{.pool = &pool_, .clients = &clients_, .options = config.flow}) {}
+
+absl::StatusOr<std::unique_ptr<Router>> Router::Start(const RouterConfig& config,
+                                                      Resolver resolver) {
+  std::unique_ptr<Router> router(new Router(config, std::move(resolver)));
+  absl::StatusOr<std::unique_ptr<rpc::Server>> server =
+      rpc::Server::Start(config.listen, {&router->service_});
+  if (!server.ok()) return server.status();
+  router->server_ = *std::move(server);
+  router->monitor_ =
+      std::make_unique<WorkerMonitor>(&router->pool_, &router->clients_, &router->discovery_,
+                                      config.monitor, [r = router.get()] { r->UpdateHealth(); });
+  router->monitor_->Start();
+  return router;
+}
+
+Router::~Router() { Shutdown(std::chrono::milliseconds(0)); }
+
+void Router::UpdateHealth() {
+  absl::MutexLock lock(&health_mu_);  // never SERVING again once Shutdown has begun
+  const bool serving = !draining_ && pool_.Ready();
+  if (serving_.exchange(serving) == serving) return;
+  server_->SetServing(serving);
+  if (serving) {
+    spdlog::info("router serving on {}", server_->address());
+  } else if (!draining_) {
+    spdlog::warn("router NOT_SERVING: it needs a healthy prefill and a healthy decode worker");
+  }
+}
+
+void Router::Shutdown(std::chrono::milliseconds grace) {
+  {
+    absl::MutexLock lock(&health_mu_);
+    if (draining_.exchange(true) || server_ == nullptr) return;
+    serving_ = false;
+    server_->SetServing(false);
+  }
+  server_->Shutdown(grace);  // waits for in-flight calls, cancels what is left at `grace`
+  // After the server: in-flight requests use the pool and channels until they finish.
+  monitor_->Stop();
+}
+
+}  // namespace pdserve::router

@@ -1,0 +1,269 @@
+// The product end to end: router, prefill and decode workers as separate processes on
+// loopback, the KV cache moving between them over the TCP transport.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "engine/generate.h"
+#include "engine/synth.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "nlohmann/json.hpp"
+#include "tests/e2e/cluster.h"
+#include "tests/test_util.h"
+
+namespace pdserve {
+namespace {
+
+using testing_util::Cluster;
+using testing_util::ClusterOptions;
+
+v1::GenerateRequest Greedy(const std::vector<int32_t>& prompt, int max_tokens) {
+  v1::GenerateRequest req;
+  req.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
+  req.mutable_sampling()->set_temperature(0.0f);
+  req.set_max_tokens(max_tokens);
+  return req;
+}
+
+absl::StatusOr<std::vector<int32_t>> Complete(Cluster& cluster, const v1::GenerateRequest& req,
+                                              v1::FinalInfo* final_info = nullptr) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::CompleteResponse resp;
+  grpc::Status s = cluster.router().Complete(&ctx, req, &resp);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  }
+  if (final_info != nullptr) *final_info = resp.final();
+  return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
+}
+
+// Single-process reference ids for `req` on the model at `path`.
+std::vector<int32_t> LocalGreedy(Model& model, const std::vector<int32_t>& prompt, int max_tokens,
+                                 std::vector<int32_t> stop_ids = {}, bool ignore_eos = false) {
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  StopCriteria stop;
+  stop.max_tokens = max_tokens;
+  stop.stop_token_ids = std::move(stop_ids);
+  stop.ignore_eos = ignore_eos;
+  auto r = Generate(model, prompt, greedy, stop);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? r->tokens : std::vector<int32_t>{};
+}
+
+std::string SynthModel(const std::string& name, int64_t kv_heads) {
+  const std::string dir = testing_util::FreshDir(name);
+  ModelConfig c = testing_util::TinyConfig(kv_heads);
+  c.eos_token_ids = {2};
+  EXPECT_TRUE(WriteSyntheticModel(c, dir, 21).ok());
+  return dir;
+}
+
+std::vector<int32_t> Prompt(int n, int salt, int vocab) {
+  std::vector<int32_t> p;
+  for (int i = 0; i < n; ++i) p.push_back((i * 41 + salt * 13 + 5) % vocab);
+  return p;
+}
+
+TEST(Disaggregation, Stories260KMatchesLlama2cForAllReferenceCases) {
+  const std::string dir = testing_util::ModelsDir();
+  std::ifstream in(dir + "/stories260K.reference.json");
+  ASSERT_TRUE(in) << "missing " << dir << "/stories260K.reference.json";
+  const nlohmann::json reference = nlohmann::json::parse(in);
+  Cluster cluster({.model = dir + "/stories260K.bin"});
+  std::string error;
+  ASSERT_TRUE(cluster.Start(&error)) << error;
+  for (const auto& c : reference["cases"]) {
+    const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
+    v1::GenerateRequest req = Greedy(prompt, 65);
+    req.add_stop_token_ids(1);  // run.c ends a story at BOS only
+    req.set_ignore_eos(true);
+    v1::FinalInfo info;
+    auto got = Complete(cluster, req, &info);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, c["greedy_ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(info.usage().prompt_tokens(), static_cast<int>(prompt.size()));
+    EXPECT_GT(info.timings().kv_transfer_bytes(), 0u);
+  }
+}
+
+// MHA (4 KV heads), GQA (2) and MQA (1): token for token equal to one process, and the wire
+// carries exactly the format's KV bytes plus one header per layer.
+TEST(Disaggregation, SyntheticMhaGqaMqaEqualSingleProcess) {
+  for (int64_t kv_heads : {4, 2, 1}) {
+    SCOPED_TRACE(testing::Message() << "kv_heads=" << kv_heads);
+    const std::string path = SynthModel("e2e_synth", kv_heads);
+    CpuBackend backend(1);
+    auto model = LoadModel(path, backend);
+    ASSERT_TRUE(model.ok()) << model.status();
+    Cluster cluster({.model = path});
+    std::string error;
+    ASSERT_TRUE(cluster.Start(&error)) << error;
+    for (int i = 0; i < 3; ++i) {
+      const auto prompt = Prompt(5 + 17 * i, i, 300);
+      v1::FinalInfo info;
+      auto got = Complete(cluster, Greedy(prompt, 12), &info);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(*got, LocalGreedy(**model, prompt, 12));
+      const KvFormat format = (*model)->kv_format();
+      EXPECT_EQ(
+          info.timings().kv_transfer_bytes(),
+          static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
+              static_cast<uint64_t>(format.num_layers) * 80u)
+          << "KV bytes + one 80-byte header per layer";
+    }
+  }
+}
+
+TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFreeBlocks) {
+  const std::string path = SynthModel("e2e_concurrent", 2);
+  CpuBackend backend(1);
+  auto model = LoadModel(path, backend);
+  ASSERT_TRUE(model.ok());
+  Cluster cluster({.model = path, .prefill_workers = 2, .decode_workers = 2});
+  std::string error;
+  ASSERT_TRUE(cluster.Start(&error)) << error;
+  constexpr int kStreams = 32;
+  std::vector<std::vector<int32_t>> prompts, expected(kStreams);
+  for (int i = 0; i < kStreams; ++i) {
+    prompts.push_back(Prompt(3 + (i * 7) % 40, i, 300));
+    expected[static_cast<size_t>(i)] = LocalGreedy(**model, prompts.back(), 8 + i % 5);
+  }
+  std::vector<std::future<absl::StatusOr<std::vector<int32_t>>>> results;
+  for (int i = 0; i < kStreams; ++i) {
+    results.push_back(
+        std::async(std::launch::async, [&, i]() -> absl::StatusOr<std::vector<int32_t>> {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+          auto reader =
+              cluster.router().Generate(&ctx, Greedy(prompts[static_cast<size_t>(i)], 8 + i % 5));
+          std::vector<int32_t> ids;
+          v1::GenerateResponse msg;
+          bool saw_final = false;
+          while (reader->Read(&msg)) {
+            ids.insert(ids.end(), msg.token_ids().begin(), msg.token_ids().end());
+            saw_final = saw_final || msg.has_final();
+          }
+          grpc::Status s = reader->Finish();
+          if (!s.ok()) return absl::UnknownError(s.error_message());
+          if (!saw_final) return absl::InternalError("stream ended without its final message");
+          return ids;
+        }));
+  }
+  for (int i = 0; i < kStreams; ++i) {
+    auto got = results[static_cast<size_t>(i)].get();
+    ASSERT_TRUE(got.ok()) << "stream " << i << ": " << got.status();
+    EXPECT_EQ(*got, expected[static_cast<size_t>(i)]) << "stream " << i;
+  }
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
+TEST(Disaggregation, CancelAndDeadlineFreeEveryBlock) {
+  const std::string path = SynthModel("e2e_cancel", 2);
+  Cluster cluster({.model = path});
+  std::string error;
+  ASSERT_TRUE(cluster.Start(&error)) << error;
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req = Greedy(Prompt(20, 1, 300), 200);
+    req.set_ignore_eos(true);
+    auto reader = cluster.router().Generate(&ctx, req);
+    v1::GenerateResponse msg;
+    ASSERT_TRUE(reader->Read(&msg));
+    ctx.TryCancel();
+    while (reader->Read(&msg)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << "after cancel:" << detail;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+    v1::GenerateRequest req = Greedy(Prompt(20, 2, 300), 230);
+    req.set_ignore_eos(true);
+    v1::CompleteResponse resp;
+    const grpc::Status s = cluster.router().Complete(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  }
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << "after deadline:" << detail;
+}
+
+TEST(Disaggregation, PrefillWorkerKilledMidRequestFailsFastAndFreesTheReservation) {
+  // Big enough that a 200-token prompt keeps the prefill busy for a while.
+  const std::string path = testing_util::FreshDir("e2e_kill");
+  ModelConfig c = testing_util::TinyConfig(2);
+  c.hidden_size = 512;
+  c.intermediate_size = 1536;
+  c.num_heads = 8;
+  c.head_dim = 64;
+  c.num_layers = 8;
+  c.max_position_embeddings = 1024;
+  ASSERT_TRUE(WriteSyntheticModel(c, path, 3).ok());
+  Cluster cluster({.model = path});
+  std::string error;
+  ASSERT_TRUE(cluster.Start(&error)) << error;
+  const auto start = std::chrono::steady_clock::now();
+  auto pending = std::async(std::launch::async,
+                            [&] { return Complete(cluster, Greedy(Prompt(900, 3, 300), 8)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  cluster.prefill_process(0).Signal(SIGKILL);
+  auto result = pending.get();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Done before the kill is possible on a fast machine; otherwise UNAVAILABLE, and fast.
+  if (!result.ok()) {
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  }
+  EXPECT_LT(seconds, 15.0);
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
+TEST(Disaggregation, MalformedRequestsAreInvalidArgumentWithAClearMessage) {
+  const std::string path = SynthModel("e2e_bad", 2);
+  Cluster cluster({.model = path});
+  std::string error;
+  ASSERT_TRUE(cluster.Start(&error)) << error;
+  struct Case {
+    std::string name;
+    std::function<void(v1::GenerateRequest&)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"empty prompt", [](v1::GenerateRequest& r) { r.clear_prompt_token_ids(); }},
+      {"prompt over the context",
+       [](v1::GenerateRequest& r) {
+         for (int i = 0; i < 300; ++i) r.add_prompt_token_ids(3);
+       }},
+      {"NaN temperature",
+       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(std::nanf("")); }},
+      {"negative temperature",
+       [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(-1); }},
+      {"negative top_p", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(-0.5f); }},
+      {"max_tokens 0", [](v1::GenerateRequest& r) { r.set_max_tokens(0); }},
+      {"huge max_tokens", [](v1::GenerateRequest& r) { r.set_max_tokens(1 << 30); }},
+      {"unknown token id", [](v1::GenerateRequest& r) { r.add_prompt_token_ids(300); }},
+      {"negative token id", [](v1::GenerateRequest& r) { r.add_prompt_token_ids(-4); }},
+  };
+  for (const Case& c : cases) {
+    v1::GenerateRequest req = Greedy({1, 2, 3}, 4);
+    c.edit(req);
+    grpc::ClientContext ctx;
+    v1::CompleteResponse resp;
+    const grpc::Status s = cluster.router().Complete(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
+    EXPECT_FALSE(s.error_message().empty()) << c.name;
+  }
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
+}  // namespace
+}  // namespace pdserve

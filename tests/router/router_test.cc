@@ -1,0 +1,442 @@
+// The router end to end against fake workers: real gRPC servers on localhost with canned
+// behaviour, so each test pins one part of the request flow (ordering, retries, release,
+// cancellation, deadlines) in well under a second.
+#include "router/router.h"
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "pdserve/v1/generation.grpc.pb.h"
+#include "pdserve/v1/worker.grpc.pb.h"
+#include "rpc/server.h"
+
+namespace pdserve::router {
+namespace {
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+constexpr int32_t kFirstToken = 42;
+constexpr int64_t kKvBytes = 4096;
+
+v1::ModelInfo FakeModel() {
+  v1::ModelInfo info;
+  info.set_architecture("LlamaForCausalLM");
+  info.set_fingerprint("fake-fp");
+  info.set_vocab_size(1000);
+  info.set_max_context(256);
+  info.mutable_kv_format()->set_kind("GQA");
+  info.mutable_kv_format()->set_tokens_per_block(4);
+  info.mutable_kv_format()->set_description("GQA, fake");
+  return info;
+}
+
+v1::WorkerLoad FakeLoad(int64_t free_blocks) {
+  v1::WorkerLoad load;
+  load.set_kv_blocks_total(100);
+  load.set_kv_blocks_free(free_blocks);
+  load.set_tokens_per_block(4);
+  return load;
+}
+
+// Polls `done` until it holds or `timeout` passes.
+bool WaitFor(const std::function<bool()>& done, milliseconds timeout = milliseconds(2000)) {
+  const auto end = Clock::now() + timeout;
+  while (!done()) {
+    if (Clock::now() > end) return false;
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  return true;
+}
+
+// Blocks a handler until its call is cancelled (or 5 s pass, so a broken test cannot hang).
+bool AwaitCancellation(grpc::ServerContext* context) {
+  return WaitFor([context] { return context->IsCancelled(); }, milliseconds(5000));
+}
+
+class FakeDecode final : public v1::DecodeWorker::Service {
+ public:
+  // Decode streams the first token, then 100, 101, ... one per message, up to max_tokens.
+  // With `hang_after` > 0, it stops after that many messages and waits to be cancelled.
+  std::atomic<bool> full{false};
+  std::atomic<int> hang_after{0};
+  std::atomic<int> reserves{0}, releases{0}, decodes{0};
+  std::atomic<bool> decode_cancelled{false};
+  absl::Mutex mu;
+  std::vector<uint64_t> released_ids ABSL_GUARDED_BY(mu);
+  v1::DecodeRequest last_decode ABSL_GUARDED_BY(mu);
+
+  grpc::Status Reserve(grpc::ServerContext*, const v1::ReserveRequest* request,
+                       v1::Reservation* reservation) override {
+    ++reserves;
+    if (full) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no free KV blocks");
+    if (request->model_fingerprint() != "fake-fp") {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "fingerprint");
+    }
+    reservation->set_reservation_id(static_cast<uint64_t>(reserves.load()));
+    reservation->set_secret("secret");
+    reservation->set_reserved_tokens(request->prompt_tokens() + request->max_tokens());
+    return grpc::Status::OK;
+  }
+  grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest* request,
+                       v1::ReleaseResponse*) override {
+    absl::MutexLock lock(&mu);
+    released_ids.push_back(request->reservation_id());
+    ++releases;
+    return grpc::Status::OK;
+  }
+  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
+                      grpc::ServerWriter<v1::DecodeResponse>* writer) override {
+    {
+      absl::MutexLock lock(&mu);
+      last_decode = *request;
+    }
+    ++decodes;
+    const int n = request->request().max_tokens();
+    for (int i = 0; i < n; ++i) {
+      if (hang_after > 0 && i == hang_after) {
+        decode_cancelled = AwaitCancellation(context);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+      }
+      v1::DecodeResponse response;
+      response.add_token_ids(i == 0 ? request->first_token() : 100 + i - 1);
+      if (i == n - 1) {
+        response.set_finish_reason("length");
+        response.set_decode_ms(1.0);
+      }
+      if (!writer->Write(response)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status GetLoad(grpc::ServerContext*, const v1::GetLoadRequest*,
+                       v1::WorkerLoad* load) override {
+    *load = FakeLoad(full ? 0 : 50);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                            v1::ModelInfo* info) override {
+    *info = FakeModel();
+    return grpc::Status::OK;
+  }
+};
+
+class FakePrefill final : public v1::PrefillWorker::Service {
+ public:
+  // Answers UNAVAILABLE while the shared `*failures_left` is positive (decrementing it).
+  std::atomic<int>* failures_left = nullptr;
+  std::atomic<bool> hang{false};  // wait for cancellation instead of answering
+  std::atomic<int> prefills{0};
+  std::atomic<bool> cancelled{false};
+  absl::Mutex mu;
+  std::chrono::system_clock::time_point deadline ABSL_GUARDED_BY(mu);
+  v1::PrefillRequest last ABSL_GUARDED_BY(mu);
+
+  grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
+                       v1::PrefillResponse* response) override {
+    ++prefills;
+    {
+      absl::MutexLock lock(&mu);
+      deadline = context->deadline();
+      last = *request;
+    }
+    if (failures_left != nullptr && failures_left->fetch_sub(1) > 0) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker is going away");
+    }
+    if (hang) {
+      cancelled = AwaitCancellation(context);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    }
+    response->set_first_token(kFirstToken);
+    response->set_prefill_ms(3.0);
+    response->set_queue_ms(0.5);
+    response->set_kv_transfer_ms(1.5);
+    response->set_kv_transfer_bytes(kKvBytes);
+    response->set_cached_prompt_tokens(0);
+    response->set_kv_format("GQA, fake");
+    return grpc::Status::OK;
+  }
+  grpc::Status GetLoad(grpc::ServerContext*, const v1::GetLoadRequest*,
+                       v1::WorkerLoad* load) override {
+    *load = FakeLoad(50);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                            v1::ModelInfo* info) override {
+    *info = FakeModel();
+    return grpc::Status::OK;
+  }
+};
+
+template <typename Service>
+std::unique_ptr<rpc::Server> Serve(Service* service) {
+  auto server = rpc::Server::Start("127.0.0.1:0", {service});
+  EXPECT_TRUE(server.ok()) << server.status();
+  (*server)->SetServing(true);
+  return *std::move(server);
+}
+
+// Fake workers (two prefill, two decode by default) and a router in front of them.
+class RouterTest : public ::testing::Test {
+ protected:
+  void StartAll(int prefill_workers = 2, int decode_workers = 1) {
+    RouterConfig config;
+    config.listen = "127.0.0.1:0";
+    config.monitor.poll_interval = milliseconds(50);
+    config.flow.request_timeout = milliseconds(5000);
+    config.flow.queue_timeout = milliseconds(400);
+    for (int i = 0; i < prefill_workers; ++i) {
+      prefill_[i].failures_left = &prefill_failures_;
+      prefill_servers_.push_back(Serve(&prefill_[i]));
+      config.discovery.prefill.push_back(prefill_servers_.back()->address());
+    }
+    for (int i = 0; i < decode_workers; ++i) {
+      decode_servers_.push_back(Serve(&decode_[i]));
+      config.discovery.decode.push_back(decode_servers_.back()->address());
+    }
+    absl::StatusOr<std::unique_ptr<Router>> router = Router::Start(config);
+    ASSERT_TRUE(router.ok()) << router.status();
+    router_ = *std::move(router);
+    // Start polled the workers once already; the wait is for slow (sanitizer) builds.
+    ASSERT_TRUE(WaitFor([&] { return router_->serving(); }, milliseconds(10000)));
+    stub_ = v1::Generation::NewStub(
+        grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    if (router_ != nullptr) router_->Shutdown(milliseconds(0));
+  }
+
+  static v1::GenerateRequest Request(int max_tokens) {
+    v1::GenerateRequest request;
+    request.set_request_id("test-req");
+    for (int32_t id : {1, 2, 3, 4, 5, 6}) request.add_prompt_token_ids(id);
+    request.set_max_tokens(max_tokens);
+    return request;
+  }
+  int TotalPrefills() { return prefill_[0].prefills + prefill_[1].prefills; }
+
+  std::atomic<int> prefill_failures_{0};
+  FakePrefill prefill_[2];
+  FakeDecode decode_[2];
+  std::vector<std::unique_ptr<rpc::Server>> prefill_servers_, decode_servers_;
+  std::unique_ptr<Router> router_;
+  std::unique_ptr<v1::Generation::Stub> stub_;
+};
+
+TEST_F(RouterTest, GenerateStreamsTokensInOrderAndEndsWithFinalInfo) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  grpc::ClientContext context;
+  auto reader = stub_->Generate(&context, Request(5));
+  std::vector<int32_t> tokens;
+  std::vector<v1::GenerateResponse> messages;
+  v1::GenerateResponse message;
+  while (reader->Read(&message)) {
+    messages.push_back(message);
+    tokens.insert(tokens.end(), message.token_ids().begin(), message.token_ids().end());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, (std::vector<int32_t>{kFirstToken, 100, 101, 102, 103}));
+  ASSERT_GE(messages.size(), 2u);  // streamed, not gathered
+  for (size_t i = 0; i + 1 < messages.size(); ++i) EXPECT_FALSE(messages[i].has_final());
+  const v1::FinalInfo& final_info = messages.back().final();
+  EXPECT_EQ(messages.back().request_id(), "test-req");
+  EXPECT_EQ(final_info.finish_reason(), "length");
+  EXPECT_EQ(final_info.usage().prompt_tokens(), 6);
+  EXPECT_EQ(final_info.usage().completion_tokens(), 5);
+  EXPECT_EQ(final_info.timings().kv_transfer_bytes(), static_cast<uint64_t>(kKvBytes));
+  EXPECT_EQ(final_info.timings().prefill_ms(), 3.0);
+  EXPECT_GT(final_info.timings().ttft_ms(), 0.0);
+  EXPECT_GE(final_info.timings().total_ms(), final_info.timings().ttft_ms());
+  EXPECT_EQ(final_info.kv_format(), "GQA, fake");
+  EXPECT_EQ(final_info.decode_worker(), decode_servers_[0]->address());
+  EXPECT_TRUE(final_info.prefill_worker() == prefill_servers_[0]->address() ||
+              final_info.prefill_worker() == prefill_servers_[1]->address());
+  // The workers saw one reservation, handed from Reserve through Prefill to Decode.
+  EXPECT_EQ(decode_[0].reserves, 1);
+  EXPECT_EQ(decode_[0].releases, 0);
+  EXPECT_EQ(TotalPrefills(), 1);
+  absl::MutexLock lock(&decode_[0].mu);
+  EXPECT_EQ(decode_[0].last_decode.first_token(), kFirstToken);
+  EXPECT_EQ(decode_[0].last_decode.reservation_id(), 1u);
+  EXPECT_EQ(decode_[0].last_decode.request().sampling().temperature(), 1.0f);  // defaults filled
+}
+
+TEST_F(RouterTest, CompleteReturnsEveryToken) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  v1::GenerateRequest request = Request(4);
+  request.clear_request_id();
+  ASSERT_TRUE(stub_->Complete(&context, request, &response).ok());
+  EXPECT_EQ(std::vector<int32_t>(response.token_ids().begin(), response.token_ids().end()),
+            (std::vector<int32_t>{kFirstToken, 100, 101, 102}));
+  EXPECT_EQ(response.request_id().rfind("req-", 0), 0u);  // assigned by the router
+  EXPECT_EQ(response.final().finish_reason(), "length");
+  EXPECT_EQ(response.final().usage().completion_tokens(), 4);
+}
+
+TEST_F(RouterTest, GetModelInfoReportsTheWorkersModel) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.fingerprint(), "fake-fp");
+  EXPECT_EQ(info.max_context(), 256);
+}
+
+TEST_F(RouterTest, InvalidRequestIsRejectedBeforeAnyWorkerIsCalled) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  v1::GenerateRequest request = Request(4);
+  request.add_prompt_token_ids(5000);  // not in the vocabulary
+  const grpc::Status status = stub_->Complete(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("prompt_token_ids[6]"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(decode_[0].reserves, 0);
+}
+
+TEST_F(RouterTest, UnavailablePrefillIsRetriedOnTheOtherWorker) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  prefill_failures_ = 1;
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  ASSERT_TRUE(stub_->Complete(&context, Request(3), &response).ok());
+  EXPECT_EQ(response.token_ids_size(), 3);
+  EXPECT_EQ(prefill_[0].prefills, 1);
+  EXPECT_EQ(prefill_[1].prefills, 1);
+  // The first reservation was released and the retry ran on a fresh one.
+  EXPECT_EQ(decode_[0].reserves, 2);
+  EXPECT_EQ(decode_[0].releases, 1);
+  absl::MutexLock lock(&decode_[0].mu);
+  EXPECT_EQ(decode_[0].released_ids, std::vector<uint64_t>{1});
+  EXPECT_EQ(decode_[0].last_decode.reservation_id(), 2u);
+}
+
+TEST_F(RouterTest, BothPrefillWorkersFailingGivesUnavailableAndReleases) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  prefill_failures_ = 2;
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  const grpc::Status status = stub_->Complete(&context, Request(3), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(status.error_message().find("worker is going away"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(TotalPrefills(), 2);
+  // Released before the client got its answer: nothing is held for the request.
+  EXPECT_EQ(decode_[0].reserves, 2);
+  EXPECT_EQ(decode_[0].releases, 2);
+  EXPECT_EQ(decode_[0].decodes, 0);
+}
+
+TEST_F(RouterTest, FullDecodeWorkerIsSkippedAndAllFullIsResourceExhausted) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*prefill_workers=*/1, /*decode_workers=*/2));
+  decode_[0].full = true;
+  {
+    grpc::ClientContext context;
+    v1::CompleteResponse response;
+    ASSERT_TRUE(stub_->Complete(&context, Request(2), &response).ok());
+    EXPECT_EQ(response.final().decode_worker(), decode_servers_[1]->address());
+  }
+  decode_[1].full = true;
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  const grpc::Status status = stub_->Complete(&context, Request(2), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_EQ(prefill_[0].prefills, 1);  // only the first request reached prefill
+}
+
+TEST_F(RouterTest, RequestWaitsForKvBlocksWhenEveryDecodeWorkerIsFull) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  decode_[0].full = true;
+  std::thread free_blocks([&] {
+    std::this_thread::sleep_for(milliseconds(60));
+    decode_[0].full = false;
+  });
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  const grpc::Status status = stub_->Complete(&context, Request(2), &response);
+  free_blocks.join();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GT(decode_[0].reserves, 1);
+  EXPECT_GE(response.final().timings().queue_ms(), 40.0);  // the router's wait is queue time
+}
+
+TEST_F(RouterTest, ClientCancelMidStreamCancelsTheDecodeStream) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  decode_[0].hang_after = 2;
+  grpc::ClientContext context;
+  auto reader = stub_->Generate(&context, Request(10));
+  v1::GenerateResponse message;
+  ASSERT_TRUE(reader->Read(&message));
+  EXPECT_EQ(message.token_ids(0), kFirstToken);
+  context.TryCancel();
+  while (reader->Read(&message)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitFor([&] { return decode_[0].decode_cancelled.load(); }));
+}
+
+TEST_F(RouterTest, ClientDeadlineReachesTheWorkersAndFreesTheReservation) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*prefill_workers=*/1));
+  prefill_[0].hang = true;
+  grpc::ClientContext context;
+  const auto deadline = std::chrono::system_clock::now() + milliseconds(300);
+  context.set_deadline(deadline);
+  v1::CompleteResponse response;
+  const auto start = Clock::now();
+  const grpc::Status status = stub_->Complete(&context, Request(3), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(Clock::now() - start, milliseconds(1500));
+  // The prefill call carried the client's deadline and was cancelled when it passed.
+  EXPECT_TRUE(WaitFor([&] { return prefill_[0].cancelled.load(); }));
+  {
+    absl::MutexLock lock(&prefill_[0].mu);
+    // Not the router's 5 s default (the margin covers the relative timeouts' transit).
+    EXPECT_LE(prefill_[0].deadline, deadline + milliseconds(100));
+  }
+  EXPECT_TRUE(WaitFor([&] { return decode_[0].releases.load() == 1; }));
+}
+
+TEST_F(RouterTest, RouterDeadlineAppliesWhenTheClientSetsNone) {
+  RouterConfig config;
+  prefill_[0].hang = true;
+  prefill_servers_.push_back(Serve(&prefill_[0]));
+  decode_servers_.push_back(Serve(&decode_[0]));
+  config.listen = "127.0.0.1:0";
+  config.discovery = {.prefill = {prefill_servers_[0]->address()},
+                      .decode = {decode_servers_[0]->address()}};
+  config.flow.request_timeout = milliseconds(200);
+  router_ = *Router::Start(config);
+  ASSERT_TRUE(WaitFor([&] { return router_->serving(); }, milliseconds(10000)));
+  stub_ = v1::Generation::NewStub(
+      grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  const grpc::Status status = stub_->Complete(&context, Request(3), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_NE(status.error_message().find("--request-timeout"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(decode_[0].releases, 1);  // released before the answer
+}
+
+TEST_F(RouterTest, DeadWorkerMakesTheRouterNotServing) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*prefill_workers=*/1));
+  EXPECT_TRUE(router_->serving());
+  prefill_servers_[0]->Shutdown(milliseconds(0));
+  EXPECT_TRUE(WaitFor([&] { return !router_->serving(); }));
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  EXPECT_EQ(stub_->Complete(&context, Request(2), &response).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(decode_[0].releases.load(), decode_[0].reserves.load());
+}
+
+}  // namespace
+}  // namespace pdserve::router

@@ -1,0 +1,265 @@
+// The payload layout shared by both sides, and the decode worker's reservation registry driven
+// directly (no sockets): validation before any write, completion, waiting, expiry.
+#include "transport/kv_sink.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "tests/transport/transport_test_util.h"
+#include "transport/kv_layout.h"
+
+namespace pdserve {
+namespace {
+
+using testing_util::HostStore;
+using Clock = ReservedBlocksSink::Clock;
+
+TEST(KvLayerSpans, FollowsTheBlockTableKThenVAndMergesAdjacentBlocks) {
+  const KvFormat f = testing_util::GqaFormat(DType::kF32);  // 4 tokens/block, rows of 32 f32
+  HostStore h(f, 8);
+  const size_t row = 2 * 16 * sizeof(float);
+  const std::vector<int32_t> table{5, 6, 2};
+  auto spans = KvLayerSpans(h.store, 1, table, 2, 8);  // tokens 2..9: blocks 5 (2), 6 (4), 2 (2)
+  ASSERT_TRUE(spans.ok()) << spans.status();
+  auto* k = static_cast<std::byte*>(h.store.k(1).data());
+  auto* v = static_cast<std::byte*>(h.store.v(1).data());
+  ASSERT_EQ(spans->size(), 4u) << "blocks 5 and 6 are adjacent in memory: one span each for K, V";
+  EXPECT_EQ((*spans)[0].data(), k + (5 * 4 + 2) * row);
+  EXPECT_EQ((*spans)[0].size(), 6 * row);
+  EXPECT_EQ((*spans)[1].data(), k + (2 * 4) * row);
+  EXPECT_EQ((*spans)[1].size(), 2 * row);
+  EXPECT_EQ((*spans)[2].data(), v + (5 * 4 + 2) * row);
+  EXPECT_EQ((*spans)[3].size(), 2 * row);
+  EXPECT_EQ(SpansBytes(*spans), static_cast<size_t>(f.bytes_per_token_per_layer() * 8));
+}
+
+TEST(KvLayerSpans, MlaCarriesTheLatentRowsOnly) {
+  const KvFormat f = testing_util::MlaFormat();
+  HostStore h(f, 4);
+  const std::vector<int32_t> table{3, 1};
+  auto spans = KvLayerSpans(h.store, 2, table, 0, 7);
+  ASSERT_TRUE(spans.ok()) << spans.status();
+  ASSERT_EQ(spans->size(), 2u);
+  EXPECT_EQ((*spans)[0].data(), static_cast<std::byte*>(h.store.latent(2).data()) + 3 * 4 * 80);
+  EXPECT_EQ(SpansBytes(*spans), static_cast<size_t>(f.bytes_per_token_per_layer() * 7));
+  EXPECT_EQ(f.bytes_per_token_per_layer(), (32 + 8) * 2);
+}
+
+TEST(KvLayerSpans, RejectsLayersRangesAndBlocksOutsideTheStore) {
+  HostStore h(testing_util::GqaFormat(), 4);
+  const std::vector<int32_t> table{0, 1};
+  EXPECT_FALSE(KvLayerSpans(h.store, 3, table, 0, 1).ok()) << "layer past the last";
+  EXPECT_FALSE(KvLayerSpans(h.store, -1, table, 0, 1).ok());
+  EXPECT_FALSE(KvLayerSpans(h.store, 0, table, 5, 4).ok()) << "past the table's 8 tokens";
+  EXPECT_FALSE(KvLayerSpans(h.store, 0, table, -1, 2).ok());
+  const std::vector<int32_t> bad{0, 9};
+  auto s = KvLayerSpans(h.store, 0, bad, 0, 8);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("block id 9"), absl::string_view::npos) << s.status();
+  EXPECT_TRUE(KvLayerSpans(h.store, 0, table, 0, 0).ok()) << "an empty range is empty";
+}
+
+class KvSink : public ::testing::Test {
+ protected:
+  KvSink() : h_(testing_util::GqaFormat(), 16), sink_(h_.store) {}
+
+  ReservedBlocksSink::Ticket Reserve(int64_t kv_tokens, int64_t capacity,
+                                     Clock::duration ttl = std::chrono::minutes(1)) {
+    auto t = sink_.Reserve(kHash, kv_tokens, capacity, Clock::now() + ttl);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? *t : ReservedBlocksSink::Ticket{};
+  }
+  KvFrameHeader Header(const ReservedBlocksSink::Ticket& t, uint32_t layer, uint32_t begin,
+                       uint32_t count) const {
+    KvFrameHeader hd;
+    hd.reservation_id = t.id;
+    hd.secret = t.secret;
+    hd.request_hash = kHash;
+    hd.layer = layer;
+    hd.token_begin = begin;
+    hd.token_count = count;
+    hd.payload_bytes = uint64_t(h_.store.format().bytes_per_token_per_layer()) * count;
+    return hd;
+  }
+  // Admits, writes `fill` into the spans, completes with `verdict`.
+  absl::Status Deliver(const KvFrameHeader& hd, absl::Status verdict = absl::OkStatus()) {
+    auto spans = sink_.Admit(hd);
+    if (!spans.ok()) return spans.status();
+    for (auto& s : *spans) std::memset(s.data(), 0x5A, s.size());
+    return sink_.Complete(hd, verdict);
+  }
+  int64_t used() const { return h_.store.pool().Stats().used_blocks; }
+
+  static constexpr uint64_t kHash = 0x1234;
+  HostStore h_;
+  ReservedBlocksSink sink_;
+};
+
+TEST_F(KvSink, CompletesWhenEveryLayerOfEveryTokenArrivedThenHandsBlocksOver) {
+  const auto t = Reserve(10, 20);  // 5 blocks of 4 tokens
+  EXPECT_EQ(t.blocks, 5);
+  EXPECT_EQ(used(), 5);
+  for (uint32_t layer = 0; layer < 3; ++layer) {
+    ASSERT_TRUE(Deliver(Header(t, layer, 0, 6)).ok());
+    EXPECT_EQ(sink_.WaitComplete(t.id, Clock::now()).code(), absl::StatusCode::kDeadlineExceeded);
+    ASSERT_TRUE(Deliver(Header(t, layer, 6, 4)).ok());
+  }
+  EXPECT_TRUE(sink_.WaitComplete(t.id, Clock::now() + std::chrono::seconds(1)).ok());
+  EXPECT_EQ(sink_.Take(t.id, ReservationSecret::Random()).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  auto blocks = sink_.Take(t.id, t.secret);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ(blocks->size(), 5u);
+  EXPECT_EQ(sink_.size(), 0u);
+  EXPECT_EQ(used(), 5) << "the caller holds the blocks now";
+  ASSERT_TRUE(h_.store.pool().Release(*blocks).ok());
+}
+
+TEST_F(KvSink, WaiterWakesWhenTheLastFrameLands) {
+  const auto t = Reserve(4, 4);
+  std::thread sender([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (uint32_t layer = 0; layer < 3; ++layer) EXPECT_TRUE(Deliver(Header(t, layer, 0, 4)).ok());
+  });
+  EXPECT_TRUE(sink_.WaitComplete(t.id, Clock::now() + std::chrono::seconds(5)).ok());
+  sender.join();
+}
+
+TEST_F(KvSink, RejectsBadHeadersBeforeWritingAnything) {
+  const auto t = Reserve(8, 8);
+  KvFrameHeader forged = Header(t, 0, 0, 4);
+  forged.secret = ReservationSecret::Random();
+  EXPECT_EQ(sink_.Admit(forged).status().code(), absl::StatusCode::kPermissionDenied);
+  forged = Header(t, 0, 0, 4);
+  forged.reservation_id = t.id + 100;
+  EXPECT_EQ(sink_.Admit(forged).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(sink_.WaitComplete(t.id, Clock::now()).code(), absl::StatusCode::kDeadlineExceeded)
+      << "forgeries do not touch the reservation";
+
+  struct Case {
+    const char* name;
+    void (*edit)(KvFrameHeader&);
+    absl::StatusCode code;
+  };
+  const Case cases[] = {
+      {"request", [](KvFrameHeader& hd) { hd.request_hash ^= 1; },
+       absl::StatusCode::kInvalidArgument},
+      {"layer", [](KvFrameHeader& hd) { hd.layer = 3; }, absl::StatusCode::kInvalidArgument},
+      {"range", [](KvFrameHeader& hd) { hd.token_begin = 6; }, absl::StatusCode::kOutOfRange},
+      {"length", [](KvFrameHeader& hd) { hd.payload_bytes *= 2; },
+       absl::StatusCode::kInvalidArgument},
+  };
+  for (const Case& c : cases) {
+    const auto r = Reserve(8, 8);
+    KvFrameHeader hd = Header(r, 0, 0, 4);
+    c.edit(hd);
+    EXPECT_EQ(sink_.Admit(hd).status().code(), c.code) << c.name;
+    const absl::Status waited = sink_.WaitComplete(r.id, Clock::now());
+    EXPECT_EQ(waited.code(), c.code) << c.name << ": the real sender misbehaved, fail it now";
+    EXPECT_EQ(sink_.Admit(Header(r, 0, 0, 4)).status().code(),
+              absl::StatusCode::kFailedPrecondition)
+        << c.name;
+    EXPECT_EQ(sink_.Take(r.id, r.secret).status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(sink_.Release(r.id, r.secret).ok());
+  }
+}
+
+TEST_F(KvSink, RangesMayArriveInAnyOrderButNeverOverlap) {
+  const auto t = Reserve(12, 12);
+  for (uint32_t layer = 0; layer < 3; ++layer) {
+    ASSERT_TRUE(Deliver(Header(t, layer, 8, 4)).ok());
+    ASSERT_TRUE(Deliver(Header(t, layer, 0, 3)).ok());
+    ASSERT_TRUE(Deliver(Header(t, layer, 3, 5)).ok());
+  }
+  EXPECT_TRUE(sink_.WaitComplete(t.id, Clock::now()).ok());
+  for (const auto& [begin, count] : {std::pair{2, 2}, {7, 2}, {0, 12}, {11, 1}}) {
+    const auto r = Reserve(12, 12);
+    ASSERT_TRUE(Deliver(Header(r, 0, 0, 3)).ok());
+    ASSERT_TRUE(Deliver(Header(r, 0, 8, 4)).ok());
+    ASSERT_TRUE(Deliver(Header(r, 0, 3, 4)).ok());  // [0, 7) and [8, 12) arrived
+    EXPECT_EQ(sink_.Admit(Header(r, 0, begin, count)).status().code(),
+              absl::StatusCode::kAlreadyExists)
+        << begin << "+" << count;
+  }
+}
+
+TEST_F(KvSink, OverlappingRangesFailTheReservation) {
+  const auto t = Reserve(8, 8);
+  ASSERT_TRUE(Deliver(Header(t, 1, 0, 4)).ok());
+  EXPECT_EQ(sink_.Admit(Header(t, 1, 2, 4)).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(sink_.WaitComplete(t.id, Clock::now()).code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(KvSink, ChecksumFailureFailsTheReservationForGood) {
+  const auto t = Reserve(4, 4);
+  EXPECT_EQ(Deliver(Header(t, 0, 0, 4), absl::DataLossError("checksum")).code(),
+            absl::StatusCode::kDataLoss);
+  for (uint32_t layer = 1; layer < 3; ++layer) EXPECT_FALSE(Deliver(Header(t, layer, 0, 4)).ok());
+  const absl::Status s = sink_.WaitComplete(t.id, Clock::now() + std::chrono::seconds(1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_FALSE(sink_.Take(t.id, t.secret).ok()) << "a failed reservation's blocks are never used";
+  EXPECT_TRUE(sink_.Release(t.id, t.secret).ok());
+  EXPECT_EQ(used(), 0);
+}
+
+TEST_F(KvSink, ExpiryFreesBlocksButWaitsForAFrameBeingWritten) {
+  const auto idle = Reserve(4, 8, std::chrono::milliseconds(1));
+  const auto busy = Reserve(4, 8, std::chrono::milliseconds(1));
+  const auto fresh = Reserve(4, 8, std::chrono::hours(1));
+  EXPECT_EQ(used(), 6);
+  const KvFrameHeader hd = Header(busy, 0, 0, 4);
+  auto spans = sink_.Admit(hd);  // a frame mid-payload when the lease runs out
+  ASSERT_TRUE(spans.ok());
+  std::thread waiter([&] {
+    // Woken by the expiry (DEADLINE_EXCEEDED), or NOT_FOUND had it already happened; never
+    // left waiting for its own 5 s deadline.
+    const auto start = Clock::now();
+    const absl::Status s = sink_.WaitComplete(idle.id, start + std::chrono::seconds(5));
+    EXPECT_TRUE(absl::IsDeadlineExceeded(s) || absl::IsNotFound(s)) << s;
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(4));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(sink_.ExpireOlderThan(Clock::now()), 2);
+  waiter.join();
+  EXPECT_EQ(used(), 4) << "idle's blocks are free; busy's wait for its frame";
+  EXPECT_EQ(sink_.Complete(hd, absl::OkStatus()).code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(used(), 2);
+  EXPECT_EQ(sink_.WaitComplete(idle.id, Clock::now()).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(sink_.Admit(Header(idle, 0, 0, 4)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(sink_.size(), 1u);
+  EXPECT_EQ(sink_.ExpireOlderThan(Clock::now() + std::chrono::hours(2)), 1);
+  const KvPoolStats stats = h_.store.pool().Stats();
+  EXPECT_EQ(stats.free_blocks, stats.total_blocks) << stats.ToString();
+  (void)fresh;
+}
+
+TEST_F(KvSink, ReserveValidatesAndReportsExhaustion) {
+  EXPECT_EQ(sink_.Reserve(kHash, 5, 4, Clock::now()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sink_.Reserve(kHash, 4, 4 * 17, Clock::now()).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(used(), 0);
+  const auto empty = Reserve(0, 4);
+  EXPECT_TRUE(sink_.WaitComplete(empty.id, Clock::now()).ok()) << "nothing to receive";
+  EXPECT_EQ(sink_.Release(empty.id, ReservationSecret::Random()).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(sink_.Release(empty.id, empty.secret).ok());
+  EXPECT_EQ(sink_.Release(empty.id, empty.secret).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(KvSinkLifetime, DestructionReleasesEveryReservation) {
+  HostStore h(testing_util::MlaFormat(), 8);
+  {
+    ReservedBlocksSink sink(h.store);
+    ASSERT_TRUE(sink.Reserve(1, 4, 16, Clock::now()).ok());
+    ASSERT_TRUE(sink.Reserve(2, 4, 8, Clock::now()).ok());
+    EXPECT_EQ(h.store.pool().Stats().used_blocks, 6);
+  }
+  EXPECT_EQ(h.store.pool().Stats().used_blocks, 0);
+}
+
+}  // namespace
+}  // namespace pdserve

@@ -1,0 +1,118 @@
+// Helpers shared by the KV transport tests: small formats, host KV stores with random content
+// and shuffled block tables, byte comparisons.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "engine/kv_format.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/test_util.h"
+#include "transport/kv_layout.h"
+
+namespace pdserve::testing_util {
+
+// A DeepSeek-shaped MLA config in miniature: latent 32 + RoPE key 8 per token and layer.
+inline ModelConfig TinyMlaConfig() {
+  ModelConfig c = TinyConfig(4);
+  c.architecture = "DeepseekV3ForCausalLM";
+  c.kv_lora_rank = 32;
+  c.qk_nope_head_dim = 16;
+  c.qk_rope_head_dim = 8;
+  c.v_head_dim = 16;
+  c.head_dim = 24;
+  c.rope_style = RopeStyle::kInterleaved;
+  return c;
+}
+
+// The cache formats the transport must carry, at small sizes (tokens_per_block 4 so a few
+// dozen tokens span many blocks).
+inline KvFormat MhaFormat(DType dtype = DType::kBF16) {
+  return KvFormat::FromConfig(TinyConfig(4), dtype, 4);
+}
+inline KvFormat GqaFormat(DType dtype = DType::kBF16) {
+  return KvFormat::FromConfig(TinyConfig(2), dtype, 4);
+}
+inline KvFormat MqaFormat(DType dtype = DType::kBF16) {
+  return KvFormat::FromConfig(TinyConfig(1), dtype, 4);
+}
+inline KvFormat MlaFormat(DType dtype = DType::kBF16) {
+  return KvFormat::FromConfig(TinyMlaConfig(), dtype, 4);
+}
+
+// Every pool tensor of `store`, K and V (or latent) of each layer.
+inline std::vector<Tensor*> PoolTensors(KvStore& store) {
+  std::vector<Tensor*> out;
+  for (int64_t l = 0; l < store.format().num_layers; ++l) {
+    if (store.format().is_mla()) {
+      out.push_back(&store.latent(l));
+    } else {
+      out.push_back(&store.k(l));
+      out.push_back(&store.v(l));
+    }
+  }
+  return out;
+}
+
+inline void FillRandom(KvStore& store, uint32_t seed) {
+  std::mt19937 rng(seed);
+  for (Tensor* t : PoolTensors(store)) {
+    auto* p = static_cast<uint8_t*>(t->data());
+    for (size_t i = 0; i < t->bytes(); ++i) p[i] = static_cast<uint8_t>(rng());
+  }
+}
+
+inline void FillByte(KvStore& store, uint8_t value) {
+  for (Tensor* t : PoolTensors(store)) std::memset(t->data(), value, t->bytes());
+}
+
+// Whether every byte of every pool tensor is `value`.
+inline bool AllBytesAre(KvStore& store, uint8_t value) {
+  for (Tensor* t : PoolTensors(store)) {
+    const auto* p = static_cast<const uint8_t*>(t->data());
+    if (!std::all_of(p, p + t->bytes(), [&](uint8_t b) { return b == value; })) return false;
+  }
+  return true;
+}
+
+// Randomizes the order in which the pool hands out free blocks (allocate all, release in a
+// shuffled order), so block tables are not 0, 1, 2, ...
+inline void ShufflePool(KvBlockPool& pool, uint32_t seed) {
+  auto all = pool.Allocate(pool.Stats().available_blocks());
+  ASSERT_TRUE(all.ok()) << all.status();
+  std::shuffle(all->begin(), all->end(), std::mt19937(seed));
+  ASSERT_TRUE(pool.Release(*all).ok());
+}
+
+// The bytes of `layer`'s tokens [begin, begin + count) in payload order.
+inline std::vector<uint8_t> LayerBytes(KvStore& store, int64_t layer,
+                                       std::span<const int32_t> table, int64_t begin,
+                                       int64_t count) {
+  auto spans = KvLayerSpans(store, layer, table, begin, count);
+  EXPECT_TRUE(spans.ok()) << spans.status();
+  std::vector<uint8_t> out;
+  if (!spans.ok()) return out;
+  for (const auto& s : *spans) {
+    const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+    out.insert(out.end(), p, p + s.size());
+  }
+  return out;
+}
+
+// A host KV store with its own backend.
+struct HostStore {
+  HostStore(const KvFormat& format, int64_t blocks) : store(backend, format, blocks) {}
+  CpuBackend backend{1};
+  KvStore store;
+};
+
+}  // namespace pdserve::testing_util

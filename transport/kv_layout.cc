@@ -1,0 +1,87 @@
+#include "transport/kv_layout.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace pdserve {
+namespace {
+
+// Appends the rows of tokens [begin, begin + count) of one pool tensor ([blocks, tpb, width]),
+// merging runs that are contiguous in memory (consecutive block ids).
+void AppendRows(const Tensor& pool, std::span<const int32_t> table, int64_t begin, int64_t count,
+                std::vector<std::span<std::byte>>& out) {
+  const int64_t tpb = pool.dim(1);
+  const size_t row_bytes = static_cast<size_t>(pool.dim(2)) * DTypeSize(pool.dtype());
+  auto* base = static_cast<std::byte*>(pool.data());
+  for (int64_t t = begin; t < begin + count;) {
+    const int64_t block = table[static_cast<size_t>(t / tpb)];
+    const int64_t in_block = t % tpb;
+    const int64_t n = std::min(tpb - in_block, begin + count - t);
+    std::byte* p = base + (static_cast<size_t>(block * tpb + in_block) * row_bytes);
+    const size_t bytes = static_cast<size_t>(n) * row_bytes;
+    if (!out.empty() && out.back().data() + out.back().size() == p) {
+      out.back() = std::span<std::byte>(out.back().data(), out.back().size() + bytes);
+    } else {
+      out.emplace_back(p, bytes);
+    }
+    t += n;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::span<std::byte>>> KvLayerSpans(KvStore& store, int64_t layer,
+                                                               std::span<const int32_t> block_table,
+                                                               int64_t token_begin,
+                                                               int64_t token_count) {
+  const KvFormat& f = store.format();
+  if (layer < 0 || layer >= f.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV layer ", layer, " is outside the model's ", f.num_layers,
+                     " layers; frames must name a layer of the format both workers agreed on"));
+  }
+  const int64_t capacity = static_cast<int64_t>(block_table.size()) * f.tokens_per_block;
+  if (token_begin < 0 || token_count < 0 || token_begin + token_count > capacity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV token range [", token_begin, ", ", token_begin + token_count,
+                     ") is outside the ", capacity, " tokens that ", block_table.size(),
+                     " blocks hold; send only tokens the block table covers"));
+  }
+  const int64_t first = token_begin / f.tokens_per_block;
+  const int64_t last = (token_begin + token_count + f.tokens_per_block - 1) / f.tokens_per_block;
+  const int64_t num_blocks = store.pool().num_blocks();
+  for (int64_t i = first; i < last; ++i) {
+    const int32_t b = block_table[static_cast<size_t>(i)];
+    if (b < 0 || b >= num_blocks) {
+      return absl::InvalidArgumentError(absl::StrCat("block id ", b, " at table index ", i,
+                                                     " is outside the store's ", num_blocks,
+                                                     " blocks; the block table is corrupt"));
+    }
+  }
+  std::vector<std::span<std::byte>> spans;
+  if (f.is_mla()) {
+    AppendRows(store.latent(layer), block_table, token_begin, token_count, spans);
+  } else {
+    AppendRows(store.k(layer), block_table, token_begin, token_count, spans);
+    AppendRows(store.v(layer), block_table, token_begin, token_count, spans);
+  }
+  return spans;
+}
+
+size_t SpansBytes(std::span<const std::span<std::byte>> spans) {
+  size_t n = 0;
+  for (const auto& s : spans) n += s.size();
+  return n;
+}
+
+size_t SpansBytes(std::span<const std::span<const std::byte>> spans) {
+  size_t n = 0;
+  for (const auto& s : spans) n += s.size();
+  return n;
+}
+
+std::vector<std::span<const std::byte>> AsConstSpans(std::span<const std::span<std::byte>> spans) {
+  return std::vector<std::span<const std::byte>>(spans.begin(), spans.end());
+}
+
+}  // namespace pdserve

@@ -1,0 +1,86 @@
+// The sending side of the KV transfer as the prefill worker sees it: push a layer's KV into a
+// decode worker's reservation as soon as the layer is computed, then wait for all of it to be
+// accepted. TcpKvTransport (tcp_kv_transport.h) implements it for host memory.
+//
+// An NCCL implementation (GPU pools) fits behind the same interface, with these constraints:
+//  - payload spans are device pointers into the GPU KV pools, not host iovecs; a layer's
+//    block-by-block runs are packed into one contiguous device buffer per frame (a gather
+//    kernel on the compute stream, after the layer's KV is written) so that one
+//    ncclSend/ncclRecv pair moves a frame, and the receiver scatters into its reserved blocks;
+//  - the communicator between a prefill rank and a decode rank is created once per pair with
+//    ncclCommInitRank from an ncclUniqueId the decode worker generates and hands out over gRPC
+//    (e.g. in Reserve's reply), not per request;
+//  - ncclSend/ncclRecv carry no header: the frame header (reservation, secret, layer, range,
+//    checksum) travels out of band (a small TCP or gRPC message) before the matching
+//    ncclRecv is posted, and the receiver validates it exactly as KvFrameSink::Admit does
+//    before posting; acks travel the same side channel, so Flush keeps its meaning;
+//  - device() returns Device::kCuda, so SendLayerFromStore refuses host pools.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/kv_cache.h"
+#include "kernels/tensor.h"
+#include "transport/kv_frame.h"
+
+namespace pdserve {
+
+// Where one request's KV goes: a decode worker's reservation (proto Reservation).
+struct KvDestination {
+  std::string endpoint;  // "host:port" of the decode worker's KV receiver
+  uint64_t reservation_id = 0;
+  ReservationSecret secret;
+  uint64_t request_hash = 0;  // RequestIdHash(request id)
+};
+
+// What one request's transfer cost, from its first queued frame to its last ack.
+struct KvTransferStats {
+  int64_t frames = 0;
+  uint64_t payload_bytes = 0;  // the format's KV bytes for the tokens sent
+  uint64_t wire_bytes = 0;     // payload_bytes + frames * kKvFrameHeaderBytes
+  double seconds = 0;
+};
+
+// Thread-safety: implementations are thread-safe; many requests send and flush concurrently.
+class KvTransport {
+ public:
+  virtual ~KvTransport() = default;
+
+  // Which memory the payload spans may point into.
+  virtual Device device() const = 0;
+  // The payload size SendLayerFromStore aims at per frame (at most kKvMaxFramePayloadBytes).
+  virtual uint64_t frame_bytes() const = 0;
+
+  // Queues one frame for `dest`: `payload` holds layer `layer`'s KV for tokens
+  // [token_begin, token_begin + token_count) in payload order (KvLayerSpans), at most
+  // kKvMaxFramePayloadBytes. Returns once queued, without waiting for the network; the
+  // payload memory must stay unchanged until Flush for `dest` returns. Fails, queueing
+  // nothing, when the receiver cannot be reached or an earlier frame for `dest` failed.
+  virtual absl::Status SendLayer(const KvDestination& dest, uint32_t layer, uint32_t token_begin,
+                                 uint32_t token_count,
+                                 std::vector<std::span<const std::byte>> payload) = 0;
+
+  // Waits until every frame queued for `dest` is accepted by the receiver (OK and the
+  // transfer's figures; zero frames is OK), or one was rejected or the connection failed (that
+  // error), or `deadline` passes (DEADLINE_EXCEEDED; unsent frames are dropped). When it
+  // returns the transport holds no reference to the payload memory and has forgotten `dest`.
+  virtual absl::StatusOr<KvTransferStats> Flush(const KvDestination& dest,
+                                                std::chrono::steady_clock::time_point deadline) = 0;
+
+  // SendLayer of tokens [token_begin, token_begin + token_count) of `layer` straight from a
+  // sequence's pool rows (`block_table` in `store`), split by tokens into frames of about
+  // frame_bytes() (at least one token each). FAILED_PRECONDITION if the store's memory is not
+  // device().
+  absl::Status SendLayerFromStore(const KvDestination& dest, KvStore& store, int64_t layer,
+                                  std::span<const int32_t> block_table, int64_t token_begin,
+                                  int64_t token_count);
+};
+
+}  // namespace pdserve

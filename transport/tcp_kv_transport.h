@@ -1,0 +1,92 @@
+// KvTransport over TCP for host memory: the prefill worker's persistent connections to decode
+// workers' KvReceivers.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "transport/kv_transport.h"
+#include "transport/socket_io.h"
+
+namespace pdserve {
+
+// One persistent connection per endpoint, opened on first use and reopened after a failure.
+// Each connection has a writer thread that sends queued frames in order with one gathering
+// sendmsg (header + the pool rows themselves, no staging copy), so frames never interleave and
+// SendLayer never blocks on the network; and a reader thread that matches acks to frames (the
+// receiver answers in order). The writer computes a frame's checksum right before sending it:
+// with frames of a few hundred KiB (frame_bytes) the hash pulls the rows into cache and the
+// socket copy reads them from there, so memory is read once per byte, not twice.
+//
+// A frame the receiver rejects fails its request's transfer (Flush returns the receiver's
+// reason); a broken connection fails every transfer with frames on it. A Flush that passes its
+// deadline while one of its frames is mid-send closes that connection (a frame cannot be
+// abandoned halfway without desynchronizing the stream).
+// Thread-safety: every method is thread-safe.
+class TcpKvTransport final : public KvTransport {
+ public:
+  struct Options {
+    std::chrono::milliseconds connect_timeout{2000};
+    // Target payload per frame for SendLayerFromStore: small enough to stay in a core's L2
+    // cache between the checksum and the send, large enough that the 80-byte header and the
+    // per-frame ack are noise.
+    uint64_t frame_bytes = 512 << 10;
+  };
+  struct Stats {
+    uint64_t connections_opened = 0;
+    uint64_t frames_sent = 0;
+    uint64_t wire_bytes = 0;
+  };
+
+  TcpKvTransport() : TcpKvTransport(Options()) {}
+  explicit TcpKvTransport(Options options);
+  // Closes every connection; transfers still pending fail with UNAVAILABLE.
+  ~TcpKvTransport() override;
+  TcpKvTransport(const TcpKvTransport&) = delete;
+  TcpKvTransport& operator=(const TcpKvTransport&) = delete;
+
+  Device device() const override { return Device::kCpu; }
+  uint64_t frame_bytes() const override { return options_.frame_bytes; }
+  absl::Status SendLayer(const KvDestination& dest, uint32_t layer, uint32_t token_begin,
+                         uint32_t token_count,
+                         std::vector<std::span<const std::byte>> payload) override;
+  absl::StatusOr<KvTransferStats> Flush(const KvDestination& dest,
+                                        std::chrono::steady_clock::time_point deadline) override;
+
+  Stats stats() const;
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Transfer;
+  struct Frame;
+  struct Connection;
+  using TransferKey = std::pair<std::string, uint64_t>;  // endpoint, reservation id
+
+  // The live connection to `endpoint`, connecting if there is none.
+  absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const std::string& endpoint);
+  void WriterLoop(Connection& c);
+  void ReaderLoop(Connection& c);
+  // Marks `c` broken with `status`: fails every transfer with frames on it, wakes its threads
+  // and detaches it so the next SendLayer reconnects. Requires mu_ held.
+  void BreakLocked(Connection& c, const absl::Status& status);
+  // Joins the threads of connections that broke; must not hold mu_.
+  void ReapDead();
+
+  const Options options_;
+  std::mutex connect_mu_;  // serializes connection setup (held without mu_)
+  mutable std::mutex mu_;  // everything below
+  std::map<std::string, std::shared_ptr<Connection>> connections_;
+  std::vector<std::shared_ptr<Connection>> dead_;  // broken, threads not yet joined
+  std::map<TransferKey, std::shared_ptr<Transfer>> transfers_;
+  Stats stats_;
+};
+
+}  // namespace pdserve
