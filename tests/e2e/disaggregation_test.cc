@@ -121,6 +121,41 @@ TEST(Disaggregation, SyntheticMhaGqaMqaEqualSingleProcess) {
   }
 }
 
+// MLA: only the latent (c_kv + k_pe) crosses the wire; decode runs the absorbed form on it.
+TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
+  for (const char* name : {"deepseek-v2-tiny.json", "deepseek-v3-tiny.json"}) {
+    SCOPED_TRACE(name);
+    std::ifstream in(testing_util::ConfigsDir() + "/" + name);
+    ASSERT_TRUE(in) << name;
+    auto config = ParseHfConfig(nlohmann::json::parse(in), name);
+    ASSERT_TRUE(config.ok()) << config.status();
+    const std::string path = testing_util::FreshDir("e2e_mla");
+    ASSERT_TRUE(WriteSyntheticModel(*config, path, 4).ok());
+    CpuBackend backend(1);
+    auto model = LoadModel(path, backend);
+    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_TRUE((*model)->kv_format().is_mla());
+    Cluster cluster({.model = path});
+    std::string error;
+    ASSERT_TRUE(cluster.Start(&error)) << error;
+    const int vocab = static_cast<int>(config->vocab_size);
+    for (int i = 0; i < 2; ++i) {
+      const auto prompt = Prompt(6 + 40 * i, i, vocab);
+      v1::GenerateRequest req = Greedy(prompt, 10);
+      req.set_ignore_eos(true);
+      v1::FinalInfo info;
+      auto got = Complete(cluster, req, &info);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(*got, LocalGreedy(**model, prompt, 10, {}, /*ignore_eos=*/true));
+      const KvFormat format = (*model)->kv_format();
+      EXPECT_EQ(
+          info.timings().kv_transfer_bytes(),
+          static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
+              static_cast<uint64_t>(format.num_layers) * 80u);
+    }
+  }
+}
+
 TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFreeBlocks) {
   const std::string path = SynthModel("e2e_concurrent", 2);
   CpuBackend backend(1);
