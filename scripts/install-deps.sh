@@ -8,6 +8,7 @@ PACKAGES=(
   libopenblas-openmp-dev libabsl-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
+  python3-venv
 )
 
 missing=()

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 scripts/build.sh release
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 
+# Reflection and health through a real gRPC client (PyPI grpcio), as grpcurl and ghz use them.
+PYTHON=$(scripts/python-env.sh)
+MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
+"$PYTHON" tests/e2e/reflection_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
+
 scripts/build.sh asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -L unit -j "$(nproc)"

@@ -1,0 +1,184 @@
+"""What grpcurl and ghz rely on, checked with PyPI's grpcio as a real client.
+
+Starts a decode worker, a prefill worker and a router (the real binaries), then:
+  - lists the router's services over server reflection;
+  - resolves the service symbol (grpcurl's lookup) and the method symbol
+    pdserve.v1.Generation.Generate (ghz's lookup) to file descriptors;
+  - builds the request/response classes from those descriptors alone (no .proto files, as the
+    tools do) and calls Complete and Generate with them;
+  - asks grpc.health.v1 for every server's status.
+
+Usage: reflection_test.py --bin-dir build/bin --model ../shared/models/stories260K.bin
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+ARGS = None
+
+
+def start(binary, args, workdir, name):
+    port_file = os.path.join(workdir, name + ".port")
+    log_path = os.path.join(workdir, name + ".log")
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([os.path.join(ARGS.bin_dir, binary), *args,
+                                 "--port-file=" + port_file], stdout=log, stderr=log)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if os.path.exists(port_file):
+            with open(port_file) as f:
+                text = f.read().strip()
+            if text:
+                return proc, "127.0.0.1:" + text
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"{binary} did not start; see {log_path}")
+
+
+class ReflectionAndHealth(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="pdserve_reflection_")
+        model = "--model=" + ARGS.model
+        cls.procs = []
+        decode, cls.decode = start("pdserve-decode", [model, "--listen=127.0.0.1:0",
+                                                      "--kv-listen=127.0.0.1:0", "--threads=1"],
+                                   cls.workdir, "decode")
+        cls.procs.append(decode)
+        prefill, cls.prefill = start("pdserve-prefill", [model, "--listen=127.0.0.1:0",
+                                                         "--threads=1"], cls.workdir, "prefill")
+        cls.procs.append(prefill)
+        router, cls.router = start("pdserve-router", ["--listen=127.0.0.1:0",
+                                                      "--prefill=" + cls.prefill,
+                                                      "--decode=" + cls.decode],
+                                   cls.workdir, "router")
+        cls.procs.append(router)
+        cls.channel = grpc.insecure_channel(cls.router)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        for p in cls.procs:
+            p.terminate()
+        for p in cls.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def reflect(self, request):
+        stub = reflection_pb2_grpc.ServerReflectionStub(self.channel)
+        responses = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        self.assertEqual(len(responses), 1)
+        self.assertFalse(responses[0].HasField("error_response"),
+                         responses[0].error_response.error_message)
+        return responses[0]
+
+    def pool_for(self, symbol):
+        """The descriptor pool a tool builds from file_containing_symbol(symbol)."""
+        resp = self.reflect(reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol=symbol))
+        files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+                 for raw in resp.file_descriptor_response.file_descriptor_proto]
+        pool = descriptor_pool.DescriptorPool()
+        added = set()
+        # Dependencies may come in any order: add each file once its imports are in.
+        while len(added) < len(files):
+            progress = False
+            for f in files:
+                if f.name not in added and all(d in added for d in f.dependency):
+                    pool.Add(f)
+                    added.add(f.name)
+                    progress = True
+            self.assertTrue(progress, "reflection returned files with missing imports")
+        return pool
+
+    def test_lists_public_health_and_reflection_services(self):
+        resp = self.reflect(reflection_pb2.ServerReflectionRequest(list_services=""))
+        names = {s.name for s in resp.list_services_response.service}
+        self.assertIn("pdserve.v1.Generation", names)
+        self.assertIn("grpc.health.v1.Health", names)
+
+    def test_service_symbol_resolves_like_grpcurl(self):
+        pool = self.pool_for("pdserve.v1.Generation")
+        service = pool.FindServiceByName("pdserve.v1.Generation")
+        self.assertEqual({m.name for m in service.methods},
+                         {"Generate", "Complete", "GetModelInfo"})
+
+    def test_method_symbol_resolves_and_calls_like_ghz(self):
+        pool = self.pool_for("pdserve.v1.Generation.Generate")
+        method = pool.FindMethodByName("pdserve.v1.Generation.Generate")
+        self.assertTrue(method.server_streaming)
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        stream_cls = message_factory.GetMessageClass(method.output_type)
+        complete = pool.FindMethodByName("pdserve.v1.Generation.Complete")
+        complete_cls = message_factory.GetMessageClass(complete.output_type)
+
+        request = request_cls(prompt_token_ids=[1, 400, 300], max_tokens=8)
+        request.sampling.temperature = 0.0
+        call = self.channel.unary_unary(
+            "/pdserve.v1.Generation/Complete",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=complete_cls.FromString)
+        # The router may need a moment to see its workers healthy.
+        deadline = time.time() + 30
+        while True:
+            try:
+                whole = call(request, timeout=30)
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.assertEqual(len(whole.token_ids), 8)
+        self.assertEqual(whole.final.finish_reason, "length")
+
+        stream = self.channel.unary_stream(
+            "/pdserve.v1.Generation/Generate",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=stream_cls.FromString)
+        ids, finals = [], 0
+        for msg in stream(request, timeout=30):
+            ids.extend(msg.token_ids)
+            finals += msg.HasField("final")
+        self.assertEqual(ids, list(whole.token_ids))  # greedy: same answer both ways
+        self.assertEqual(finals, 1)
+
+        bad = request_cls(prompt_token_ids=[], max_tokens=8)
+        with self.assertRaises(grpc.RpcError) as caught:
+            call(bad, timeout=10)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_every_server_reports_serving(self):
+        deadline = time.time() + 30
+        for address in (self.router, self.prefill, self.decode):
+            with grpc.insecure_channel(address) as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                while True:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                    if status.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                    self.assertLess(time.time(), deadline, f"{address} never SERVING")
+                    time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin-dir", required=True)
+    parser.add_argument("--model", required=True)
+    ARGS, rest = parser.parse_known_args()
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)
