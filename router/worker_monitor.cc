@@ -8,7 +8,7 @@
 namespace pdserve::router {
 namespace {
 
-// One worker's poll: GetLoad always, GetModelInfo until the worker has answered it once.
+// One worker's poll: GetLoad always, GetModelInfo while the pool lacks the worker's model.
 struct PollCall {
   WorkerRole role;
   std::string address;
@@ -48,8 +48,9 @@ std::function<void(grpc::Status)> RecordInto(grpc::Status* status,
 void WorkerMonitor::RefreshOnce() {
   discovery_->Refresh(*pool_);
   std::vector<std::string> all = pool_->Members(WorkerRole::kPrefill);
-  for (std::string& address : pool_->Members(WorkerRole::kDecode))
+  for (std::string& address : pool_->Members(WorkerRole::kDecode)) {
     all.push_back(std::move(address));
+  }
   clients_->Retain(all);
 }
 

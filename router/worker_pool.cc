@@ -96,7 +96,14 @@ void WorkerPool::ReportLoad(WorkerRole role, const std::string& address,
     spdlog::warn("{} worker {} is unhealthy after {} failed polls: {}", RoleName(role), address,
                  w.failed_polls, load.status().ToString());
   }
-  if (w.failed_polls >= options_.unhealthy_after_failures) w.healthy = false;
+  if (w.failed_polls >= options_.unhealthy_after_failures) {
+    w.healthy = false;
+    // It may come back restarted with another model: ask again then.
+    if (w.info != nullptr) {
+      w.info = nullptr;
+      UpdateReference();
+    }
+  }
 }
 
 void WorkerPool::ReportModelInfo(WorkerRole role, const std::string& address,

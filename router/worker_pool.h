@@ -33,10 +33,14 @@ struct WorkerPoolOptions {
 // The set of prefill and decode workers with their latest load, health and model identity.
 //
 // Membership comes from discovery (SetMembers); health and load from the monitor's polls
-// (ReportLoad, ReportModelInfo) and from failed requests (MarkUnhealthy). A worker is
-// *eligible* for routing when it is healthy, not draining, and serves the reference model: the
-// model of the longest-known worker that has reported one (so a rolling model update switches
-// over once every old worker is gone). Workers with another fingerprint are excluded and logged.
+// (ReportLoad, ReportModelInfo) and from failed requests (MarkUnhealthy). A worker whose polls
+// fail forgets its model info, which is asked again when it answers (it may have restarted with
+// other files).
+//
+// A worker is *eligible* for routing when it is healthy, not draining, and serves the reference
+// model: the model of the longest-known worker that has reported one (so a rolling model update
+// switches over once every old worker is gone). Workers with another fingerprint are excluded
+// and logged.
 //
 // Between polls, picks are followed by local estimates (NoteReserved, NotePrefillStarted) so that
 // a burst of requests spreads instead of piling onto the worker that looked best at the last

@@ -200,8 +200,22 @@ TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFr
   EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
 }
 
+// A model big enough that 230 decode steps take far longer than the deadline below.
+std::string MidSizeModel(const std::string& name) {
+  const std::string path = testing_util::FreshDir(name);
+  ModelConfig c = testing_util::TinyConfig(2);
+  c.hidden_size = 512;
+  c.intermediate_size = 1536;
+  c.num_heads = 8;
+  c.head_dim = 64;
+  c.num_layers = 8;
+  c.max_position_embeddings = 1024;
+  EXPECT_TRUE(WriteSyntheticModel(c, path, 3).ok());
+  return path;
+}
+
 TEST(Disaggregation, CancelAndDeadlineFreeEveryBlock) {
-  const std::string path = SynthModel("e2e_cancel", 2);
+  const std::string path = MidSizeModel("e2e_cancel");
   Cluster cluster({.model = path});
   std::string error;
   ASSERT_TRUE(cluster.Start(&error)) << error;
@@ -232,16 +246,8 @@ TEST(Disaggregation, CancelAndDeadlineFreeEveryBlock) {
 }
 
 TEST(Disaggregation, PrefillWorkerKilledMidRequestFailsFastAndFreesTheReservation) {
-  // Big enough that a 200-token prompt keeps the prefill busy for a while.
-  const std::string path = testing_util::FreshDir("e2e_kill");
-  ModelConfig c = testing_util::TinyConfig(2);
-  c.hidden_size = 512;
-  c.intermediate_size = 1536;
-  c.num_heads = 8;
-  c.head_dim = 64;
-  c.num_layers = 8;
-  c.max_position_embeddings = 1024;
-  ASSERT_TRUE(WriteSyntheticModel(c, path, 3).ok());
+  // Big enough that a 900-token prompt keeps the prefill busy for a while.
+  const std::string path = MidSizeModel("e2e_kill");
   Cluster cluster({.model = path});
   std::string error;
   ASSERT_TRUE(cluster.Start(&error)) << error;

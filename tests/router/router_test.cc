@@ -66,6 +66,7 @@ class FakeDecode final : public v1::DecodeWorker::Service {
   // With `hang_after` > 0, it stops after that many messages and waits to be cancelled.
   std::atomic<bool> full{false};
   std::atomic<int> hang_after{0};
+  std::atomic<int> token_delay_ms{0};
   std::atomic<int> reserves{0}, releases{0}, decodes{0};
   std::atomic<bool> decode_cancelled{false};
   absl::Mutex mu;
@@ -100,6 +101,7 @@ class FakeDecode final : public v1::DecodeWorker::Service {
     ++decodes;
     const int n = request->request().max_tokens();
     for (int i = 0; i < n; ++i) {
+      std::this_thread::sleep_for(milliseconds(token_delay_ms.load()));
       if (hang_after > 0 && i == hang_after) {
         decode_cancelled = AwaitCancellation(context);
         return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
@@ -184,11 +186,12 @@ std::unique_ptr<rpc::Server> Serve(Service* service) {
 // Fake workers (two prefill, two decode by default) and a router in front of them.
 class RouterTest : public ::testing::Test {
  protected:
-  void StartAll(int prefill_workers = 2, int decode_workers = 1) {
+  void StartAll(int prefill_workers = 2, int decode_workers = 1,
+                milliseconds request_timeout = milliseconds(5000)) {
     RouterConfig config;
     config.listen = "127.0.0.1:0";
     config.monitor.poll_interval = milliseconds(50);
-    config.flow.request_timeout = milliseconds(5000);
+    config.flow.request_timeout = request_timeout;
     config.flow.queue_timeout = milliseconds(400);
     for (int i = 0; i < prefill_workers; ++i) {
       prefill_[i].failures_left = &prefill_failures_;
@@ -219,6 +222,13 @@ class RouterTest : public ::testing::Test {
     return request;
   }
   int TotalPrefills() { return prefill_[0].prefills + prefill_[1].prefills; }
+  // Starts a Generate call and reads its first message into `first`.
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> GenerateFirst(
+      grpc::ClientContext* context, int max_tokens, v1::GenerateResponse* first) {
+    auto reader = stub_->Generate(context, Request(max_tokens));
+    EXPECT_TRUE(reader->Read(first));
+    return reader;
+  }
 
   std::atomic<int> prefill_failures_{0};
   FakePrefill prefill_[2];
@@ -372,9 +382,9 @@ TEST_F(RouterTest, ClientCancelMidStreamCancelsTheDecodeStream) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
   decode_[0].hang_after = 2;
   grpc::ClientContext context;
-  auto reader = stub_->Generate(&context, Request(10));
   v1::GenerateResponse message;
-  ASSERT_TRUE(reader->Read(&message));
+  auto reader = GenerateFirst(&context, 10, &message);
+  ASSERT_EQ(message.token_ids_size(), 1);
   EXPECT_EQ(message.token_ids(0), kFirstToken);
   context.TryCancel();
   while (reader->Read(&message)) {
@@ -405,18 +415,8 @@ TEST_F(RouterTest, ClientDeadlineReachesTheWorkersAndFreesTheReservation) {
 }
 
 TEST_F(RouterTest, RouterDeadlineAppliesWhenTheClientSetsNone) {
-  RouterConfig config;
   prefill_[0].hang = true;
-  prefill_servers_.push_back(Serve(&prefill_[0]));
-  decode_servers_.push_back(Serve(&decode_[0]));
-  config.listen = "127.0.0.1:0";
-  config.discovery = {.prefill = {prefill_servers_[0]->address()},
-                      .decode = {decode_servers_[0]->address()}};
-  config.flow.request_timeout = milliseconds(200);
-  router_ = *Router::Start(config);
-  ASSERT_TRUE(WaitFor([&] { return router_->serving(); }, milliseconds(10000)));
-  stub_ = v1::Generation::NewStub(
-      grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  ASSERT_NO_FATAL_FAILURE(StartAll(1, 1, /*request_timeout=*/milliseconds(200)));
   grpc::ClientContext context;
   v1::CompleteResponse response;
   const grpc::Status status = stub_->Complete(&context, Request(3), &response);
@@ -424,6 +424,27 @@ TEST_F(RouterTest, RouterDeadlineAppliesWhenTheClientSetsNone) {
   EXPECT_NE(status.error_message().find("--request-timeout"), std::string::npos)
       << status.error_message();
   EXPECT_EQ(decode_[0].releases, 1);  // released before the answer
+}
+
+TEST_F(RouterTest, ShutdownLetsInFlightRequestsFinishAndRefusesNewOnes) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  decode_[0].token_delay_ms = 20;
+  grpc::ClientContext context;
+  v1::GenerateResponse message;
+  auto reader = GenerateFirst(&context, 10, &message);  // in flight
+  std::thread drain([&] { router_->Shutdown(milliseconds(5000)); });
+  ASSERT_TRUE(WaitFor([&] { return !router_->serving(); }));
+  int tokens = message.token_ids_size();
+  while (reader->Read(&message)) tokens += message.token_ids_size();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, 10);
+  {
+    grpc::ClientContext late;
+    v1::CompleteResponse response;
+    EXPECT_EQ(stub_->Complete(&late, Request(2), &response).error_code(),
+              grpc::StatusCode::UNAVAILABLE);
+  }
+  drain.join();
 }
 
 TEST_F(RouterTest, DeadWorkerMakesTheRouterNotServing) {

@@ -81,7 +81,11 @@ TEST(WorkerPoolTest, UnhealthyWorkersAreSkippedUntilAPollSucceeds) {
   EXPECT_EQ(pool.DecodeCandidates().front(), "a:1");
   pool.ReportLoad(WorkerRole::kDecode, "a:1", down);
   EXPECT_EQ(pool.DecodeCandidates(), std::vector<std::string>{"b:1"});
+  // Back, possibly restarted: eligible again once it has told its model anew.
+  EXPECT_TRUE(pool.NeedsModelInfo(WorkerRole::kDecode, "a:1"));
   pool.ReportLoad(WorkerRole::kDecode, "a:1", Load(0, 50));
+  EXPECT_EQ(pool.DecodeCandidates(), std::vector<std::string>{"b:1"});
+  pool.ReportModelInfo(WorkerRole::kDecode, "a:1", Info("fp"));
   EXPECT_EQ(pool.DecodeCandidates().front(), "a:1");
   // A failed request takes it out at once.
   pool.MarkUnhealthy(WorkerRole::kDecode, "a:1");
