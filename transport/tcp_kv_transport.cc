@@ -20,7 +20,13 @@ struct TcpKvTransport::Transfer {
   KvTransferStats stats;
   Clock::time_point first_queued, last_ack;
   std::weak_ptr<Connection> connection;
-  std::condition_variable progress;  // Flush waits here; notified on every change above
+  std::condition_variable progress;  // Flush waits here (see Notify)
+
+  // Wakes Flush when what it waits for may have happened: no frame left reading the caller's
+  // memory. Not on every ack: a waiter woken per frame costs a context switch per frame.
+  void Notify() {
+    if (unsent == 0) progress.notify_all();
+  }
 };
 
 struct TcpKvTransport::Frame {
@@ -195,7 +201,7 @@ void TcpKvTransport::WriterLoop(Connection& c) {
     Transfer& t = *f.transfer;
     if (!t.error.ok()) {  // its request already failed: do not send the rest
       --t.unsent;
-      t.progress.notify_all();
+      t.Notify();
       continue;
     }
     // Registered before sending: the ack can arrive before sendmsg returns.
@@ -217,7 +223,7 @@ void TcpKvTransport::WriterLoop(Connection& c) {
       BreakLocked(c, absl::UnavailableError(
                          absl::StrCat("sending KV to ", c.endpoint, " failed: ", sent.message())));
     }
-    t.progress.notify_all();
+    t.Notify();
   }
 }
 
@@ -253,7 +259,7 @@ void TcpKvTransport::ReaderLoop(Connection& c) {
     } else {
       transfer->last_ack = Clock::now();
     }
-    transfer->progress.notify_all();
+    transfer->Notify();
   }
 }
 
@@ -268,7 +274,7 @@ void TcpKvTransport::BreakLocked(Connection& c, const absl::Status& status) {
   ::shutdown(c.fd.get(), SHUT_RDWR);
   auto fail = [&](Transfer& t) {
     if (t.error.ok()) t.error = status;
-    t.progress.notify_all();
+    t.Notify();
   };
   for (Frame& f : c.queue) {
     --f.transfer->unsent;
