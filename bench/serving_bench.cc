@@ -97,7 +97,11 @@ bool RouterTtft(v1::Generation::Stub& router, const v1::GenerateRequest& req, do
     }
     if (msg.has_final()) *transfer_ms = msg.final().timings().kv_transfer_ms();
   }
-  return reader->Finish().ok() && !first;
+  const grpc::Status status = reader->Finish();
+  if (!status.ok()) {
+    std::fprintf(stderr, "Generate failed: %s\n", status.error_message().c_str());
+  }
+  return status.ok() && !first;
 }
 
 // What the router does, done by the client: Reserve, Prefill, Decode (read to the end).
@@ -211,7 +215,7 @@ int Run(int argc, char** argv) {
               "KV MB", "TTFT 1-proc", "TTFT disagg", "transfer", "exposed");
   for (int n : {512, 1024, 2048}) {
     std::vector<double> single, disagg, transfer;
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < 5; ++rep) {
       const auto prompt = Prompt(n, vocab, rep + 1);
       SamplingParams greedy;
       greedy.temperature = 0;
@@ -242,18 +246,35 @@ int Run(int argc, char** argv) {
     decode_stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
   }
   std::vector<double> via_router, direct;
-  for (int i = 0; i < requests; ++i) {
-    const v1::GenerateRequest req = Request(Prompt(32, vocab, i), 8);
-    auto start = Clock::now();
-    {
-      grpc::ClientContext ctx;
-      v1::CompleteResponse resp;
-      if (!router_stub->Complete(&ctx, req, &resp).ok()) return 1;
+  // Every request has its own prompt (no prefix-cache hits favour either side), and the two
+  // paths take turns going first so warm-up and drifting load fall on both.
+  auto via_router_once = [&](int salt) {
+    const auto start = Clock::now();
+    grpc::ClientContext ctx;
+    v1::CompleteResponse resp;
+    if (!router_stub->Complete(&ctx, Request(Prompt(32, vocab, salt), 8), &resp).ok()) {
+      return false;
     }
     via_router.push_back(MsSince(start));
-    start = Clock::now();
-    if (!Orchestrate(*decode_stub, *prefill_stub, info, decode.address, req, i)) return 1;
+    return true;
+  };
+  auto direct_once = [&](int salt) {
+    const auto start = Clock::now();
+    if (!Orchestrate(*decode_stub, *prefill_stub, info, decode.address,
+                     Request(Prompt(32, vocab, salt), 8), salt)) {
+      return false;
+    }
     direct.push_back(MsSince(start));
+    return true;
+  };
+  for (int i = 0; i < requests; ++i) {
+    const int a = 10000 + 2 * i, b = a + 1;
+    const bool ok =
+        i % 2 == 0 ? via_router_once(a) && direct_once(b) : direct_once(a) && via_router_once(b);
+    if (!ok) {
+      std::fprintf(stderr, "a request failed\n");
+      return 1;
+    }
   }
   const double r = Median(via_router), c = Median(direct);
   std::printf("  through the router %.2f ms, client-orchestrated %.2f ms, ratio %.3f\n", r, c,
