@@ -1,4 +1,5 @@
-// `pdserve client`: one request to any router, through the public API.
+// `pdserve client`: one request to any router, through the public API. Prints the answer's text
+// as it streams (or its ids with --ids, or when the prompt is ids), the final info on stderr.
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
@@ -14,6 +15,18 @@ v1::GenerateRequest ToRequest(const ClientOptions& o) {
   v1::GenerateRequest r;
   r.set_request_id(o.request_id);
   r.mutable_prompt_token_ids()->Add(o.prompt_ids.begin(), o.prompt_ids.end());
+  r.set_prompt(o.prompt);
+  if (!o.chat.empty()) {
+    if (!o.system.empty()) {
+      v1::ChatMessage* m = r.add_messages();
+      m->set_role("system");
+      m->set_content(o.system);
+    }
+    v1::ChatMessage* m = r.add_messages();
+    m->set_role("user");
+    m->set_content(o.chat);
+  }
+  for (const std::string& stop : o.stop_strings) r.add_stop(stop);
   v1::SamplingParams* s = r.mutable_sampling();
   if (o.temperature_set) s->set_temperature(o.sampling.temperature);
   if (o.top_k_set) s->set_top_k(o.sampling.top_k);
@@ -54,8 +67,12 @@ int RunClient(const ClientOptions& options) {
     v1::CompleteResponse response;
     status = stub->Complete(&ctx, request, &response);
     if (status.ok()) {
-      for (int i = 0; i < response.token_ids_size(); ++i) {
-        std::printf(i ? " %d" : "%d", response.token_ids(i));
+      if (options.ids) {
+        for (int i = 0; i < response.token_ids_size(); ++i) {
+          std::printf(i ? " %d" : "%d", response.token_ids(i));
+        }
+      } else {
+        std::fwrite(response.text().data(), 1, response.text().size(), stdout);
       }
       std::printf("\n");
       PrintFinal(response.request_id(), response.final());
@@ -65,9 +82,13 @@ int RunClient(const ClientOptions& options) {
     v1::GenerateResponse msg;
     bool first = true;
     while (reader->Read(&msg)) {
-      for (int32_t id : msg.token_ids()) {
-        std::printf(first ? "%d" : " %d", id);
-        first = false;
+      if (options.ids) {
+        for (int32_t id : msg.token_ids()) {
+          std::printf(first ? "%d" : " %d", id);
+          first = false;
+        }
+      } else {
+        std::fwrite(msg.text().data(), 1, msg.text().size(), stdout);
       }
       std::fflush(stdout);
       if (msg.has_final()) {

@@ -12,7 +12,10 @@
 #include "engine/llama2c.h"
 #include "engine/model.h"
 #include "engine/synth.h"
+#include "gguf/gguf_file.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer_loader.h"
 
 namespace pdserve::cli {
 namespace {
@@ -46,9 +49,14 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& path) {
   if (fs::is_directory(path, ec)) return LoadHfConfig((fs::path(path) / "config.json").string());
   if (fs::is_regular_file(path, ec)) {
     if (path.ends_with(".bin")) return ReadLlama2cConfig(path);
+    if (path.ends_with(".gguf")) {
+      auto file = GgufFile::Open(path);
+      if (!file.ok()) return file.status();
+      return ParseGgufConfig(**file);
+    }
     return absl::InvalidArgumentError(absl::StrCat(
-        path, ": unknown model file; pass a Hugging Face model directory or a llama2.c .bin ",
-        "(or a config.json with --config)"));
+        path, ": unknown model file; pass a Hugging Face model directory, a GGUF file or a ",
+        "llama2.c .bin (or a config.json with --config)"));
   }
   return absl::NotFoundError(absl::StrCat(path, ": no such model file or directory"));
 }
@@ -75,12 +83,34 @@ std::string Bytes(int64_t bytes) {
 }  // namespace
 
 int RunGenerate(const GenerateOptions& options) {
+  std::vector<int32_t> prompt = options.prompt_ids;
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (!options.prompt.empty() || !options.chat.empty()) {
+    auto loaded = LoadTokenizer(options.model);
+    if (!loaded.ok()) return Fail(loaded.status());
+    tokenizer = *std::move(loaded);
+    std::string text = options.prompt;
+    EncodeOptions encode{.add_special = true, .parse_special = true};
+    if (!options.chat.empty()) {
+      const std::vector<ChatMessage> messages = {{"user", options.chat}};
+      auto rendered = ApplyChatTemplate(tokenizer->chat_template(), messages, true);
+      if (!rendered.ok()) return Fail(rendered.status());
+      text = *std::move(rendered);
+      encode.add_special = false;  // the template writes its special tokens
+    }
+    auto ids = tokenizer->Encode(text, encode);
+    if (!ids.ok()) return Fail(ids.status());
+    prompt = *std::move(ids);
+  }
   CpuBackend backend(options.threads);
   auto model = LoadModel(options.model, backend);
   if (!model.ok()) return Fail(model.status());
-  auto result = Generate(**model, options.prompt_ids, options.sampling, options.stop);
+  auto result = Generate(**model, prompt, options.sampling, options.stop);
   if (!result.ok()) return Fail(result.status());
   std::printf("%s\n", JoinIds(result->tokens).c_str());
+  if (tokenizer != nullptr) {
+    std::printf("%s\n", tokenizer->Decode(result->tokens, /*skip_special=*/true).c_str());
+  }
   if (options.verbose) {
     const double decode_tps =
         result->tokens.size() > 1 && result->decode_seconds > 0
@@ -89,9 +119,9 @@ int RunGenerate(const GenerateOptions& options) {
     std::fprintf(stderr,
                  "finish_reason=%s prompt_tokens=%zu generated=%zu threads=%d "
                  "prefill_ms=%.2f decode_tok_per_s=%.1f\n",
-                 std::string(FinishReasonName(result->finish_reason)).c_str(),
-                 options.prompt_ids.size(), result->tokens.size(), backend.num_threads(),
-                 result->prefill_seconds * 1e3, decode_tps);
+                 std::string(FinishReasonName(result->finish_reason)).c_str(), prompt.size(),
+                 result->tokens.size(), backend.num_threads(), result->prefill_seconds * 1e3,
+                 decode_tps);
   }
   return 0;
 }

@@ -12,7 +12,11 @@ namespace pdserve::cli {
 
 struct GenerateOptions {
   std::string model;
+  // The prompt: ids, text (encoded with the model's tokenizer), or one user message (rendered
+  // with its chat template). With text, the answer's text follows the ids line.
   std::vector<int32_t> prompt_ids;
+  std::string prompt;
+  std::string chat;
   SamplingParams sampling;
   StopCriteria stop;
   int threads = 0;
@@ -28,7 +32,10 @@ struct SynthOptions {
 int RunSynth(const SynthOptions& options);
 
 struct DemoOptions {
-  std::string model;  // empty: stories260K from the shared models folder, else a synthetic one
+  // Empty: SmolLM2-135M-Instruct when fetched (scripts/fetch-model.sh), else stories260K from
+  // the shared models folder, else a synthetic model.
+  std::string model;
+  std::string prompt = "What is the capital of France?";  // sent as a chat message
   int max_tokens = 64;
   int threads = 0;
 };
@@ -36,7 +43,12 @@ int RunDemo(const DemoOptions& options);
 
 struct ClientOptions {
   std::string router = "localhost:50051";
+  // The prompt: one of ids, text, or a user message (with an optional system message).
   std::vector<int32_t> prompt_ids;
+  std::string prompt;
+  std::string chat, system;
+  std::vector<std::string> stop_strings;
+  bool ids = false;         // print ids instead of text
   SamplingParams sampling;  // sent only where set on the command line
   bool temperature_set = false, top_p_set = false, top_k_set = false, min_p_set = false,
        repetition_penalty_set = false;
@@ -45,7 +57,8 @@ struct ClientOptions {
   bool unary = false;  // Complete instead of Generate
   double timeout_s = 120;
 };
-// Calls a router's public API and prints the ids on one line, the final info on stderr.
+// Calls a router's public API and prints the answer (text, or ids on one line), the final info
+// on stderr.
 int RunClient(const ClientOptions& options);
 
 struct KvInfoOptions {

@@ -2,6 +2,7 @@
 // router as separate processes, streams one answer through the router, and stops everything.
 #include <grpcpp/grpcpp.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -17,8 +18,24 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// stories260K from the shared models folder, else a small synthetic GQA model written once.
+// Where scripts/fetch-model.sh caches the default model (same rules as the script).
+fs::path CachedDefaultModel() {
+  fs::path cache;
+  if (const char* dir = std::getenv("PDSERVE_CACHE_DIR"); dir != nullptr && *dir != '\0') {
+    cache = dir;
+  } else if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    cache = fs::path(xdg) / "pdserve";
+  } else if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+    cache = fs::path(home) / ".cache" / "pdserve";
+  }
+  return cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+// SmolLM2-135M-Instruct when scripts/fetch-model.sh has fetched it (the README's run command
+// does), else stories260K from the shared models folder (token ids only), else a small synthetic
+// GQA model written once.
 absl::StatusOr<std::string> DefaultModel() {
+  if (const fs::path smollm = CachedDefaultModel(); fs::exists(smollm)) return smollm.string();
   const fs::path stories = fs::path(PDSERVE_DEFAULT_MODELS_DIR) / "stories260K.bin";
   if (fs::exists(stories)) return stories.string();
   const std::string dir = (fs::temp_directory_path() / "pdserve-demo-synthetic").string();
@@ -86,21 +103,30 @@ int RunDemo(const DemoOptions& options) {
       "pdserve-prefill", {"--model=" + *model, "--listen=127.0.0.1:0", threads, "--log-level=warn"},
       dir, "prefill");
   if (!prefill.ok()) return Fail(prefill.status());
-  auto router = StartServer("pdserve-router",
-                            {"--listen=127.0.0.1:0", "--prefill=" + prefill->address,
-                             "--decode=" + decode->address, "--log-level=warn"},
-                            dir, "router");
+  // A model with a tokenizer (GGUF, or a directory with tokenizer.json) is talked to in text.
+  const bool text = model->ends_with(".gguf") || fs::exists(fs::path(*model) / "tokenizer.json");
+  std::vector<std::string> router_args = {"--listen=127.0.0.1:0", "--prefill=" + prefill->address,
+                                          "--decode=" + decode->address, "--log-level=warn"};
+  if (text) router_args.push_back("--tokenizer=" + *model);
+  auto router = StartServer("pdserve-router", router_args, dir, "router");
   if (!router.ok()) return Fail(router.status());
 
   auto stub = v1::Generation::NewStub(
       grpc::CreateChannel(router->address, grpc::InsecureChannelCredentials()));
-  // Until tokenizers arrive, prompts and answers are token ids.
-  const std::vector<int32_t> prompt = {1, 400, 300};
   v1::GenerateRequest request;
-  request.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
+  if (text) {
+    v1::ChatMessage* m = request.add_messages();
+    m->set_role("user");
+    m->set_content(options.prompt);
+    std::printf("user: %s\nassistant: ", options.prompt.c_str());
+  } else {
+    // No tokenizer: the prompt and the answer are token ids.
+    const std::vector<int32_t> prompt = {1, 400, 300};
+    request.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
+    std::printf("prompt ids: %s\nanswer ids:", absl::StrJoin(prompt, " ").c_str());
+  }
   request.mutable_sampling()->set_temperature(0.0f);
   request.set_max_tokens(options.max_tokens);
-  std::printf("prompt ids: %s\nanswer ids:", absl::StrJoin(prompt, " ").c_str());
   std::fflush(stdout);
   // The router learns its workers within a few hundred milliseconds; retry until then.
   grpc::Status status;
@@ -113,7 +139,11 @@ int RunDemo(const DemoOptions& options) {
     bool any = false;
     while (reader->Read(&msg)) {
       any = true;
-      for (int32_t id : msg.token_ids()) std::printf(" %d", id);
+      if (text) {
+        std::fwrite(msg.text().data(), 1, msg.text().size(), stdout);
+      } else {
+        for (int32_t id : msg.token_ids()) std::printf(" %d", id);
+      }
       std::fflush(stdout);
       if (msg.has_final()) final_info = msg.final();
     }

@@ -11,12 +11,18 @@ int main(int argc, char** argv) {
   GenerateOptions gen;
   std::optional<uint64_t> seed;
   CLI::App* generate = app.add_subcommand(
-      "generate", "Run one request in this process and print the generated ids on one line");
-  generate->add_option("--model", gen.model, "Hugging Face model directory or llama2.c .bin")
+      "generate",
+      "Run one request in this process and print the generated ids on one line (and, for a "
+      "text prompt, the text on the next)");
+  generate
+      ->add_option("--model", gen.model, "Hugging Face model directory, GGUF file or llama2.c .bin")
       ->required();
-  generate->add_option("--prompt-ids", gen.prompt_ids, "Prompt token ids, e.g. 1,2,3")
-      ->required()
+  CLI::Option_group* gen_prompt = generate->add_option_group("prompt", "The prompt (one)");
+  gen_prompt->add_option("--prompt-ids", gen.prompt_ids, "Prompt token ids, e.g. 1,2,3")
       ->delimiter(',');
+  gen_prompt->add_option("--prompt", gen.prompt, "Prompt text (the model's tokenizer encodes it)");
+  gen_prompt->add_option("--chat", gen.chat, "A user message, sent with the chat template");
+  gen_prompt->require_option(1);
   generate->add_option("--max-tokens", gen.stop.max_tokens, "Maximum new tokens")->default_val(64);
   generate->add_option("--temperature", gen.sampling.temperature, "0 = greedy")->default_val(0.0);
   generate->add_option("--top-k", gen.sampling.top_k, "Keep the k most likely tokens (0 = off)")
@@ -46,7 +52,11 @@ int main(int argc, char** argv) {
   DemoOptions demo;
   CLI::App* demo_cmd = app.add_subcommand(
       "demo", "Start router + prefill + decode on localhost, stream one answer, stop them");
-  demo_cmd->add_option("--model", demo.model, "Model (default: stories260K, else synthetic)");
+  demo_cmd->add_option("--model", demo.model,
+                       "Model (default: SmolLM2-135M-Instruct when scripts/fetch-model.sh has "
+                       "fetched it, else stories260K, else a synthetic model)");
+  demo_cmd->add_option("--prompt", demo.prompt, "The user's message (models with a tokenizer)")
+      ->capture_default_str();
   demo_cmd->add_option("--max-tokens", demo.max_tokens, "Maximum new tokens")->default_val(64);
   demo_cmd->add_option("--threads", demo.threads, "Compute threads per worker (0 = 1 each)")
       ->default_val(0);
@@ -55,7 +65,8 @@ int main(int argc, char** argv) {
   CLI::App* kv_cmd = app.add_subcommand(
       "kv-info", "Print a model's KV cache format and its bytes per token and per block");
   CLI::Option_group* kv_source = kv_cmd->add_option_group("source", "What to describe (one)");
-  kv_source->add_option("--model", kv.model, "Hugging Face model directory or llama2.c .bin");
+  kv_source->add_option("--model", kv.model,
+                        "Hugging Face model directory, GGUF file or llama2.c .bin");
   kv_source->add_option("--config", kv.config_path, "config.json (Hugging Face keys)");
   kv_source->require_option(1);
   kv_cmd->add_option("--dtype", kv.dtype, "KV storage dtype: bf16, f16 or f32")
@@ -69,12 +80,20 @@ int main(int argc, char** argv) {
   ClientOptions client;
   std::optional<uint64_t> client_seed;
   CLI::App* client_cmd = app.add_subcommand(
-      "client", "Call a router's Generate (streaming) or Complete and print the ids");
+      "client", "Call a router's Generate (streaming) or Complete and print the answer");
   client_cmd->add_option("--router", client.router, "Router address")
       ->default_val("localhost:50051");
-  client_cmd->add_option("--prompt-ids", client.prompt_ids, "Prompt token ids, e.g. 1,2,3")
-      ->required()
+  CLI::Option_group* client_prompt = client_cmd->add_option_group("prompt", "The prompt (one)");
+  client_prompt
+      ->add_option("--prompt-ids", client.prompt_ids, "Prompt token ids, e.g. 1,2,3 (no BOS added)")
       ->delimiter(',');
+  client_prompt->add_option("--prompt", client.prompt, "Prompt text (the router tokenizes it)");
+  client_prompt->add_option("--chat", client.chat,
+                            "A user message, sent with the model's chat template");
+  client_prompt->require_option(1);
+  client_cmd->add_option("--system", client.system, "A system message before --chat");
+  client_cmd->add_option("--stop", client.stop_strings, "Stop string (repeatable)");
+  client_cmd->add_flag("--ids", client.ids, "Print token ids instead of text");
   client_cmd->add_option("--max-tokens", client.stop.max_tokens, "Maximum new tokens")
       ->default_val(16);
   CLI::Option* c_temp = client_cmd->add_option("--temperature", client.sampling.temperature,
@@ -100,6 +119,7 @@ int main(int argc, char** argv) {
   client.top_p_set = c_top_p->count() > 0;
   client.min_p_set = c_min_p->count() > 0;
   client.repetition_penalty_set = c_rep->count() > 0;
+  client.ids = client.ids || !client.prompt_ids.empty();
   if (client_cmd->parsed()) return RunClient(client);
   if (generate->parsed()) return RunGenerate(gen);
   if (synth_cmd->parsed()) return RunSynth(synth);

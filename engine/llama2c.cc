@@ -60,6 +60,7 @@ absl::StatusOr<ModelConfig> ReadLlama2cConfig(const std::string& path) {
   c.rms_norm_eps = 1e-5;
   c.rope_theta = 10000.0;
   c.rope_style = RopeStyle::kInterleaved;
+  c.format = CheckpointFormat::kLlama2c;
   c.tie_word_embeddings = shared_classifier;
   c.bos_token_id = 1;
   // llama2.c's sampler ends a story when the model emits BOS (1); 2 is the nominal EOS.

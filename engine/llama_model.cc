@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/weight_source.h"
 
 namespace pdserve {
 
@@ -90,57 +91,45 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceI
   return host;
 }
 
-}  // namespace pdserve
-
-#include "engine/weight_source.h"
-
-namespace pdserve {
+absl::StatusOr<std::unique_ptr<Model>> LoadLlama(const TensorSource& source, const ModelConfig& c,
+                                                 Backend& backend) {
+  WeightLoader ld(source, backend);
+  const int64_t hidden = c.hidden_size, ffn = c.intermediate_size;
+  const int64_t q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+  LlamaWeights w;
+  w.embed = ld.Load("model.embed_tokens.weight", Shape{c.vocab_size, hidden});
+  w.final_norm = ld.Load("model.norm.weight", Shape{hidden});
+  // Tied checkpoints usually omit lm_head; when tied, the embedding is authoritative.
+  w.lm_head =
+      c.tie_word_embeddings ? w.embed : ld.Load("lm_head.weight", Shape{c.vocab_size, hidden});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    LlamaLayerWeights lw;
+    lw.attn_norm = ld.Load(p + "input_layernorm.weight", Shape{hidden});
+    lw.wq = ld.Load(p + "self_attn.q_proj.weight", Shape{q_width, hidden});
+    lw.wk = ld.Load(p + "self_attn.k_proj.weight", Shape{kv_width, hidden});
+    lw.wv = ld.Load(p + "self_attn.v_proj.weight", Shape{kv_width, hidden});
+    lw.wo = ld.Load(p + "self_attn.o_proj.weight", Shape{hidden, q_width});
+    if (c.attention_bias) {
+      lw.bq = ld.Load(p + "self_attn.q_proj.bias", Shape{q_width});
+      lw.bk = ld.Load(p + "self_attn.k_proj.bias", Shape{kv_width});
+      lw.bv = ld.Load(p + "self_attn.v_proj.bias", Shape{kv_width});
+    }
+    lw.ffn_norm = ld.Load(p + "post_attention_layernorm.weight", Shape{hidden});
+    lw.w_gate = ld.Load(p + "mlp.gate_proj.weight", Shape{ffn, hidden});
+    lw.w_up = ld.Load(p + "mlp.up_proj.weight", Shape{ffn, hidden});
+    lw.w_down = ld.Load(p + "mlp.down_proj.weight", Shape{hidden, ffn});
+    w.layers.push_back(std::move(lw));
+  }
+  if (!ld.ok()) return ld.status();
+  return std::make_unique<LlamaModel>(c, std::move(w), backend);
+}
 
 absl::StatusOr<std::unique_ptr<Model>> LoadLlamaFromHf(const std::string& dir, const ModelConfig& c,
                                                        Backend& backend) {
   auto source = WeightSource::Open(dir);
   if (!source.ok()) return source.status();
-  const WeightSource& src = **source;
-  absl::Status status;
-  // Loads one tensor; the first failure is kept and later loads are skipped.
-  auto load = [&](const std::string& name, Shape shape) -> Tensor {
-    if (!status.ok()) return {};
-    using Use = WeightSource::Use;
-    auto t = src.Load(name, shape, backend, shape.rank() == 2 ? Use::kMatrix : Use::kVector);
-    if (!t.ok()) {
-      status = t.status();
-      return {};
-    }
-    return *std::move(t);
-  };
-  const int64_t hidden = c.hidden_size, ffn = c.intermediate_size;
-  const int64_t q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
-  LlamaWeights w;
-  w.embed = load("model.embed_tokens.weight", Shape{c.vocab_size, hidden});
-  w.final_norm = load("model.norm.weight", Shape{hidden});
-  // Tied checkpoints usually omit lm_head; when tied, the embedding is authoritative.
-  w.lm_head = c.tie_word_embeddings ? w.embed : load("lm_head.weight", Shape{c.vocab_size, hidden});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    LlamaLayerWeights lw;
-    lw.attn_norm = load(p + "input_layernorm.weight", Shape{hidden});
-    lw.wq = load(p + "self_attn.q_proj.weight", Shape{q_width, hidden});
-    lw.wk = load(p + "self_attn.k_proj.weight", Shape{kv_width, hidden});
-    lw.wv = load(p + "self_attn.v_proj.weight", Shape{kv_width, hidden});
-    lw.wo = load(p + "self_attn.o_proj.weight", Shape{hidden, q_width});
-    if (c.attention_bias) {
-      lw.bq = load(p + "self_attn.q_proj.bias", Shape{q_width});
-      lw.bk = load(p + "self_attn.k_proj.bias", Shape{kv_width});
-      lw.bv = load(p + "self_attn.v_proj.bias", Shape{kv_width});
-    }
-    lw.ffn_norm = load(p + "post_attention_layernorm.weight", Shape{hidden});
-    lw.w_gate = load(p + "mlp.gate_proj.weight", Shape{ffn, hidden});
-    lw.w_up = load(p + "mlp.up_proj.weight", Shape{ffn, hidden});
-    lw.w_down = load(p + "mlp.down_proj.weight", Shape{hidden, ffn});
-    w.layers.push_back(std::move(lw));
-  }
-  if (!status.ok()) return status;
-  return std::make_unique<LlamaModel>(c, std::move(w), backend);
+  return LoadLlama(**source, c, backend);
 }
 
 }  // namespace pdserve

@@ -47,6 +47,13 @@ class LlamaModel final : public Model {
 
 namespace pdserve {
 
+class TensorSource;
+
+// Builds a LlamaModel from `source`'s tensors (by Hugging Face name) for `config`. The one
+// loader for every checkpoint format; errors name the file and tensor.
+absl::StatusOr<std::unique_ptr<Model>> LoadLlama(const TensorSource& source,
+                                                 const ModelConfig& config, Backend& backend);
+
 // Builds a LlamaModel from a Hugging Face directory whose config.json parsed to `config`.
 absl::StatusOr<std::unique_ptr<Model>> LoadLlamaFromHf(const std::string& dir,
                                                        const ModelConfig& config, Backend& backend);

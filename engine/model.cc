@@ -6,6 +6,7 @@
 #include "engine/deepseek_model.h"
 #include "engine/llama2c.h"
 #include "engine/llama_model.h"
+#include "engine/weight_source.h"
 
 namespace pdserve {
 
@@ -76,8 +77,17 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backen
   }
   if (fs::is_regular_file(path, ec)) {
     if (path.ends_with(".bin")) return LoadLlama2c(path, backend);
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": unknown model file; pass a Hugging Face model directory or a llama2.c .bin"));
+    if (path.ends_with(".gguf")) {
+      auto source = GgufWeightSource::Open(path);
+      if (!source.ok()) return source.status();
+      auto config = ParseGgufConfig((*source)->file());
+      if (!config.ok()) return config.status();
+      return LoadLlama(**source, *config, backend);
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(path,
+                     ": unknown model file; pass a Hugging Face model directory, a GGUF file "
+                     "(*.gguf) or a llama2.c checkpoint (*.bin)"));
   }
   return absl::NotFoundError(absl::StrCat(path, ": no such model file or directory"));
 }

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "gguf/gguf_file.h"
 
 namespace pdserve {
 namespace {
@@ -493,6 +494,107 @@ absl::StatusOr<ModelConfig> LoadHfConfig(const std::string& path) {
   json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError(path + ": not valid JSON");
   return ParseHfConfig(j, path);
+}
+
+absl::StatusOr<ModelConfig> ParseGgufConfig(const GgufFile& file) {
+  const std::string& path = file.source_name();
+  auto invalid = [&](absl::string_view message) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
+  };
+  const std::string* arch = file.GetString("general.architecture");
+  if (arch == nullptr) {
+    return invalid("metadata 'general.architecture' is missing; is this a model file?");
+  }
+  if (*arch != "llama") {
+    return invalid(absl::StrCat("GGUF architecture '", *arch,
+                                "' is not supported; pdserve loads GGUF models of architecture "
+                                "'llama' (Llama 2/3, Mistral, SmolLM)"));
+  }
+  const std::string p = *arch + ".";
+  json j;
+  j["architectures"] = {"LlamaForCausalLM"};
+  // Integer keys, required unless `fallback` is given; range checks happen in ParseHfConfig.
+  auto int_key = [&](const std::string& key, const char* field,
+                     std::optional<int64_t> fallback) -> absl::Status {
+    std::optional<int64_t> v = file.GetInt(key);
+    if (!v && file.Find(key) != nullptr) {
+      return invalid(absl::StrCat("metadata '", key, "' must be an integer"));
+    }
+    if (!v && !fallback) return invalid(absl::StrCat("metadata '", key, "' is missing"));
+    j[field] = v ? *v : *fallback;
+    return absl::OkStatus();
+  };
+  for (auto [key, field] :
+       {std::pair{"block_count", "num_hidden_layers"}, std::pair{"embedding_length", "hidden_size"},
+        std::pair{"feed_forward_length", "intermediate_size"},
+        std::pair{"attention.head_count", "num_attention_heads"},
+        std::pair{"context_length", "max_position_embeddings"}}) {
+    if (absl::Status s = int_key(p + key, field, std::nullopt); !s.ok()) return s;
+  }
+  const int64_t heads = j["num_attention_heads"].get<int64_t>();
+  if (absl::Status s = int_key(p + "attention.head_count_kv", "num_key_value_heads", heads);
+      !s.ok()) {
+    return s;
+  }
+  // llama.cpp's head width is attention.key_length (default hidden / heads); pdserve rotates
+  // whole heads, so RoPE must cover all of it and V must be as wide.
+  const int64_t hidden = j["hidden_size"].get<int64_t>();
+  const int64_t default_head_dim = heads > 0 ? hidden / heads : 0;
+  if (absl::Status s = int_key(p + "attention.key_length", "head_dim", default_head_dim); !s.ok()) {
+    return s;
+  }
+  const int64_t head_dim = j["head_dim"].get<int64_t>();
+  for (const char* key : {"rope.dimension_count", "attention.value_length"}) {
+    std::optional<int64_t> v = file.GetInt(p + key);
+    if (v && *v != head_dim) {
+      return invalid(absl::StrCat("metadata '", p, key, "' is ", *v, " but heads are ", head_dim,
+                                  " wide; pdserve supports RoPE over whole heads and V heads as "
+                                  "wide as K"));
+    }
+  }
+  for (auto [key, field] : {std::pair{"rope.freq_base", "rope_theta"},
+                            std::pair{"attention.layer_norm_rms_epsilon", "rms_norm_eps"}}) {
+    if (std::optional<double> v = file.GetFloat(p + key)) {
+      j[field] = *v;
+    } else if (file.Find(p + key) != nullptr) {
+      return invalid(absl::StrCat("metadata '", p, key, "' must be a float"));
+    }
+  }
+  j["rms_norm_eps"] = j.value("rms_norm_eps", 1e-5);  // llama.cpp's default, not config.json's
+  const std::string* scaling = file.GetString(p + "rope.scaling.type");
+  if (scaling != nullptr && *scaling == "linear") {
+    std::optional<double> factor = file.GetFloat(p + "rope.scaling.factor");
+    if (!factor) return invalid(absl::StrCat("metadata '", p, "rope.scaling.factor' is missing"));
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", *factor}};
+  } else if (scaling != nullptr && *scaling != "none") {
+    return invalid(absl::StrCat("metadata '", p, "rope.scaling.type' is '", *scaling,
+                                "'; supported: none, linear"));
+  }
+  if (file.FindTensor("rope_freqs.weight") != nullptr) {
+    return invalid(
+        "tensor 'rope_freqs.weight' (Llama 3.1-style RoPE frequency factors) is not supported");
+  }
+  if (const auto* tokens = file.GetStringArray("tokenizer.ggml.tokens")) {
+    j["vocab_size"] = tokens->size();
+  } else if (std::optional<int64_t> v = file.GetInt(p + "vocab_size")) {
+    j["vocab_size"] = *v;
+  } else {
+    return invalid(absl::StrCat("neither metadata 'tokenizer.ggml.tokens' nor '", p,
+                                "vocab_size' gives the vocabulary size"));
+  }
+  if (std::optional<int64_t> bos = file.GetInt("tokenizer.ggml.bos_token_id"))
+    j["bos_token_id"] = *bos;
+  if (std::optional<int64_t> eos = file.GetInt("tokenizer.ggml.eos_token_id"))
+    j["eos_token_id"] = *eos;
+  // Tied checkpoints have no separate output matrix.
+  j["tie_word_embeddings"] = file.FindTensor("output.weight") == nullptr;
+  j["torch_dtype"] = "float32";  // every supported GGUF type is dequantized to f32 at load
+
+  absl::StatusOr<ModelConfig> c = ParseHfConfig(j, absl::StrCat(path, " (GGUF metadata)"));
+  if (!c.ok()) return c.status();
+  c->format = CheckpointFormat::kGguf;
+  c->rope_style = RopeStyle::kInterleaved;
+  return c;
 }
 
 }  // namespace pdserve

@@ -1,4 +1,5 @@
-// Model hyperparameters, read from a Hugging Face config.json or a llama2.c header.
+// Model hyperparameters, read from a Hugging Face config.json, GGUF metadata or a llama2.c
+// header.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,11 @@
 #include "nlohmann/json.hpp"
 
 namespace pdserve {
+
+class GgufFile;
+
+// The checkpoint format a config (and its weights) came from.
+enum class CheckpointFormat { kHuggingFace, kGguf, kLlama2c };
 
 // How RoPE frequencies are scaled for long context ("rope_scaling" in config.json).
 // llama3 is accepted for the Llama family, yarn for DeepSeek (as in their Hugging Face code).
@@ -76,6 +82,7 @@ struct MoeConfig {
 // RoPE width there), rope_style == kInterleaved. For Llama-family configs the MLA fields are 0.
 struct ModelConfig {
   std::string architecture = "LlamaForCausalLM";
+  CheckpointFormat format = CheckpointFormat::kHuggingFace;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
   int64_t num_layers = 0;
@@ -132,5 +139,12 @@ struct ModelConfig {
 absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& json, const std::string& source);
 // Reads and parses `path` (a config.json).
 absl::StatusOr<ModelConfig> LoadHfConfig(const std::string& path);
+
+// The config of a GGUF model of architecture "llama" (other architectures: InvalidArgument
+// naming it). Keys map to their config.json equivalents (llama.block_count is
+// num_hidden_layers, ...), which are then validated as ParseHfConfig does; the vocabulary is
+// tokenizer.ggml.tokens (or llama.vocab_size), embeddings are tied when the file has no
+// output.weight, and rope_style is kInterleaved (see GgufWeightSource).
+absl::StatusOr<ModelConfig> ParseGgufConfig(const GgufFile& file);
 
 }  // namespace pdserve

@@ -471,7 +471,7 @@ SafetensorsFile::SafetensorsFile(std::string path, const std::byte* base, size_t
     : path_(std::move(path)), base_(base), size_(size) {}
 
 SafetensorsFile::~SafetensorsFile() {
-  if (base_ != nullptr) munmap(const_cast<std::byte*>(base_), size_);
+  if (owns_mapping_) munmap(const_cast<std::byte*>(base_), size_);
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
@@ -480,6 +480,15 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return OpenUnchecked(path);
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(absl::StrCat(path, ": ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(
+    std::span<const std::byte> bytes, std::string source_name) {
+  try {
+    return ParseUnchecked(bytes, source_name);
+  } catch (const std::exception& e) {  // allocation failure
+    return absl::ResourceExhaustedError(absl::StrCat(source_name, ": ", e.what()));
   }
 }
 
@@ -514,8 +523,24 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::OpenUnchecked(
   ::close(fd);  // the mapping keeps the file alive
   if (addr == MAP_FAILED) return ErrnoError(mmap_error, path, "cannot mmap");
   Mapping mapping(addr, file_size);
-  const std::byte* base = mapping.data();
+  auto file = ParseUnchecked(std::span<const std::byte>(mapping.data(), file_size), path);
+  if (!file.ok()) return file.status();
+  (*file)->owns_mapping_ = true;
+  mapping.Release();
+  return file;
+}
 
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::ParseUnchecked(
+    std::span<const std::byte> file_bytes, std::string path) {
+  auto invalid = [&path](absl::string_view message) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", message));
+  };
+  const std::byte* base = file_bytes.data();
+  const uint64_t file_size = file_bytes.size();
+  if (file_size < 8) {
+    return invalid(
+        absl::StrCat("file is ", file_size, " bytes, shorter than the 8-byte header length"));
+  }
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) {
     header_size = (header_size << 8) | std::to_integer<uint64_t>(base[i]);
@@ -598,8 +623,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::OpenUnchecked(
     if (!furthest || ranges[i].second > ranges[*furthest].second) furthest = i;
   }
 
-  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(path, base, file_size));
-  mapping.Release();
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(std::move(path), base, file_size));
   file->entries_ = std::move(entries);
   for (size_t i = 0; i < file->entries_.size(); ++i) {
     file->index_.emplace(file->entries_[i].name, i);

@@ -44,10 +44,14 @@ class SafetensorsFile {
   // from errno), InvalidArgument (naming the file and, where relevant, the tensor) when it is
   // malformed.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  // Validates a file already in memory, without copying: `bytes` must outlive the result (and
+  // its entries' data). `source_name` names the file in errors and is path().
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Parse(std::span<const std::byte> bytes,
+                                                                std::string source_name);
 
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
-  ~SafetensorsFile();  // unmaps; entries' data spans dangle afterwards
+  ~SafetensorsFile();  // unmaps what Open mapped; entries' data spans dangle afterwards
 
   const std::string& path() const { return path_; }
   // In file-header order.
@@ -63,12 +67,15 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile(std::string path, const std::byte* base, size_t size);
-  // Open without the exception guard.
+  // Open and Parse without the exception guard.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> OpenUnchecked(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> ParseUnchecked(
+      std::span<const std::byte> file_bytes, std::string path);
 
   std::string path_;
-  const std::byte* base_;  // start of the mapping (nullptr only while Open fails)
-  size_t size_;            // mapped bytes: the whole file
+  const std::byte* base_;      // start of the file's bytes
+  size_t size_;                // the whole file
+  bool owns_mapping_ = false;  // base_ is a mapping Open made, unmapped with this object
   std::vector<SafetensorsEntry> entries_;
   std::map<std::string, size_t, std::less<>> index_;  // name -> position in entries_
   std::map<std::string, std::string> metadata_;

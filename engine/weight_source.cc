@@ -6,7 +6,10 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "gguf/dequantize.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve {
@@ -51,6 +54,42 @@ absl::StatusOr<std::vector<std::string>> ReadShardIndex(const std::string& path)
   return shards;
 }
 
+// Checks a checkpoint tensor's shape (in Hugging Face order) against what the config implies.
+absl::Status CheckShape(const std::string& file, const std::string& tensor,
+                        const std::vector<int64_t>& dims, const Shape& expected,
+                        absl::string_view implied_by) {
+  bool same = static_cast<int>(dims.size()) == expected.rank();
+  for (int i = 0; same && i < expected.rank(); ++i) {
+    same = dims[static_cast<size_t>(i)] == expected[i];
+  }
+  if (same) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(file, ": tensor ", tensor, " has shape ",
+                                                 ShapeString(dims), " but ", implied_by,
+                                                 " implies ", expected.ToString()));
+}
+
+// Puts one checkpoint tensor on `backend` the way the backend keeps weights: a bf16 matrix
+// stays bf16 (copied from `raw`) when the backend keeps bf16 matrices; anything else becomes
+// f32 through `to_f32(float* dst)`. Both checkpoint formats load through here.
+template <typename ToF32>
+absl::StatusOr<Tensor> PlaceWeight(Backend& backend, TensorSource::Use use, const Shape& shape,
+                                   bool stored_bf16, std::span<const std::byte> raw,
+                                   ToF32&& to_f32) {
+  Tensor host;
+  if (use == TensorSource::Use::kMatrix && stored_bf16 &&
+      backend.WeightDType(DType::kBF16) == DType::kBF16) {
+    host = Tensor::EmptyCpu(DType::kBF16, shape);
+    std::memcpy(host.data(), raw.data(), raw.size());
+  } else {
+    host = Tensor::EmptyCpu(DType::kF32, shape);
+    if (absl::Status s = to_f32(host.data_as<float>()); !s.ok()) return s;
+  }
+  if (backend.device() == Device::kCpu) return host;
+  Tensor dev = backend.Allocate(host.dtype(), shape);
+  backend.CopyFromHost(host.data(), dev);
+  return dev;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WeightSource>> WeightSource::Open(const std::string& dir) {
@@ -90,36 +129,96 @@ absl::StatusOr<Tensor> WeightSource::Load(const std::string& name, const Shape& 
                                             expected.ToString(), ")"));
   }
   const auto& [file, entry] = it->second;
-  bool same = static_cast<int>(entry->shape.size()) == expected.rank();
-  for (int i = 0; same && i < expected.rank(); ++i) {
-    same = entry->shape[static_cast<size_t>(i)] == expected[i];
+  if (absl::Status st = CheckShape(file->path(), absl::StrCat("'", name, "'"), entry->shape,
+                                   expected, "config.json");
+      !st.ok()) {
+    return st;
   }
-  if (!same) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file->path(), ": tensor '", name, "' has shape ", ShapeString(entry->shape),
-                     " but config.json implies ", expected.ToString()));
+  return PlaceWeight(backend, use, expected, entry->dtype == DType::kBF16, entry->data,
+                     [&](float* dst) { return file->ReadF32(*entry, dst); });
+}
+
+std::string GgufTensorName(const std::string& hf_name) {
+  static constexpr std::pair<absl::string_view, absl::string_view> kTop[] = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+  };
+  static constexpr std::pair<absl::string_view, absl::string_view> kLayer[] = {
+      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"},
+  };
+  for (const auto& [hf, gguf] : kTop) {
+    if (hf_name == hf) return std::string(gguf);
   }
-  Tensor host;
-  if (use == Use::kMatrix && entry->dtype == DType::kBF16 &&
-      backend.WeightDType(DType::kBF16) == DType::kBF16) {
-    host = Tensor::EmptyCpu(DType::kBF16, expected);
-    std::memcpy(host.data(), entry->data.data(), entry->data.size());
-  } else {
-    host = Tensor::EmptyCpu(DType::kF32, expected);
-    if (absl::Status s = file->ReadF32(*entry, host.data_as<float>()); !s.ok()) return s;
+  // model.layers.<N>.<module>.<weight|bias> -> blk.<N>.<gguf module>.<weight|bias>
+  absl::string_view rest = hf_name;
+  constexpr absl::string_view kPrefix = "model.layers.";
+  if (!absl::StartsWith(rest, kPrefix)) return "";
+  rest.remove_prefix(kPrefix.size());
+  const size_t dot = rest.find('.');
+  const size_t last_dot = rest.rfind('.');
+  uint32_t layer = 0;
+  if (dot == absl::string_view::npos || dot == last_dot ||
+      !absl::SimpleAtoi(rest.substr(0, dot), &layer)) {
+    return "";
   }
-  if (backend.device() == Device::kCpu) return host;
-  Tensor dev = backend.Allocate(host.dtype(), expected);
-  backend.CopyFromHost(host.data(), dev);
-  return dev;
+  const absl::string_view module = rest.substr(dot + 1, last_dot - dot - 1);
+  const absl::string_view suffix = rest.substr(last_dot + 1);
+  if (suffix != "weight" && suffix != "bias") return "";
+  for (const auto& [hf, gguf] : kLayer) {
+    if (module == hf) return absl::StrCat("blk.", layer, ".", gguf, ".", suffix);
+  }
+  return "";
+}
+
+absl::StatusOr<std::unique_ptr<GgufWeightSource>> GgufWeightSource::Open(const std::string& path) {
+  auto file = GgufFile::Open(path);
+  if (!file.ok()) return file.status();
+  return std::make_unique<GgufWeightSource>(*std::move(file));
+}
+
+bool GgufWeightSource::Contains(const std::string& name) const {
+  const std::string gguf_name = GgufTensorName(name);
+  return !gguf_name.empty() && file_->FindTensor(gguf_name) != nullptr;
+}
+
+absl::StatusOr<Tensor> GgufWeightSource::Load(const std::string& name, const Shape& expected,
+                                              Backend& backend, Use use) const {
+  const std::string gguf_name = GgufTensorName(name);
+  const GgufTensorInfo* info = gguf_name.empty() ? nullptr : file_->FindTensor(gguf_name);
+  if (info == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(file_->source_name(), ": missing tensor '",
+                     gguf_name.empty() ? name : absl::StrCat(gguf_name, "' ('", name, "')"),
+                     "' (expected shape ", expected.ToString(), ")"));
+  }
+  const std::string tensor = absl::StrCat("'", gguf_name, "'");
+  // GGUF lists dims innermost first: ne [in, out] is the row-major matrix [out, in].
+  const std::vector<int64_t> dims(info->dims.rbegin(), info->dims.rend());
+  if (absl::Status st = CheckShape(file_->source_name(), tensor, dims, expected, "the metadata");
+      !st.ok()) {
+    return st;
+  }
+  return PlaceWeight(backend, use, expected, info->type == GgmlType::kBF16,
+                     std::as_bytes(info->data), [&](float* dst) -> absl::Status {
+                       absl::Status s =
+                           DequantizeToF32(info->type, info->data, info->num_elements, dst);
+                       if (s.ok()) return s;
+                       return absl::InvalidArgumentError(absl::StrCat(
+                           file_->source_name(), ": tensor ", tensor, ": ", s.message()));
+                     });
 }
 
 Tensor WeightLoader::Load(const std::string& name, const Shape& shape) {
   return Load(name, shape,
-              shape.rank() == 2 ? WeightSource::Use::kMatrix : WeightSource::Use::kVector);
+              shape.rank() == 2 ? TensorSource::Use::kMatrix : TensorSource::Use::kVector);
 }
 
-Tensor WeightLoader::Load(const std::string& name, const Shape& shape, WeightSource::Use use) {
+Tensor WeightLoader::Load(const std::string& name, const Shape& shape, TensorSource::Use use) {
   if (!status_.ok()) return {};
   absl::StatusOr<Tensor> t = source_.Load(name, shape, backend_, use);
   if (!t.ok()) {

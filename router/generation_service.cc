@@ -16,7 +16,7 @@ std::shared_ptr<RequestFlow> CreateFlow(const FlowEnv& env, grpc::CallbackServer
     spdlog::warn("request {}: rejected: {}",
                  request.request_id().empty() ? "(no id)" : request.request_id(),
                  flow.status().ToString());
-    sink->Finish(flow.status(), {}, v1::FinalInfo());
+    sink->Finish(flow.status(), {}, "", v1::FinalInfo());
     return nullptr;
   }
   return *std::move(flow);
@@ -32,14 +32,16 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     if (flow_ != nullptr) flow_->Start();
   }
 
-  void Send(std::span<const int32_t> tokens, std::function<void(bool)> sent) override {
+  void Send(std::span<const int32_t> tokens, std::string text,
+            std::function<void(bool)> sent) override {
     response_.Clear();
     response_.set_request_id(flow_->request_id());
     response_.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response_.set_text(std::move(text));
     sent_ = std::move(sent);
     StartWrite(&response_);
   }
-  void Finish(const absl::Status& status, std::span<const int32_t> tokens,
+  void Finish(const absl::Status& status, std::span<const int32_t> tokens, std::string text,
               const v1::FinalInfo& final_info) override {
     if (!status.ok()) {
       grpc::ServerWriteReactor<v1::GenerateResponse>::Finish(rpc::ToGrpc(status));
@@ -48,6 +50,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     response_.Clear();
     response_.set_request_id(flow_->request_id());
     response_.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response_.set_text(std::move(text));
     *response_.mutable_final() = final_info;
     StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
   }
@@ -76,11 +79,13 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
     if (flow_ != nullptr) flow_->Start();
   }
 
-  void Send(std::span<const int32_t> tokens, std::function<void(bool)> sent) override {
+  void Send(std::span<const int32_t> tokens, std::string text,
+            std::function<void(bool)> sent) override {
     response_->mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response_->mutable_text()->append(text);
     sent(true);
   }
-  void Finish(const absl::Status& status, std::span<const int32_t> tokens,
+  void Finish(const absl::Status& status, std::span<const int32_t> tokens, std::string text,
               const v1::FinalInfo& final_info) override {
     if (!status.ok()) {
       grpc::ServerUnaryReactor::Finish(rpc::ToGrpc(status));
@@ -88,6 +93,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
     }
     response_->set_request_id(flow_->request_id());
     response_->mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response_->mutable_text()->append(text);
     *response_->mutable_final() = final_info;
     grpc::ServerUnaryReactor::Finish(grpc::Status::OK);
   }
@@ -126,6 +132,7 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
         "no worker has reported its model yet: check --prefill/--decode and retry shortly"));
   } else {
     *response = *info;
+    response->set_accepts_text(env_.tokenizer != nullptr);
     reactor->Finish(grpc::Status::OK);
   }
   return reactor;

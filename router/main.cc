@@ -7,6 +7,7 @@
 #include "absl/time/time.h"
 #include "router/router.h"
 #include "spdlog/spdlog.h"
+#include "tokenizer/tokenizer_loader.h"
 
 namespace {
 
@@ -39,7 +40,7 @@ int main(int argc, char** argv) {
       "pdserve-router: the public pdserve.v1.Generation service; routes each request to a "
       "decode worker (most free KV blocks) and a prefill worker (queue depth, prefix affinity)");
   router::RouterConfig config;
-  std::string prefill, decode, prefill_dns, decode_dns, port_file, log_level = "info";
+  std::string prefill, decode, prefill_dns, decode_dns, port_file, tokenizer, log_level = "info";
   std::string dns_refresh = "5s", poll_interval = "250ms", request_timeout = "120s",
               queue_timeout = "10s", drain_grace = "30s";
   app.add_option("--listen", config.listen, "gRPC address (port 0: any free port)")
@@ -81,6 +82,11 @@ int main(int argc, char** argv) {
                  "one compete on prefix-cache affinity")
       ->envname("PDSERVE_ROUTER_AFFINITY_SLACK")
       ->capture_default_str();
+  app.add_option("--tokenizer", tokenizer,
+                 "The model's tokenizer, for text prompts, chat messages, stop strings and text in "
+                 "responses: the model's GGUF file, its tokenizer.json, or its directory "
+                 "(unset: token ids only)")
+      ->envname("PDSERVE_ROUTER_TOKENIZER");
   app.add_option("--port-file", port_file, "Write the bound gRPC port here once listening");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("PDSERVE_LOG_LEVEL")
@@ -109,6 +115,16 @@ int main(int argc, char** argv) {
       {"--drain-grace", &drain_grace, &grace, true}};
   for (const DurationFlag& flag : durations) {
     if (!Parse(flag)) return 2;
+  }
+
+  if (!tokenizer.empty()) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = LoadTokenizer(tokenizer);
+    if (!loaded.ok()) {
+      spdlog::error("--tokenizer: {}", std::string(loaded.status().message()));
+      return 2;
+    }
+    spdlog::info("tokenizer from {}: {} tokens", tokenizer, (*loaded)->vocab_size());
+    config.tokenizer = *std::move(loaded);
   }
 
   absl::StatusOr<std::unique_ptr<router::Router>> router = router::Router::Start(config);

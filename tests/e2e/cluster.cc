@@ -46,11 +46,11 @@ bool Cluster::Start(std::string* error) {
     prefill_addresses_.push_back(absl::StrCat("127.0.0.1:", port));
   }
   int port = 0;
-  router_process_ =
-      Spawn("pdserve-router",
-            {"--listen=127.0.0.1:0", "--prefill=" + absl::StrJoin(prefill_addresses_, ","),
-             "--decode=" + absl::StrJoin(decode_addresses_, ",")},
-            "router", &port, error);
+  std::vector<std::string> router_args = {"--listen=127.0.0.1:0",
+                                          "--prefill=" + absl::StrJoin(prefill_addresses_, ","),
+                                          "--decode=" + absl::StrJoin(decode_addresses_, ",")};
+  if (!options_.tokenizer.empty()) router_args.push_back("--tokenizer=" + options_.tokenizer);
+  router_process_ = Spawn("pdserve-router", router_args, "router", &port, error);
   if (port == 0) return false;
   router_address_ = absl::StrCat("127.0.0.1:", port);
   router_ = v1::Generation::NewStub(

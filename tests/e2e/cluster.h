@@ -20,8 +20,9 @@ struct ClusterOptions {
   std::string model;
   int prefill_workers = 1;
   int decode_workers = 1;
-  int kv_blocks = 256;  // per worker
-  int threads = 1;      // per worker: the test box has 2 cores for everything
+  int kv_blocks = 256;    // per worker
+  int threads = 1;        // per worker: the test box has 2 cores for everything
+  std::string tokenizer{};  // the router's --tokenizer (empty: token ids only)
 };
 
 class Cluster {
