@@ -90,12 +90,17 @@ grpc::Status DecodeService::Decode(grpc::ServerContext* context, const v1::Decod
   const std::string& id = request->request().request_id();
   absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(request->secret());
   if (!secret.ok()) return rpc::ToGrpc(secret.status());
-  serving::EngineRequest req = serving::FromProto(request->request());
-  if (absl::Status s = ValidateRequest(model_.config(), req.prompt, req.sampling, req.stop);
-      !s.ok()) {
-    (void)reservations_.Release(request->reservation_id(), *secret);
-    return rpc::ToGrpc(s);
+  absl::StatusOr<serving::EngineRequest> engine_request = serving::FromProto(request->request());
+  absl::Status valid = engine_request.status();
+  if (valid.ok()) {
+    valid = ValidateRequest(model_.config(), engine_request->prompt, engine_request->sampling,
+                            engine_request->stop);
   }
+  if (!valid.ok()) {
+    (void)reservations_.Release(request->reservation_id(), *secret);
+    return rpc::ToGrpc(valid);
+  }
+  serving::EngineRequest req = *std::move(engine_request);
   if (request->first_token() < 0 || request->first_token() >= model_.config().vocab_size) {
     (void)reservations_.Release(request->reservation_id(), *secret);
     return grpc::Status(

@@ -34,7 +34,9 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext* context,
                                      " does not match this prefill worker's ", info_.fingerprint(),
                                      "; run the same model everywhere"));
   }
-  serving::EngineRequest req = serving::FromProto(request->request());
+  absl::StatusOr<serving::EngineRequest> engine_request = serving::FromProto(request->request());
+  if (!engine_request.ok()) return rpc::ToGrpc(engine_request.status());
+  serving::EngineRequest req = *std::move(engine_request);
   if (absl::Status s = ValidateRequest(model_.config(), req.prompt, req.sampling, req.stop);
       !s.ok()) {
     return rpc::ToGrpc(s);

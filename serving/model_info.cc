@@ -104,7 +104,12 @@ v1::WorkerLoad MakeWorkerLoad(const KvStore& store, int waiting, int running, bo
   return load;
 }
 
-EngineRequest FromProto(const v1::GenerateRequest& request) {
+absl::StatusOr<EngineRequest> FromProto(const v1::GenerateRequest& request) {
+  if (!request.prompt().empty() || request.messages_size() > 0 || request.stop_size() > 0) {
+    return absl::InvalidArgumentError(
+        "workers take prompts as token ids only: send text prompts, chat messages and stop "
+        "strings to the router (pdserve-router --tokenizer=MODEL), which encodes them");
+  }
   EngineRequest r;
   r.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
   const v1::SamplingParams& s = request.sampling();

@@ -46,6 +46,8 @@ struct EngineRequest {
   SamplingParams sampling;
   StopCriteria stop;
 };
-EngineRequest FromProto(const v1::GenerateRequest& request);
+// INVALID_ARGUMENT when the request still holds text (prompt, messages, stop strings): the router
+// encodes those, and workers take token ids only.
+absl::StatusOr<EngineRequest> FromProto(const v1::GenerateRequest& request);
 
 }  // namespace pdserve::serving
