@@ -89,11 +89,15 @@ absl::StatusOr<std::shared_ptr<RequestFlow>> RequestFlow::Create(
   if (!validated.ok()) return validated.status();
   const auto deadline =
       std::min(client_deadline, std::chrono::system_clock::now() + env.options.request_timeout);
-  return std::make_shared<RequestFlow>(env, *std::move(validated), std::move(model), deadline,
-                                       sink);
+  // Stop strings are the router's to apply: workers take ids only.
+  std::vector<std::string> stop_strings(validated->stop().begin(), validated->stop().end());
+  validated->clear_stop();
+  return std::make_shared<RequestFlow>(env, *std::move(validated), std::move(stop_strings),
+                                       std::move(model), deadline, sink);
 }
 
 RequestFlow::RequestFlow(const FlowEnv& env, v1::GenerateRequest request,
+                         std::vector<std::string> stop_strings,
                          std::shared_ptr<const v1::ModelInfo> model,
                          std::chrono::system_clock::time_point deadline, ResponseSink* sink)
     : env_(env),
@@ -102,8 +106,7 @@ RequestFlow::RequestFlow(const FlowEnv& env, v1::GenerateRequest request,
       deadline_(deadline),
       sink_(sink) {
   if (env_.tokenizer != nullptr) {
-    text_ = std::make_unique<TextOutput>(
-        *env_.tokenizer, std::vector<std::string>(request_.stop().begin(), request_.stop().end()));
+    text_ = std::make_unique<TextOutput>(*env_.tokenizer, std::move(stop_strings));
   }
 }
 

@@ -96,7 +96,7 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
 
   // Public for make_shared; use Create.
   RequestFlow(const FlowEnv& env, v1::GenerateRequest request,
-              std::shared_ptr<const v1::ModelInfo> model,
+              std::vector<std::string> stop_strings, std::shared_ptr<const v1::ModelInfo> model,
               std::chrono::system_clock::time_point deadline, ResponseSink* sink);
 
  private:

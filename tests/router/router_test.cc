@@ -112,7 +112,11 @@ class FakeDecode final : public v1::DecodeWorker::Service {
         response.set_finish_reason("length");
         response.set_decode_ms(1.0);
       }
-      if (!writer->Write(response)) return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+      if (!writer->Write(response)) {
+        // The stream was cancelled while this message was on its way.
+        decode_cancelled = context->IsCancelled();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+      }
     }
     return grpc::Status::OK;
   }
@@ -380,7 +384,7 @@ TEST_F(RouterTest, RequestWaitsForKvBlocksWhenEveryDecodeWorkerIsFull) {
 
 TEST_F(RouterTest, ClientCancelMidStreamCancelsTheDecodeStream) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  decode_[0].hang_after = 2;
+  decode_[0].hang_after = 1;  // the first token, then wait for the cancel
   grpc::ClientContext context;
   v1::GenerateResponse message;
   auto reader = GenerateFirst(&context, 10, &message);
