@@ -8,14 +8,13 @@
 
 namespace pdserve::testing_util {
 
-// $PDSERVE_DEFAULT_GGUF, else where scripts/fetch-model.sh caches it ($PDSERVE_CACHE_DIR, else
-// $XDG_CACHE_HOME/pdserve, else ~/.cache/pdserve; then models/SmolLM2-135M-Instruct.Q4_1.gguf).
-inline std::string DefaultGgufPath() {
+// Where scripts/fetch-model.sh keeps models: $PDSERVE_CACHE_DIR, else $XDG_CACHE_HOME/pdserve,
+// else ~/.cache/pdserve; then models/.
+inline std::filesystem::path ModelCacheDir() {
   auto env = [](const char* name) -> const char* {
     const char* v = std::getenv(name);
     return v != nullptr && *v != '\0' ? v : nullptr;
   };
-  if (const char* p = env("PDSERVE_DEFAULT_GGUF")) return p;
   std::filesystem::path cache;
   if (const char* dir = env("PDSERVE_CACHE_DIR")) {
     cache = dir;
@@ -24,7 +23,14 @@ inline std::string DefaultGgufPath() {
   } else {
     cache = std::filesystem::path(env("HOME") ? env("HOME") : "/") / ".cache" / "pdserve";
   }
-  return (cache / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").string();
+  return cache / "models";
+}
+
+// $PDSERVE_DEFAULT_GGUF, else the default model in ModelCacheDir().
+inline std::string DefaultGgufPath() {
+  const char* p = std::getenv("PDSERVE_DEFAULT_GGUF");
+  if (p != nullptr && *p != '\0') return p;
+  return (ModelCacheDir() / "SmolLM2-135M-Instruct.Q4_1.gguf").string();
 }
 
 }  // namespace pdserve::testing_util

@@ -24,18 +24,9 @@ inline std::string DataDir() { return PDSERVE_TOKENIZER_TEST_DATA_DIR; }
 inline const char* const kCommittedTokenizers[] = {"bytelevel", "llama3", "llama2"};
 
 // The SmolLM2 tokenizer.json the goldens script rebuilds from the GGUF into the model cache
-// ($PDSERVE_CACHE_DIR, else $XDG_CACHE_HOME/pdserve, else ~/.cache/pdserve, as
-// scripts/fetch-model.sh); too big to commit.
+// (testing_util::ModelCacheDir()); too big to commit.
 inline std::string SmolLm2TokenizerJson() {
-  std::string cache;
-  if (const char* dir = std::getenv("PDSERVE_CACHE_DIR")) {
-    cache = dir;
-  } else if (const char* xdg = std::getenv("XDG_CACHE_HOME")) {
-    cache = std::string(xdg) + "/pdserve";
-  } else if (const char* home = std::getenv("HOME")) {
-    cache = std::string(home) + "/.cache/pdserve";
-  }
-  return cache + "/models/SmolLM2-135M-Instruct.tokenizer.json";
+  return (testing_util::ModelCacheDir() / "SmolLM2-135M-Instruct.tokenizer.json").string();
 }
 
 inline nlohmann::json ReadJson(const std::string& path) {

@@ -1,0 +1,40 @@
+// The command-line flags both workers share, declared once so their names, defaults and help
+// stay the same in pdserve-prefill and pdserve-decode.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "CLI/CLI.hpp"
+
+namespace pdserve::serving {
+
+struct WorkerFlags {
+  std::string model_path{};
+  std::string listen;  // the default differs per worker
+  int threads = 0;
+  int64_t kv_blocks = 0;
+  int64_t kv_cache_mb = 512;
+  std::string port_file{};
+  std::string log_level = "info";
+};
+
+// Declares --model, --listen, --threads, --kv-blocks, --kv-cache-mb, --port-file and --log-level
+// on `app`, writing into `flags` (whose current values are the defaults shown).
+inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
+  app.add_option("--model", flags.model_path,
+                 "Model: Hugging Face directory, GGUF file or llama2.c .bin")
+      ->required();
+  app.add_option("--listen", flags.listen, "gRPC address (port 0: any free port)")
+      ->capture_default_str();
+  app.add_option("--threads", flags.threads, "Compute threads (0: all cores)")
+      ->capture_default_str();
+  app.add_option("--kv-blocks", flags.kv_blocks, "KV cache blocks (0: from --kv-cache-mb)");
+  app.add_option("--kv-cache-mb", flags.kv_cache_mb, "KV cache size when --kv-blocks is 0")
+      ->capture_default_str();
+  app.add_option("--port-file", flags.port_file, "Write the bound gRPC port here once serving");
+  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
+}
+
+}  // namespace pdserve::serving
