@@ -17,6 +17,7 @@
 #include <span>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
 
 namespace pdserve {
 
@@ -60,10 +61,11 @@ void CheckPagedSeqs(std::span<const PagedSeq> seqs, int64_t num_blocks, int bloc
 // multiple of n_kv_heads: MHA when equal, MQA when n_kv_heads is 1).
 // q and out: [seqs.size(), n_heads * head_dim], row-major; out must not overlap q or the cache.
 // num_threads <= 0 uses every core; small problems run on the calling thread. Results differ
-// between thread counts only by f32 rounding (the context split depends on it).
+// between thread counts only by f32 rounding (the context split depends on it). `isa` picks the
+// compiled variant (kernels/cpu/cpu_kernels.h); it must run on this CPU.
 void PagedDecodeAttention(const float* q, int n_heads, const PagedKv& kv,
                           std::span<const PagedSeq> seqs, float scale, float* out,
-                          int num_threads = 0);
+                          int num_threads = 0, CpuIsa isa = BestCpuIsa());
 // Same contract, plain loops in double; single-threaded.
 void PagedDecodeAttentionReference(const float* q, int n_heads, const PagedKv& kv,
                                    std::span<const PagedSeq> seqs, float scale, float* out);
@@ -83,10 +85,10 @@ void PagedPrefillAttentionReference(const float* q, int n_heads, const PagedKv& 
 // q_lat: [seqs.size(), n_heads, kv_lora_rank] (q_nope already multiplied by W_UK);
 // q_pe: [seqs.size(), n_heads, rope_dim] (already rotated, same pair order as the cached k_pe);
 // o_lat: [seqs.size(), n_heads, kv_lora_rank], to be multiplied by W_UV by the caller.
-// Threads and rounding as PagedDecodeAttention.
+// Threads, rounding and `isa` as PagedDecodeAttention.
 void MlaDecodeAttention(const float* q_lat, const float* q_pe, int n_heads, const MlaCache& cache,
                         std::span<const PagedSeq> seqs, float scale, float* o_lat,
-                        int num_threads = 0);
+                        int num_threads = 0, CpuIsa isa = BestCpuIsa());
 // Same contract, plain loops in double; single-threaded.
 void MlaDecodeAttentionReference(const float* q_lat, const float* q_pe, int n_heads,
                                  const MlaCache& cache, std::span<const PagedSeq> seqs, float scale,

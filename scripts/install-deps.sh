@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs pdserve's build and test dependencies from Debian 12 packages.
+# Installs pdserve's build and test dependencies from Debian 12 packages: the compilers and
+# libraries, Python's venv (the tests' gRPC client and the model fetch use pip), clang-14 with
+# libFuzzer and OpenMP (the fuzz build), and qemu-user (the test that runs the portable build as
+# an older CPU).
 # Idempotent: does nothing when every package is already present.
 set -euo pipefail
 
@@ -8,8 +11,9 @@ PACKAGES=(
   libopenblas-openmp-dev libabsl-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev libpcre2-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
-  python3-venv
-  clang-14 libclang-rt-14-dev
+  python3-venv ca-certificates
+  clang-14 libclang-rt-14-dev libomp-14-dev
+  qemu-user
 )
 
 missing=()

@@ -10,9 +10,10 @@
 
 #include "absl/strings/str_cat.h"
 
-// Inlined so XXH3 compiles with this build's -march (AVX2 where available) rather than the
-// distribution library's baseline SSE2: the checksum runs over every KV byte on both sides.
-#define XXH_INLINE_ALL
+// XXH3 through libxxhash's x86 dispatcher (xxh_x86dispatch.h renames the calls below): the
+// checksum runs over every KV byte on both sides, and the library picks its SSE2, AVX2 or
+// AVX-512 loop for the CPU at run time, so one portable build hashes at the CPU's full speed.
+#include "xxh_x86dispatch.h"
 #include "xxhash.h"
 
 namespace pdserve {

@@ -2,9 +2,6 @@
 
 #include <cblas.h>
 #include <omp.h>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -39,63 +36,31 @@ bool IsHostWeight(const Tensor& t) {
 // many rows a converted f32 panel plus SGEMM is faster.
 constexpr int64_t kMaxGemvRows = 8;
 
-#if defined(__AVX2__) && defined(__FMA__)
-// bf16 -> f32 is a 16-bit left shift of the bit pattern.
-inline __m256 LoadBf16x8(const uint16_t* p) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+// fn(begin, length) over [0, n) in one contiguous chunk per thread (one chunk when small).
+template <typename Fn>
+void ForEachChunk(int threads, int64_t n, Fn fn) {
+  const int64_t chunks = n > kParallelWork ? threads : 1;
+#pragma omp parallel for num_threads(threads) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = n * c / chunks;
+    fn(begin, n * (c + 1) / chunks - begin);
+  }
 }
 
-inline float HorizontalSum(__m256 v) {
-  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  sum = _mm_hadd_ps(sum, sum);
-  sum = _mm_hadd_ps(sum, sum);
-  return _mm_cvtss_f32(sum);
-}
-#endif
-
-// y[r, j] = dot(x[r, :], w[j, :]) for r < m, j in [j0, j1); w is bf16, row-major [n, k].
-// Weight rows are taken kRowsAtOnce at a time so there are always several independent FMA
-// chains in flight (one chain per row would be bound by FMA latency, not memory).
-void GemvBf16Rows(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0, int64_t j1,
-                  float* y, int64_t n) {
-  constexpr int64_t kRowsAtOnce = 4;
-  for (int64_t r = 0; r < m; ++r) {
-    const float* xr = x + r * k;
-    for (int64_t j = j0; j < j1; j += kRowsAtOnce) {
-      const int64_t rows = std::min(kRowsAtOnce, j1 - j);
-      float acc[kRowsAtOnce] = {};
-      int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-      if (rows == kRowsAtOnce) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        const uint16_t* w0 = w + j * k;
-        for (; i + 8 <= k; i += 8) {
-          const __m256 xv = _mm256_loadu_ps(xr + i);
-          a0 = _mm256_fmadd_ps(LoadBf16x8(w0 + i), xv, a0);
-          a1 = _mm256_fmadd_ps(LoadBf16x8(w0 + k + i), xv, a1);
-          a2 = _mm256_fmadd_ps(LoadBf16x8(w0 + 2 * k + i), xv, a2);
-          a3 = _mm256_fmadd_ps(LoadBf16x8(w0 + 3 * k + i), xv, a3);
-        }
-        acc[0] = HorizontalSum(a0);
-        acc[1] = HorizontalSum(a1);
-        acc[2] = HorizontalSum(a2);
-        acc[3] = HorizontalSum(a3);
-      }
-#endif
-      for (int64_t q = 0; q < rows; ++q) {
-        const uint16_t* wq = w + (j + q) * k;
-        for (int64_t t = i; t < k; ++t) acc[q] += BF16ToFloat(wq[t]) * xr[t];
-        y[r * n + j + q] = acc[q];
-      }
-    }
+// A weight row (or embedding row) of f32 or bf16 as f32.
+void RowToF32(const CpuKernels& kernels, const void* src, DType dtype, float* dst, size_t n) {
+  if (dtype == DType::kBF16) {
+    kernels.bf16_to_f32(static_cast<const uint16_t*>(src), dst, n);
+  } else {
+    ConvertToF32(src, dtype, dst, n);
   }
 }
 
 }  // namespace
 
-CpuBackend::CpuBackend(int num_threads)
-    : num_threads_(num_threads > 0 ? num_threads : omp_get_num_procs()) {
+CpuBackend::CpuBackend(int num_threads, std::optional<CpuIsa> isa)
+    : num_threads_(num_threads > 0 ? num_threads : omp_get_num_procs()),
+      kernels_(CpuKernelsFor(isa.value_or(BestCpuIsa()))) {
   openblas_set_num_threads(num_threads_);
 }
 
@@ -120,9 +85,9 @@ void CpuBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tensor
   PDSERVE_KERNEL_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && Cols(out) == d);
   for (size_t i = 0; i < ids.size(); ++i) {
     PDSERVE_KERNEL_CHECK(ids[i] >= 0 && ids[i] < table.dim(0));
-    ConvertToF32(static_cast<const char*>(table.data()) + static_cast<size_t>(ids[i]) * row_bytes,
-                 table.dtype(), out.data_as<float>() + static_cast<int64_t>(i) * d,
-                 static_cast<size_t>(d));
+    RowToF32(
+        kernels_, static_cast<const char*>(table.data()) + static_cast<size_t>(ids[i]) * row_bytes,
+        table.dtype(), out.data_as<float>() + static_cast<int64_t>(i) * d, static_cast<size_t>(d));
   }
 }
 
@@ -160,7 +125,7 @@ void CpuBackend::LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t
     const int64_t chunk = 16;
 #pragma omp parallel for num_threads(num_threads_) schedule(static) if (m * n * k > kParallelWork)
     for (int64_t j0 = 0; j0 < n; j0 += chunk) {
-      GemvBf16Rows(x, m, w, k, j0, std::min(n, j0 + chunk), y, n);
+      kernels_.gemv_bf16(x, m, w, k, j0, std::min(n, j0 + chunk), y, n);
     }
     return;
   }
@@ -174,7 +139,7 @@ void CpuBackend::LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t
   constexpr int64_t kChunk = 1 << 14;
 #pragma omp parallel for num_threads(num_threads_) schedule(static)
   for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
-    ConvertToF32(w + i0, DType::kBF16, wf + i0, static_cast<size_t>(std::min(kChunk, count - i0)));
+    kernels_.bf16_to_f32(w + i0, wf + i0, static_cast<size_t>(std::min(kChunk, count - i0)));
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), 1.0f, x, static_cast<int>(k), wf, static_cast<int>(k), 0.0f, y,
@@ -188,12 +153,7 @@ void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tenso
   const float* w = weight.data_as<float>();
 #pragma omp parallel for num_threads(num_threads_) if (x.numel() > kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x.data_as<float>() + r * d;
-    float* yr = y.data_as<float>() + r * d;
-    float ss = 0.0f;
-    for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
-    for (int64_t i = 0; i < d; ++i) yr[i] = xr[i] * inv * w[i];
+    kernels_.rms_norm(x.data_as<float>() + r * d, w, d, eps, y.data_as<float>() + r * d);
   }
 }
 
@@ -215,17 +175,8 @@ void CpuBackend::Rope(Tensor& x, int n_heads, int head_dim, std::span<const int3
       cos_t[static_cast<size_t>(i)] = std::cos(angle) * rope.attention_factor;
       sin_t[static_cast<size_t>(i)] = std::sin(angle) * rope.attention_factor;
     }
-    for (int h = 0; h < n_heads; ++h) {
-      float* v = x.data_as<float>() + r * Cols(x) + static_cast<int64_t>(h) * head_dim;
-      for (int i = 0; i < half; ++i) {
-        const int a = rope.style == RopeStyle::kInterleaved ? 2 * i : i;
-        const int b = rope.style == RopeStyle::kInterleaved ? 2 * i + 1 : i + half;
-        const float c = cos_t[static_cast<size_t>(i)], s = sin_t[static_cast<size_t>(i)];
-        const float x0 = v[a], x1 = v[b];
-        v[a] = x0 * c - x1 * s;
-        v[b] = x0 * s + x1 * c;
-      }
-    }
+    kernels_.rope(x.data_as<float>() + r * Cols(x), n_heads, head_dim, cos_t.data(), sin_t.data(),
+                  half, rope.style);
   }
 }
 
@@ -236,8 +187,8 @@ void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const float* g = gate.data_as<float>();
   const float* u = up.data_as<float>();
   float* o = out.data_as<float>();
-#pragma omp parallel for num_threads(num_threads_) if (n > kParallelWork)
-  for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  ForEachChunk(num_threads_, n,
+               [&](int64_t i0, int64_t len) { kernels_.silu_mul(g + i0, u + i0, o + i0, len); });
 }
 
 void CpuBackend::Add(Tensor& x, const Tensor& y) {
@@ -245,8 +196,8 @@ void CpuBackend::Add(Tensor& x, const Tensor& y) {
   const int64_t n = x.numel();
   float* xp = x.data_as<float>();
   const float* yp = y.data_as<float>();
-#pragma omp parallel for num_threads(num_threads_) if (n > kParallelWork)
-  for (int64_t i = 0; i < n; ++i) xp[i] += yp[i];
+  ForEachChunk(num_threads_, n,
+               [&](int64_t i0, int64_t len) { kernels_.add(xp + i0, yp + i0, len); });
 }
 
 void CpuBackend::ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int b_heads,
@@ -387,7 +338,7 @@ void CpuBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Ten
   const MlaCache cache{view.data, view.num_blocks, static_cast<int>(view.block_size),
                        shape.kv_lora_rank, shape.rope_dim};
   MlaDecodeAttention(q_lat.data_as<float>(), q_pe.data_as<float>(), shape.n_heads, cache, paged,
-                     shape.scale, o_lat.data_as<float>(), num_threads_);
+                     shape.scale, o_lat.data_as<float>(), num_threads_, kernels_.isa);
 }
 
 void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
@@ -418,7 +369,7 @@ void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& 
     const PagedKv kv{kp.data,          vp.data, kp.num_blocks, static_cast<int>(kp.block_size),
                      shape.n_kv_heads, hd};
     PagedDecodeAttention(q.data_as<float>(), shape.n_heads, kv, paged, shape.scale,
-                         out.data_as<float>(), num_threads_);
+                         out.data_as<float>(), num_threads_, kernels_.isa);
     return;
   }
 
@@ -484,10 +435,8 @@ void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& 
         float* sr = scores.data() + r * context;
         const int64_t visible = s.start_pos + it.t0 + r + 1;
         const float mx = *std::max_element(sr, sr + visible);
-        float sum = 0.0f;
-        for (int64_t p = 0; p < visible; ++p) sum += (sr[p] = std::exp(sr[p] - mx));
+        denom[static_cast<size_t>(r)] = kernels_.exp_shifted_sum(sr, visible, mx);
         std::fill(sr + visible, sr + context, 0.0f);
-        denom[static_cast<size_t>(r)] = sum;
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, vd, ctx, 1.0f, scores.data(),
                   ctx, vh, static_cast<int>(v_width), 0.0f, oh, static_cast<int>(o_width));

@@ -1,19 +1,25 @@
-// Backend on host memory: f32 compute, OpenBLAS for GEMM, OpenMP threads for the rest.
+// Backend on host memory: f32 compute, OpenBLAS for GEMM (which picks its own kernels for the
+// CPU at run time), OpenMP threads for the rest, run-time dispatched SIMD kernels.
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
 
 namespace pdserve {
 
 class CpuBackend final : public Backend {
  public:
-  // num_threads <= 0 uses every available core.
-  explicit CpuBackend(int num_threads = 0);
+  // num_threads <= 0 uses every available core. `isa` picks the compiled kernel variant
+  // (kernels/cpu/cpu_kernels.h), by default the best this CPU runs; a given one must run here
+  // (check with CheckCpuIsaSupported first: an unsupported one aborts).
+  explicit CpuBackend(int num_threads = 0, std::optional<CpuIsa> isa = std::nullopt);
 
   Device device() const override { return Device::kCpu; }
   int num_threads() const override { return num_threads_; }
+  CpuIsa isa() const { return kernels_.isa; }
 
   // bf16 checkpoints stay bf16 (converted to f32 inside the GEMV/GEMM); others become f32.
   DType WeightDType(DType checkpoint_dtype) const override;
@@ -51,6 +57,7 @@ class CpuBackend final : public Backend {
   void LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, float* y);
 
   int num_threads_;
+  const CpuKernels& kernels_;
   std::vector<float> bf16_scratch_;           // f32 copy of a bf16 weight for prefill-sized GEMMs
   std::vector<float> k_scratch_, v_scratch_;  // prefill attention's gathered contexts
 };

@@ -1,0 +1,393 @@
+// The hot CPU kernels, written once against kernels/cpu/simd.h and compiled once per x86-64
+// level (CMake builds this file three times with PDSERVE_SIMD_LEVEL 2, 3 and 4; each
+// compilation defines CpuKernelsV<level>()). The dispatcher in cpu_kernels.cc picks one at run
+// time. Every kernel here has a plain reference that the parity tests
+// (tests/kernels/cpu_kernels_test.cc) run each compiled level against.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/backend.h"
+#include "kernels/convert.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/grouped_decode.h"
+#include "kernels/paged_attention.h"
+// Last: opens the region compiled for PDSERVE_SIMD_LEVEL (closed by simd_end.h below).
+#include "kernels/cpu/simd.h"
+
+#define PDSERVE_CONCAT_(a, b) a##b
+#define PDSERVE_CONCAT(a, b) PDSERVE_CONCAT_(a, b)
+#define PDSERVE_LEVEL_NAMESPACE PDSERVE_CONCAT(level, PDSERVE_SIMD_LEVEL)
+
+namespace pdserve {
+namespace PDSERVE_LEVEL_NAMESPACE {
+namespace {
+
+using simd::F;
+using simd::kLanes;
+
+// ---- Dot products and row updates (decode attention, GEMV) ----
+
+// out[j] = q[j * n : (j + 1) * n] · k for j < 4: four independent FMA chains sharing each load
+// of k.
+inline void Dot4(const float* q, const float* k, int64_t n, float* out) {
+  F a0 = simd::Zero(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const F kv = simd::Load(k + i);
+    a0 = simd::MulAdd(simd::Load(q + i), kv, a0);
+    a1 = simd::MulAdd(simd::Load(q + n + i), kv, a1);
+    a2 = simd::MulAdd(simd::Load(q + 2 * n + i), kv, a2);
+    a3 = simd::MulAdd(simd::Load(q + 3 * n + i), kv, a3);
+  }
+  float r[4] = {simd::ReduceAdd(a0), simd::ReduceAdd(a1), simd::ReduceAdd(a2), simd::ReduceAdd(a3)};
+  for (; i < n; ++i) {
+    for (int j = 0; j < 4; ++j) r[j] += q[j * n + i] * k[i];
+  }
+  for (int j = 0; j < 4; ++j) out[j] = r[j];
+}
+
+inline float Dot(const float* q, const float* k, int64_t n) {
+  F a0 = simd::Zero(), a1 = a0;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    a0 = simd::MulAdd(simd::Load(q + i), simd::Load(k + i), a0);
+    a1 = simd::MulAdd(simd::Load(q + i + kLanes), simd::Load(k + i + kLanes), a1);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    a0 = simd::MulAdd(simd::Load(q + i), simd::Load(k + i), a0);
+  }
+  float r = simd::ReduceAdd(simd::Add(a0, a1));
+  for (; i < n; ++i) r += q[i] * k[i];
+  return r;
+}
+
+// acc[i] += Σ_t p[t] * v[t * stride + i] for i < n, t < rows. Four accumulator registers per
+// pass keep four independent FMA chains in flight.
+inline void AccumulateRows(const float* p, const float* v, int64_t stride, int rows, int64_t n,
+                           float* acc) {
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    F a0 = simd::Load(acc + i), a1 = simd::Load(acc + i + kLanes);
+    F a2 = simd::Load(acc + i + 2 * kLanes), a3 = simd::Load(acc + i + 3 * kLanes);
+    for (int t = 0; t < rows; ++t) {
+      const F pt = simd::Set1(p[t]);
+      const float* vt = v + t * stride + i;
+      a0 = simd::MulAdd(pt, simd::Load(vt), a0);
+      a1 = simd::MulAdd(pt, simd::Load(vt + kLanes), a1);
+      a2 = simd::MulAdd(pt, simd::Load(vt + 2 * kLanes), a2);
+      a3 = simd::MulAdd(pt, simd::Load(vt + 3 * kLanes), a3);
+    }
+    simd::Store(acc + i, a0);
+    simd::Store(acc + i + kLanes, a1);
+    simd::Store(acc + i + 2 * kLanes, a2);
+    simd::Store(acc + i + 3 * kLanes, a3);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    F a = simd::Load(acc + i);
+    for (int t = 0; t < rows; ++t) {
+      a = simd::MulAdd(simd::Set1(p[t]), simd::Load(v + t * stride + i), a);
+    }
+    simd::Store(acc + i, a);
+  }
+  for (; i < n; ++i) {
+    float a = acc[i];
+    for (int t = 0; t < rows; ++t) a += p[t] * v[t * stride + i];
+    acc[i] = a;
+  }
+}
+
+float ExpShiftedSum(float* s, int64_t n, float shift) {
+  F acc = simd::Zero();
+  const F sh = simd::Set1(shift);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const F e = simd::Exp(simd::Sub(simd::Load(s + i), sh));
+    simd::Store(s + i, e);
+    acc = simd::Add(acc, e);
+  }
+  float sum = simd::ReduceAdd(acc);
+  for (; i < n; ++i) sum += (s[i] = std::exp(s[i] - shift));
+  return sum;
+}
+
+// Weight rows are taken kRowsAtOnce at a time so there are always several independent FMA
+// chains in flight (one chain per row would be bound by FMA latency, not memory).
+void GemvBf16(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0, int64_t j1,
+              float* y, int64_t n) {
+  constexpr int64_t kRowsAtOnce = 4;
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * k;
+    for (int64_t j = j0; j < j1; j += kRowsAtOnce) {
+      const int64_t rows = std::min(kRowsAtOnce, j1 - j);
+      float acc[kRowsAtOnce] = {};
+      int64_t i = 0;
+      if (rows == kRowsAtOnce) {
+        F a0 = simd::Zero(), a1 = a0, a2 = a0, a3 = a0;
+        const uint16_t* w0 = w + j * k;
+        for (; i + kLanes <= k; i += kLanes) {
+          const F xv = simd::Load(xr + i);
+          a0 = simd::MulAdd(simd::LoadBf16(w0 + i), xv, a0);
+          a1 = simd::MulAdd(simd::LoadBf16(w0 + k + i), xv, a1);
+          a2 = simd::MulAdd(simd::LoadBf16(w0 + 2 * k + i), xv, a2);
+          a3 = simd::MulAdd(simd::LoadBf16(w0 + 3 * k + i), xv, a3);
+        }
+        acc[0] = simd::ReduceAdd(a0);
+        acc[1] = simd::ReduceAdd(a1);
+        acc[2] = simd::ReduceAdd(a2);
+        acc[3] = simd::ReduceAdd(a3);
+      }
+      for (int64_t q = 0; q < rows; ++q) {
+        const uint16_t* wq = w + (j + q) * k;
+        for (int64_t t = i; t < k; ++t) acc[q] += BF16ToFloat(wq[t]) * xr[t];
+        y[r * n + j + q] = acc[q];
+      }
+    }
+  }
+}
+
+// ---- Paged decode attention: one work item (see grouped_decode.h) ----
+
+// Pages are scattered, so the hardware prefetcher loses the stream at every block boundary:
+// while group g of one tile computes, ask for group g's slices of the next tile's K and V rows
+// (spread over the group loop so the requests do not arrive as one burst).
+struct NextTile {
+  int64_t first = -1;  // float offset of the next tile's first row; -1 when there is none
+  int64_t rows = 0;
+};
+
+NextTile FindNextTile(const GroupedDecode& p, const PagedSeq& seq, int64_t t, int64_t end) {
+  if (t >= end) return {};
+  const int64_t bs = p.block_size;
+  const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
+  return {(block * bs + t % bs) * p.row_stride,
+          std::min({int64_t{kDecodeTile}, bs - t % bs, end - t})};
+}
+
+void PrefetchGroupSlice(const GroupedDecode& p, const NextTile& next, int g, int64_t bytes) {
+  if (next.first < 0) return;
+  for (int64_t r = 0; r < next.rows; ++r) {
+    const int64_t off = next.first + r * p.row_stride + g * p.group_offset;
+    for (int64_t b = 0; b < bytes; b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(p.k + off) + b, 0, 3);
+      if (p.v != p.k) __builtin_prefetch(reinterpret_cast<const char*>(p.v + off) + b, 0, 3);
+    }
+  }
+}
+
+// Attends every head to tokens [t0, t1) and leaves (max, sum, acc) in ws.
+void DecodeAttentionItem(const GroupedDecode& p, const PagedSeq& seq, const DecodeItem& it,
+                         DecodeWorkspace& ws) {
+  const int g_size = p.group_size;
+  const int64_t dk = p.da + p.db;
+  const int64_t n_heads = static_cast<int64_t>(p.n_groups) * g_size;
+  ws.q.resize(static_cast<size_t>(n_heads * dk));
+  ws.scores.resize(static_cast<size_t>(g_size) * kDecodeTile);
+  ws.acc.assign(static_cast<size_t>(n_heads * p.dv), 0.0f);
+  ws.max.assign(static_cast<size_t>(n_heads), -std::numeric_limits<float>::infinity());
+  ws.sum.assign(static_cast<size_t>(n_heads), 0.0f);
+  for (int64_t j = 0; j < n_heads; ++j) {
+    const int64_t head = it.seq * n_heads + j;
+    float* qj = ws.q.data() + j * dk;
+    for (int i = 0; i < p.da; ++i) qj[i] = p.qa[head * p.da + i] * p.scale;
+    for (int i = 0; i < p.db; ++i) qj[p.da + i] = p.qb[head * p.db + i] * p.scale;
+  }
+
+  const int64_t bs = p.block_size;
+  for (int64_t t = it.t0; t < it.t1;) {
+    const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
+    const int64_t slot = t % bs;
+    const int rows = static_cast<int>(std::min({int64_t{kDecodeTile}, bs - slot, it.t1 - t}));
+    const NextTile next = FindNextTile(p, seq, t + rows, it.t1);
+    for (int g = 0; g < p.n_groups; ++g) {
+      PrefetchGroupSlice(p, next, g, std::max<int64_t>(dk, p.dv) * int64_t{sizeof(float)});
+      const int64_t first = (block * bs + slot) * p.row_stride + g * p.group_offset;
+      const float* k = p.k + first;
+      const float* v = p.v + first;
+      const float* q = ws.q.data() + static_cast<int64_t>(g) * g_size * dk;
+      const int64_t h0 = static_cast<int64_t>(g) * g_size;  // first head of the group
+
+      // Scores of the tile, [G, rows] at stride kDecodeTile.
+      for (int r = 0; r < rows; ++r) {
+        const float* kr = k + r * p.row_stride;
+        int j = 0;
+        for (; j + 4 <= g_size; j += 4) {
+          float s[4];
+          Dot4(q + j * dk, kr, dk, s);
+          for (int u = 0; u < 4; ++u)
+            ws.scores[static_cast<size_t>((j + u) * kDecodeTile + r)] = s[u];
+        }
+        for (; j < g_size; ++j) {
+          ws.scores[static_cast<size_t>(j * kDecodeTile + r)] = Dot(q + j * dk, kr, dk);
+        }
+      }
+      // Online softmax: rescale each head's running state to the new max, then add the tile.
+      for (int j = 0; j < g_size; ++j) {
+        float* s = ws.scores.data() + j * kDecodeTile;
+        const size_t h = static_cast<size_t>(h0 + j);
+        float* acc = ws.acc.data() + static_cast<int64_t>(h) * p.dv;
+        const float old_max = ws.max[h];
+        const float new_max = std::max(old_max, *std::max_element(s, s + rows));
+        const float tile_sum = ExpShiftedSum(s, rows, new_max);
+        if (new_max != old_max) {
+          const float alpha = std::exp(old_max - new_max);  // 0 on the first tile
+          ws.sum[h] *= alpha;
+          for (int i = 0; i < p.dv; ++i) acc[i] *= alpha;
+          ws.max[h] = new_max;
+        }
+        ws.sum[h] += tile_sum;
+        AccumulateRows(s, v, p.row_stride, rows, p.dv, acc);
+      }
+    }
+    t += rows;
+  }
+}
+
+// ---- Elementwise and row kernels ----
+
+void RmsNorm(const float* x, const float* weight, int64_t d, float eps, float* y) {
+  F acc0 = simd::Zero(), acc1 = acc0;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= d; i += 2 * kLanes) {
+    const F a = simd::Load(x + i), b = simd::Load(x + i + kLanes);
+    acc0 = simd::MulAdd(a, a, acc0);
+    acc1 = simd::MulAdd(b, b, acc1);
+  }
+  float ss = simd::ReduceAdd(simd::Add(acc0, acc1));
+  for (; i < d; ++i) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+  const F vinv = simd::Set1(inv);
+  i = 0;
+  for (; i + kLanes <= d; i += kLanes) {
+    simd::Store(y + i, simd::Mul(simd::Mul(simd::Load(x + i), vinv), simd::Load(weight + i)));
+  }
+  for (; i < d; ++i) y[i] = x[i] * inv * weight[i];
+}
+
+void Rope(float* row, int n_heads, int head_dim, const float* cos, const float* sin, int half,
+          RopeStyle style) {
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = row + static_cast<int64_t>(h) * head_dim;
+    if (style == RopeStyle::kHalfSplit) {
+      // Pairs (v[i], v[i + half]): two contiguous halves, rotated lane by lane.
+      int i = 0;
+      for (; i + kLanes <= half; i += kLanes) {
+        const F x0 = simd::Load(v + i), x1 = simd::Load(v + half + i);
+        const F c = simd::Load(cos + i), s = simd::Load(sin + i);
+        simd::Store(v + i, simd::NegMulAdd(x1, s, simd::Mul(x0, c)));
+        simd::Store(v + half + i, simd::MulAdd(x0, s, simd::Mul(x1, c)));
+      }
+      for (; i < half; ++i) {
+        const float x0 = v[i], x1 = v[i + half];
+        v[i] = x0 * cos[i] - x1 * sin[i];
+        v[i + half] = x0 * sin[i] + x1 * cos[i];
+      }
+    } else {
+      // Interleaved pairs (v[2i], v[2i+1]); rotary dims are few (DeepSeek's 64), left to the
+      // compiler's vectorizer for this level.
+      for (int i = 0; i < half; ++i) {
+        const float x0 = v[2 * i], x1 = v[2 * i + 1];
+        v[2 * i] = x0 * cos[i] - x1 * sin[i];
+        v[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+      }
+    }
+  }
+}
+
+void SiluMul(const float* gate, const float* up, float* out, int64_t n) {
+  const F one = simd::Set1(1.0f);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const F g = simd::Load(gate + i);
+    const F e = simd::Exp(simd::Sub(simd::Zero(), g));  // exp(-g), clamped: no inf / NaN
+    simd::Store(out + i, simd::Mul(simd::Div(g, simd::Add(one, e)), simd::Load(up + i)));
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void Add(float* x, const float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    simd::Store(x + i, simd::Add(simd::Load(x + i), simd::Load(y + i)));
+  }
+  for (; i < n; ++i) x[i] += y[i];
+}
+
+// ---- Conversions ----
+
+void Bf16ToF32(const uint16_t* src, float* dst, size_t n) {
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) simd::Store(dst + i, simd::LoadBf16(src + i));
+  for (; i < n; ++i) dst[i] = BF16ToFloat(src[i]);
+}
+
+void F16ToF32(const uint16_t* src, float* dst, size_t n) {
+  size_t i = 0;
+  if constexpr (simd::kHasF16) {
+    for (; i + kLanes <= n; i += kLanes) simd::Store(dst + i, simd::LoadF16(src + i));
+  }
+  for (; i < n; ++i) dst[i] = HalfToFloat(src[i]);
+}
+
+// GGML blocks (gguf/dequantize.h): fp16 scale d (and min m for Q4_1), then 32 quants. Plain
+// loops of 32 that the compiler vectorizes for this level.
+uint16_t Half(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+void Dequantize(QuantBlockType type, const uint8_t* src, int64_t blocks, float* dst) {
+  for (int64_t b = 0; b < blocks; ++b, dst += 32) {
+    const float d = HalfToFloat(Half(src));
+    switch (type) {
+      case QuantBlockType::kQ8_0: {
+        const int8_t* q = reinterpret_cast<const int8_t*>(src + 2);
+        for (int i = 0; i < 32; ++i) dst[i] = static_cast<float>(q[i]) * d;
+        src += 34;
+        break;
+      }
+      case QuantBlockType::kQ4_0: {
+        const uint8_t* qs = src + 2;
+        for (int i = 0; i < 16; ++i) {
+          dst[i] = static_cast<float>((qs[i] & 0x0f) - 8) * d;
+          dst[i + 16] = static_cast<float>((qs[i] >> 4) - 8) * d;
+        }
+        src += 18;
+        break;
+      }
+      case QuantBlockType::kQ4_1: {
+        const float m = HalfToFloat(Half(src + 2));
+        const uint8_t* qs = src + 4;
+        for (int i = 0; i < 16; ++i) {
+          dst[i] = static_cast<float>(qs[i] & 0x0f) * d + m;
+          dst[i + 16] = static_cast<float>(qs[i] >> 4) * d + m;
+        }
+        src += 20;
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const CpuKernels& Kernels() {
+  static constexpr CpuKernels kKernels{
+      .isa = static_cast<CpuIsa>(PDSERVE_SIMD_LEVEL),
+      .f32_lanes = kLanes,
+      .gemv_bf16 = GemvBf16,
+      .decode_attention_item = DecodeAttentionItem,
+      .exp_shifted_sum = ExpShiftedSum,
+      .rms_norm = RmsNorm,
+      .rope = Rope,
+      .silu_mul = SiluMul,
+      .add = Add,
+      .bf16_to_f32 = Bf16ToF32,
+      .f16_to_f32 = F16ToF32,
+      .dequantize = Dequantize,
+  };
+  return kKernels;
+}
+
+}  // namespace PDSERVE_LEVEL_NAMESPACE
+}  // namespace pdserve
+
+#include "kernels/cpu/simd_end.h"
