@@ -102,7 +102,10 @@ int RunGenerate(const GenerateOptions& options) {
     if (!ids.ok()) return Fail(ids.status());
     prompt = *std::move(ids);
   }
-  CpuBackend backend(options.threads);
+  absl::StatusOr<CpuIsa> isa = ResolveCpuIsa(options.cpu_isa);
+  if (!isa.ok()) return Fail(isa.status());
+  if (options.verbose) std::fprintf(stderr, "%s\n", DescribeCpuKernels(*isa).c_str());
+  CpuBackend backend(options.threads, *isa);
   auto model = LoadModel(options.model, backend);
   if (!model.ok()) return Fail(model.status());
   auto result = Generate(**model, prompt, options.sampling, options.stop);

@@ -20,7 +20,8 @@ struct GenerateOptions {
   SamplingParams sampling;
   StopCriteria stop;
   int threads = 0;
-  bool verbose = false;  // timings on stderr
+  std::string cpu_isa;   // "" = the best this CPU supports (kernels/cpu/cpu_kernels.h)
+  bool verbose = false;  // the CPU kernels and timings on stderr
 };
 int RunGenerate(const GenerateOptions& options);
 

@@ -38,7 +38,10 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   generate->add_flag("--ignore-eos", gen.stop.ignore_eos, "Do not stop at the model's EOS ids");
   generate->add_option("--threads", gen.threads, "Compute threads (0 = all cores)")->default_val(0);
-  generate->add_flag("-v,--verbose", gen.verbose, "Print timings to stderr");
+  generate->add_option("--cpu-isa", gen.cpu_isa,
+                       "CPU kernels: x86-64-v2 (SSE4.2), x86-64-v3 (AVX2) or x86-64-v4 "
+                       "(AVX-512); default: the best this CPU supports");
+  generate->add_flag("-v,--verbose", gen.verbose, "Print the CPU kernels and timings to stderr");
 
   SynthOptions synth;
   CLI::App* synth_cmd =

@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
 
   absl::StatusOr<serving::ServedModel> served =
-      serving::LoadServedModel(flags.model_path, flags.threads);
+      serving::LoadServedModel(flags.model_path, flags.threads, flags.cpu_isa);
   if (!served.ok()) {
     spdlog::error("{}", served.status().ToString());
     return 1;

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -10,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gguf/dequantize.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve {
@@ -186,6 +188,34 @@ bool GgufWeightSource::Contains(const std::string& name) const {
   return !gguf_name.empty() && file_->FindTensor(gguf_name) != nullptr;
 }
 
+namespace {
+
+// A GGUF tensor as f32: the 32-element quantized blocks through the CPU kernels dispatched for
+// this machine (exactly equal to gguf's reference decoder, tests/kernels/cpu_kernels_test.cc),
+// everything else through the reference; both after the same size checks.
+absl::Status DequantizeTensor(const GgufTensorInfo& t, float* dst) {
+  std::optional<QuantBlockType> block;
+  switch (t.type) {
+    case GgmlType::kQ8_0:
+      block = QuantBlockType::kQ8_0;
+      break;
+    case GgmlType::kQ4_0:
+      block = QuantBlockType::kQ4_0;
+      break;
+    case GgmlType::kQ4_1:
+      block = QuantBlockType::kQ4_1;
+      break;
+    default:
+      return DequantizeToF32(t.type, t.data, t.num_elements, dst);
+  }
+  absl::StatusOr<int64_t> blocks = DequantizeBlockCount(t.type, t.data, t.num_elements);
+  if (!blocks.ok()) return blocks.status();
+  BestCpuKernels().dequantize(*block, t.data.data(), *blocks, dst);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<Tensor> GgufWeightSource::Load(const std::string& name, const Shape& expected,
                                               Backend& backend, Use use) const {
   const std::string gguf_name = GgufTensorName(name);
@@ -205,8 +235,7 @@ absl::StatusOr<Tensor> GgufWeightSource::Load(const std::string& name, const Sha
   }
   return PlaceWeight(backend, use, expected, info->type == GgmlType::kBF16,
                      std::as_bytes(info->data), [&](float* dst) -> absl::Status {
-                       absl::Status s =
-                           DequantizeToF32(info->type, info->data, info->num_elements, dst);
+                       absl::Status s = DequantizeTensor(*info, dst);
                        if (s.ok()) return s;
                        return absl::InvalidArgumentError(absl::StrCat(
                            file_->source_name(), ": tensor ", tensor, ": ", s.message()));

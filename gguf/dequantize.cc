@@ -91,8 +91,8 @@ float HalfBitsToFloat(uint16_t h) {
 
 bool CanDequantize(GgmlType type) { return FindDecoder(type) != nullptr; }
 
-absl::Status DequantizeToF32(GgmlType type, std::span<const uint8_t> src, int64_t elements,
-                             float* dst) {
+absl::StatusOr<int64_t> DequantizeBlockCount(GgmlType type, std::span<const uint8_t> src,
+                                             int64_t elements) {
   const GgmlTypeTraits* traits = FindGgmlType(static_cast<uint32_t>(type));
   const Decoder* decoder = FindDecoder(type);
   if (traits == nullptr || decoder == nullptr) {
@@ -116,7 +116,14 @@ absl::Status DequantizeToF32(GgmlType type, std::span<const uint8_t> src, int64_
         absl::StrCat(elements, " ", traits->name, " elements take ", blocks, " blocks of ",
                      traits->block_bytes, " bytes, but the data is ", src.size(), " bytes"));
   }
-  if (blocks > 0) decoder->decode(src.data(), blocks, *traits, dst);
+  return blocks;
+}
+
+absl::Status DequantizeToF32(GgmlType type, std::span<const uint8_t> src, int64_t elements,
+                             float* dst) {
+  absl::StatusOr<int64_t> blocks = DequantizeBlockCount(type, src, elements);
+  if (!blocks.ok()) return blocks.status();
+  if (*blocks > 0) FindDecoder(type)->decode(src.data(), *blocks, TraitsOf(type), dst);
   return absl::OkStatus();
 }
 

@@ -13,6 +13,7 @@
 #include <span>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "gguf/gguf_file.h"
 
 namespace pdserve {
@@ -20,7 +21,14 @@ namespace pdserve {
 // Whether DequantizeToF32 handles `type`.
 bool CanDequantize(GgmlType type);
 
-// Decodes `elements` values of `type` from `src` into dst (room for `elements` floats).
+// The number of blocks `elements` values of `type` take, once checked against `src`: the
+// checks of DequantizeToF32 below (same errors), without decoding.
+absl::StatusOr<int64_t> DequantizeBlockCount(GgmlType type, std::span<const uint8_t> src,
+                                             int64_t elements);
+
+// Decodes `elements` values of `type` from `src` into dst (room for `elements` floats). Plain
+// per-block loops: the reference that the run-time dispatched CPU kernels that the model loader
+// uses for Q8_0/Q4_0/Q4_1 (kernels/cpu/cpu_kernels.h) are tested against.
 // InvalidArgument when the type is not supported (the message names it and lists those that
 // are), when `elements` is not a whole number of blocks, or when `src` is not exactly the
 // bytes those blocks take. `src` needs no alignment.

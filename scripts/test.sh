@@ -9,6 +9,8 @@ scripts/build.sh release
 # skip here for want of it.
 scripts/fetch-model.sh >/dev/null
 export PDSERVE_REQUIRE_DEFAULT_MODEL=1
+# The portable build is run as older CPUs under qemu-user (installed by install-deps.sh).
+export PDSERVE_REQUIRE_QEMU=1
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 
 # Reflection and health through a real gRPC client (PyPI grpcio), as grpcurl and ghz use them.

@@ -1,5 +1,7 @@
 #include "serving/model_info.h"
 
+// XXH3 through libxxhash's run-time x86 dispatch: a checkpoint is hashed at start-up.
+#include <xxh_x86dispatch.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "spdlog/spdlog.h"
 
 namespace pdserve::serving {
 
@@ -73,9 +76,13 @@ v1::ModelInfo MakeModelInfo(const Model& model, const std::string& fingerprint) 
   return info;
 }
 
-absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads) {
+absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads,
+                                            const std::string& cpu_isa) {
+  absl::StatusOr<CpuIsa> isa = ResolveCpuIsa(cpu_isa);
+  if (!isa.ok()) return isa.status();
+  spdlog::info("{}", DescribeCpuKernels(*isa));
   ServedModel served;
-  served.backend = std::make_unique<CpuBackend>(threads);
+  served.backend = std::make_unique<CpuBackend>(threads, *isa);
   absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(path, *served.backend);
   if (!model.ok()) return model.status();
   served.model = *std::move(model);

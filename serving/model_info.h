@@ -31,7 +31,11 @@ struct ServedModel {
   std::unique_ptr<Model> model;
   std::string fingerprint;
 };
-absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads);
+// `cpu_isa` is the --cpu-isa flag ("" = the best this CPU supports; see
+// kernels/cpu/cpu_kernels.h); the chosen kernels are logged once. InvalidArgument for an unknown
+// name, FailedPrecondition for a level this CPU lacks.
+absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads,
+                                            const std::string& cpu_isa);
 
 // Blocks for a worker's KV store: `kv_blocks` when > 0, else as many as `kv_cache_mb` MiB hold.
 int64_t KvBlocksFor(const KvFormat& format, int64_t kv_blocks, int64_t kv_cache_mb);

@@ -17,9 +17,11 @@ struct WorkerFlags {
   int64_t kv_cache_mb = 512;
   std::string port_file{};
   std::string log_level = "info";
+  std::string cpu_isa{};  // "" = the best this CPU supports
 };
 
-// Declares --model, --listen, --threads, --kv-blocks, --kv-cache-mb, --port-file and --log-level
+// Declares --model, --listen, --threads, --kv-blocks, --kv-cache-mb, --port-file, --log-level and
+// --cpu-isa
 // on `app`, writing into `flags` (whose current values are the defaults shown).
 inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--model", flags.model_path,
@@ -35,6 +37,9 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--port-file", flags.port_file, "Write the bound gRPC port here once serving");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
+  app.add_option("--cpu-isa", flags.cpu_isa,
+                 "CPU kernels: x86-64-v2 (SSE4.2), x86-64-v3 (AVX2) or x86-64-v4 (AVX-512); "
+                 "default: the best this CPU supports");
 }
 
 }  // namespace pdserve::serving

@@ -174,6 +174,13 @@ absl::StatusOr<CpuIsa> ResolveCpuIsa(std::optional<CpuIsa> requested) {
   return *requested;
 }
 
+absl::StatusOr<CpuIsa> ResolveCpuIsa(const std::string& flag) {
+  if (flag.empty() || absl::AsciiStrToLower(flag) == "auto") return BestCpuIsa();
+  absl::StatusOr<CpuIsa> isa = ParseCpuIsa(flag);
+  if (!isa.ok()) return isa.status();
+  return ResolveCpuIsa(std::optional<CpuIsa>(*isa));
+}
+
 std::string DescribeCpuKernels(CpuIsa isa) {
   const CpuFeatures& f = DetectCpuFeatures();
   std::vector<std::string> supported;

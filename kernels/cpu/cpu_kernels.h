@@ -58,6 +58,9 @@ std::vector<CpuIsa> SupportedCpuIsas();
 absl::Status CheckCpuIsaSupported(CpuIsa isa);
 // `requested` when given and supported, else BestCpuIsa(); an error as CheckCpuIsaSupported.
 absl::StatusOr<CpuIsa> ResolveCpuIsa(std::optional<CpuIsa> requested);
+// The same for a --cpu-isa flag's value: "" or "auto" is BestCpuIsa(), else a name ParseCpuIsa
+// accepts that this CPU supports.
+absl::StatusOr<CpuIsa> ResolveCpuIsa(const std::string& flag);
 
 // One line for start-up logs and benchmark headers, e.g. "CPU kernels x86-64-v4 (AVX-512,
 // 16 lanes) on AMD EPYC ...; supported: v2 v3 v4; VNNI: avx512; KV checksum: libxxhash x86

@@ -13,7 +13,7 @@
 namespace pdserve {
 namespace {
 
-TEST(Llama2cParity, GreedyIdsMatchRunCForAllReferenceCases) {
+TEST(Llama2cParity, GreedyIdsMatchRunCForAllReferenceCasesOnEveryCpuKernelLevel) {
   const std::string dir = testing_util::ModelsDir();
   const std::string model_path = dir + "/stories260K.bin";
   const std::string ref_path = dir + "/stories260K.reference.json";
@@ -24,24 +24,28 @@ TEST(Llama2cParity, GreedyIdsMatchRunCForAllReferenceCases) {
   const nlohmann::json reference = nlohmann::json::parse(in);
   ASSERT_EQ(reference["cases"].size(), 5u);
 
-  CpuBackend backend(2);
-  auto model = LoadModel(model_path, backend);
-  ASSERT_TRUE(model.ok()) << model.status();
-  for (const auto& c : reference["cases"]) {
-    const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
-    const auto expected = c["greedy_ids"].get<std::vector<int32_t>>();
-    SamplingParams greedy;
-    greedy.temperature = 0.0f;
-    // run.c with steps = len(prompt) + 64 emits 65 tokens and ends a story at BOS (1) only.
-    StopCriteria stop;
-    stop.max_tokens = 65;
-    stop.stop_token_ids = {1};
-    stop.ignore_eos = true;
-    auto result = Generate(**model, prompt, greedy, stop);
-    ASSERT_TRUE(result.ok()) << result.status();
-    EXPECT_EQ(result->tokens, expected) << "prompt of " << prompt.size() << " tokens";
-    EXPECT_EQ(result->finish_reason,
-              expected.back() == 1 ? FinishReason::kStop : FinishReason::kLength);
+  // Every CPU kernel level this machine runs (kernels/cpu/cpu_kernels.h), not only the best.
+  for (CpuIsa isa : SupportedCpuIsas()) {
+    SCOPED_TRACE(CpuIsaName(isa));
+    CpuBackend backend(2, isa);
+    auto model = LoadModel(model_path, backend);
+    ASSERT_TRUE(model.ok()) << model.status();
+    for (const auto& c : reference["cases"]) {
+      const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
+      const auto expected = c["greedy_ids"].get<std::vector<int32_t>>();
+      SamplingParams greedy;
+      greedy.temperature = 0.0f;
+      // run.c with steps = len(prompt) + 64 emits 65 tokens and ends a story at BOS (1) only.
+      StopCriteria stop;
+      stop.max_tokens = 65;
+      stop.stop_token_ids = {1};
+      stop.ignore_eos = true;
+      auto result = Generate(**model, prompt, greedy, stop);
+      ASSERT_TRUE(result.ok()) << result.status();
+      EXPECT_EQ(result->tokens, expected) << "prompt of " << prompt.size() << " tokens";
+      EXPECT_EQ(result->finish_reason,
+                expected.back() == 1 ? FinishReason::kStop : FinishReason::kLength);
+    }
   }
 }
 

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/convert.h"
@@ -229,6 +231,104 @@ TEST(CpuBackend, PagedAttentionMatchesReferenceForPrefillWithPrefixAndDecode) {
                                           << " vd " << vd << " batch of " << spec.size());
           ExpectNear(out, ref, 2e-5f);
         }
+      }
+    }
+  }
+}
+
+// Every kernel variant this CPU runs (x86-64-v2/v3/v4, kernels/cpu/cpu_kernels.h), each through
+// a whole backend on the same inputs. The variants differ only in f32 rounding (lane count and
+// order of the partial sums, FMA or multiply-then-add), so each output must agree with the
+// lowest level's within 1e-5 * (1 + |value|): each variant is within a few 1e-7 relative of the
+// exact result on these sizes (k = 203 dot products, 203-wide norms, contexts up to 101 tokens).
+TEST(CpuBackend, AllCpuIsaVariantsAgreeOnTheSameInputs) {
+  const std::vector<CpuIsa> isas = SupportedCpuIsas();
+  if (isas.size() < 2) {
+    GTEST_SKIP() << "this CPU runs only " << CpuIsaName(isas.front()) << ": nothing to compare";
+  }
+  std::mt19937 rng(14);
+  // RmsNorm: rows of an odd width (vector bodies and scalar tails).
+  const Tensor norm_x = Random(Shape{3, 203}, rng, 3.0f), norm_w = Random(Shape{203}, rng);
+  // Rope: 3 heads of 40 (20 pairs: not a multiple of 8 or 16), both pair layouts.
+  const int rope_heads = 3, rope_hd = 40;
+  RopeSpec rope;
+  rope.rotary_dim = rope_hd;
+  for (int i = 0; i < rope_hd / 2; ++i)
+    rope.inv_freq.push_back(std::pow(10000.0f, -2.0f * i / rope_hd));
+  const std::vector<int32_t> positions = {0, 7, 300};
+  const Tensor rope_x = Random(Shape{3, rope_heads * rope_hd}, rng, 2.0f);
+  // SiluMul: gates up to ±8 plus some ±100 where exp(-gate) leaves the f32 range.
+  Tensor gate = Random(Shape{2, 301}, rng, 8.0f);
+  for (int64_t i = 0; i < gate.numel(); i += 29)
+    gate.data_as<float>()[i] = i % 2 ? 100.0f : -100.0f;
+  const Tensor up = Random(Shape{2, 301}, rng);
+  // Linear with a bf16 weight: m = 1 (GEMV kernel) and m = 16 (converted panel + SGEMM).
+  const int64_t k = 203, n = 67;
+  const Tensor wf = Random(Shape{n, k}, rng);
+  Tensor w = Tensor::EmptyCpu(DType::kBF16, Shape{n, k});
+  ConvertFromF32(wf.data_as<float>(), DType::kBF16, w.data(), static_cast<size_t>(n * k));
+  const Tensor x1 = Random(Shape{1, k}, rng), x16 = Random(Shape{16, k}, rng);
+  // Attention: a pure decode batch over shuffled pages, GQA 8/2, head_dim 64.
+  const int heads = 8, kv_heads = 2, hd = 64, block_size = 16;
+  const int64_t num_blocks = 40;
+  testing_util::PagedBatch batch =
+      testing_util::MakePagedBatch({{0, 1}, {17, 1}, {100, 1}}, block_size, num_blocks, rng);
+  const Tensor k_pool = Random(Shape{num_blocks, block_size, kv_heads * hd}, rng);
+  const Tensor v_pool = Random(Shape{num_blocks, block_size, kv_heads * hd}, rng);
+  const Tensor q = Random(Shape{batch.rows, heads * hd}, rng);
+
+  auto values = [](const Tensor& t) {
+    return std::vector<float>(t.data_as<float>(), t.data_as<float>() + t.numel());
+  };
+  // Outputs of one variant, by name, in a fixed order.
+  auto run = [&](CpuIsa isa) {
+    CpuBackend be(2, isa);
+    EXPECT_EQ(be.isa(), isa);
+    std::vector<std::pair<std::string, std::vector<float>>> out;
+    Tensor y = Tensor::EmptyCpu(DType::kF32, norm_x.shape());
+    be.RmsNorm(norm_x, norm_w, 1e-5f, y);
+    out.emplace_back("RmsNorm", values(y));
+    for (RopeStyle style : {RopeStyle::kHalfSplit, RopeStyle::kInterleaved}) {
+      rope.style = style;
+      Tensor x = Tensor::EmptyCpu(DType::kF32, rope_x.shape());
+      std::copy_n(rope_x.data_as<float>(), rope_x.numel(), x.data_as<float>());
+      be.Rope(x, rope_heads, rope_hd, positions, rope);
+      out.emplace_back(style == RopeStyle::kHalfSplit ? "Rope half-split" : "Rope interleaved",
+                       values(x));
+    }
+    Tensor act = Tensor::EmptyCpu(DType::kF32, gate.shape());
+    be.SiluMul(gate, up, act);
+    out.emplace_back("SiluMul", values(act));
+    for (const Tensor* x : {&x1, &x16}) {
+      Tensor lin = Tensor::EmptyCpu(DType::kF32, Shape{x->dim(0), n});
+      be.Linear(*x, w, nullptr, lin);
+      out.emplace_back("Linear bf16 m=" + std::to_string(x->dim(0)), values(lin));
+    }
+    Tensor att = Tensor::EmptyCpu(DType::kF32, Shape{batch.rows, heads * hd});
+    be.Attention(q, k_pool, v_pool, batch.seqs,
+                 AttentionShape{.n_heads = heads,
+                                .n_kv_heads = kv_heads,
+                                .head_dim = hd,
+                                .v_head_dim = hd,
+                                .scale = 1.0f / std::sqrt(float(hd))},
+                 att);
+    out.emplace_back("Attention decode", values(att));
+    return out;
+  };
+
+  const auto base = run(isas.front());
+  for (size_t v = 1; v < isas.size(); ++v) {
+    const auto other = run(isas[v]);
+    ASSERT_EQ(other.size(), base.size());
+    for (size_t o = 0; o < base.size(); ++o) {
+      SCOPED_TRACE(testing::Message() << base[o].first << ": " << CpuIsaName(isas[v]) << " vs "
+                                      << CpuIsaName(isas.front()));
+      const std::vector<float>& a = other[o].second;
+      const std::vector<float>& b = base[o].second;
+      ASSERT_EQ(a.size(), b.size());
+      for (size_t i = 0; i < b.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(a[i])) << "element " << i;
+        ASSERT_NEAR(a[i], b[i], 1e-5f * (1.0f + std::abs(b[i]))) << "element " << i;
       }
     }
   }

@@ -1,5 +1,7 @@
 // Parity of the paged decode attention kernels (GQA family and absorbed MLA) with their plain
-// references, over random shapes, block sizes, ragged batches and shuffled block tables.
+// references, over random shapes, block sizes, ragged batches and shuffled block tables. Every
+// parity test runs once per x86-64 level this CPU supports (the compiled variants of
+// CpuKernels::decode_attention_item, kernels/cpu/cpu_kernels.h), each on the same inputs.
 #include "kernels/paged_attention.h"
 
 #include <gtest/gtest.h>
@@ -62,7 +64,7 @@ struct GqaCase {
   float scale;
 };
 
-std::vector<float> CheckGqa(const GqaCase& c, std::mt19937& rng, int threads) {
+std::vector<float> CheckGqa(const GqaCase& c, std::mt19937& rng, int threads, CpuIsa isa) {
   Paging paging = MakePaging(c.contexts, c.block_size, rng);
   const size_t pool = static_cast<size_t>(paging.num_blocks * c.block_size * c.n_kv_heads *
                                           static_cast<int64_t>(c.head_dim));
@@ -71,7 +73,7 @@ std::vector<float> CheckGqa(const GqaCase& c, std::mt19937& rng, int threads) {
   const std::vector<float> q = Random(q_size, rng);
   const PagedKv kv{k.data(), v.data(), paging.num_blocks, c.block_size, c.n_kv_heads, c.head_dim};
   std::vector<float> out(q_size), ref(q_size);
-  PagedDecodeAttention(q.data(), c.n_heads, kv, paging.seqs, c.scale, out.data(), threads);
+  PagedDecodeAttention(q.data(), c.n_heads, kv, paging.seqs, c.scale, out.data(), threads, isa);
   PagedDecodeAttentionReference(q.data(), c.n_heads, kv, paging.seqs, c.scale, ref.data());
   ExpectNear(out, ref, kTol);
   return out;
@@ -79,22 +81,25 @@ std::vector<float> CheckGqa(const GqaCase& c, std::mt19937& rng, int threads) {
 
 TEST(PagedDecodeAttention, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
   const std::vector<std::pair<int, int>> heads = {{8, 8}, {8, 2}, {8, 1}, {9, 3}};
-  for (unsigned seed : {1u, 2u}) {
-    std::mt19937 rng(seed);
-    for (int head_dim : {8, 20, 64, 128}) {  // 20: exercises the vector tails
-      for (auto [n_heads, n_kv_heads] : heads) {
-        for (int block_size : {1, 16, 64}) {
-          SCOPED_TRACE(testing::Message()
-                       << "seed=" << seed << " head_dim=" << head_dim << " heads=" << n_heads << "/"
-                       << n_kv_heads << " block_size=" << block_size);
-          CheckGqa({n_heads,
-                    n_kv_heads,
-                    head_dim,
-                    block_size,
-                    {1, 17, 300, 1000},
-                    1.0f / std::sqrt(static_cast<float>(head_dim))},
-                   rng, 2);
-          if (HasFatalFailure()) return;
+  for (CpuIsa isa : SupportedCpuIsas()) {
+    SCOPED_TRACE(CpuIsaName(isa));
+    for (unsigned seed : {1u, 2u}) {
+      std::mt19937 rng(seed);
+      for (int head_dim : {8, 20, 64, 128}) {  // 20: exercises the vector tails
+        for (auto [n_heads, n_kv_heads] : heads) {
+          for (int block_size : {1, 16, 64}) {
+            SCOPED_TRACE(testing::Message()
+                         << "seed=" << seed << " head_dim=" << head_dim << " heads=" << n_heads
+                         << "/" << n_kv_heads << " block_size=" << block_size);
+            CheckGqa({n_heads,
+                      n_kv_heads,
+                      head_dim,
+                      block_size,
+                      {1, 17, 300, 1000},
+                      1.0f / std::sqrt(static_cast<float>(head_dim))},
+                     rng, 2, isa);
+            if (HasFatalFailure()) return;
+          }
         }
       }
     }
@@ -104,10 +109,13 @@ TEST(PagedDecodeAttention, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
 // A large scale makes scores span tens of units, so the running max changes often and the
 // online rescale (and the merge of chunk maxima) must be right, not just nearly right.
 TEST(PagedDecodeAttention, MatchesReferenceWithSharpSoftmax) {
-  std::mt19937 rng(7);
-  for (int block_size : {1, 16}) {
-    SCOPED_TRACE(testing::Message() << "block_size=" << block_size);
-    CheckGqa({8, 2, 64, block_size, {5, 700, 2000}, 2.0f}, rng, 2);
+  for (CpuIsa isa : SupportedCpuIsas()) {
+    SCOPED_TRACE(CpuIsaName(isa));
+    std::mt19937 rng(7);
+    for (int block_size : {1, 16}) {
+      SCOPED_TRACE(testing::Message() << "block_size=" << block_size);
+      CheckGqa({8, 2, 64, block_size, {5, 700, 2000}, 2.0f}, rng, 2, isa);
+    }
   }
 }
 
@@ -115,10 +123,13 @@ TEST(PagedDecodeAttention, MatchesReferenceWithSharpSoftmax) {
 // The chunking depends on the thread count; the result may differ only by rounding.
 TEST(PagedDecodeAttention, LongContextSplitAcrossThreadsMatchesReference) {
   const GqaCase c{8, 2, 64, 16, {8192}, 0.125f};
-  std::mt19937 rng_a(3), rng_b(3);
-  const std::vector<float> two = CheckGqa(c, rng_a, 2);
-  const std::vector<float> one = CheckGqa(c, rng_b, 1);
-  ExpectNear(one, two, kTol);
+  for (CpuIsa isa : SupportedCpuIsas()) {
+    SCOPED_TRACE(CpuIsaName(isa));
+    std::mt19937 rng_a(3), rng_b(3);
+    const std::vector<float> two = CheckGqa(c, rng_a, 2, isa);
+    const std::vector<float> one = CheckGqa(c, rng_b, 1, isa);
+    ExpectNear(one, two, kTol);
+  }
 }
 
 struct MlaCase {
@@ -126,7 +137,7 @@ struct MlaCase {
   std::vector<int64_t> contexts;
 };
 
-std::vector<float> CheckMla(const MlaCase& c, std::mt19937& rng, int threads) {
+std::vector<float> CheckMla(const MlaCase& c, std::mt19937& rng, int threads, CpuIsa isa) {
   Paging paging = MakePaging(c.contexts, c.block_size, rng);
   const int64_t row = c.kv_lora_rank + c.rope_dim;
   const std::vector<float> latent =
@@ -138,7 +149,7 @@ std::vector<float> CheckMla(const MlaCase& c, std::mt19937& rng, int threads) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(row));
   std::vector<float> out(rows * static_cast<size_t>(c.kv_lora_rank)), ref(out.size());
   MlaDecodeAttention(q_lat.data(), q_pe.data(), c.n_heads, cache, paging.seqs, scale, out.data(),
-                     threads);
+                     threads, isa);
   MlaDecodeAttentionReference(q_lat.data(), q_pe.data(), c.n_heads, cache, paging.seqs, scale,
                               ref.data());
   ExpectNear(out, ref, kTol);
@@ -146,16 +157,20 @@ std::vector<float> CheckMla(const MlaCase& c, std::mt19937& rng, int threads) {
 }
 
 TEST(MlaDecodeAttention, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
-  std::mt19937 rng(5);
-  for (int kv_lora_rank : {16, 512}) {
-    for (int rope_dim : {8, 64}) {
-      for (int n_heads : {1, 16}) {
-        for (int block_size : {1, 16, 64}) {
-          SCOPED_TRACE(testing::Message()
-                       << "kv_lora_rank=" << kv_lora_rank << " rope_dim=" << rope_dim
-                       << " n_heads=" << n_heads << " block_size=" << block_size);
-          CheckMla({n_heads, kv_lora_rank, rope_dim, block_size, {1, 17, 300, 1000}}, rng, 2);
-          if (HasFatalFailure()) return;
+  for (CpuIsa isa : SupportedCpuIsas()) {
+    SCOPED_TRACE(CpuIsaName(isa));
+    std::mt19937 rng(5);
+    for (int kv_lora_rank : {16, 512}) {
+      for (int rope_dim : {8, 64}) {
+        for (int n_heads : {1, 16}) {
+          for (int block_size : {1, 16, 64}) {
+            SCOPED_TRACE(testing::Message()
+                         << "kv_lora_rank=" << kv_lora_rank << " rope_dim=" << rope_dim
+                         << " n_heads=" << n_heads << " block_size=" << block_size);
+            CheckMla({n_heads, kv_lora_rank, rope_dim, block_size, {1, 17, 300, 1000}}, rng, 2,
+                     isa);
+            if (HasFatalFailure()) return;
+          }
         }
       }
     }
@@ -164,10 +179,13 @@ TEST(MlaDecodeAttention, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
 
 TEST(MlaDecodeAttention, LongContextSplitAcrossThreadsMatchesReference) {
   const MlaCase c{16, 512, 64, 64, {8192}};
-  std::mt19937 rng_a(9), rng_b(9);
-  const std::vector<float> two = CheckMla(c, rng_a, 2);
-  const std::vector<float> one = CheckMla(c, rng_b, 1);
-  ExpectNear(one, two, kTol);
+  for (CpuIsa isa : SupportedCpuIsas()) {
+    SCOPED_TRACE(CpuIsaName(isa));
+    std::mt19937 rng_a(9), rng_b(9);
+    const std::vector<float> two = CheckMla(c, rng_a, 2, isa);
+    const std::vector<float> one = CheckMla(c, rng_b, 1, isa);
+    ExpectNear(one, two, kTol);
+  }
 }
 
 // Broken paging invariants abort with a message instead of reading outside the pool.
