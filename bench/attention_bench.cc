@@ -1,8 +1,12 @@
 // Decode attention throughput of the CPU kernels, in GB/s of KV cache read, beside this
 // machine's read bandwidth measured in the same run. Prints figures; asserts none.
 //
-//   pdserve-bench-attention [--quick] [--threads N]
+//   pdserve-bench-attention [--quick] [--threads N] [--cpu-isa NAME|all] [--json PATH]
 //
+// --cpu-isa picks the compiled kernel level (x86-64-v2/v3/v4, default the best this CPU runs);
+// "all" runs the whole sweep once per supported level, one after another, then prints each
+// figure per level beside its ratio to the best level's. --json writes the figures (KV GB/s per
+// shape and level) for scripts (bench/compare-native.sh).
 // Shapes are one layer of real models: GQA like Llama-3-8B (32 heads, 8 KV heads, head_dim 128,
 // 16-token blocks) and MLA like DeepSeek-V3 (128 heads, kv_lora_rank 512, rope 64, 64-token
 // blocks), at context 1k/8k/32k and batch 1/8/32. Block tables are shuffled, as in a pool that
@@ -17,8 +21,10 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "bench/cpu_report.h"
 #include "bench/memory_bandwidth.h"
 #include "kernels/paged_attention.h"
 
@@ -63,8 +69,10 @@ Batch MakeBatch(int batch, int64_t context, int block_size, int64_t num_blocks, 
   return b;
 }
 
+// Prints one row per combo and appends its KV GB/s to `figures`.
 void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
-         const std::vector<int>& batches, int threads, int reps, double bandwidth) {
+         const std::vector<int>& batches, int threads, int reps, double bandwidth, CpuIsa isa,
+         std::vector<bench::Figure>& figures) {
   // One pool sized for the largest combo that fits, reused by all of them.
   const double row_bytes = static_cast<double>(shape.RowFloats()) * sizeof(float);
   int64_t max_blocks = 0;
@@ -107,7 +115,7 @@ void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
           const float* q_pe =
               q.data() + static_cast<int64_t>(batch) * shape.n_heads * shape.kv_lora_rank;
           MlaDecodeAttention(q.data(), q_pe, shape.n_heads, cache, b.seqs, 0.135f, out.data(),
-                             threads);
+                             threads, isa);
         } else {
           const size_t half = static_cast<size_t>(blocks * shape.block_size) *
                               static_cast<size_t>(shape.n_kv_heads * shape.head_dim);
@@ -115,7 +123,7 @@ void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
                            shape.block_size, shape.n_kv_heads,   shape.head_dim};
           PagedDecodeAttention(q.data(), shape.n_heads, kv, b.seqs,
                                1.0f / std::sqrt(static_cast<float>(shape.head_dim)), out.data(),
-                               threads);
+                               threads, isa);
         }
       };
       call();  // warm-up: wakes the thread team and the caches of q and the tables
@@ -133,6 +141,10 @@ void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
           2.0 * shape.FmasPerToken() * static_cast<double>(batch) * context / best / 1e9;
       std::printf("%-6s %7lld %6d %10.3f %9.2f %9.1f %7.2f\n", shape.name,
                   static_cast<long long>(context), batch, best * 1e3, gbs, gflops, gbs / bandwidth);
+      std::fflush(stdout);
+      figures.push_back({std::string(shape.name) + " ctx " + std::to_string(context) + " batch " +
+                             std::to_string(batch),
+                         "KV GB/s", gbs});
     }
   }
 }
@@ -142,38 +154,47 @@ void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
 
 int main(int argc, char** argv) {
   using namespace pdserve;
-  bool quick = false;
-  int threads = 0;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
-    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-      threads = std::atoi(argv[++i]);
-    } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--threads N]\n", argv[0]);
-      return 2;
-    }
-  }
+  const std::optional<bench::BenchArgs> args = bench::ParseBenchArgs(argc, argv);
+  if (!args.has_value()) return 2;
+  const bool quick = args->quick;
+  int threads = args->threads;
+  const std::vector<CpuIsa>& isas = args->isas;
+  const std::string& json_path = args->json_path;
   if (threads <= 0) threads = omp_get_num_procs();
   const int reps = quick ? 3 : 5;
+  bench::PrintBuildHeader(isas);
   std::printf(
       "pdserve attention benchmark: CPU decode kernels, f32 cache, %d threads, best of %d\n",
       threads, reps);
   const double bandwidth = bench::MeasureReadBandwidthGBs(threads);
   std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", threads, bandwidth);
-  std::printf("%-6s %7s %6s %10s %9s %9s %7s\n", "kind", "context", "batch", "ms/call", "KV GB/s",
-              "GFLOP/s", "/bw");
   const BenchShape gqa{"GQA", false, 32, 8, 128, 0, 0, 16};
   const BenchShape mla{"MLA", true, 128, 1, 0, 512, 64, 64};
   const std::vector<int64_t> contexts =
       quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 8192, 32768};
   const std::vector<int> batches = quick ? std::vector<int>{1} : std::vector<int>{1, 8, 32};
-  Run(gqa, contexts, batches, threads, reps, bandwidth);
-  Run(mla, contexts, batches, threads, reps, bandwidth);
+  std::vector<bench::IsaRun> runs;
+  for (CpuIsa isa : isas) {
+    if (isas.size() > 1) std::printf("\n%s\n", DescribeCpuKernels(isa).c_str());
+    std::printf("%-6s %7s %6s %10s %9s %9s %7s\n", "kind", "context", "batch", "ms/call", "KV GB/s",
+                "GFLOP/s", "/bw");
+    runs.push_back({isa, {}});
+    Run(gqa, contexts, batches, threads, reps, bandwidth, isa, runs.back().figures);
+    Run(mla, contexts, batches, threads, reps, bandwidth, isa, runs.back().figures);
+  }
+  if (runs.size() > 1) bench::PrintIsaComparison(runs);
   std::printf(
       "GQA: Llama-3-8B layer (32 heads, 8 KV heads, head_dim 128). MLA: DeepSeek-V3 layer (128 "
       "heads sharing one 576-float latent row): ~%.0f FLOP per byte read, so on a CPU MLA decode "
       "is compute-bound, not bandwidth-bound.\n",
       2.0 * mla.FmasPerToken() / (static_cast<double>(mla.RowFloats()) * sizeof(float)));
+  if (!json_path.empty()) {
+    if (absl::Status s =
+            bench::WriteJson(json_path, "attention", {{"memory read", "GB/s", bandwidth}}, runs);
+        !s.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
   return 0;
 }

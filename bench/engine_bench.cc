@@ -1,20 +1,27 @@
 // Single-process prefill and decode throughput of the CPU engine. Prints figures; asserts none.
 //
-//   pdserve-bench-engine [--quick] [--threads N]
+//   pdserve-bench-engine [--quick] [--threads N] [--cpu-isa NAME|all] [--json PATH]
 //
 // Models: stories260K (../shared/models), a synthetic ~100M-parameter GQA model, a synthetic
 // SmolLM2-135M-shaped model (the shape of the project's llama.cpp anchor), and a small
 // synthetic DeepSeek-V3 (MLA + MoE). Decode is memory-bound, so each decode figure is also shown
 // as the weight bytes it streams per second (for MoE: the experts one token uses) and as a
 // fraction of the machine's read bandwidth measured in the same run.
+//
+// --cpu-isa picks the CPU backend's compiled kernel level (x86-64-v2/v3/v4, default the best this
+// CPU runs); "all" runs every model once per supported level, one level after another, then
+// prints each figure per level beside its ratio to the best level's. --json writes the figures
+// (prefill and decode tok/s per model and level) for scripts (bench/compare-native.sh).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "bench/cpu_report.h"
 #include "bench/memory_bandwidth.h"
 #include "engine/generate.h"
 #include "engine/model.h"
@@ -71,8 +78,9 @@ Figures Measure(Model& model, int prompt_len, int decode_len, int reps) {
   return best;
 }
 
+// Prints one row and appends its prefill and decode tok/s to `figures`.
 void Report(const std::string& name, Model& model, int threads, int prompt_len, int decode_len,
-            int reps, double bandwidth_gbs) {
+            int reps, double bandwidth_gbs, std::vector<bench::Figure>& figures) {
   const Figures f = Measure(model, prompt_len, decode_len, reps);
   const double weights_gbs =
       f.decode_tps * WeightBytesPerToken(model.config(), model.backend()) / 1e9;
@@ -80,6 +88,8 @@ void Report(const std::string& name, Model& model, int threads, int prompt_len, 
               static_cast<double>(model.config().NumParameters()) / 1e6, threads, prompt_len,
               f.prefill_tps, decode_len, f.decode_tps, weights_gbs, weights_gbs / bandwidth_gbs);
   std::fflush(stdout);
+  figures.push_back({name + " prefill", "tok/s", f.prefill_tps});
+  figures.push_back({name + " decode", "tok/s", f.decode_tps});
 }
 
 ModelConfig SynthShape(int64_t hidden, int64_t ffn, int64_t layers, int64_t heads, int64_t kv_heads,
@@ -123,39 +133,18 @@ ModelConfig DeepseekV3Shape() {
 
 int main(int argc, char** argv) {
   using namespace pdserve;
-  bool quick = false;
-  int threads = 0;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
-    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-      threads = std::atoi(argv[++i]);
-    } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--threads N]\n", argv[0]);
-      return 2;
-    }
-  }
-  CpuBackend backend(threads);
-  const int n = backend.num_threads();
+  const std::optional<bench::BenchArgs> args = bench::ParseBenchArgs(argc, argv);
+  if (!args.has_value()) return 2;
+  const bool quick = args->quick;
+  int threads = args->threads;
+  const std::vector<CpuIsa>& isas = args->isas;
+  const std::string& json_path = args->json_path;
+  bench::PrintBuildHeader(isas);
+  const int n = CpuBackend(threads, isas[0]).num_threads();
   std::printf("pdserve engine benchmark: CPU backend, %d threads, f32 compute, best of %d runs\n",
               n, quick ? 1 : 3);
   const double bandwidth = bench::MeasureReadBandwidthGBs(n);
   std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", n, bandwidth);
-  std::printf("%-28s %9s %7s %8s %14s %8s %13s %9s %6s\n", "model", "params", "threads", "prompt",
-              "prefill tok/s", "decode", "decode tok/s", "wt GB/s", "/bw");
-
-  const std::string stories = std::string(PDSERVE_DEFAULT_MODELS_DIR) + "/stories260K.bin";
-  if (std::filesystem::exists(stories)) {
-    auto model = LoadModel(stories, backend);
-    if (!model.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
-      return 1;
-    }
-    Report("stories260K", **model, n, quick ? 64 : 256, quick ? 32 : 200, quick ? 1 : 3, bandwidth);
-  } else {
-    std::printf("stories260K: not found at %s (skipped)\n", stories.c_str());
-  }
-  if (quick) return 0;
 
   struct Synthetic {
     const char* name;
@@ -166,22 +155,60 @@ int main(int argc, char** argv) {
       {"SmolLM2-135M-shape(9/3)", SynthShape(576, 1536, 30, 9, 3, 49152)},
       {"DeepSeek-V3-tiny(MLA+MoE)", DeepseekV3Shape()},
   };
+  const std::string stories = std::string(PDSERVE_DEFAULT_MODELS_DIR) + "/stories260K.bin";
+  // Each synthetic checkpoint is written once (into its own directory) and loaded once per level.
   const auto dir = std::filesystem::temp_directory_path() / "pdserve-bench-engine";
-  for (const Synthetic& s : models) {
-    if (absl::Status st = WriteSyntheticModel(s.config, dir.string(), 0); !st.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
-      return 1;
+  std::filesystem::remove_all(dir);  // a checkpoint left half-written by an interrupted run
+  std::vector<bench::IsaRun> runs;
+  for (CpuIsa isa : isas) {
+    CpuBackend backend(threads, isa);
+    if (isas.size() > 1) std::printf("\n%s\n", DescribeCpuKernels(isa).c_str());
+    std::printf("%-28s %9s %7s %8s %14s %8s %13s %9s %6s\n", "model", "params", "threads", "prompt",
+                "prefill tok/s", "decode", "decode tok/s", "wt GB/s", "/bw");
+    runs.push_back({isa, {}});
+    std::vector<bench::Figure>& figures = runs.back().figures;
+    if (std::filesystem::exists(stories)) {
+      auto model = LoadModel(stories, backend);
+      if (!model.ok()) {
+        std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
+        return 1;
+      }
+      Report("stories260K", **model, n, quick ? 64 : 256, quick ? 32 : 200, quick ? 1 : 3,
+             bandwidth, figures);
+    } else {
+      std::printf("stories260K: not found at %s (skipped)\n", stories.c_str());
     }
-    auto model = LoadModel(dir.string(), backend);
-    if (!model.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
-      return 1;
+    if (quick) continue;
+    for (size_t m = 0; m < std::size(models); ++m) {
+      const std::string path = (dir / std::to_string(m)).string();
+      if (!std::filesystem::exists(path)) {
+        if (absl::Status st = WriteSyntheticModel(models[m].config, path, 0); !st.ok()) {
+          std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
+          return 1;
+        }
+      }
+      auto model = LoadModel(path, backend);
+      if (!model.ok()) {
+        std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
+        return 1;
+      }
+      Report(models[m].name, **model, n, 512, 64, 3, bandwidth, figures);
     }
-    Report(s.name, **model, n, 512, 64, 3, bandwidth);
   }
   std::filesystem::remove_all(dir);
-  std::printf(
-      "anchor (SPEC, llama.cpp on this machine class, SmolLM2-135M F32, 2 threads): "
-      "prefill 640 tok/s, decode 60 tok/s\n");
+  if (runs.size() > 1) bench::PrintIsaComparison(runs);
+  if (!quick) {
+    std::printf(
+        "anchor (SPEC, llama.cpp on this machine class, SmolLM2-135M F32, 2 threads): "
+        "prefill 640 tok/s, decode 60 tok/s\n");
+  }
+  if (!json_path.empty()) {
+    if (absl::Status s =
+            bench::WriteJson(json_path, "engine", {{"memory read", "GB/s", bandwidth}}, runs);
+        !s.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
   return 0;
 }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench/cpu_report.h"
 #include "engine/generate.h"
 #include "engine/model.h"
 #include "engine/synth.h"
@@ -160,6 +161,9 @@ int Run(int argc, char** argv) {
       return 2;
     }
   }
+  // This process's backend and the workers (no --cpu-isa given) run the best level this CPU has.
+  std::printf("%s\n", bench::BuildLine(BestCpuIsa()).c_str());
+  std::fflush(stdout);
   const std::string dir =
       (fs::temp_directory_path() / absl::StrCat("pdserve-bench-serving-", getpid())).string();
   fs::create_directories(dir);

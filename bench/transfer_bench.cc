@@ -34,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/cpu_report.h"
 #include "engine/kv_cache.h"
 #include "engine/kv_format.h"
 #include "engine/model_config.h"
@@ -293,6 +294,11 @@ int main(int argc, char** argv) {
   for (const auto& b : formats) {
     max_bytes = std::max<uint64_t>(max_bytes, b.format.bytes_per_token() * tokens);
   }
+
+  // Printed before the fork, so the child does not inherit it unflushed. Kernels: the source
+  // stores' backend (the best level); KV checksums: libxxhash's own dispatch.
+  std::printf("%s\n", bench::BuildLine(BestCpuIsa()).c_str());
+  std::fflush(stdout);
 
   int control_pair[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, control_pair) != 0) Die("socketpair");

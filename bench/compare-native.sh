@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# What the portable build costs: the default build (-march=x86-64-v2, hot kernels dispatched at
+# run time) against a build for this machine's CPU only (-march=native, PDSERVE_NATIVE=ON).
+#
+#   bench/compare-native.sh [BENCH ARGS...]      e.g. --quick, --threads 2, --cpu-isa x86-64-v3
+#
+# Builds the portable benchmarks in build/ (scripts/build.sh release, which installs missing
+# dependencies) and the native ones in build-native/, then runs pdserve-bench-attention and
+# pdserve-bench-engine from both builds in turns (portable, native, portable, native, ...: load
+# that drifts falls on both), passing BENCH ARGS to every run. Prints every run's own output,
+# then one table per benchmark: each figure's best over the rounds per build, and
+# portable/native (< 1: the portable build is slower). Figures come from the benchmarks' --json.
+# Env: ROUNDS (default 2) runs per build and benchmark. Run one at a time on a machine: the
+# figures are throughputs of all its cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds="${ROUNDS:-2}"
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: ROUNDS must be a positive integer, got '$rounds'" >&2
+  exit 2
+fi
+benches=(attention engine)
+targets=(pdserve-bench-attention pdserve-bench-engine)
+
+echo "== building the portable benchmarks (build/, -march=x86-64-v2)"
+PDSERVE_NATIVE=OFF scripts/build.sh release "${targets[@]}"
+echo "== building the native benchmarks (build-native/, -march=native)"
+cmake -S . -B build-native -G Ninja -DCMAKE_BUILD_TYPE=Release -DPDSERVE_NATIVE=ON \
+  -DPDSERVE_BUILD_TESTS=OFF >/dev/null
+build_args=()
+for t in "${targets[@]}"; do build_args+=(--target "$t"); done
+cmake --build build-native -j "$(nproc)" "${build_args[@]}"
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+for bench in "${benches[@]}"; do
+  for ((round = 1; round <= rounds; round++)); do
+    for build in portable native; do
+      dir="build"
+      if [[ "$build" == native ]]; then dir="build-native"; fi
+      echo
+      echo "== $bench, $build build ($dir/), round $round of $rounds"
+      "$dir/bin/pdserve-bench-$bench" "$@" --json "$out/$bench.$build.$round.json"
+    done
+  done
+done
+
+echo
+python3 - "$out" "$rounds" "${benches[@]}" <<'EOF'
+import json, sys
+
+out, rounds, benches = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+
+
+def figures(path):
+    """{figure label: value} of one run's --json, and its header fields."""
+    with open(path) as f:
+        j = json.load(f)
+    runs = j["runs"]
+    values = {}
+    for fig in j.get("baselines", []):  # measured once per run, e.g. the memory read bandwidth
+        values[f'baseline: {fig["name"]} ({fig["unit"]})'] = fig["value"]
+    for run in runs:
+        for fig in run["figures"]:
+            label = f'{fig["name"]} ({fig["unit"]})'
+            if len(runs) > 1:  # --cpu-isa all: one row per figure and level
+                label = f'{run["isa"]}: {label}'
+            values[label] = fig["value"]
+    return j["build_cpu_target"], [r["cpu_kernels"] for r in runs], values
+
+
+for bench in benches:
+    best = {"portable": {}, "native": {}}
+    order = []
+    header = {}
+    for build in ("portable", "native"):
+        for r in range(1, rounds + 1):
+            target, kernels, values = figures(f"{out}/{bench}.{build}.{r}.json")
+            header[build] = (target, kernels)
+            for label, v in values.items():
+                if label not in order:
+                    order.append(label)
+                best[build][label] = max(best[build].get(label, v), v)
+    print(f"{bench}: best of {rounds} round(s) per build, higher is better")
+    for build in ("portable", "native"):
+        target, kernels = header[build]
+        print(f"  {build:8s} build: -march={target}; {' | '.join(kernels)}")
+    width = max([len("figure")] + [len(l) for l in order])
+    print(f"{'figure':<{width}} {'portable':>10} {'native':>10} {'portable/native':>16}")
+    for label in order:
+        p, n = best["portable"].get(label), best["native"].get(label)
+        fmt = lambda v: f"{v:10.2f}" if v is not None else f"{'-':>10}"
+        ratio = f"{p / n:16.3f}" if p is not None and n else f"{'-':>16}"
+        print(f"{label:<{width}} {fmt(p)} {fmt(n)} {ratio}")
+    print()
+EOF

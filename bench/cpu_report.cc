@@ -1,0 +1,136 @@
+#include "bench/cpu_report.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+#ifndef PDSERVE_BUILD_CPU_TARGET
+#error "bench/CMakeLists.txt defines PDSERVE_BUILD_CPU_TARGET (cmake/ProjectOptions.cmake's target)"
+#endif
+
+namespace pdserve::bench {
+
+const char* BuildCpuTarget() { return PDSERVE_BUILD_CPU_TARGET; }
+
+std::string BuildLine(CpuIsa isa) {
+  return absl::StrCat("build: -march=", BuildCpuTarget(), "; ", DescribeCpuKernels(isa));
+}
+
+std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv) {
+  BenchArgs args;
+  args.isas = {BestCpuIsa()};
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--quick") {
+      args.quick = true;
+    } else if (flag == "--threads" && i + 1 < argc) {
+      args.threads = std::atoi(argv[++i]);
+    } else if (flag == "--cpu-isa" && i + 1 < argc) {
+      absl::StatusOr<std::vector<CpuIsa>> parsed = ParseCpuIsaFlag(argv[++i]);
+      if (!parsed.ok()) {
+        std::fprintf(stderr, "error: %s\n", std::string(parsed.status().message()).c_str());
+        return std::nullopt;
+      }
+      args.isas = *std::move(parsed);
+    } else if (flag == "--json" && i + 1 < argc) {
+      args.json_path = argv[++i];
+    } else {
+      std::fprintf(
+          stderr,
+          "usage: %s [--quick] [--threads N] [--cpu-isa x86-64-v2|x86-64-v3|x86-64-v4|all] "
+          "[--json PATH]\n",
+          argv[0]);
+      return std::nullopt;
+    }
+  }
+  return args;
+}
+
+void PrintBuildHeader(const std::vector<CpuIsa>& isas) {
+  if (isas.size() == 1) {
+    std::printf("%s\n", BuildLine(isas[0]).c_str());
+    return;
+  }
+  std::string names;
+  for (CpuIsa isa : isas) absl::StrAppend(&names, " ", CpuIsaName(isa));
+  std::printf("build: -march=%s; CPU kernels: every supported level, one pass each:%s\n",
+              BuildCpuTarget(), names.c_str());
+}
+
+absl::StatusOr<std::vector<CpuIsa>> ParseCpuIsaFlag(const std::string& value) {
+  if (absl::AsciiStrToLower(value) == "all") return SupportedCpuIsas();
+  absl::StatusOr<CpuIsa> isa = ParseCpuIsa(value);
+  if (!isa.ok()) return isa.status();
+  if (absl::Status s = CheckCpuIsaSupported(*isa); !s.ok()) return s;
+  return std::vector<CpuIsa>{*isa};
+}
+
+void PrintIsaComparison(const std::vector<IsaRun>& runs) {
+  if (runs.empty()) return;
+  size_t width = 6;
+  for (const Figure& f : runs[0].figures) {
+    width = std::max(width, f.name.size() + f.unit.size() + 3);
+  }
+  std::printf("\nper level: each figure and its ratio to the best level's (higher is better)\n");
+  std::printf("%-*s", static_cast<int>(width), "figure");
+  for (const IsaRun& r : runs) std::printf(" %18s", CpuIsaName(r.isa));
+  std::printf("\n");
+  for (size_t i = 0; i < runs[0].figures.size(); ++i) {
+    const Figure& f = runs[0].figures[i];
+    double best = 0;
+    for (const IsaRun& r : runs) {
+      if (i < r.figures.size()) best = std::max(best, r.figures[i].value);
+    }
+    const std::string label = absl::StrCat(f.name, " (", f.unit, ")");
+    std::printf("%-*s", static_cast<int>(width), label.c_str());
+    for (const IsaRun& r : runs) {
+      if (i >= r.figures.size()) {
+        std::printf(" %18s", "-");
+        continue;
+      }
+      const double v = r.figures[i].value;
+      std::printf(" %10.2f (%4.2f)", v, best > 0 ? v / best : 0.0);
+    }
+    std::printf("\n");
+  }
+}
+
+namespace {
+
+nlohmann::json ToJson(const std::vector<Figure>& figures) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const Figure& f : figures) {
+    out.push_back({{"name", f.name}, {"unit", f.unit}, {"value", f.value}});
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status WriteJson(const std::string& path, const std::string& bench,
+                       const std::vector<Figure>& baselines, const std::vector<IsaRun>& runs) {
+  nlohmann::json j;
+  j["bench"] = bench;
+  j["build_cpu_target"] = BuildCpuTarget();
+  j["baselines"] = ToJson(baselines);
+  j["runs"] = nlohmann::json::array();
+  for (const IsaRun& r : runs) {
+    nlohmann::json run;
+    run["isa"] = CpuIsaName(r.isa);
+    run["cpu_kernels"] = DescribeCpuKernels(r.isa);
+    run["figures"] = ToJson(r.figures);
+    j["runs"].push_back(std::move(run));
+  }
+  std::ofstream out(path);
+  out << j.dump(2) << "\n";
+  out.close();
+  if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+}  // namespace pdserve::bench

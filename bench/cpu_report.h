@@ -1,0 +1,65 @@
+// What the benchmarks print about the CPU code that produced their figures, their --cpu-isa flag,
+// and their machine-readable --json output (read by bench/compare-native.sh).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace pdserve::bench {
+
+// The -march this binary's own code was compiled for: "x86-64-v2" (the portable build) or
+// "native" (PDSERVE_NATIVE=ON).
+const char* BuildCpuTarget();
+
+// The line every benchmark prints at the top of its output, e.g. "build: -march=x86-64-v2; CPU
+// kernels x86-64-v4 (AVX-512, 16 f32 lanes) on ...": the compile target and the kernel variant
+// (DescribeCpuKernels) its figures come from.
+std::string BuildLine(CpuIsa isa);
+
+// The flags the CPU benchmarks share: --quick, --threads N, --cpu-isa NAME|all, --json PATH.
+struct BenchArgs {
+  bool quick = false;
+  int threads = 0;           // 0: every core
+  std::vector<CpuIsa> isas;  // default: {BestCpuIsa()}
+  std::string json_path;
+};
+// Parses them; on a bad flag prints the error or the usage to stderr and returns nullopt (the
+// caller exits with status 2).
+std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv);
+
+// Prints BuildLine for one level, or the list of levels for --cpu-isa all.
+void PrintBuildHeader(const std::vector<CpuIsa>& isas);
+
+// The levels a --cpu-isa value names: one level (any name ParseCpuIsa accepts), or "all" for
+// every level this CPU supports, in increasing order. Errors: ParseCpuIsa's for an unknown
+// name, CheckCpuIsaSupported's for a level this CPU lacks.
+absl::StatusOr<std::vector<CpuIsa>> ParseCpuIsaFlag(const std::string& value);
+
+// One measured figure (higher is better) and the runs of one benchmark, one per kernel level.
+struct Figure {
+  std::string name;  // e.g. "GQA ctx 1024 batch 1", "stories260K prefill"
+  std::string unit;  // e.g. "KV GB/s", "tok/s"
+  double value = 0;
+};
+struct IsaRun {
+  CpuIsa isa;
+  std::vector<Figure> figures;
+};
+
+// Per figure, each level's value and its ratio to the best level's value (the first run's
+// figures name the rows). For --cpu-isa all.
+void PrintIsaComparison(const std::vector<IsaRun>& runs);
+
+// Writes {"bench": bench, "build_cpu_target": BuildCpuTarget(), "baselines": [{"name", "unit",
+// "value"}, ...], "runs": [{"isa": "x86-64-v4", "cpu_kernels": DescribeCpuKernels(isa),
+// "figures": [{"name", "unit", "value"}, ...]}, ...]}. Baselines are measured once per run of
+// the benchmark, whatever the level (e.g. the memory read bandwidth).
+absl::Status WriteJson(const std::string& path, const std::string& bench,
+                       const std::vector<Figure>& baselines, const std::vector<IsaRun>& runs);
+
+}  // namespace pdserve::bench
