@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+// The reference XXH3: inlined here, so compiled for this file's baseline ISA (xxHash's SSE2 loop).
+// kv_frame.cc goes through libxxhash's x86 dispatcher (AVX2 or AVX-512 where the CPU has them),
+// so equal digests check the dispatched variant against the baseline one.
 #define XXH_INLINE_ALL
 #include "xxhash.h"
 
