@@ -10,7 +10,7 @@
 # that drifts falls on both), passing BENCH ARGS to every run. Prints every run's own output,
 # then one table per benchmark: each figure's best over the rounds per build, and
 # portable/native (< 1: the portable build is slower). Figures come from the benchmarks' --json.
-# Env: ROUNDS (default 2) runs per build and benchmark. Run one at a time on a machine: the
+# Env: ROUNDS (default 2) runs per build and benchmark; BENCHES (default "attention engine"). Run one at a time on a machine: the
 # figures are throughputs of all its cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: ROUNDS must be a positive integer, got '$rounds'" >&2
   exit 2
 fi
-benches=(attention engine)
+read -r -a benches <<<"${BENCHES:-attention engine}"
 targets=(pdserve-bench-attention pdserve-bench-engine)
 
 echo "== building the portable benchmarks (build/, -march=x86-64-v2)"
@@ -48,7 +48,7 @@ done
 
 echo
 python3 - "$out" "$rounds" "${benches[@]}" <<'EOF'
-import json, sys
+import json, statistics, sys
 
 out, rounds, benches = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 
@@ -81,17 +81,22 @@ for bench in benches:
             for label, v in values.items():
                 if label not in order:
                     order.append(label)
-                best[build][label] = max(best[build].get(label, v), v)
-    print(f"{bench}: best of {rounds} round(s) per build, higher is better")
+                best[build].setdefault(label, []).append(v)
+    print(f"{bench}: {rounds} round(s) per build, higher is better; best and median of the rounds")
     for build in ("portable", "native"):
         target, kernels = header[build]
         print(f"  {build:8s} build: -march={target}; {' | '.join(kernels)}")
     width = max([len("figure")] + [len(l) for l in order])
-    print(f"{'figure':<{width}} {'portable':>10} {'native':>10} {'portable/native':>16}")
+    print(f"{'figure':<{width}} {'portable':>10} {'native':>10} {'best p/n':>9}"
+          f" {'median p':>10} {'median n':>10} {'median p/n':>11}")
+    fmt = lambda v: f"{v:10.2f}" if v is not None else f"{'-':>10}"
+    ratio = lambda p, n, w: f"{p / n:{w}.3f}" if p is not None and n else f"{'-':>{w}}"
     for label in order:
-        p, n = best["portable"].get(label), best["native"].get(label)
-        fmt = lambda v: f"{v:10.2f}" if v is not None else f"{'-':>10}"
-        ratio = f"{p / n:16.3f}" if p is not None and n else f"{'-':>16}"
-        print(f"{label:<{width}} {fmt(p)} {fmt(n)} {ratio}")
+        runs_p, runs_n = best["portable"].get(label), best["native"].get(label)
+        p, n = (max(runs_p) if runs_p else None), (max(runs_n) if runs_n else None)
+        mp = statistics.median(runs_p) if runs_p else None
+        mn = statistics.median(runs_n) if runs_n else None
+        print(f"{label:<{width}} {fmt(p)} {fmt(n)} {ratio(p, n, 9)} {fmt(mp)} {fmt(mn)}"
+              f" {ratio(mp, mn, 11)}")
     print()
 EOF
