@@ -157,10 +157,8 @@ int main(int argc, char** argv) {
   const std::optional<bench::BenchArgs> args = bench::ParseBenchArgs(argc, argv);
   if (!args.has_value()) return 2;
   const bool quick = args->quick;
-  int threads = args->threads;
+  const int threads = args->threads;
   const std::vector<CpuIsa>& isas = args->isas;
-  const std::string& json_path = args->json_path;
-  if (threads <= 0) threads = omp_get_num_procs();
   const int reps = quick ? 3 : 5;
   bench::PrintBuildHeader(isas);
   std::printf(
@@ -182,19 +180,10 @@ int main(int argc, char** argv) {
     Run(gqa, contexts, batches, threads, reps, bandwidth, isa, runs.back().figures);
     Run(mla, contexts, batches, threads, reps, bandwidth, isa, runs.back().figures);
   }
-  if (runs.size() > 1) bench::PrintIsaComparison(runs);
   std::printf(
       "GQA: Llama-3-8B layer (32 heads, 8 KV heads, head_dim 128). MLA: DeepSeek-V3 layer (128 "
       "heads sharing one 576-float latent row): ~%.0f FLOP per byte read, so on a CPU MLA decode "
       "is compute-bound, not bandwidth-bound.\n",
       2.0 * mla.FmasPerToken() / (static_cast<double>(mla.RowFloats()) * sizeof(float)));
-  if (!json_path.empty()) {
-    if (absl::Status s =
-            bench::WriteJson(json_path, "attention", {{"memory read", "GB/s", bandwidth}}, runs);
-        !s.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-      return 1;
-    }
-  }
-  return 0;
+  return bench::FinishReport(*args, "attention", {{"memory read", "GB/s", bandwidth}}, runs);
 }

@@ -1,5 +1,7 @@
 #include "bench/cpu_report.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +22,19 @@ const char* BuildCpuTarget() { return PDSERVE_BUILD_CPU_TARGET; }
 std::string BuildLine(CpuIsa isa) {
   return absl::StrCat("build: -march=", BuildCpuTarget(), "; ", DescribeCpuKernels(isa));
 }
+
+namespace {
+
+// The levels a --cpu-isa value names: "all" is every level this CPU supports, in increasing
+// order; anything else one level, as ResolveCpuIsa reads it.
+absl::StatusOr<std::vector<CpuIsa>> ParseCpuIsaFlag(const std::string& value) {
+  if (absl::AsciiStrToLower(value) == "all") return SupportedCpuIsas();
+  absl::StatusOr<CpuIsa> isa = ResolveCpuIsa(value);
+  if (!isa.ok()) return isa.status();
+  return std::vector<CpuIsa>{*isa};
+}
+
+}  // namespace
 
 std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv) {
   BenchArgs args;
@@ -48,6 +63,7 @@ std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv) {
       return std::nullopt;
     }
   }
+  if (args.threads <= 0) args.threads = omp_get_num_procs();
   return args;
 }
 
@@ -60,14 +76,6 @@ void PrintBuildHeader(const std::vector<CpuIsa>& isas) {
   for (CpuIsa isa : isas) absl::StrAppend(&names, " ", CpuIsaName(isa));
   std::printf("build: -march=%s; CPU kernels: every supported level, one pass each:%s\n",
               BuildCpuTarget(), names.c_str());
-}
-
-absl::StatusOr<std::vector<CpuIsa>> ParseCpuIsaFlag(const std::string& value) {
-  if (absl::AsciiStrToLower(value) == "all") return SupportedCpuIsas();
-  absl::StatusOr<CpuIsa> isa = ParseCpuIsa(value);
-  if (!isa.ok()) return isa.status();
-  if (absl::Status s = CheckCpuIsaSupported(*isa); !s.ok()) return s;
-  return std::vector<CpuIsa>{*isa};
 }
 
 void PrintIsaComparison(const std::vector<IsaRun>& runs) {
@@ -131,6 +139,17 @@ absl::Status WriteJson(const std::string& path, const std::string& bench,
   out.close();
   if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", path));
   return absl::OkStatus();
+}
+
+int FinishReport(const BenchArgs& args, const std::string& bench,
+                 const std::vector<Figure>& baselines, const std::vector<IsaRun>& runs) {
+  if (runs.size() > 1) PrintIsaComparison(runs);
+  if (args.json_path.empty()) return 0;
+  if (absl::Status s = WriteJson(args.json_path, bench, baselines, runs); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace pdserve::bench

@@ -24,8 +24,9 @@ std::string BuildLine(CpuIsa isa);
 // The flags the CPU benchmarks share: --quick, --threads N, --cpu-isa NAME|all, --json PATH.
 struct BenchArgs {
   bool quick = false;
-  int threads = 0;           // 0: every core
-  std::vector<CpuIsa> isas;  // default: {BestCpuIsa()}
+  int threads = 0;           // every core unless --threads N (N > 0) says otherwise
+  std::vector<CpuIsa> isas;  // --cpu-isa: one level, or every supported one for "all";
+                             // default {BestCpuIsa()}
   std::string json_path;
 };
 // Parses them; on a bad flag prints the error or the usage to stderr and returns nullopt (the
@@ -34,11 +35,6 @@ std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv);
 
 // Prints BuildLine for one level, or the list of levels for --cpu-isa all.
 void PrintBuildHeader(const std::vector<CpuIsa>& isas);
-
-// The levels a --cpu-isa value names: one level (any name ParseCpuIsa accepts), or "all" for
-// every level this CPU supports, in increasing order. Errors: ParseCpuIsa's for an unknown
-// name, CheckCpuIsaSupported's for a level this CPU lacks.
-absl::StatusOr<std::vector<CpuIsa>> ParseCpuIsaFlag(const std::string& value);
 
 // One measured figure (higher is better) and the runs of one benchmark, one per kernel level.
 struct Figure {
@@ -61,5 +57,11 @@ void PrintIsaComparison(const std::vector<IsaRun>& runs);
 // the benchmark, whatever the level (e.g. the memory read bandwidth).
 absl::Status WriteJson(const std::string& path, const std::string& bench,
                        const std::vector<Figure>& baselines, const std::vector<IsaRun>& runs);
+
+// What every CPU benchmark does once its runs are done: PrintIsaComparison when there is more
+// than one level, WriteJson when --json was given. Returns the process's exit status (0, or 1
+// with the error printed when the JSON cannot be written).
+int FinishReport(const BenchArgs& args, const std::string& bench,
+                 const std::vector<Figure>& baselines, const std::vector<IsaRun>& runs);
 
 }  // namespace pdserve::bench

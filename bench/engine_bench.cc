@@ -136,15 +136,13 @@ int main(int argc, char** argv) {
   const std::optional<bench::BenchArgs> args = bench::ParseBenchArgs(argc, argv);
   if (!args.has_value()) return 2;
   const bool quick = args->quick;
-  int threads = args->threads;
+  const int threads = args->threads;
   const std::vector<CpuIsa>& isas = args->isas;
-  const std::string& json_path = args->json_path;
   bench::PrintBuildHeader(isas);
-  const int n = CpuBackend(threads, isas[0]).num_threads();
   std::printf("pdserve engine benchmark: CPU backend, %d threads, f32 compute, best of %d runs\n",
-              n, quick ? 1 : 3);
-  const double bandwidth = bench::MeasureReadBandwidthGBs(n);
-  std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", n, bandwidth);
+              threads, quick ? 1 : 3);
+  const double bandwidth = bench::MeasureReadBandwidthGBs(threads);
+  std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", threads, bandwidth);
 
   struct Synthetic {
     const char* name;
@@ -173,7 +171,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
         return 1;
       }
-      Report("stories260K", **model, n, quick ? 64 : 256, quick ? 32 : 200, quick ? 1 : 3,
+      Report("stories260K", **model, threads, quick ? 64 : 256, quick ? 32 : 200, quick ? 1 : 3,
              bandwidth, figures);
     } else {
       std::printf("stories260K: not found at %s (skipped)\n", stories.c_str());
@@ -192,23 +190,14 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
         return 1;
       }
-      Report(models[m].name, **model, n, 512, 64, 3, bandwidth, figures);
+      Report(models[m].name, **model, threads, 512, 64, 3, bandwidth, figures);
     }
   }
   std::filesystem::remove_all(dir);
-  if (runs.size() > 1) bench::PrintIsaComparison(runs);
   if (!quick) {
     std::printf(
         "anchor (SPEC, llama.cpp on this machine class, SmolLM2-135M F32, 2 threads): "
         "prefill 640 tok/s, decode 60 tok/s\n");
   }
-  if (!json_path.empty()) {
-    if (absl::Status s =
-            bench::WriteJson(json_path, "engine", {{"memory read", "GB/s", bandwidth}}, runs);
-        !s.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-      return 1;
-    }
-  }
-  return 0;
+  return bench::FinishReport(*args, "engine", {{"memory read", "GB/s", bandwidth}}, runs);
 }

@@ -82,51 +82,53 @@ CpuFeatures Detect() {
   return f;
 }
 
-bool Supports(const CpuFeatures& f, CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kX86_64_V2:
-      return f.x86_64_v2;
-    case CpuIsa::kX86_64_V3:
-      return f.x86_64_v3;
-    case CpuIsa::kX86_64_V4:
-      return f.x86_64_v4;
+// Everything pdserve knows about one level, in one row.
+struct Level {
+  CpuIsa isa;
+  const char* names[4];  // the canonical name first, then accepted aliases (nullptr: none)
+  const char* summary;
+  bool CpuFeatures::*supported;
+  const CpuKernels& (*kernels)();
+};
+
+constexpr Level kLevels[] = {
+    {CpuIsa::kX86_64_V2,
+     {"x86-64-v2", "v2", "sse4.2", "sse4_2"},
+     "SSE4.2",
+     &CpuFeatures::x86_64_v2,
+     level2::Kernels},
+    {CpuIsa::kX86_64_V3,
+     {"x86-64-v3", "v3", "avx2", nullptr},
+     "AVX2+FMA",
+     &CpuFeatures::x86_64_v3,
+     level3::Kernels},
+    {CpuIsa::kX86_64_V4,
+     {"x86-64-v4", "v4", "avx512", "avx-512"},
+     "AVX-512",
+     &CpuFeatures::x86_64_v4,
+     level4::Kernels},
+};
+
+const Level& LevelOf(CpuIsa isa) {
+  for (const Level& level : kLevels) {
+    if (level.isa == isa) return level;
   }
-  return false;
+  std::abort();  // not an enumerator
 }
 
-constexpr CpuIsa kAllIsas[] = {CpuIsa::kX86_64_V2, CpuIsa::kX86_64_V3, CpuIsa::kX86_64_V4};
-
-const char* IsaSummary(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kX86_64_V2:
-      return "SSE4.2";
-    case CpuIsa::kX86_64_V3:
-      return "AVX2+FMA";
-    case CpuIsa::kX86_64_V4:
-      return "AVX-512";
-  }
-  return "?";
-}
+bool Supports(CpuIsa isa) { return DetectCpuFeatures().*LevelOf(isa).supported; }
 
 }  // namespace
 
-const char* CpuIsaName(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kX86_64_V2:
-      return "x86-64-v2";
-    case CpuIsa::kX86_64_V3:
-      return "x86-64-v3";
-    case CpuIsa::kX86_64_V4:
-      return "x86-64-v4";
-  }
-  return "unknown";
-}
+const char* CpuIsaName(CpuIsa isa) { return LevelOf(isa).names[0]; }
 
 absl::StatusOr<CpuIsa> ParseCpuIsa(const std::string& name) {
   const std::string n = absl::AsciiStrToLower(name);
-  if (n == "x86-64-v2" || n == "v2" || n == "sse4.2" || n == "sse4_2") return CpuIsa::kX86_64_V2;
-  if (n == "x86-64-v3" || n == "v3" || n == "avx2") return CpuIsa::kX86_64_V3;
-  if (n == "x86-64-v4" || n == "v4" || n == "avx512" || n == "avx-512") return CpuIsa::kX86_64_V4;
+  for (const Level& level : kLevels) {
+    for (const char* alias : level.names) {
+      if (alias != nullptr && n == alias) return level.isa;
+    }
+  }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown CPU ISA '", name,
                    "': use x86-64-v2 (sse4.2), x86-64-v3 (avx2) or x86-64-v4 (avx512)"));
@@ -139,8 +141,8 @@ const CpuFeatures& DetectCpuFeatures() {
 
 std::vector<CpuIsa> SupportedCpuIsas() {
   std::vector<CpuIsa> out;
-  for (CpuIsa isa : kAllIsas) {
-    if (Supports(DetectCpuFeatures(), isa)) out.push_back(isa);
+  for (const Level& level : kLevels) {
+    if (Supports(level.isa)) out.push_back(level.isa);
   }
   return out;
 }
@@ -161,24 +163,20 @@ CpuIsa BestCpuIsa() {
 }
 
 absl::Status CheckCpuIsaSupported(CpuIsa isa) {
-  if (isa == CpuIsa::kX86_64_V2 || Supports(DetectCpuFeatures(), isa)) return absl::OkStatus();
+  // The binary itself is x86-64-v2, so that level is always there.
+  if (isa == CpuIsa::kX86_64_V2 || Supports(isa)) return absl::OkStatus();
   return absl::FailedPreconditionError(
       absl::StrCat("this CPU (", DetectCpuFeatures().brand, ") does not support ", CpuIsaName(isa),
-                   " (", IsaSummary(isa), "); the best it supports is ", CpuIsaName(BestCpuIsa()),
-                   ": pick that or a lower level, or leave it unset"));
-}
-
-absl::StatusOr<CpuIsa> ResolveCpuIsa(std::optional<CpuIsa> requested) {
-  if (!requested.has_value()) return BestCpuIsa();
-  if (absl::Status s = CheckCpuIsaSupported(*requested); !s.ok()) return s;
-  return *requested;
+                   " (", LevelOf(isa).summary, "); the best it supports is ",
+                   CpuIsaName(BestCpuIsa()), ": pick that or a lower level, or leave it unset"));
 }
 
 absl::StatusOr<CpuIsa> ResolveCpuIsa(const std::string& flag) {
   if (flag.empty() || absl::AsciiStrToLower(flag) == "auto") return BestCpuIsa();
   absl::StatusOr<CpuIsa> isa = ParseCpuIsa(flag);
   if (!isa.ok()) return isa.status();
-  return ResolveCpuIsa(std::optional<CpuIsa>(*isa));
+  if (absl::Status s = CheckCpuIsaSupported(*isa); !s.ok()) return s;
+  return *isa;
 }
 
 std::string DescribeCpuKernels(CpuIsa isa) {
@@ -188,8 +186,8 @@ std::string DescribeCpuKernels(CpuIsa isa) {
   const char* vnni =
       f.avx512_vnni ? (f.avx_vnni ? "avx512, avx" : "avx512") : (f.avx_vnni ? "avx" : "none");
   return absl::StrCat(
-      "CPU kernels ", CpuIsaName(isa), " (", IsaSummary(isa), ", ", CpuKernelsFor(isa).f32_lanes,
-      " f32 lanes) on ", f.brand.empty() ? "an unnamed CPU" : f.brand,
+      "CPU kernels ", CpuIsaName(isa), " (", LevelOf(isa).summary, ", ",
+      CpuKernelsFor(isa).f32_lanes, " f32 lanes) on ", f.brand.empty() ? "an unnamed CPU" : f.brand,
       "; supported: ", supported.empty() ? "none reported" : absl::StrJoin(supported, " "),
       "; VNNI: ", vnni, "; KV checksum: libxxhash x86 dispatch");
 }
@@ -199,15 +197,7 @@ const CpuKernels& CpuKernelsFor(CpuIsa isa) {
     std::fprintf(stderr, "pdserve: %s\n", std::string(s.message()).c_str());
     std::abort();
   }
-  switch (isa) {
-    case CpuIsa::kX86_64_V2:
-      return level2::Kernels();
-    case CpuIsa::kX86_64_V3:
-      return level3::Kernels();
-    case CpuIsa::kX86_64_V4:
-      return level4::Kernels();
-  }
-  std::abort();
+  return LevelOf(isa).kernels();
 }
 
 const CpuKernels& BestCpuKernels() {

@@ -20,7 +20,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,10 +55,9 @@ CpuIsa BestCpuIsa();
 std::vector<CpuIsa> SupportedCpuIsas();
 // OK when `isa` runs on this CPU; FailedPrecondition naming the best it does support otherwise.
 absl::Status CheckCpuIsaSupported(CpuIsa isa);
-// `requested` when given and supported, else BestCpuIsa(); an error as CheckCpuIsaSupported.
-absl::StatusOr<CpuIsa> ResolveCpuIsa(std::optional<CpuIsa> requested);
-// The same for a --cpu-isa flag's value: "" or "auto" is BestCpuIsa(), else a name ParseCpuIsa
-// accepts that this CPU supports.
+// The level a --cpu-isa flag's value names: "" or "auto" is BestCpuIsa(), else a name
+// ParseCpuIsa accepts, which this CPU must support (errors as ParseCpuIsa and
+// CheckCpuIsaSupported).
 absl::StatusOr<CpuIsa> ResolveCpuIsa(const std::string& flag);
 
 // One line for start-up logs and benchmark headers, e.g. "CPU kernels x86-64-v4 (AVX-512,
@@ -92,9 +90,8 @@ struct CpuKernels {
   void (*silu_mul)(const float* gate, const float* up, float* out, int64_t n);
   // x[i] += y[i].
   void (*add)(float* x, const float* y, int64_t n);
-  // 16-bit floats to f32, exactly.
+  // bf16 to f32, exactly.
   void (*bf16_to_f32)(const uint16_t* src, float* dst, size_t n);
-  void (*f16_to_f32)(const uint16_t* src, float* dst, size_t n);
   // `blocks` consecutive 32-element blocks of `type` to 32 * blocks floats.
   void (*dequantize)(QuantBlockType type, const uint8_t* src, int64_t blocks, float* dst);
 };

@@ -74,10 +74,6 @@ inline F LoadBf16(const uint16_t* p) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
-inline constexpr bool kHasF16 = true;
-inline F LoadF16(const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
 #elif PDSERVE_SIMD_LEVEL == 3
 using F = __m256;
 inline constexpr int kLanes = 8;
@@ -114,10 +110,6 @@ inline F LoadBf16(const uint16_t* p) {
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
-inline constexpr bool kHasF16 = true;
-inline F LoadF16(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
 #else
 using F = __m128;
 inline constexpr int kLanes = 4;
@@ -153,8 +145,6 @@ inline F LoadBf16(const uint16_t* p) {
   const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(raw), 16));
 }
-inline constexpr bool kHasF16 = false;  // no F16C below x86-64-v3
-inline F LoadF16(const uint16_t*) { return Zero(); }
 #endif
 
 // exp(x) per lane: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial

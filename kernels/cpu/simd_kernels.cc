@@ -29,37 +29,46 @@ using simd::kLanes;
 
 // ---- Dot products and row updates (decode attention, GEMV) ----
 
-// out[j] = q[j * n : (j + 1) * n] · k for j < 4: four independent FMA chains sharing each load
-// of k.
-inline void Dot4(const float* q, const float* k, int64_t n, float* out) {
+// Rows of f32 or bf16 (weights) as f32 lanes and as scalars, so the dot products below serve
+// both the attention scores (f32 query rows) and the bf16 GEMV (weight rows).
+inline F LoadRow(const float* p) { return simd::Load(p); }
+inline F LoadRow(const uint16_t* p) { return simd::LoadBf16(p); }
+inline float RowValue(float v) { return v; }
+inline float RowValue(uint16_t v) { return BF16ToFloat(v); }
+
+// out[j] = rows[j * stride : j * stride + n] · x for j < 4: four independent FMA chains sharing
+// each load of x (one chain alone would be bound by FMA latency, not memory).
+template <typename T>
+inline void Dot4(const T* rows, int64_t stride, const float* x, int64_t n, float* out) {
   F a0 = simd::Zero(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    const F kv = simd::Load(k + i);
-    a0 = simd::MulAdd(simd::Load(q + i), kv, a0);
-    a1 = simd::MulAdd(simd::Load(q + n + i), kv, a1);
-    a2 = simd::MulAdd(simd::Load(q + 2 * n + i), kv, a2);
-    a3 = simd::MulAdd(simd::Load(q + 3 * n + i), kv, a3);
+    const F xv = simd::Load(x + i);
+    a0 = simd::MulAdd(LoadRow(rows + i), xv, a0);
+    a1 = simd::MulAdd(LoadRow(rows + stride + i), xv, a1);
+    a2 = simd::MulAdd(LoadRow(rows + 2 * stride + i), xv, a2);
+    a3 = simd::MulAdd(LoadRow(rows + 3 * stride + i), xv, a3);
   }
   float r[4] = {simd::ReduceAdd(a0), simd::ReduceAdd(a1), simd::ReduceAdd(a2), simd::ReduceAdd(a3)};
   for (; i < n; ++i) {
-    for (int j = 0; j < 4; ++j) r[j] += q[j * n + i] * k[i];
+    for (int j = 0; j < 4; ++j) r[j] += RowValue(rows[j * stride + i]) * x[i];
   }
   for (int j = 0; j < 4; ++j) out[j] = r[j];
 }
 
-inline float Dot(const float* q, const float* k, int64_t n) {
+template <typename T>
+inline float Dot(const T* row, const float* x, int64_t n) {
   F a0 = simd::Zero(), a1 = a0;
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    a0 = simd::MulAdd(simd::Load(q + i), simd::Load(k + i), a0);
-    a1 = simd::MulAdd(simd::Load(q + i + kLanes), simd::Load(k + i + kLanes), a1);
+    a0 = simd::MulAdd(LoadRow(row + i), simd::Load(x + i), a0);
+    a1 = simd::MulAdd(LoadRow(row + i + kLanes), simd::Load(x + i + kLanes), a1);
   }
   for (; i + kLanes <= n; i += kLanes) {
-    a0 = simd::MulAdd(simd::Load(q + i), simd::Load(k + i), a0);
+    a0 = simd::MulAdd(LoadRow(row + i), simd::Load(x + i), a0);
   }
   float r = simd::ReduceAdd(simd::Add(a0, a1));
-  for (; i < n; ++i) r += q[i] * k[i];
+  for (; i < n; ++i) r += RowValue(row[i]) * x[i];
   return r;
 }
 
@@ -112,38 +121,15 @@ float ExpShiftedSum(float* s, int64_t n, float shift) {
   return sum;
 }
 
-// Weight rows are taken kRowsAtOnce at a time so there are always several independent FMA
-// chains in flight (one chain per row would be bound by FMA latency, not memory).
+// Weight rows four at a time (Dot4), the last n % 4 one by one.
 void GemvBf16(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0, int64_t j1,
               float* y, int64_t n) {
-  constexpr int64_t kRowsAtOnce = 4;
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * k;
-    for (int64_t j = j0; j < j1; j += kRowsAtOnce) {
-      const int64_t rows = std::min(kRowsAtOnce, j1 - j);
-      float acc[kRowsAtOnce] = {};
-      int64_t i = 0;
-      if (rows == kRowsAtOnce) {
-        F a0 = simd::Zero(), a1 = a0, a2 = a0, a3 = a0;
-        const uint16_t* w0 = w + j * k;
-        for (; i + kLanes <= k; i += kLanes) {
-          const F xv = simd::Load(xr + i);
-          a0 = simd::MulAdd(simd::LoadBf16(w0 + i), xv, a0);
-          a1 = simd::MulAdd(simd::LoadBf16(w0 + k + i), xv, a1);
-          a2 = simd::MulAdd(simd::LoadBf16(w0 + 2 * k + i), xv, a2);
-          a3 = simd::MulAdd(simd::LoadBf16(w0 + 3 * k + i), xv, a3);
-        }
-        acc[0] = simd::ReduceAdd(a0);
-        acc[1] = simd::ReduceAdd(a1);
-        acc[2] = simd::ReduceAdd(a2);
-        acc[3] = simd::ReduceAdd(a3);
-      }
-      for (int64_t q = 0; q < rows; ++q) {
-        const uint16_t* wq = w + (j + q) * k;
-        for (int64_t t = i; t < k; ++t) acc[q] += BF16ToFloat(wq[t]) * xr[t];
-        y[r * n + j + q] = acc[q];
-      }
-    }
+    float* yr = y + r * n;
+    int64_t j = j0;
+    for (; j + 4 <= j1; j += 4) Dot4(w + j * k, k, xr, k, yr + j);
+    for (; j < j1; ++j) yr[j] = Dot(w + j * k, xr, k);
   }
 }
 
@@ -214,7 +200,7 @@ void DecodeAttentionItem(const GroupedDecode& p, const PagedSeq& seq, const Deco
         int j = 0;
         for (; j + 4 <= g_size; j += 4) {
           float s[4];
-          Dot4(q + j * dk, kr, dk, s);
+          Dot4(q + j * dk, dk, kr, dk, s);
           for (int u = 0; u < 4; ++u)
             ws.scores[static_cast<size_t>((j + u) * kDecodeTile + r)] = s[u];
         }
@@ -322,14 +308,6 @@ void Bf16ToF32(const uint16_t* src, float* dst, size_t n) {
   for (; i < n; ++i) dst[i] = BF16ToFloat(src[i]);
 }
 
-void F16ToF32(const uint16_t* src, float* dst, size_t n) {
-  size_t i = 0;
-  if constexpr (simd::kHasF16) {
-    for (; i + kLanes <= n; i += kLanes) simd::Store(dst + i, simd::LoadF16(src + i));
-  }
-  for (; i < n; ++i) dst[i] = HalfToFloat(src[i]);
-}
-
 // GGML blocks (gguf/dequantize.h): fp16 scale d (and min m for Q4_1), then 32 quants. Plain
 // loops of 32 that the compiler vectorizes for this level.
 uint16_t Half(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
@@ -381,7 +359,6 @@ const CpuKernels& Kernels() {
       .silu_mul = SiluMul,
       .add = Add,
       .bf16_to_f32 = Bf16ToF32,
-      .f16_to_f32 = F16ToF32,
       .dequantize = Dequantize,
   };
   return kKernels;

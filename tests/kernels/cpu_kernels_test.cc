@@ -26,6 +26,7 @@
 #include "gguf/dequantize.h"
 #include "kernels/backend.h"
 #include "kernels/convert.h"
+#include "tests/kernels/per_cpu_isa.h"
 
 namespace pdserve {
 namespace {
@@ -40,20 +41,11 @@ std::vector<float> Random(size_t n, std::mt19937& rng, float lo = -1.0f, float h
   return v;
 }
 
-}  // namespace
-
-// Failure messages name the level, not "1-byte object <02>" (found by argument-dependent lookup,
-// so in CpuIsa's namespace; internal linkage).
-static void PrintTo(CpuIsa isa, std::ostream* os) { *os << CpuIsaName(isa); }
-
-namespace {
-
-class CpuKernelsTest : public testing::TestWithParam<CpuIsa> {
+class CpuKernelsTest : public PerCpuIsaTest {
  protected:
   void SetUp() override {
-    if (const absl::Status s = CheckCpuIsaSupported(GetParam()); !s.ok()) {
-      GTEST_SKIP() << "this CPU lacks " << CpuIsaName(GetParam()) << ": " << s.message();
-    }
+    PerCpuIsaTest::SetUp();
+    if (IsSkipped()) return;
     kernels_ = &CpuKernelsFor(GetParam());
   }
   const CpuKernels& K() const { return *kernels_; }
@@ -76,7 +68,6 @@ TEST_P(CpuKernelsTest, TableIsTheRequestedLevel) {
   EXPECT_NE(K().silu_mul, nullptr);
   EXPECT_NE(K().add, nullptr);
   EXPECT_NE(K().bf16_to_f32, nullptr);
-  EXPECT_NE(K().f16_to_f32, nullptr);
   EXPECT_NE(K().dequantize, nullptr);
 }
 
@@ -287,7 +278,7 @@ TEST_P(CpuKernelsTest, AddIsExact) {
 }
 
 // Every 16-bit pattern converted by `convert` must equal `ref` bit for bit (NaN: NaN of the same
-// sign; F16C quiets signalling NaNs, the scalar path keeps their payload). Converted once as one
+// sign). Converted once as one
 // array and again in awkward pieces at odd offsets (vector bodies and scalar tails, unaligned).
 void ExpectExactConversion(void (*convert)(const uint16_t*, float*, size_t), float (*ref)(uint16_t),
                            const char* what) {
@@ -322,10 +313,6 @@ void ExpectExactConversion(void (*convert)(const uint16_t*, float*, size_t), flo
 
 TEST_P(CpuKernelsTest, Bf16ToF32IsExactForAllPatterns) {
   ExpectExactConversion(K().bf16_to_f32, BF16ToFloat, "bf16");
-}
-
-TEST_P(CpuKernelsTest, F16ToF32IsExactForAllPatterns) {
-  ExpectExactConversion(K().f16_to_f32, HalfToFloat, "f16");
 }
 
 // A random finite IEEE half: any sign, normal or subnormal or zero (exponent field not 31).
@@ -385,14 +372,7 @@ TEST_P(CpuKernelsTest, DequantizeMatchesGgufDecoderExactly) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllLevels, CpuKernelsTest,
-                         testing::Values(CpuIsa::kX86_64_V2, CpuIsa::kX86_64_V3,
-                                         CpuIsa::kX86_64_V4),
-                         [](const testing::TestParamInfo<CpuIsa>& param) {
-                           std::string name = CpuIsaName(param.param);
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+PDSERVE_INSTANTIATE_PER_CPU_ISA(CpuKernelsTest);
 
 }  // namespace
 }  // namespace pdserve

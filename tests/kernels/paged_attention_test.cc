@@ -1,7 +1,8 @@
 // Parity of the paged decode attention kernels (GQA family and absorbed MLA) with their plain
 // references, over random shapes, block sizes, ragged batches and shuffled block tables. Every
-// parity test runs once per x86-64 level this CPU supports (the compiled variants of
-// CpuKernels::decode_attention_item, kernels/cpu/cpu_kernels.h), each on the same inputs.
+// parity test runs once per x86-64 level (the compiled variants of
+// CpuKernels::decode_attention_item, kernels/cpu/cpu_kernels.h; tests/kernels/per_cpu_isa.h),
+// each on the same inputs.
 #include "kernels/paged_attention.h"
 
 #include <gtest/gtest.h>
@@ -11,6 +12,8 @@
 #include <numeric>
 #include <random>
 #include <vector>
+
+#include "tests/kernels/per_cpu_isa.h"
 
 namespace pdserve {
 namespace {
@@ -79,27 +82,27 @@ std::vector<float> CheckGqa(const GqaCase& c, std::mt19937& rng, int threads, Cp
   return out;
 }
 
-TEST(PagedDecodeAttention, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
+class PagedDecodeAttentionTest : public PerCpuIsaTest {};
+PDSERVE_INSTANTIATE_PER_CPU_ISA(PagedDecodeAttentionTest);
+
+TEST_P(PagedDecodeAttentionTest, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
   const std::vector<std::pair<int, int>> heads = {{8, 8}, {8, 2}, {8, 1}, {9, 3}};
-  for (CpuIsa isa : SupportedCpuIsas()) {
-    SCOPED_TRACE(CpuIsaName(isa));
-    for (unsigned seed : {1u, 2u}) {
-      std::mt19937 rng(seed);
-      for (int head_dim : {8, 20, 64, 128}) {  // 20: exercises the vector tails
-        for (auto [n_heads, n_kv_heads] : heads) {
-          for (int block_size : {1, 16, 64}) {
-            SCOPED_TRACE(testing::Message()
-                         << "seed=" << seed << " head_dim=" << head_dim << " heads=" << n_heads
-                         << "/" << n_kv_heads << " block_size=" << block_size);
-            CheckGqa({n_heads,
-                      n_kv_heads,
-                      head_dim,
-                      block_size,
-                      {1, 17, 300, 1000},
-                      1.0f / std::sqrt(static_cast<float>(head_dim))},
-                     rng, 2, isa);
-            if (HasFatalFailure()) return;
-          }
+  for (unsigned seed : {1u, 2u}) {
+    std::mt19937 rng(seed);
+    for (int head_dim : {8, 20, 64, 128}) {  // 20: exercises the vector tails
+      for (auto [n_heads, n_kv_heads] : heads) {
+        for (int block_size : {1, 16, 64}) {
+          SCOPED_TRACE(testing::Message()
+                       << "seed=" << seed << " head_dim=" << head_dim << " heads=" << n_heads << "/"
+                       << n_kv_heads << " block_size=" << block_size);
+          CheckGqa({n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    block_size,
+                    {1, 17, 300, 1000},
+                    1.0f / std::sqrt(static_cast<float>(head_dim))},
+                   rng, 2, GetParam());
+          if (HasFatalFailure()) return;
         }
       }
     }
@@ -108,28 +111,22 @@ TEST(PagedDecodeAttention, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
 
 // A large scale makes scores span tens of units, so the running max changes often and the
 // online rescale (and the merge of chunk maxima) must be right, not just nearly right.
-TEST(PagedDecodeAttention, MatchesReferenceWithSharpSoftmax) {
-  for (CpuIsa isa : SupportedCpuIsas()) {
-    SCOPED_TRACE(CpuIsaName(isa));
-    std::mt19937 rng(7);
-    for (int block_size : {1, 16}) {
-      SCOPED_TRACE(testing::Message() << "block_size=" << block_size);
-      CheckGqa({8, 2, 64, block_size, {5, 700, 2000}, 2.0f}, rng, 2, isa);
-    }
+TEST_P(PagedDecodeAttentionTest, MatchesReferenceWithSharpSoftmax) {
+  std::mt19937 rng(7);
+  for (int block_size : {1, 16}) {
+    SCOPED_TRACE(testing::Message() << "block_size=" << block_size);
+    CheckGqa({8, 2, 64, block_size, {5, 700, 2000}, 2.0f}, rng, 2, GetParam());
   }
 }
 
 // Batch 1 with a long context: the context is split into chunks across threads and merged.
 // The chunking depends on the thread count; the result may differ only by rounding.
-TEST(PagedDecodeAttention, LongContextSplitAcrossThreadsMatchesReference) {
+TEST_P(PagedDecodeAttentionTest, LongContextSplitAcrossThreadsMatchesReference) {
   const GqaCase c{8, 2, 64, 16, {8192}, 0.125f};
-  for (CpuIsa isa : SupportedCpuIsas()) {
-    SCOPED_TRACE(CpuIsaName(isa));
-    std::mt19937 rng_a(3), rng_b(3);
-    const std::vector<float> two = CheckGqa(c, rng_a, 2, isa);
-    const std::vector<float> one = CheckGqa(c, rng_b, 1, isa);
-    ExpectNear(one, two, kTol);
-  }
+  std::mt19937 rng_a(3), rng_b(3);
+  const std::vector<float> two = CheckGqa(c, rng_a, 2, GetParam());
+  const std::vector<float> one = CheckGqa(c, rng_b, 1, GetParam());
+  ExpectNear(one, two, kTol);
 }
 
 struct MlaCase {
@@ -156,36 +153,33 @@ std::vector<float> CheckMla(const MlaCase& c, std::mt19937& rng, int threads, Cp
   return out;
 }
 
-TEST(MlaDecodeAttention, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
-  for (CpuIsa isa : SupportedCpuIsas()) {
-    SCOPED_TRACE(CpuIsaName(isa));
-    std::mt19937 rng(5);
-    for (int kv_lora_rank : {16, 512}) {
-      for (int rope_dim : {8, 64}) {
-        for (int n_heads : {1, 16}) {
-          for (int block_size : {1, 16, 64}) {
-            SCOPED_TRACE(testing::Message()
-                         << "kv_lora_rank=" << kv_lora_rank << " rope_dim=" << rope_dim
-                         << " n_heads=" << n_heads << " block_size=" << block_size);
-            CheckMla({n_heads, kv_lora_rank, rope_dim, block_size, {1, 17, 300, 1000}}, rng, 2,
-                     isa);
-            if (HasFatalFailure()) return;
-          }
+class MlaDecodeAttentionTest : public PerCpuIsaTest {};
+PDSERVE_INSTANTIATE_PER_CPU_ISA(MlaDecodeAttentionTest);
+
+TEST_P(MlaDecodeAttentionTest, MatchesReferenceOnRaggedBatchesWithShuffledPages) {
+  std::mt19937 rng(5);
+  for (int kv_lora_rank : {16, 512}) {
+    for (int rope_dim : {8, 64}) {
+      for (int n_heads : {1, 16}) {
+        for (int block_size : {1, 16, 64}) {
+          SCOPED_TRACE(testing::Message()
+                       << "kv_lora_rank=" << kv_lora_rank << " rope_dim=" << rope_dim
+                       << " n_heads=" << n_heads << " block_size=" << block_size);
+          CheckMla({n_heads, kv_lora_rank, rope_dim, block_size, {1, 17, 300, 1000}}, rng, 2,
+                   GetParam());
+          if (HasFatalFailure()) return;
         }
       }
     }
   }
 }
 
-TEST(MlaDecodeAttention, LongContextSplitAcrossThreadsMatchesReference) {
+TEST_P(MlaDecodeAttentionTest, LongContextSplitAcrossThreadsMatchesReference) {
   const MlaCase c{16, 512, 64, 64, {8192}};
-  for (CpuIsa isa : SupportedCpuIsas()) {
-    SCOPED_TRACE(CpuIsaName(isa));
-    std::mt19937 rng_a(9), rng_b(9);
-    const std::vector<float> two = CheckMla(c, rng_a, 2, isa);
-    const std::vector<float> one = CheckMla(c, rng_b, 1, isa);
-    ExpectNear(one, two, kTol);
-  }
+  std::mt19937 rng_a(9), rng_b(9);
+  const std::vector<float> two = CheckMla(c, rng_a, 2, GetParam());
+  const std::vector<float> one = CheckMla(c, rng_b, 1, GetParam());
+  ExpectNear(one, two, kTol);
 }
 
 // Broken paging invariants abort with a message instead of reading outside the pool.
