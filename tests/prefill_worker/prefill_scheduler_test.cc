@@ -49,8 +49,12 @@ TEST_F(PrefillSchedulerTest, FirstTokensMatchGenerateAndLayersArriveInOrder) {
     };
     futures.push_back(scheduler.Submit(std::move(job)));
   }
+  // Every prefill finishes before the reference runs: the scheduler's thread and this one must
+  // not use the model's backend at the same time (a Backend serves one thread at a time).
+  std::vector<absl::StatusOr<PrefillResult>> results;
+  for (auto& f : futures) results.push_back(f.get());
   for (int i = 0; i < 5; ++i) {
-    auto r = futures[static_cast<size_t>(i)].get();
+    auto& r = results[static_cast<size_t>(i)];
     ASSERT_TRUE(r.ok()) << r.status();
     StopCriteria one;
     one.max_tokens = 1;
