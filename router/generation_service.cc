@@ -1,21 +1,52 @@
 #include "router/generation_service.h"
 
+#include <grpcpp/impl/codegen/proto_utils.h>
+
+#include "router/request_validator.h"
 #include "rpc/status.h"
 #include "spdlog/spdlog.h"
 
 namespace pdserve::router {
 namespace {
 
-// The flow for `request`, or null after answering the validation error through `sink`. The
+// `message` as the bytes a raw method sends, replacing what `out` held.
+template <typename Message>
+void Serialize(const Message& message, grpc::ByteBuffer* out) {
+  out->Clear();  // gRPC's serializer appends only to an empty buffer
+  bool own_buffer = false;
+  grpc::SerializationTraits<Message>::Serialize(message, out, &own_buffer);
+}
+
+// The request in `bytes` with its id checked and its prompt encoded, ready for RequestFlow.
+// `log_id` is the id as log lines may show it (escaped and cut: it may be what is wrong).
+absl::StatusOr<v1::GenerateRequest> ParseRequest(const grpc::ByteBuffer& bytes, const FlowEnv& env,
+                                                 const PromptOptions& prompt_options,
+                                                 std::string* log_id) {
+  *log_id = "(unparsed)";
+  grpc::ByteBuffer copy = bytes;  // parsing consumes its buffer; the copy shares the slices
+  v1::GenerateRequest request;
+  if (!grpc::SerializationTraits<v1::GenerateRequest>::Deserialize(&copy, &request).ok()) {
+    return absl::InvalidArgumentError(
+        "request is not a valid pdserve.v1.GenerateRequest protobuf: send the GenerateRequest "
+        "message of pdserve/v1/generation.proto (string fields must be valid UTF-8)");
+  }
+  *log_id = request.request_id().empty() ? "(no id)" : LoggableText(request.request_id());
+  if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
+  return EncodePrompt(env.tokenizer, std::move(request), prompt_options);
+}
+
+// The flow for the request in `bytes`, or null after answering the error through `sink`. The
 // caller stores the flow before starting it: its callbacks may reach the sink at once.
-std::shared_ptr<RequestFlow> CreateFlow(const FlowEnv& env, grpc::CallbackServerContext* context,
-                                        const v1::GenerateRequest& request, ResponseSink* sink) {
+std::shared_ptr<RequestFlow> CreateFlow(const FlowEnv& env, const PromptOptions& prompt_options,
+                                        grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer& bytes, ResponseSink* sink) {
+  std::string log_id;
+  absl::StatusOr<v1::GenerateRequest> request = ParseRequest(bytes, env, prompt_options, &log_id);
   absl::StatusOr<std::shared_ptr<RequestFlow>> flow =
-      RequestFlow::Create(env, request, context->deadline(), sink);
+      request.ok() ? RequestFlow::Create(env, *request, context->deadline(), sink)
+                   : request.status();
   if (!flow.ok()) {
-    spdlog::warn("request {}: rejected: {}",
-                 request.request_id().empty() ? "(no id)" : request.request_id(),
-                 flow.status().ToString());
+    spdlog::warn("request {}: rejected: {}", log_id, flow.status().ToString());
     sink->Finish(flow.status(), {}, "", v1::FinalInfo());
     return nullptr;
   }
@@ -23,36 +54,38 @@ std::shared_ptr<RequestFlow> CreateFlow(const FlowEnv& env, grpc::CallbackServer
 }
 
 // One Generate call: a message per decode message, then the last tokens with FinalInfo.
-class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                               public ResponseSink {
  public:
-  GenerateReactor(const FlowEnv& env, grpc::CallbackServerContext* context,
-                  const v1::GenerateRequest& request) {
-    flow_ = CreateFlow(env, context, request, this);
+  GenerateReactor(const FlowEnv& env, const PromptOptions& prompt_options,
+                  grpc::CallbackServerContext* context, const grpc::ByteBuffer& request) {
+    flow_ = CreateFlow(env, prompt_options, context, request, this);
     if (flow_ != nullptr) flow_->Start();
   }
 
   void Send(std::span<const int32_t> tokens, std::string text,
             std::function<void(bool)> sent) override {
-    response_.Clear();
-    response_.set_request_id(flow_->request_id());
-    response_.mutable_token_ids()->Add(tokens.begin(), tokens.end());
-    response_.set_text(std::move(text));
+    v1::GenerateResponse response;
+    response.set_request_id(flow_->request_id());
+    response.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response.set_text(std::move(text));
+    Serialize(response, &buffer_);
     sent_ = std::move(sent);
-    StartWrite(&response_);
+    StartWrite(&buffer_);
   }
   void Finish(const absl::Status& status, std::span<const int32_t> tokens, std::string text,
               const v1::FinalInfo& final_info) override {
     if (!status.ok()) {
-      grpc::ServerWriteReactor<v1::GenerateResponse>::Finish(rpc::ToGrpc(status));
+      grpc::ServerWriteReactor<grpc::ByteBuffer>::Finish(rpc::ToGrpc(status));
       return;
     }
-    response_.Clear();
-    response_.set_request_id(flow_->request_id());
-    response_.mutable_token_ids()->Add(tokens.begin(), tokens.end());
-    response_.set_text(std::move(text));
-    *response_.mutable_final() = final_info;
-    StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+    v1::GenerateResponse response;
+    response.set_request_id(flow_->request_id());
+    response.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response.set_text(std::move(text));
+    *response.mutable_final() = final_info;
+    Serialize(response, &buffer_);
+    StartWriteAndFinish(&buffer_, grpc::WriteOptions(), grpc::Status::OK);
   }
 
   void OnWriteDone(bool ok) override {
@@ -65,24 +98,25 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
  private:
   std::shared_ptr<RequestFlow> flow_;
-  v1::GenerateResponse response_;
+  grpc::ByteBuffer buffer_;  // the message being written
   std::function<void(bool)> sent_;
 };
 
 // One Complete call: every token in one response.
 class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSink {
  public:
-  CompleteReactor(const FlowEnv& env, grpc::CallbackServerContext* context,
-                  const v1::GenerateRequest& request, v1::CompleteResponse* response)
-      : response_(response) {
-    flow_ = CreateFlow(env, context, request, this);
+  CompleteReactor(const FlowEnv& env, const PromptOptions& prompt_options,
+                  grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
+                  grpc::ByteBuffer* response)
+      : response_bytes_(response) {
+    flow_ = CreateFlow(env, prompt_options, context, request, this);
     if (flow_ != nullptr) flow_->Start();
   }
 
   void Send(std::span<const int32_t> tokens, std::string text,
             std::function<void(bool)> sent) override {
-    response_->mutable_token_ids()->Add(tokens.begin(), tokens.end());
-    response_->mutable_text()->append(text);
+    response_.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response_.mutable_text()->append(text);
     sent(true);
   }
   void Finish(const absl::Status& status, std::span<const int32_t> tokens, std::string text,
@@ -91,10 +125,11 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
       grpc::ServerUnaryReactor::Finish(rpc::ToGrpc(status));
       return;
     }
-    response_->set_request_id(flow_->request_id());
-    response_->mutable_token_ids()->Add(tokens.begin(), tokens.end());
-    response_->mutable_text()->append(text);
-    *response_->mutable_final() = final_info;
+    response_.set_request_id(flow_->request_id());
+    response_.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+    response_.mutable_text()->append(text);
+    *response_.mutable_final() = final_info;
+    Serialize(response_, response_bytes_);
     grpc::ServerUnaryReactor::Finish(grpc::Status::OK);
   }
 
@@ -104,21 +139,22 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
   void OnDone() override { delete this; }
 
  private:
-  v1::CompleteResponse* const response_;
+  grpc::ByteBuffer* const response_bytes_;
+  v1::CompleteResponse response_;  // gathered here, serialized at the end
   std::shared_ptr<RequestFlow> flow_;
 };
 
 }  // namespace
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateReactor(env_, context, *request);
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  return new GenerateReactor(env_, prompt_options_, context, *request);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* context,
-                                                      const v1::GenerateRequest* request,
-                                                      v1::CompleteResponse* response) {
-  return new CompleteReactor(env_, context, *request, response);
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  return new CompleteReactor(env_, prompt_options_, context, *request, response);
 }
 
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,

@@ -1,28 +1,45 @@
 // The public pdserve.v1.Generation service: thin callback handlers around RequestFlow.
 #pragma once
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include "pdserve/v1/generation.grpc.pb.h"
 #include "router/request_flow.h"
+#include "router/text_io.h"
 
 namespace pdserve::router {
 
-// Generate streams each decode message's tokens as they arrive; Complete gathers them. Both end
-// with FinalInfo. Thread-safe (gRPC calls it from many threads); `env` must outlive the server.
-class GenerationService final : public v1::Generation::CallbackService {
- public:
-  explicit GenerationService(FlowEnv env) : env_(env) {}
+// Generate and Complete take their request as bytes and parse it themselves: for a request that
+// does not parse, gRPC's generated handlers answer UNIMPLEMENTED (or INTERNAL) with an empty
+// message (grpc 1.51, server_callback_handlers.h), which tells the client nothing. Here it is
+// INVALID_ARGUMENT saying so. The service's descriptor is unchanged, so reflection, grpcurl and
+// ghz see the typed methods.
+using GenerationServiceBase =
+    v1::Generation::WithRawCallbackMethod_Generate<v1::Generation::WithRawCallbackMethod_Complete<
+        v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>;
 
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+// Generate streams each decode message's tokens as they arrive; Complete gathers them. Both end
+// with FinalInfo. Each request is checked in this order: it parses, its request_id is valid
+// (CheckRequestId, before anything can log or echo it), its prompt encodes (EncodePrompt with
+// `prompt_options`), then RequestFlow validates the rest. Thread-safe (gRPC calls it from many
+// threads); `env` must outlive the server.
+class GenerationService final : public GenerationServiceBase {
+ public:
+  GenerationService(FlowEnv env, PromptOptions prompt_options)
+      : env_(env), prompt_options_(prompt_options) {}
+
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
-                                     const v1::GenerateRequest* request,
-                                     v1::CompleteResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
 
  private:
   const FlowEnv env_;
+  const PromptOptions prompt_options_;
 };
 
 }  // namespace pdserve::router

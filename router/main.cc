@@ -87,6 +87,11 @@ int main(int argc, char** argv) {
                  "responses: the model's GGUF file, its tokenizer.json, or its directory "
                  "(unset: token ids only)")
       ->envname("PDSERVE_ROUTER_TOKENIZER");
+  app.add_flag("--allow-special-tokens-in-messages", config.prompt.allow_special_tokens_in_messages,
+               "Read control tokens such as <|im_start|> written in chat messages' content as the "
+               "tokens themselves (llama.cpp's and vLLM's behaviour), which lets users forge "
+               "turns; off, content is plain text")
+      ->envname("PDSERVE_ROUTER_ALLOW_SPECIAL_TOKENS_IN_MESSAGES");
   app.add_option("--port-file", port_file, "Write the bound gRPC port here once listening");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("PDSERVE_LOG_LEVEL")

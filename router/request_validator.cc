@@ -13,13 +13,6 @@ absl::Status Invalid(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat(field, " ", problem));
 }
 
-bool IsPrintableId(const std::string& id) {
-  for (const char c : id) {
-    if (c < 0x21 || c > 0x7e) return false;
-  }
-  return true;
-}
-
 // Token ids must exist in the model: an unknown id would index past the embedding table.
 absl::Status CheckTokenIds(absl::string_view field,
                            const google::protobuf::RepeatedField<int32_t>& ids,
@@ -68,19 +61,49 @@ absl::Status CheckSampling(v1::SamplingParams& s) {
 
 }  // namespace
 
-absl::StatusOr<v1::GenerateRequest> RequestValidator::Validate(v1::GenerateRequest request) const {
-  if (request.request_id().empty()) {
-    request.set_request_id(NewRequestId());
-  } else if (request.request_id().size() > kMaxRequestIdBytes ||
-             !IsPrintableId(request.request_id())) {
+absl::Status CheckRequestId(std::string_view id) {
+  const auto rule = [&](absl::string_view detail) {
     return Invalid("request_id",
                    absl::StrCat("must be at most ", kMaxRequestIdBytes,
-                                " printable ASCII characters without spaces, or empty "
-                                "to let the router assign one"));
+                                " printable ASCII bytes (got ", id.size(), " bytes", detail,
+                                "); leave it empty to have the router assign one"));
+  };
+  if (id.size() > kMaxRequestIdBytes) return rule("");
+  for (size_t i = 0; i < id.size(); ++i) {
+    const auto c = static_cast<uint8_t>(id[i]);
+    if (c < 0x21 || c > 0x7e) {
+      return rule(absl::StrFormat(
+          ", byte %d is 0x%02X: spaces, control characters and non-ASCII are not allowed", i, c));
+    }
   }
+  return absl::OkStatus();
+}
+
+std::string LoggableText(std::string_view text, size_t max_bytes) {
+  const std::string_view shown = text.substr(0, max_bytes);
+  std::string out;
+  out.reserve(shown.size() + 16);
+  for (const char ch : shown) {
+    const auto c = static_cast<uint8_t>(ch);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c >= 0x20 && c <= 0x7e) {
+      out += ch;
+    } else {
+      absl::StrAppendFormat(&out, "\\x%02X", c);
+    }
+  }
+  if (shown.size() < text.size()) absl::StrAppend(&out, "...[", text.size(), " bytes]");
+  return out;
+}
+
+absl::StatusOr<v1::GenerateRequest> RequestValidator::Validate(v1::GenerateRequest request) const {
+  if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
+  if (request.request_id().empty()) request.set_request_id(NewRequestId());
   const int64_t prompt_len = request.prompt_token_ids_size();
   if (prompt_len == 0) {
-    return Invalid("prompt_token_ids", "is empty: send at least one token id");
+    return absl::InvalidArgumentError(
+        "the request has no prompt: set prompt, messages or prompt_token_ids");
   }
   if (absl::Status s = CheckTokenIds("prompt_token_ids", request.prompt_token_ids(), vocab_size_);
       !s.ok()) {

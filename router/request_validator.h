@@ -3,7 +3,9 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "pdserve/v1/generation.pb.h"
 
@@ -17,6 +19,19 @@ inline constexpr float kDefaultTopP = 1.0f;
 inline constexpr float kDefaultRepetitionPenalty = 1.0f;
 // Request ids appear in every log line of every process: bounded and printable.
 inline constexpr size_t kMaxRequestIdBytes = 128;
+// How much of a client's string a log line or an error message shows (LoggableText).
+inline constexpr size_t kMaxLoggedTextBytes = 64;
+
+// OK for an empty id (the router assigns one) or one of at most kMaxRequestIdBytes printable
+// ASCII bytes without spaces; INVALID_ARGUMENT saying which rule the id breaks otherwise. The
+// first check on a request, so that no message or log line sees an id that fails it.
+absl::Status CheckRequestId(std::string_view id);
+
+// `text` from a client as it may appear in a log line or an error message: printable ASCII
+// kept, a backslash doubled, every other byte (newline, escape, non-ASCII) written as \xNN so
+// that no client can forge a log line or reach an operator's terminal; cut after `max_bytes`
+// bytes of `text`, with the full size said ("...[5242880 bytes]").
+std::string LoggableText(std::string_view text, size_t max_bytes = kMaxLoggedTextBytes);
 
 // Validates requests for one model (vocabulary size and context length from its ModelInfo).
 // Immutable, so thread-safe.
@@ -30,7 +45,8 @@ class RequestValidator {
   // The request as the workers should receive it: every sampling field and max_tokens set
   // (defaults filled; an unset max_tokens shrinks to the room left in the context), and a
   // request id assigned when empty. INVALID_ARGUMENT naming the field and the allowed range
-  // otherwise.
+  // otherwise. The prompt must be ids by now (EncodePrompt); none at all is reported as a
+  // request without a prompt, naming every field that can carry one.
   absl::StatusOr<v1::GenerateRequest> Validate(v1::GenerateRequest request) const;
 
  private:

@@ -11,7 +11,8 @@ Router::Router(const RouterConfig& config, Resolver resolver)
       service_(FlowEnv{.pool = &pool_,
                        .clients = &clients_,
                        .options = config.flow,
-                       .tokenizer = tokenizer_.get()}) {}
+                       .tokenizer = tokenizer_.get()},
+               config.prompt) {}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Start(const RouterConfig& config,
                                                       Resolver resolver) {

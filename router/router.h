@@ -24,6 +24,7 @@ struct RouterConfig {
   WorkerPoolOptions pool;
   FlowOptions flow;
   std::shared_ptr<const Tokenizer> tokenizer;  // null: token ids only
+  PromptOptions prompt;                        // how text becomes ids, with a tokenizer
 };
 
 // One router. Health is SERVING while at least one eligible prefill and one eligible decode

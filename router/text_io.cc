@@ -1,12 +1,14 @@
 #include "router/text_io.h"
 
 #include "absl/strings/str_cat.h"
+#include "router/request_validator.h"
 #include "tokenizer/chat_template.h"
 
 namespace pdserve::router {
 
 absl::StatusOr<v1::GenerateRequest> EncodePrompt(const Tokenizer* tokenizer,
-                                                 v1::GenerateRequest request) {
+                                                 v1::GenerateRequest request,
+                                                 const PromptOptions& options) {
   const int kinds = (request.prompt_token_ids_size() > 0) + !request.prompt().empty() +
                     (request.messages_size() > 0);
   if (kinds > 1) {
@@ -17,10 +19,21 @@ absl::StatusOr<v1::GenerateRequest> EncodePrompt(const Tokenizer* tokenizer,
     return absl::InvalidArgumentError(
         absl::StrCat("stop has ", request.stop_size(), " strings; at most ", kMaxStopStrings));
   }
-  for (const std::string& stop : request.stop()) {
+  for (int i = 0; i < request.stop_size(); ++i) {
+    const std::string& stop = request.stop(i);
     if (stop.empty() || stop.size() > kMaxStopStringBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stop strings must be 1 to ", kMaxStopStringBytes, " bytes; one is ", stop.size()));
+      return absl::InvalidArgumentError(absl::StrCat("stop[", i, "] has ", stop.size(),
+                                                     " bytes: stop strings must be 1 to ",
+                                                     kMaxStopStringBytes, " bytes"));
+    }
+  }
+  // Before the tokenizer check: a bad role is the client's to fix whatever the router serves.
+  for (int i = 0; i < request.messages_size(); ++i) {
+    const std::string& role = request.messages(i).role();
+    if (!IsChatRole(role)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("messages[", i, "].role '", LoggableText(role),
+                       "' is not one of system, user, assistant, tool"));
     }
   }
   const bool text = !request.prompt().empty() || request.messages_size() > 0;
@@ -31,20 +44,23 @@ absl::StatusOr<v1::GenerateRequest> EncodePrompt(const Tokenizer* tokenizer,
   }
   if (!text) return request;
 
-  std::string prompt;
-  EncodeOptions options{.add_special = true, .parse_special = true};
+  absl::StatusOr<std::vector<int32_t>> ids;
   if (request.messages_size() > 0) {
     std::vector<ChatMessage> messages;
     for (const v1::ChatMessage& m : request.messages()) messages.push_back({m.role(), m.content()});
-    absl::StatusOr<std::string> rendered =
-        ApplyChatTemplate(tokenizer->chat_template(), messages, /*add_generation_prompt=*/true);
+    absl::StatusOr<std::vector<ChatPiece>> rendered =
+        RenderChatTemplate(tokenizer->chat_template(), messages, /*add_generation_prompt=*/true);
     if (!rendered.ok()) return rendered.status();
-    prompt = *std::move(rendered);
-    options.add_special = false;  // the template writes every special token itself
+    std::vector<TextPiece> pieces;
+    for (const ChatPiece& piece : *rendered) {
+      pieces.push_back(
+          {piece.text, piece.from_template || options.allow_special_tokens_in_messages});
+    }
+    // No BOS/EOS: the template writes every special token itself.
+    ids = tokenizer->EncodePieces(pieces, /*add_special=*/false);
   } else {
-    prompt = request.prompt();
+    ids = tokenizer->Encode(request.prompt(), {.add_special = true, .parse_special = true});
   }
-  absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(prompt, options);
   if (!ids.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message()));
   }

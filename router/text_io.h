@@ -19,14 +19,27 @@ namespace pdserve::router {
 inline constexpr int kMaxStopStrings = 8;
 inline constexpr size_t kMaxStopStringBytes = 256;
 
+// How text prompts become ids: the operator's choices.
+struct PromptOptions {
+  // Recognize control tokens (<|im_start|>, <|im_end|>, ...) written in chat messages' content,
+  // as llama.cpp's server and vLLM do. It lets a user forge turns (a system message, say), so
+  // it is off by default: then content is always plain text, and only the chat template's own
+  // markers are special tokens.
+  bool allow_special_tokens_in_messages = false;
+};
+
 // `request` with its prompt as token ids: `prompt` encoded (BOS as the model asks, special tokens
-// in the text recognized), or `messages` rendered with the model's chat template and encoded;
-// both fields cleared. A request with ids only passes unchanged. Errors: INVALID_ARGUMENT for
-// more than one kind of prompt, a bad role, bad stop strings, text that is not UTF-8;
-// FAILED_PRECONDITION for text without a tokenizer (null) or a chat template pdserve cannot
-// render.
+// in the text recognized, as llama.cpp's and vLLM's completion endpoints do: a raw prompt is the
+// caller's to write), or `messages` rendered with the model's chat template and encoded (the
+// template's markers as special tokens, the messages' text as text unless `options` allow
+// otherwise; for ordinary messages the ids equal encoding the rendered text whole); both fields
+// cleared. A request with ids only, or no prompt at all, passes unchanged. Errors:
+// INVALID_ARGUMENT for more than one kind of prompt, a bad role, bad stop strings, text that is
+// not UTF-8; FAILED_PRECONDITION for text without a tokenizer (null) or a chat template pdserve
+// cannot render. Messages echo at most kMaxLoggedTextBytes of a client's string, escaped.
 absl::StatusOr<v1::GenerateRequest> EncodePrompt(const Tokenizer* tokenizer,
-                                                 v1::GenerateRequest request);
+                                                 v1::GenerateRequest request,
+                                                 const PromptOptions& options = {});
 
 // One request's answer as text: each batch of new ids gives the text it completes (whole UTF-8
 // characters; special tokens not rendered), and the first stop string ends it. Not thread-safe.

@@ -103,13 +103,17 @@ std::optional<std::string> DefaultSystemBlock(std::string_view chat_template) {
 
 }  // namespace
 
-absl::StatusOr<std::string> ApplyChatTemplate(const std::string& chat_template,
-                                              std::span<const ChatMessage> messages,
-                                              bool add_generation_prompt) {
+bool IsChatRole(std::string_view role) {
+  return role == "system" || role == "user" || role == "assistant" || role == "tool";
+}
+
+absl::StatusOr<std::vector<ChatPiece>> RenderChatTemplate(const std::string& chat_template,
+                                                          std::span<const ChatMessage> messages,
+                                                          bool add_generation_prompt) {
   if (messages.empty()) return absl::InvalidArgumentError("messages must not be empty");
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& role = messages[i].role;
-    if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
+    if (!IsChatRole(role)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "messages[", i, "].role '", role, "' is not one of system, user, assistant, tool"));
     }
@@ -118,15 +122,31 @@ absl::StatusOr<std::string> ApplyChatTemplate(const std::string& chat_template,
     return absl::FailedPreconditionError(
         "this model's chat template is not ChatML; send a prompt instead");
   }
-  std::string out;
+  std::vector<ChatPiece> out;
   if (messages.front().role != "system") {
-    if (std::optional<std::string> system = DefaultSystemBlock(chat_template)) out = *system;
+    if (std::optional<std::string> system = DefaultSystemBlock(chat_template)) {
+      out.push_back({*std::move(system), /*from_template=*/true});
+    }
   }
   for (const ChatMessage& m : messages) {
-    out.append(kImStart).append(m.role).append("\n").append(m.content).append(kImEnd);
-    out.append("\n");
+    out.push_back({std::string(kImStart), true});
+    out.push_back({m.role, false});
+    out.push_back({"\n", true});
+    out.push_back({m.content, false});
+    out.push_back({std::string(kImEnd) + "\n", true});
   }
-  if (add_generation_prompt) out.append(kImStart).append("assistant\n");
+  if (add_generation_prompt) out.push_back({std::string(kImStart) + "assistant\n", true});
+  return out;
+}
+
+absl::StatusOr<std::string> ApplyChatTemplate(const std::string& chat_template,
+                                              std::span<const ChatMessage> messages,
+                                              bool add_generation_prompt) {
+  absl::StatusOr<std::vector<ChatPiece>> pieces =
+      RenderChatTemplate(chat_template, messages, add_generation_prompt);
+  if (!pieces.ok()) return pieces.status();
+  std::string out;
+  for (const ChatPiece& piece : *pieces) out += piece.text;
   return out;
 }
 

@@ -4,6 +4,8 @@
 
 #include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -13,6 +15,9 @@ struct ChatMessage {
   std::string role;  // "system", "user", "assistant" or "tool"
   std::string content;
 };
+
+// The four roles ApplyChatTemplate accepts.
+bool IsChatRole(std::string_view role);
 
 // Renders `messages` as the model's chat template would:
 //   <|im_start|>{role}\n{content}<|im_end|>\n   per message, then
@@ -25,5 +30,19 @@ struct ChatMessage {
 absl::StatusOr<std::string> ApplyChatTemplate(const std::string& chat_template,
                                               std::span<const ChatMessage> messages,
                                               bool add_generation_prompt);
+
+// A piece of a rendered conversation: text the template wrote (its <|im_start|> and <|im_end|>
+// are meant as special tokens) or text that came from a message (role or content: never special
+// tokens, or a user could forge a turn).
+struct ChatPiece {
+  std::string text;
+  bool from_template = false;
+};
+
+// ApplyChatTemplate in pieces, in order: their concatenation is ApplyChatTemplate's string.
+// Same errors.
+absl::StatusOr<std::vector<ChatPiece>> RenderChatTemplate(const std::string& chat_template,
+                                                          std::span<const ChatMessage> messages,
+                                                          bool add_generation_prompt);
 
 }  // namespace pdserve

@@ -251,6 +251,30 @@ bool Tokenizer::IsSpecial(int32_t id) const {
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
                                                        const EncodeOptions& options) const {
+  const SpecialRange whole{0, text.size()};
+  return EncodeText(text, options.add_special,
+                    options.parse_special ? std::span(&whole, 1) : std::span<const SpecialRange>());
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::EncodePieces(std::span<const TextPiece> pieces,
+                                                             bool add_special) const {
+  std::string text;
+  std::vector<SpecialRange> ranges;
+  for (const TextPiece& piece : pieces) {
+    if (piece.parse_special && !piece.text.empty()) {
+      if (!ranges.empty() && ranges.back().end == text.size()) {
+        ranges.back().end += piece.text.size();  // adjacent pieces: one range
+      } else {
+        ranges.push_back({text.size(), text.size() + piece.text.size()});
+      }
+    }
+    text += piece.text;
+  }
+  return EncodeText(text, add_special, ranges);
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::EncodeText(
+    std::string_view text, bool add_special, std::span<const SpecialRange> special_ranges) const {
   if (std::optional<size_t> bad = utf8::FindInvalid(text)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("text is not valid UTF-8: byte 0x%02X at offset %d",
@@ -258,13 +282,22 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
   }
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 2);
-  if (options.add_special && spec_.add_bos) ids.push_back(spec_.bos_id);
+  if (add_special && spec_.add_bos) ids.push_back(spec_.bos_id);
   size_t run_start = 0;
   size_t pos = 0;
+  size_t range = 0;  // the first special range not wholly before pos
   while (pos < text.size()) {
+    while (range < special_ranges.size() && special_ranges[range].end <= pos) ++range;
+    // Control tokens must fit in the range that holds pos; user-defined ones match anywhere.
+    const size_t special_end = range < special_ranges.size() && special_ranges[range].begin <= pos
+                                   ? special_ranges[range].end
+                                   : pos;
     int32_t found = -1;
     for (int32_t id : specials_by_first_byte_[static_cast<uint8_t>(text[pos])]) {
-      if (!options.parse_special && token_type_[id] != TokenType::kUserDefined) continue;
+      if (token_type_[id] != TokenType::kUserDefined &&
+          pos + spec_.tokens[id].size() > special_end) {
+        continue;
+      }
       if (text.substr(pos).starts_with(spec_.tokens[id])) {
         found = id;
         break;
@@ -280,7 +313,7 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
     run_start = pos;
   }
   EncodeSegment(text.substr(run_start), run_start == 0, &ids);
-  if (options.add_special && spec_.add_eos) ids.push_back(spec_.eos_id);
+  if (add_special && spec_.add_eos) ids.push_back(spec_.eos_id);
   return ids;
 }
 

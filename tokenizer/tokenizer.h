@@ -30,6 +30,12 @@ struct EncodeOptions {
   bool parse_special = false;
 };
 
+// A piece of a text to encode, and whether control tokens written in it are recognized.
+struct TextPiece {
+  std::string_view text;
+  bool parse_special = false;
+};
+
 // Immutable after construction; every method is const and safe to call from many threads.
 //
 // Differences from Hugging Face, by design: the NFC normalizer (Qwen2) is taken as the identity
@@ -53,6 +59,14 @@ class Tokenizer {
   // InvalidArgument with the byte offset when `text` is not valid UTF-8.
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
                                               const EncodeOptions& options = {}) const;
+  // The pieces' concatenation encoded as one text, with control tokens recognized only where
+  // they lie wholly inside pieces with parse_special (adjacent ones count as one): how a chat
+  // template's own markers stay special while the messages' content stays text. When no control
+  // token is left unrecognized, the ids equal Encode(concatenation, {.parse_special = true}): runs
+  // of text are split at the same places whatever the pieces' boundaries. With add_special, BOS/EOS
+  // as in Encode.
+  absl::StatusOr<std::vector<int32_t>> EncodePieces(std::span<const TextPiece> pieces,
+                                                    bool add_special) const;
   // The text of `ids`; ids outside the vocabulary are skipped. With skip_special, control and
   // unknown tokens are left out. Always valid UTF-8 (ill-formed bytes become U+FFFD).
   std::string Decode(std::span<const int32_t> ids, bool skip_special = false) const;
@@ -82,8 +96,17 @@ class Tokenizer {
     int32_t merged_id;
   };
 
+  // A byte range [begin, end) of the text in which control tokens are recognized.
+  struct SpecialRange {
+    size_t begin;
+    size_t end;
+  };
+
   Tokenizer() = default;
   absl::Status Init();
+  // Encode and EncodePieces: `special_ranges` sorted and disjoint.
+  absl::StatusOr<std::vector<int32_t>> EncodeText(
+      std::string_view text, bool add_special, std::span<const SpecialRange> special_ranges) const;
   // Encodes a run of plain text between special/added tokens: normalize, split, BPE per word.
   void EncodeSegment(std::string_view text, bool at_text_start, std::vector<int32_t>* ids) const;
   void EncodeWord(std::string_view word, std::vector<int32_t>* ids) const;

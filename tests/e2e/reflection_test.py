@@ -13,10 +13,7 @@ Usage: reflection_test.py --bin-dir build/bin --model ../shared/models/stories26
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -26,59 +23,24 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import Cluster  # noqa: E402
+
 ARGS = None
-
-
-def start(binary, args, workdir, name):
-    port_file = os.path.join(workdir, name + ".port")
-    log_path = os.path.join(workdir, name + ".log")
-    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([os.path.join(ARGS.bin_dir, binary), *args,
-                                 "--port-file=" + port_file], stdout=log, stderr=log)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if os.path.exists(port_file):
-            with open(port_file) as f:
-                text = f.read().strip()
-            if text:
-                return proc, "127.0.0.1:" + text
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"{binary} did not start; see {log_path}")
 
 
 class ReflectionAndHealth(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.workdir = tempfile.mkdtemp(prefix="pdserve_reflection_")
-        model = "--model=" + ARGS.model
-        cls.procs = []
-        decode, cls.decode = start("pdserve-decode", [model, "--listen=127.0.0.1:0",
-                                                      "--kv-listen=127.0.0.1:0", "--threads=1"],
-                                   cls.workdir, "decode")
-        cls.procs.append(decode)
-        prefill, cls.prefill = start("pdserve-prefill", [model, "--listen=127.0.0.1:0",
-                                                         "--threads=1"], cls.workdir, "prefill")
-        cls.procs.append(prefill)
-        router, cls.router = start("pdserve-router", ["--listen=127.0.0.1:0",
-                                                      "--prefill=" + cls.prefill,
-                                                      "--decode=" + cls.decode],
-                                   cls.workdir, "router")
-        cls.procs.append(router)
+        cls.cluster = Cluster(ARGS.bin_dir, ARGS.model, name="pdserve_reflection").start()
+        cls.decode, cls.prefill, cls.router = (cls.cluster.decode, cls.cluster.prefill,
+                                               cls.cluster.router)
         cls.channel = grpc.insecure_channel(cls.router)
 
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
-        for p in cls.procs:
-            p.terminate()
-        for p in cls.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(cls.workdir, ignore_errors=True)
+        cls.cluster.stop()
 
     def reflect(self, request):
         stub = reflection_pb2_grpc.ServerReflectionStub(self.channel)

@@ -100,7 +100,8 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 INSTANTIATE_TEST_SUITE_P(
     Malformed, RequestValidatorRejectsTest,
     ::testing::Values(
-        BadCase{"EmptyPrompt", [](auto& r) { r.clear_prompt_token_ids(); }, "prompt_token_ids"},
+        BadCase{"EmptyPrompt", [](auto& r) { r.clear_prompt_token_ids(); },
+                "the request has no prompt: set prompt, messages or prompt_token_ids"},
         BadCase{"NegativeId", [](auto& r) { r.set_prompt_token_ids(1, -1); },
                 "prompt_token_ids[1]"},
         BadCase{"IdEqualToVocab", [](auto& r) { r.set_prompt_token_ids(2, kVocab); },
@@ -153,8 +154,54 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"RequestIdWithSpace", [](auto& r) { r.set_request_id("a b"); }, "request_id"},
         BadCase{"RequestIdTooLong",
                 [](auto& r) { r.set_request_id(std::string(kMaxRequestIdBytes + 1, 'x')); },
-                "request_id"}),
+                "request_id"},
+        BadCase{"RequestIdWithNewline", [](auto& r) { r.set_request_id("a\nb"); }, "request_id"}),
     [](const ::testing::TestParamInfo<BadCase>& param) { return std::string(param.param.name); });
+
+// The id is checked before anything else, so that no later message or log line sees a bad one,
+// and the message says the rule and how the id breaks it without echoing it.
+TEST(RequestValidatorTest, RequestIdIsCheckedFirstAndNotEchoed) {
+  const RequestValidator validator(kVocab, kContext);
+  v1::GenerateRequest in;  // no prompt either
+  in.set_request_id("evil\n2026-01-01 [info] forged line");
+  absl::StatusOr<v1::GenerateRequest> r = validator.Validate(in);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "request_id must be at most 128 printable ASCII bytes (got 34 bytes, byte 4 is 0x0A: "
+            "spaces, control characters and non-ASCII are not allowed); leave it empty to have "
+            "the router assign one");
+}
+
+TEST(RequestValidatorTest, CheckRequestIdSaysTheSizeOfAnOversizeId) {
+  const std::string huge(5 << 20, 'x');
+  const absl::Status s = CheckRequestId(huge);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("request_id must be at most 128 printable ASCII bytes (got 5242880 "
+                             "bytes)"),
+            absl::string_view::npos)
+      << s.message();
+  EXPECT_LT(s.message().size(), 200u);
+  EXPECT_TRUE(CheckRequestId(std::string(kMaxRequestIdBytes, '~')).ok());
+  EXPECT_TRUE(CheckRequestId("").ok());  // the router assigns one
+  EXPECT_FALSE(CheckRequestId("caf\xc3\xa9").ok());
+  EXPECT_FALSE(CheckRequestId(std::string("a\0b", 3)).ok());
+}
+
+TEST(LoggableTextTest, EscapesControlCharactersAndNonAscii) {
+  EXPECT_EQ(LoggableText("req-7"), "req-7");
+  EXPECT_EQ(LoggableText("a\nb\r\x1b[31m"), "a\\x0Ab\\x0D\\x1B[31m");
+  EXPECT_EQ(LoggableText("caf\xc3\xa9"), "caf\\xC3\\xA9");
+  // The escape character itself is escaped, so "\\x0A" written by a client stays distinct.
+  EXPECT_EQ(LoggableText("a\\x0A"), "a\\\\x0A");
+  EXPECT_EQ(LoggableText(std::string("a\0", 2)), "a\\x00");
+}
+
+TEST(LoggableTextTest, CutsLongTextAndSaysItsSize) {
+  const std::string huge(5 << 20, 'x');
+  EXPECT_EQ(LoggableText(huge), std::string(kMaxLoggedTextBytes, 'x') + "...[5242880 bytes]");
+  EXPECT_EQ(LoggableText("abcdef", 3), "abc...[6 bytes]");
+  EXPECT_EQ(LoggableText("abc", 3), "abc");
+}
 
 }  // namespace
 }  // namespace pdserve::router

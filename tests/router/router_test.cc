@@ -3,18 +3,23 @@
 // cancellation, deadlines) in well under a second.
 #include "router/router.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <future>
+#include <sstream>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
 #include "pdserve/v1/generation.grpc.pb.h"
 #include "pdserve/v1/worker.grpc.pb.h"
 #include "rpc/server.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 
 namespace pdserve::router {
 namespace {
@@ -179,6 +184,51 @@ class FakePrefill final : public v1::PrefillWorker::Service {
   }
 };
 
+// Sends `bytes` unserialized as the request of `method` (unary or server-streaming: on the wire
+// both are a stream with one request) and returns the call's status.
+class RawCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  static grpc::Status Run(grpc::GenericStub& stub, const std::string& method,
+                          const std::string& bytes) {
+    RawCall call;
+    grpc::Slice slice(bytes);
+    call.request_ = grpc::ByteBuffer(&slice, 1);
+    call.context_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    stub.PrepareBidiStreamingCall(&call.context_, method, grpc::StubOptions(), &call);
+    call.StartWriteLast(&call.request_, grpc::WriteOptions());
+    call.StartRead(&call.response_);
+    call.StartCall();
+    return call.done_.get_future().get();
+  }
+  void OnReadDone(bool ok) override {
+    if (ok) StartRead(&response_);
+  }
+  void OnDone(const grpc::Status& status) override { done_.set_value(status); }
+
+ private:
+  grpc::ClientContext context_;
+  grpc::ByteBuffer request_, response_;
+  std::promise<grpc::Status> done_;
+};
+
+// Routes spdlog's default logger into a string for the test's lifetime.
+class CapturedLog {
+ public:
+  CapturedLog() : previous_(spdlog::default_logger()) {
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+        "captured", std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)));
+  }
+  ~CapturedLog() { spdlog::set_default_logger(previous_); }
+  std::string text() {
+    spdlog::default_logger()->flush();
+    return out_.str();
+  }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
 template <typename Service>
 std::unique_ptr<rpc::Server> Serve(Service* service) {
   auto server = rpc::Server::Start("127.0.0.1:0", {service});
@@ -313,6 +363,71 @@ TEST_F(RouterTest, InvalidRequestIsRejectedBeforeAnyWorkerIsCalled) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(status.error_message().find("prompt_token_ids[6]"), std::string::npos)
       << status.error_message();
+  EXPECT_EQ(decode_[0].reserves, 0);
+}
+
+TEST_F(RouterTest, UndecodableRequestBytesAreInvalidArgument) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  grpc::GenericStub raw(
+      grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
+  const std::string garbage[] = {
+      "\xff\xff\xff\xff",          // a field number of zero, wire type 7
+      "\x12\x05\x01\x02",          // prompt_token_ids: 5 bytes announced, 2 sent
+      "\x3a\x02\xc3\x28",          // prompt (a string) that is not UTF-8
+      std::string("\x0a\x80", 2),  // request_id with a truncated length
+  };
+  for (const char* method :
+       {"/pdserve.v1.Generation/Complete", "/pdserve.v1.Generation/Generate"}) {
+    for (const std::string& bytes : garbage) {
+      SCOPED_TRACE(method);
+      const grpc::Status status = RawCall::Run(raw, method, bytes);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_EQ(status.error_message().rfind(
+                    "request is not a valid pdserve.v1.GenerateRequest protobuf", 0),
+                0u)
+          << status.error_message();
+    }
+  }
+  EXPECT_EQ(decode_[0].reserves, 0);
+  // Well-formed bytes through the same raw path are served as usual.
+  const grpc::Status ok =
+      RawCall::Run(raw, "/pdserve.v1.Generation/Complete", Request(2).SerializeAsString());
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
+}
+
+TEST_F(RouterTest, RequestWithoutPromptSaysWhichFieldsCarryOne) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  v1::GenerateRequest request = Request(4);
+  request.clear_prompt_token_ids();
+  request.set_prompt("");  // empty text is no prompt
+  const grpc::Status status = stub_->Complete(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(),
+            "the request has no prompt: set prompt, messages or prompt_token_ids");
+}
+
+// An id that could forge log lines is refused before anything else is looked at, and the line
+// that logs the refusal shows it escaped and cut.
+TEST_F(RouterTest, BadRequestIdIsRefusedFirstAndLoggedEscaped) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  CapturedLog log;
+  v1::GenerateRequest request = Request(4);
+  request.set_request_id("evil\n[error] forged line" + std::string(5 << 20, 'x'));
+  request.set_prompt("also a text prompt, which this router cannot read");  // a second error
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  const grpc::Status status = stub_->Complete(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message().rfind(
+                "request_id must be at most 128 printable ASCII bytes (got 5242904 bytes)", 0),
+            0u)
+      << status.error_message();
+  const std::string text = log.text();
+  EXPECT_NE(text.find("request evil\\x0A[error] forged line"), std::string::npos) << text;
+  EXPECT_EQ(text.find("\n[error] forged"), std::string::npos) << text;
+  EXPECT_LT(text.size(), 4096u);
   EXPECT_EQ(decode_[0].reserves, 0);
 }
 
