@@ -15,10 +15,10 @@ BUILD=build-fuzz
 CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DPDSERVE_FUZZ=ON -DPDSERVE_BUILD_TESTS=OFF -DPDSERVE_BUILD_BENCH=OFF \
   -DCMAKE_CUDA_COMPILER= >/dev/null
-ninja -C "$BUILD" gguf_fuzz safetensors_fuzz
+ninja -C "$BUILD" gguf_fuzz safetensors_fuzz kv_frame_fuzz
 
 mkdir -p "$BUILD/artifacts"
-for target in gguf safetensors; do
+for target in gguf safetensors kv_frame; do
   corpus="$BUILD/corpus/$target"
   mkdir -p "$corpus"
   dict=()

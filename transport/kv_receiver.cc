@@ -1,170 +1,564 @@
 #include "transport/kv_receiver.h"
 
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
-#include <chrono>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 #include "transport/kv_layout.h"
 
 namespace pdserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Bytes read from one connection per wakeup before the loop moves on: fairness between
+// connections, while a 4 MiB frame still needs only a few wakeups.
+constexpr size_t kReadBudgetBytes = 1 << 20;
+// Acks a peer may leave unread before it is closed (it is not reading; the buffer stays small).
+constexpr size_t kMaxPendingAckBytes = 64 * kKvAckBytes;
+// Connections accepted per wakeup, so a burst of them cannot starve open ones.
+constexpr int kAcceptBatch = 64;
+// After accept fails for lack of descriptors or memory, retry after this long.
+constexpr milliseconds kAcceptRetry{100};
+// Lines about events that a flood repeats (refusals, timeouts) are logged at most this often.
+constexpr auto kLogInterval = std::chrono::seconds(1);
+
+// epoll tags of the two non-connection descriptors; connections count up from kFirstTag.
+constexpr uint64_t kListenerTag = 0, kWakeTag = 1, kFirstTag = 2;
+
+// `t + d`, saturating at the end of time (an Options duration may be "forever").
+Clock::time_point After(Clock::time_point t, Clock::duration d) {
+  return d >= Clock::time_point::max() - t ? Clock::time_point::max() : t + d;
+}
+
+// Whether a rate-limited line may be logged now; if not, counts it in `held`.
+bool LogNow(Clock::time_point now, Clock::time_point& last, uint64_t& held) {
+  if (last != Clock::time_point{} && now - last < kLogInterval) {
+    ++held;
+    return false;
+  }
+  last = now;
+  return true;
+}
+
+// " (N more since the last line)" when lines were held back; resets the count.
+std::string Held(uint64_t& held) {
+  std::string s = held == 0 ? "" : absl::StrCat(" (", held, " more since the last line)");
+  held = 0;
+  return s;
+}
+
+int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<milliseconds>(d).count(); }
+
+}  // namespace
+
+struct KvReceiver::Connection {
+  enum class State {
+    kHeader,   // reading a header; between frames while header_have == 0
+    kPayload,  // reading an admitted frame's payload into its spans
+    kDiscard,  // reading and dropping a rejected frame's payload
+    kClosing,  // sending the nack of an unparseable header, then closing
+  };
+
+  uint64_t tag = 0;
+  net::Fd fd;
+  std::string peer;
+  State state = State::kHeader;
+  bool first_header = true;  // no header yet: its deadline runs from the accept
+  uint32_t events = 0;       // what epoll watches for
+  // kHeader: the accept (first header), the first header byte, or the end of the last frame
+  // (idle, header_have == 0). kPayload, kDiscard: the header's arrival. kClosing: the decision.
+  Clock::time_point since;
+  Clock::time_point last_byte;  // kPayload, kDiscard: for the stall rule
+  KvFrameHeaderBytes header_bytes{};
+  size_t header_have = 0;
+  KvFrameHeader header;  // kPayload, kDiscard
+  std::vector<std::span<std::byte>> spans;
+  net::SpanCursor cursor;
+  std::optional<PayloadHasher> hasher;
+  uint64_t remaining = 0;    // payload bytes still to read (kPayload, kDiscard)
+  std::vector<uint8_t> out;  // encoded acks; out_sent of them already written
+  size_t out_sent = 0;
+  bool closed = false;
+};
 
 absl::StatusOr<std::unique_ptr<KvReceiver>> KvReceiver::Start(KvFrameSink& sink, Options options) {
-  absl::StatusOr<std::pair<net::Fd, int>> listener =
-      net::Listen(net::Endpoint{options.host, options.port});
+  if (options.max_connections < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("KV receiver max_connections is ",
+                                                   options.max_connections, "; it must be >= 1"));
+  }
+  // The backlog holds a burst of connections (prefill workers reconnecting after a restart)
+  // until the loop accepts them.
+  absl::StatusOr<std::pair<net::Fd, int>> listener = net::Listen(
+      net::Endpoint{options.host, options.port}, std::min(options.max_connections, 1024));
   if (!listener.ok()) return listener.status();
-  std::unique_ptr<KvReceiver> receiver(
-      new KvReceiver(sink, std::move(listener->first), listener->second));
-  receiver->accept_thread_ = std::thread([r = receiver.get()] { r->AcceptLoop(); });
-  spdlog::info("KV receiver listening on {}:{}", options.host, receiver->port_);
+  if (absl::Status s = net::SetNonBlocking(listener->first.get()); !s.ok()) return s;
+  net::Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll.valid()) return net::ErrnoStatus("epoll_create1", errno);
+  net::Fd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake.valid()) return net::ErrnoStatus("eventfd", errno);
+  for (auto [fd, tag] :
+       {std::pair{listener->first.get(), kListenerTag}, std::pair{wake.get(), kWakeTag}}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      return net::ErrnoStatus("epoll_ctl", errno);
+    }
+  }
+  const std::string host = options.host;
+  std::unique_ptr<KvReceiver> receiver(new KvReceiver(sink, std::move(options),
+                                                      std::move(listener->first), listener->second,
+                                                      std::move(epoll), std::move(wake)));
+  receiver->thread_ = std::thread([r = receiver.get()] { r->Loop(); });
+  spdlog::info("KV receiver listening on {}:{}", host, receiver->port_);
   return receiver;
 }
 
-KvReceiver::KvReceiver(KvFrameSink& sink, net::Fd listener, int port)
-    : sink_(sink), listener_(std::move(listener)), port_(port) {}
+KvReceiver::KvReceiver(KvFrameSink& sink, Options options, net::Fd listener, int port,
+                       net::Fd epoll, net::Fd wake)
+    : sink_(sink),
+      options_(std::move(options)),
+      listener_(std::move(listener)),
+      port_(port),
+      epoll_(std::move(epoll)),
+      wake_(std::move(wake)),
+      next_tag_(kFirstTag) {}
 
 KvReceiver::~KvReceiver() { Stop(); }
 
 KvReceiver::Stats KvReceiver::stats() const {
-  return Stats{connections_accepted_.load(), frames_accepted_.load(), frames_rejected_.load(),
-               payload_bytes_.load()};
+  absl::MutexLock lock(&mu_);
+  return stats_;
 }
 
 void KvReceiver::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stopping_) return;
     stopping_ = true;
   }
-  // shutdown() wakes the blocked accept() and recv()s; the descriptors are closed only after
-  // their threads exit, so no thread ever reads a reused descriptor number.
-  ::shutdown(listener_.get(), SHUT_RDWR);
-  if (accept_thread_.joinable()) accept_thread_.join();
-  listener_.Close();
-  std::list<std::unique_ptr<Connection>> connections;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    connections.swap(connections_);
+  const uint64_t one = 1;
+  if (::write(wake_.get(), &one, sizeof(one)) != sizeof(one)) {
+    // An eventfd write fails only on overflow, which one write per receiver cannot reach.
+    spdlog::critical("cannot wake the KV receiver's loop: {}", std::strerror(errno));
+    std::abort();
   }
-  for (auto& c : connections) ::shutdown(c->fd.get(), SHUT_RDWR);
-  for (auto& c : connections) c->thread.join();
+  if (thread_.joinable()) thread_.join();
+  listener_.Close();  // the port is free again once Stop returns
 }
 
-void KvReceiver::AcceptLoop() {
+void KvReceiver::Loop() {
+  std::array<epoll_event, 256> events;
+  Clock::time_point next_deadline = Clock::time_point::max();
   for (;;) {
-    const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    const int err = errno;
-    if (fd < 0 && (err == EINTR || err == ECONNABORTED)) continue;
+    int timeout_ms = -1;
+    if (next_deadline != Clock::time_point::max()) {
+      // Rounded up: waking before the deadline would only spin.
+      const Clock::duration left = std::max(next_deadline - Clock::now(), Clock::duration{0});
+      timeout_ms = static_cast<int>(
+          std::min<int64_t>(std::chrono::ceil<milliseconds>(left).count(), INT_MAX));
+    }
+    const int n = ::epoll_wait(epoll_.get(), events.data(), events.size(), timeout_ms);
+    if (n < 0 && errno != EINTR) {
+      // Only a bad descriptor or argument fails epoll_wait: a bug, not a condition to serve on.
+      spdlog::critical("KV receiver epoll_wait failed: {}", std::strerror(errno));
+      std::abort();
+    }
+    bool stop = false;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t tag = events[i].data.u64;
+      if (tag == kWakeTag) {
+        stop = true;
+      } else if (tag == kListenerTag) {
+        AcceptSome();
+      } else if (auto it = connections_.find(tag); it != connections_.end()) {
+        Connection& c = *it->second;
+        if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ReadFrom(c);
+        if (!c.closed) Flush(c);  // acks queued above, or EPOLLOUT: room for older ones
+        if (c.closed) connections_.erase(it);
+      }
+    }
+    if (stop) break;
+    next_deadline = ExpireDeadlines(Clock::now());
+  }
+  for (auto& [tag, c] : connections_) Close(*c, "the KV receiver is stopping");
+  connections_.clear();
+}
+
+void KvReceiver::AcceptSome() {
+  for (int i = 0; i < kAcceptBatch; ++i) {
+    const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    // Read after the accept: a deadline counted from it never starts before the connection.
+    const Clock::time_point now = Clock::now();
+    if (fd < 0) {
+      const int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;
+      if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue;
+      // Out of descriptors or memory: keep serving the open connections, retry later (the
+      // listener stays readable, so watching it now would only spin).
+      spdlog::error("KV receiver accept failed: {}; raise the open-file limit if EMFILE",
+                    std::strerror(err));
+      epoll_event ev{};
+      ev.data.u64 = kListenerTag;
+      (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+      accept_resume_ = now + kAcceptRetry;
+      return;
+    }
+    if (connections_.size() >= static_cast<size_t>(options_.max_connections)) {
+      {
+        absl::MutexLock lock(&mu_);
+        ++stats_.connections_refused;
+      }
+      ::close(fd);  // the peer sees the connection end at once
+      if (LogNow(now, last_refusal_log_, refusals_unlogged_)) {
+        spdlog::warn("refused a KV connection: {} open, max_connections reached{}",
+                     connections_.size(), Held(refusals_unlogged_));
+      }
+      continue;
+    }
+    net::TuneSocket(fd);
+    auto c = std::make_unique<Connection>();
+    c->tag = next_tag_++;
+    c->fd = net::Fd(fd);
+    c->peer = net::PeerName(fd);
+    c->since = now;
+    c->events = EPOLLIN;
+    epoll_event ev{};
+    ev.events = c->events;
+    ev.data.u64 = c->tag;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      spdlog::error("cannot watch the KV connection from {}: {}; closing it", c->peer,
+                    std::strerror(errno));
+      continue;  // c closes its descriptor
+    }
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) {
-        if (fd >= 0) ::close(fd);
-        return;
-      }
-      if (fd >= 0) {
-        AddConnectionLocked(fd);
-        continue;
-      }
+      absl::MutexLock lock(&mu_);
+      ++stats_.connections;
+      ++stats_.open_connections;
     }
-    // Out of descriptors or memory: keep serving the open connections, retry later.
-    spdlog::error("KV receiver accept failed: {}; raise the open-file limit if EMFILE",
-                  std::strerror(err));
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    connections_.emplace(c->tag, std::move(c));
   }
 }
 
-void KvReceiver::AddConnectionLocked(int fd) {
-  // Reap connections whose threads have ended, so a churn of senders does not accumulate.
-  for (auto it = connections_.begin(); it != connections_.end();) {
-    if ((*it)->done) {
-      (*it)->thread.join();
-      it = connections_.erase(it);
-    } else {
-      ++it;
+void KvReceiver::ReadFrom(Connection& c) {
+  using State = Connection::State;
+  // Read now, not at the wakeup: bytes that arrived while the loop served other connections
+  // must not be stamped earlier than they came.
+  const Clock::time_point now = Clock::now();
+  size_t budget = kReadBudgetBytes;
+  while (budget > 0 && !c.closed) {
+    switch (c.state) {
+      case State::kHeader: {
+        const size_t want = c.header_bytes.size() - c.header_have;
+        const net::IoResult r =
+            net::ReadSome(c.fd.get(), c.header_bytes.data() + c.header_have, want);
+        if (!r.ok()) {
+          // A close before a header's first byte is the normal end of a connection.
+          if (!r.error.ok()) {
+            spdlog::warn("KV connection from {} broke between frames: {}", c.peer,
+                         std::string(r.error.message()));
+          } else if (c.header_have > 0) {
+            spdlog::warn(
+                "KV connection from {} broke between frames: peer closed the connection "
+                "after {} of {} header bytes",
+                c.peer, c.header_have, c.header_bytes.size());
+          }
+          Close(c, "");
+          return;
+        }
+        if (r.bytes == 0) return;  // nothing more for now
+        if (c.header_have == 0 && !c.first_header) c.since = now;
+        c.header_have += r.bytes;
+        budget -= std::min(budget, r.bytes);
+        if (r.bytes < want) return;  // the socket is drained
+        OnHeader(c, now);
+        break;
+      }
+      case State::kPayload: {
+        const net::IoResult r = net::ReadSomeIntoSpans(
+            c.fd.get(), c.spans, c.cursor,
+            static_cast<size_t>(std::min<uint64_t>(budget, c.remaining)), *c.hasher);
+        if (!r.ok()) {
+          const std::string why = r.peer_closed
+                                      ? "peer closed the connection inside a frame payload"
+                                      : std::string(r.error.message());
+          spdlog::warn("KV connection from {} broke inside {}: {}", c.peer, c.header.ToString(),
+                       why);
+          Close(c, why);
+          return;
+        }
+        if (r.bytes == 0) return;
+        c.last_byte = now;
+        c.remaining -= r.bytes;
+        budget -= std::min(budget, r.bytes);
+        if (c.remaining == 0) OnPayloadDone(c, now);
+        break;
+      }
+      case State::kDiscard: {
+        std::array<uint8_t, 64 << 10> scratch;
+        const size_t want =
+            static_cast<size_t>(std::min<uint64_t>({budget, c.remaining, scratch.size()}));
+        const net::IoResult r = net::ReadSome(c.fd.get(), scratch.data(), want);
+        if (!r.ok()) {
+          spdlog::warn(
+              "KV connection from {} broke inside the rejected {}: {}", c.peer, c.header.ToString(),
+              r.peer_closed ? "peer closed the connection" : std::string(r.error.message()));
+          Close(c, "");
+          return;
+        }
+        if (r.bytes == 0) return;
+        c.last_byte = now;
+        c.remaining -= r.bytes;
+        budget -= std::min(budget, r.bytes);
+        if (c.remaining == 0) {
+          c.state = State::kHeader;
+          c.since = now;
+        }
+        break;
+      }
+      case State::kClosing:
+        return;  // reads nothing more; Flush closes once the nack is out
     }
   }
-  net::TuneSocket(fd);
-  auto c = std::make_unique<Connection>();
-  c->fd = net::Fd(fd);
-  c->peer = net::PeerName(fd);
-  Connection* raw = c.get();
-  c->thread = std::thread([this, raw] {
-    Serve(*raw);
-    // The peer sees the end now; the descriptor itself is closed when the thread is reaped.
-    ::shutdown(raw->fd.get(), SHUT_RDWR);
-    raw->done = true;
-  });
-  connections_.push_back(std::move(c));
-  ++connections_accepted_;
 }
 
-bool KvReceiver::Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status) {
-  ++frames_rejected_;
+void KvReceiver::OnHeader(Connection& c, Clock::time_point now) {
+  using State = Connection::State;
+  c.header_have = 0;
+  c.first_header = false;
+  c.since = now;
+  c.last_byte = now;
+  absl::StatusOr<KvFrameHeader> header = DecodeKvFrameHeader(c.header_bytes);
+  if (!header.ok()) {
+    // The payload length cannot be trusted, so the stream cannot be resynchronized.
+    Reject(c, PeekKvFrameHeader(c.header_bytes), header.status());
+    spdlog::warn("closing KV connection from {}: unparseable stream", c.peer);
+    c.state = State::kClosing;
+    return;
+  }
+  c.header = *header;
+  absl::StatusOr<std::vector<std::span<std::byte>>> spans = sink_.Admit(c.header);
+  if (spans.ok() && SpansBytes(*spans) != c.header.payload_bytes) {
+    // A sink bug; never write past what the header announced.
+    (void)sink_.Complete(c.header, absl::InternalError("sink spans do not match the payload"));
+    spans = absl::InternalError(absl::StrCat("KV sink returned ", SpansBytes(*spans),
+                                             " bytes of room for a ", c.header.payload_bytes,
+                                             "-byte payload"));
+  }
+  c.remaining = c.header.payload_bytes;
+  if (!spans.ok()) {
+    Reject(c, c.header, spans.status());
+    // A header-only frame (a keepalive) has nothing to skip.
+    c.state = c.remaining == 0 ? State::kHeader : State::kDiscard;
+    return;
+  }
+  c.spans = *std::move(spans);
+  c.cursor = {};
+  c.hasher.emplace();
+  c.state = State::kPayload;
+  if (c.remaining == 0) OnPayloadDone(c, now);  // a header-only frame (a keepalive)
+}
+
+void KvReceiver::OnPayloadDone(Connection& c, Clock::time_point now) {
+  absl::Status verdict;
+  if (c.hasher->Digest() != c.header.payload_xxh3) {
+    verdict =
+        absl::DataLossError("payload checksum mismatch: the KV bytes were corrupted in transit");
+  }
+  c.state = Connection::State::kHeader;  // the frame is no longer the connection's to complete
+  c.since = now;
+  c.spans.clear();
+  c.hasher.reset();
+  absl::Status result = sink_.Complete(c.header, std::move(verdict));
+  if (!result.ok()) {
+    Reject(c, c.header, result);
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.frames_accepted;
+    stats_.payload_bytes += c.header.payload_bytes;
+  }
+  QueueAck(c, KvAck::For(c.header, absl::OkStatus()));
+}
+
+void KvReceiver::Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.frames_rejected;
+  }
   spdlog::warn("rejected KV frame ({}) from {}: {}", header.ToString(), c.peer, status.ToString());
-  const KvAckBytes ack = EncodeKvAck(KvAck::For(header, status));
-  return net::WriteFull(c.fd.get(), ack.data(), ack.size()).ok();
+  QueueAck(c, KvAck::For(header, status));
 }
 
-void KvReceiver::Serve(Connection& c) {
-  const int fd = c.fd.get();
-  for (;;) {
-    KvFrameHeaderBytes raw;
-    bool eof = false;
-    if (absl::Status s = net::ReadFull(fd, raw.data(), raw.size(), &eof); !s.ok()) {
-      if (!eof) {
-        spdlog::warn("KV connection from {} broke between frames: {}", c.peer,
-                     std::string(s.message()));
-      }
+void KvReceiver::QueueAck(Connection& c, const KvAck& ack) {
+  const KvAckBytes bytes = EncodeKvAck(ack);
+  c.out.insert(c.out.end(), bytes.begin(), bytes.end());
+  if (c.out.size() - c.out_sent <= kMaxPendingAckBytes) return;
+  Flush(c);  // the socket may take them: only a peer that reads nothing is over the cap
+  if (c.closed || c.out.size() - c.out_sent <= kMaxPendingAckBytes) return;
+  spdlog::warn("closing KV connection from {}: it left {} acks unread (the sender must read them)",
+               c.peer, (c.out.size() - c.out_sent) / kKvAckBytes);
+  Close(c, "the sender does not read its acks");
+}
+
+void KvReceiver::Flush(Connection& c) {
+  while (c.out_sent < c.out.size()) {
+    const net::IoResult r =
+        net::WriteSome(c.fd.get(), c.out.data() + c.out_sent, c.out.size() - c.out_sent);
+    if (!r.error.ok()) {
+      spdlog::warn("KV connection from {} broke sending acks: {}", c.peer,
+                   std::string(r.error.message()));
+      Close(c, r.error.message());
       return;
     }
-    absl::StatusOr<KvFrameHeader> header = DecodeKvFrameHeader(raw);
-    if (!header.ok()) {
-      // The payload length cannot be trusted, so the stream cannot be resynchronized.
-      Reject(c, PeekKvFrameHeader(raw), header.status());
-      spdlog::warn("closing KV connection from {}: unparseable stream", c.peer);
-      return;
-    }
-    absl::StatusOr<std::vector<std::span<std::byte>>> spans = sink_.Admit(*header);
-    if (spans.ok() && SpansBytes(*spans) != header->payload_bytes) {
-      // A sink bug; never write past what the header announced.
-      (void)sink_.Complete(*header, absl::InternalError("sink spans do not match the payload"));
-      spans = absl::InternalError(absl::StrCat("KV sink returned ", SpansBytes(*spans),
-                                               " bytes of room for a ", header->payload_bytes,
-                                               "-byte payload"));
-    }
-    if (!spans.ok()) {
-      if (!Reject(c, *header, spans.status())) return;
-      if (absl::Status s = net::Discard(fd, header->payload_bytes); !s.ok()) return;
-      continue;
-    }
-    PayloadHasher hasher;
-    if (absl::Status s = net::ReadIntoSpans(fd, *spans, hasher); !s.ok()) {
-      (void)sink_.Complete(*header, absl::UnavailableError(absl::StrCat(
-                                        "connection from ", c.peer,
-                                        " lost inside the frame's payload: ", s.message())));
-      spdlog::warn("KV connection from {} broke inside {}: {}", c.peer, header->ToString(),
-                   std::string(s.message()));
-      return;
-    }
-    absl::Status verdict;
-    if (hasher.Digest() != header->payload_xxh3) {
-      verdict =
-          absl::DataLossError("payload checksum mismatch: the KV bytes were corrupted in transit");
-    }
-    absl::Status result = sink_.Complete(*header, verdict);
-    if (!result.ok()) {
-      if (!Reject(c, *header, result)) return;
-      continue;
-    }
-    ++frames_accepted_;
-    payload_bytes_ += header->payload_bytes;
-    const KvAckBytes ack = EncodeKvAck(KvAck::For(*header, absl::OkStatus()));
-    if (!net::WriteFull(fd, ack.data(), ack.size()).ok()) return;
+    if (r.bytes == 0) break;  // the socket is full; EPOLLOUT says when it has room
+    c.out_sent += r.bytes;
   }
+  const bool pending = c.out_sent < c.out.size();
+  if (!pending) {
+    c.out.clear();
+    c.out_sent = 0;
+    if (c.state == Connection::State::kClosing) {
+      Close(c, "");
+      return;
+    }
+  }
+  uint32_t events = pending ? uint32_t{EPOLLOUT} : 0;
+  if (c.state != Connection::State::kClosing) events |= EPOLLIN;
+  if (events == c.events) return;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = c.tag;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) != 0) {
+    spdlog::error("cannot watch the KV connection from {}: {}; closing it", c.peer,
+                  std::strerror(errno));
+    Close(c, "the receiver cannot watch the connection");
+    return;
+  }
+  c.events = events;
+}
+
+KvReceiver::Clock::time_point KvReceiver::Deadline(const Connection& c) const {
+  using State = Connection::State;
+  switch (c.state) {
+    case State::kHeader:
+      if (c.header_have == 0 && !c.first_header) return After(c.since, options_.idle_timeout);
+      return After(c.since, options_.header_timeout);
+    case State::kPayload:
+    case State::kDiscard: {
+      Clock::time_point by_rate = Clock::time_point::max();
+      if (options_.min_payload_bytes_per_second > 0) {
+        const std::chrono::duration<double> transfer(
+            static_cast<double>(c.header.payload_bytes) /
+            static_cast<double>(options_.min_payload_bytes_per_second));
+        by_rate = After(After(c.since, options_.stall_timeout),
+                        std::chrono::duration_cast<Clock::duration>(transfer));
+      }
+      return std::min(After(c.last_byte, options_.stall_timeout), by_rate);
+    }
+    case State::kClosing:
+      return After(c.since, options_.stall_timeout);
+  }
+  return Clock::time_point::max();
+}
+
+KvReceiver::Clock::time_point KvReceiver::ExpireDeadlines(Clock::time_point now) {
+  Clock::time_point next = Clock::time_point::max();
+  for (auto it = connections_.begin(); it != connections_.end();) {
+    const Clock::time_point deadline = Deadline(*it->second);
+    if (deadline <= now) {
+      TimeOut(*it->second, now);
+      it = connections_.erase(it);
+      continue;
+    }
+    next = std::min(next, deadline);
+    ++it;
+  }
+  if (accept_resume_ <= now) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kListenerTag;
+    (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+    accept_resume_ = Clock::time_point::max();
+  }
+  return std::min(next, accept_resume_);
+}
+
+void KvReceiver::TimeOut(Connection& c, Clock::time_point now) {
+  using State = Connection::State;
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.connections_timed_out;
+  }
+  std::string why;
+  bool always_log = false;
+  switch (c.state) {
+    case State::kHeader:
+      if (c.header_have == 0 && !c.first_header) {
+        why = absl::StrCat("idle for ", Ms(now - c.since), " ms (idle_timeout)");
+      } else {
+        why = absl::StrCat("no complete frame header within ", Ms(options_.header_timeout),
+                           " ms of ", c.first_header ? "connecting" : "its first byte", " (",
+                           c.header_have, " of ", c.header_bytes.size(), " bytes; header_timeout)");
+      }
+      break;
+    case State::kPayload:
+    case State::kDiscard:
+      always_log = c.state == State::kPayload;  // it fails a reservation
+      if (After(c.last_byte, options_.stall_timeout) <= now) {
+        why = absl::StrCat("no payload byte for ", Ms(now - c.last_byte), " ms (stall_timeout)");
+      } else {
+        why = absl::StrCat("payload slower than ", options_.min_payload_bytes_per_second,
+                           " bytes/s: ", c.header.payload_bytes - c.remaining, " of ",
+                           c.header.payload_bytes, " bytes in ", Ms(now - c.since),
+                           " ms (min_payload_bytes_per_second)");
+      }
+      break;
+    case State::kClosing:
+      why = "the peer does not read the nack of its unparseable header";
+      break;
+  }
+  if (always_log) {
+    spdlog::warn("closing KV connection from {} inside {}: {}", c.peer, c.header.ToString(), why);
+  } else if (LogNow(now, last_timeout_log_, timeouts_unlogged_)) {
+    spdlog::warn("closing KV connection from {}: {}{}", c.peer, why, Held(timeouts_unlogged_));
+  }
+  Close(c, why);
+}
+
+void KvReceiver::Close(Connection& c, absl::string_view why) {
+  if (c.closed) return;
+  if (c.state == Connection::State::kPayload) {
+    c.state = Connection::State::kHeader;
+    (void)sink_.Complete(
+        c.header, absl::UnavailableError(absl::StrCat("connection from ", c.peer,
+                                                      " lost inside the frame's payload: ", why)));
+  }
+  c.spans.clear();
+  c.hasher.reset();
+  {
+    // Counted first: a peer that sees the close also sees the count.
+    absl::MutexLock lock(&mu_);
+    --stats_.open_connections;
+  }
+  c.fd.Close();  // also leaves the epoll set
+  c.closed = true;
 }
 
 }  // namespace pdserve

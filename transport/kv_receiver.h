@@ -2,35 +2,69 @@
 // the places a KvFrameSink names and acknowledges each one.
 #pragma once
 
-#include <atomic>
+#include <chrono>
 #include <cstdint>
-#include <list>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "transport/kv_sink.h"
 #include "transport/socket_io.h"
 
 namespace pdserve {
 
-// Listens on host:port; each connection (prefill workers keep a few persistent ones) gets a
-// thread that loops: read a header, validate it (DecodeKvFrameHeader, then sink.Admit) before
-// any payload byte, read the payload into the admitted spans while hashing it, let the sink
-// complete the frame, send the ack. A well-formed frame the sink rejects is logged, nacked and
-// its payload skipped; a header that does not decode is logged and nacked and the connection
-// closed (its payload length cannot be trusted).
-// Thread-safety: port(), stats() and Stop() may be called from any thread.
+// Listens on host:port and serves every connection (prefill workers keep a few persistent ones)
+// from one event-loop thread: epoll over non-blocking sockets, so a thousand idle or slow
+// senders cost a thousand small structs, not a thousand threads.
+//
+// Each connection is a state machine:
+//   header   read the 80-byte header; DecodeKvFrameHeader, then sink.Admit before any payload
+//            byte. A header that does not decode is nacked and the connection closed (its
+//            payload length cannot be trusted); a frame the sink rejects is nacked and ...
+//   discard  ... its payload read and dropped, and the connection keeps serving.
+//   payload  read the payload straight into the admitted spans (no staging copy), hashing each
+//            chunk as it lands; then sink.Complete with the checksum's verdict and the ack.
+// sink.Complete runs exactly once for every admitted frame: with UNAVAILABLE when the
+// connection breaks, times out or the receiver stops mid-payload, so the sink frees its blocks.
+// Acks (one per frame, in order) leave through a small per-connection buffer written when the
+// socket is writable: a slow peer never blocks the loop, and one that lets more than 64 acks
+// pile up unread is closed. The loop reads at most 1 MiB from a connection per wakeup, so one
+// 4 MiB frame cannot starve the others.
+//
+// Limits (Options): at most max_connections open (more are accepted and closed at once); a
+// header must be complete within header_timeout of its first byte (of the accept, for a new
+// connection's first); a payload must not pause for stall_timeout nor take longer than
+// stall_timeout + payload_bytes / min_payload_bytes_per_second; a connection idle between frames
+// is closed after idle_timeout. The loop sleeps until the nearest deadline (no polling tick).
+//
+// Thread-safety: port(), stats() and Stop() may be called from any thread; the sink's Admit and
+// Complete are called from the loop thread.
 class KvReceiver {
  public:
   struct Options {
     std::string host = "0.0.0.0";
     int port = 0;  // 0: an ephemeral port (see port())
+    // Each connection holds a descriptor; a flood (a port scan, a client bug) must not take all.
+    int max_connections = 1024;
+    // A header is 80 bytes: a sender that cannot deliver it this fast is broken or hostile.
+    std::chrono::milliseconds header_timeout{2000};
+    // A paused payload pins its reservation's blocks; a healthy sender never pauses this long.
+    std::chrono::milliseconds stall_timeout{2000};
+    // A trickle that dodges stall_timeout still ends: a payload gets stall + bytes / this.
+    uint64_t min_payload_bytes_per_second = 1 << 20;
+    // Persistent connections idle between requests are fine; ones left behind are reclaimed.
+    std::chrono::milliseconds idle_timeout = std::chrono::minutes(10);
   };
   struct Stats {
-    uint64_t connections = 0;  // accepted so far
+    uint64_t connections = 0;  // accepted so far (not counting refused ones)
+    uint64_t open_connections = 0;
+    uint64_t connections_refused = 0;    // over max_connections
+    uint64_t connections_timed_out = 0;  // closed by a header, stall, rate or idle deadline
     uint64_t frames_accepted = 0;
     uint64_t frames_rejected = 0;  // nacked (header, sink or checksum)
     uint64_t payload_bytes = 0;    // of accepted frames
@@ -46,34 +80,55 @@ class KvReceiver {
   int port() const { return port_; }
   Stats stats() const;
   // Closes the listener and every connection (frames mid-payload complete as UNAVAILABLE) and
-  // joins every thread. Idempotent; returns promptly even with senders connected.
+  // joins the loop thread. Idempotent; returns promptly even with senders connected.
   void Stop();
 
  private:
-  struct Connection {
-    net::Fd fd;
-    std::string peer;
-    std::thread thread;
-    std::atomic<bool> done{false};
-  };
+  using Clock = std::chrono::steady_clock;
+  struct Connection;
 
-  KvReceiver(KvFrameSink& sink, net::Fd listener, int port);
-  void AcceptLoop();
-  // Starts serving accepted socket `fd`; requires mu_ held.
-  void AddConnectionLocked(int fd);
-  void Serve(Connection& c);
-  // Logs one line about `header`'s rejection and sends its nack; false if the send failed.
-  bool Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status);
+  KvReceiver(KvFrameSink& sink, Options options, net::Fd listener, int port, net::Fd epoll,
+             net::Fd wake);
+
+  // Everything below runs on the loop thread only.
+  void Loop();
+  // Accepts a bounded batch of pending connections (refusing those over the cap).
+  void AcceptSome();
+  // Reads what `c` has (up to the per-wakeup budget) and advances its state machine.
+  void ReadFrom(Connection& c);
+  void OnHeader(Connection& c, Clock::time_point now);
+  void OnPayloadDone(Connection& c, Clock::time_point now);
+  // Counts and logs `header`'s rejection and queues its nack.
+  void Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status);
+  // Queues `ack`, closing `c` if its peer leaves too many unread.
+  void QueueAck(Connection& c, const KvAck& ack);
+  // Writes what the socket takes of c's pending acks and sets the events c waits for.
+  void Flush(Connection& c);
+  // When `c` times out if nothing happens.
+  Clock::time_point Deadline(const Connection& c) const;
+  // Closes connections past their deadline; returns the nearest deadline left.
+  Clock::time_point ExpireDeadlines(Clock::time_point now);
+  void TimeOut(Connection& c, Clock::time_point now);
+  // Closes c's socket; a frame mid-payload completes as UNAVAILABLE saying `why`. The caller
+  // erases it from connections_.
+  void Close(Connection& c, absl::string_view why);
 
   KvFrameSink& sink_;
+  const Options options_;
   net::Fd listener_;
   const int port_;
-  std::thread accept_thread_;
-  std::mutex mu_;
-  bool stopping_ = false;                               // guarded by mu_
-  std::list<std::unique_ptr<Connection>> connections_;  // guarded by mu_
-  std::atomic<uint64_t> connections_accepted_{0}, frames_accepted_{0}, frames_rejected_{0},
-      payload_bytes_{0};
+  net::Fd epoll_, wake_;  // wake_: an eventfd that Stop() signals
+  std::thread thread_;
+  // Loop thread only.
+  std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;  // by epoll tag
+  uint64_t next_tag_;
+  Clock::time_point accept_resume_ = Clock::time_point::max();  // after EMFILE and the like
+  Clock::time_point last_refusal_log_{}, last_timeout_log_{};
+  uint64_t refusals_unlogged_ = 0, timeouts_unlogged_ = 0;
+
+  mutable absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pdserve

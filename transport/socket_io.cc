@@ -141,7 +141,7 @@ void TuneSocket(int fd) {
   (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
   // Connections idle between requests for long stretches: keepalive probes notice a peer host
   // that vanished (a process that dies is noticed at once: its kernel closes the socket) within
-  // about 30 s, which ends that connection's thread instead of leaving it blocked for good.
+  // about 30 s, which ends that connection instead of leaving it waiting for good.
   const int idle_s = 15, interval_s = 5, probes = 3;
   (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
@@ -317,6 +317,87 @@ absl::Status Discard(int fd, uint64_t bytes) {
     bytes -= n;
   }
   return absl::OkStatus();
+}
+
+absl::Status SetNonBlocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return ErrnoStatus("fcntl", errno);
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The IoResult of a recv/send that returned `n`.
+IoResult Outcome(ssize_t n, int err, const char* what) {
+  IoResult r;
+  if (n > 0) {
+    r.bytes = static_cast<size_t>(n);
+  } else if (n == 0) {
+    r.peer_closed = true;
+  } else if (err != EAGAIN && err != EWOULDBLOCK) {
+    r.error = ErrnoStatus(what, err);
+  }
+  return r;
+}
+
+}  // namespace
+
+IoResult ReadSome(int fd, void* data, size_t size) {
+  ssize_t n;
+  do {
+    n = ::recv(fd, data, size, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  return Outcome(n, errno, "recv");
+}
+
+IoResult WriteSome(int fd, const void* data, size_t size) {
+  ssize_t n;
+  do {
+    n = ::send(fd, data, size, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  IoResult r = Outcome(n, errno, "send");
+  r.peer_closed = false;  // send never returns 0 for a non-empty buffer
+  return r;
+}
+
+IoResult ReadSomeIntoSpans(int fd, std::span<const std::span<std::byte>> spans, SpanCursor& at,
+                           size_t max_bytes, PayloadHasher& hasher) {
+  std::array<iovec, 64> iov;
+  size_t n_iov = 0, want = 0;
+  const size_t limit = std::min(max_bytes, kReadChunkBytes);
+  for (size_t i = at.index, off = at.offset; i < spans.size() && n_iov < iov.size() && want < limit;
+       ++i, off = 0) {
+    const size_t take = std::min(spans[i].size() - off, limit - want);
+    if (take == 0) continue;
+    iov[n_iov++] = {spans[i].data() + off, take};
+    want += take;
+  }
+  if (n_iov == 0) return IoResult{};  // nothing left to read into
+  msghdr msg{};
+  msg.msg_iov = iov.data();
+  msg.msg_iovlen = n_iov;
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  IoResult r = Outcome(n, errno, "recv");
+  // Hash what landed, and advance the read position over it.
+  size_t left = r.bytes;
+  while (left > 0) {
+    const size_t take = std::min(spans[at.index].size() - at.offset, left);
+    hasher.Update(spans[at.index].data() + at.offset, take);
+    left -= take;
+    at.offset += take;
+    if (at.offset == spans[at.index].size()) {
+      ++at.index;
+      at.offset = 0;
+    }
+  }
+  while (at.index < spans.size() && spans[at.index].size() == at.offset) {
+    ++at.index;
+    at.offset = 0;
+  }
+  return r;
 }
 
 }  // namespace pdserve::net

@@ -1,4 +1,5 @@
-// Blocking POSIX socket helpers shared by the KV receiver and sender (internal to transport/).
+// POSIX socket helpers shared by the KV receiver and sender (internal to transport/): blocking
+// ones for the sender's per-connection threads, non-blocking ones for the receiver's event loop.
 #pragma once
 
 #include <sys/uio.h>
@@ -73,6 +74,34 @@ absl::Status ReadIntoSpans(int fd, std::span<const std::span<std::byte>> spans,
                            PayloadHasher& hasher);
 // Reads and drops `bytes` bytes (a rejected frame's payload).
 absl::Status Discard(int fd, uint64_t bytes);
+
+// Non-blocking I/O, for an event loop. Each helper makes one system call (MSG_DONTWAIT, so the
+// descriptor's own mode does not matter) and retries only on EINTR.
+
+// Sets O_NONBLOCK (a listener the event loop accepts from until EAGAIN).
+absl::Status SetNonBlocking(int fd);
+
+// What one non-blocking call did: moved `bytes` (0: nothing to read, or no room to write, right
+// now), or found that the peer closed its side (reads), or failed.
+struct IoResult {
+  size_t bytes = 0;
+  bool peer_closed = false;
+  absl::Status error;  // UNAVAILABLE on a socket error; never for EAGAIN
+  bool ok() const { return !peer_closed && error.ok(); }
+};
+IoResult ReadSome(int fd, void* data, size_t size);
+// Never raises SIGPIPE.
+IoResult WriteSome(int fd, const void* data, size_t size);
+
+// A read position inside a list of spans: spans[index], offset bytes in.
+struct SpanCursor {
+  size_t index = 0;
+  size_t offset = 0;
+};
+// Reads up to `max_bytes` (at most one chunk of a few hundred KiB) into `spans` from `at` on,
+// feeds the bytes to `hasher` right after they land and advances `at` over them.
+IoResult ReadSomeIntoSpans(int fd, std::span<const std::span<std::byte>> spans, SpanCursor& at,
+                           size_t max_bytes, PayloadHasher& hasher);
 
 // "ip:port" of the socket's peer, for logs ("?" when unknown).
 std::string PeerName(int fd);
