@@ -6,9 +6,7 @@
 
 namespace pdserve {
 
-bool DecodeStream::Next(Update& update, std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return !pending_.empty() || (done_ && !reported_done_); });
+bool DecodeStream::TakeLocked(Update& update) {
   if (pending_.empty() && !(done_ && !reported_done_)) return false;
   update.tokens.swap(pending_);
   pending_.clear();
@@ -19,24 +17,54 @@ bool DecodeStream::Next(Update& update, std::chrono::milliseconds timeout) {
   return true;
 }
 
-void DecodeStream::Push(int32_t token) {
+bool DecodeStream::TryTake(Update& update) {
   std::lock_guard<std::mutex> lock(mu_);
-  pending_.push_back(token);
-  cv_.notify_all();
+  return TakeLocked(update);
+}
+
+bool DecodeStream::Next(Update& update, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !pending_.empty() || (done_ && !reported_done_); });
+  return TakeLocked(update);
+}
+
+void DecodeStream::SetListener(std::function<void()> on_ready) {
+  listener_ = std::move(on_ready);
+  has_listener_ = true;
+  listener_();  // tokens may have arrived before the listener did
+}
+
+void DecodeStream::Notify() {
+  if (has_listener_) listener_();
+}
+
+void DecodeStream::Push(int32_t token) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back(token);
+    cv_.notify_all();
+  }
+  Notify();
 }
 
 void DecodeStream::Finish(FinishReason reason) {
-  std::lock_guard<std::mutex> lock(mu_);
-  done_ = true;
-  reason_ = reason;
-  cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    reason_ = reason;
+    cv_.notify_all();
+  }
+  Notify();
 }
 
 void DecodeStream::Fail(absl::Status status) {
-  std::lock_guard<std::mutex> lock(mu_);
-  done_ = true;
-  status_ = std::move(status);
-  cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    status_ = std::move(status);
+    cv_.notify_all();
+  }
+  Notify();
 }
 
 DecodeScheduler::DecodeScheduler(Model& model, Options options)
@@ -114,7 +142,21 @@ void DecodeScheduler::Loop() {
         --waiting_count_;
       }
     }
-    // Leave: cancelled requests free their blocks before the step.
+    // Leave: cancelled requests free their blocks before the step, waiting ones included.
+    std::vector<std::unique_ptr<Running>> dropped;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = incoming_.begin(); it != incoming_.end();) {
+        if ((*it)->stream->cancelled()) {
+          dropped.push_back(std::move(*it));
+          it = incoming_.erase(it);
+          --waiting_count_;
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& r : dropped) Fail(*r, absl::CancelledError("request cancelled"));
     std::erase_if(running, [this](const std::unique_ptr<Running>& r) {
       if (!r->stream->cancelled()) return false;
       Fail(*r, absl::CancelledError("request cancelled"));

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -35,7 +36,14 @@ class DecodeStream {
     absl::Status status;  // non-OK only when done by error
   };
 
-  // Waits up to `timeout` for tokens or the end. Returns false on timeout with nothing new.
+  // Event-driven consumer (the Decode reactor): `on_ready` runs each time tokens or the end
+  // become available, on the scheduler thread (or inline here when something is already
+  // pending); the consumer then calls TryTake. It must not block. Set once.
+  void SetListener(std::function<void()> on_ready);
+  // What is new since the last take, without waiting; false when nothing is.
+  bool TryTake(Update& update);
+  // Blocking consumer (tests): waits up to `timeout` for tokens or the end. Returns false on
+  // timeout with nothing new.
   bool Next(Update& update, std::chrono::milliseconds timeout);
   // Asks the scheduler to drop the request (client gone, deadline): its blocks are freed at the
   // next step.
@@ -55,7 +63,13 @@ class DecodeStream {
   bool reported_done_ = false;
   FinishReason reason_ = FinishReason::kLength;
   absl::Status status_;
+  bool TakeLocked(Update& update);
+  // Runs the listener, if any, after a change (outside mu_).
+  void Notify();
+
   std::atomic<bool> cancelled_{false};
+  std::function<void()> listener_;  // set once, then read without mu_
+  std::atomic<bool> has_listener_{false};
 };
 
 // One request handed to the scheduler: its cache already holds the prompt's KV (and has blocks

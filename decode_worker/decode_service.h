@@ -1,7 +1,10 @@
-// The DecodeWorker gRPC service: thin handlers that validate, translate and delegate to the
-// reservation registry (KV arrival) and the DecodeScheduler (generation).
+// The DecodeWorker gRPC service on the callback API: thin handlers that validate, translate and
+// delegate to the reservation registry (KV arrival) and the DecodeScheduler (generation). No
+// handler holds a thread while it waits: a Decode stream is a reactor woken by its reservation
+// settling and by the scheduler's tokens, so one worker holds thousands of streams.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <string>
 
@@ -13,32 +16,43 @@
 
 namespace pdserve {
 
-class DecodeService final : public v1::DecodeWorker::Service {
+class DecodeService final : public v1::DecodeWorker::CallbackService {
  public:
   struct Options {
     std::string fingerprint;        // ModelFingerprint of the loaded model
     std::string transfer_endpoint;  // host:port of this worker's KV receiver, as peers dial it
-    std::chrono::milliseconds reservation_ttl{10000};  // until Decode must have started
-    std::chrono::milliseconds kv_wait{30000};          // Decode's longest wait for the KV to arrive
+    // A reservation that hears nothing (no KV frame, no keepalive, no Decode) for this long is
+    // reclaimed (SPEC: stranded KV comes back within about a second).
+    std::chrono::milliseconds kv_lease{1000};
   };
 
   DecodeService(Model& model, KvStore& store, ReservedBlocksSink& reservations,
                 DecodeScheduler& scheduler, Options options);
 
-  grpc::Status Reserve(grpc::ServerContext* context, const v1::ReserveRequest* request,
-                       v1::Reservation* response) override;
-  grpc::Status Release(grpc::ServerContext* context, const v1::ReleaseRequest* request,
-                       v1::ReleaseResponse* response) override;
-  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
-                      grpc::ServerWriter<v1::DecodeResponse>* writer) override;
-  grpc::Status GetLoad(grpc::ServerContext* context, const v1::GetLoadRequest* request,
-                       v1::WorkerLoad* response) override;
-  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
-                            v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* context,
+                                    const v1::ReserveRequest* request,
+                                    v1::Reservation* response) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
+                                    const v1::ReleaseRequest* request,
+                                    v1::ReleaseResponse* response) override;
+  grpc::ServerWriteReactor<v1::DecodeResponse>* Decode(grpc::CallbackServerContext* context,
+                                                       const v1::DecodeRequest* request) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
+                                    const v1::GetLoadRequest* request,
+                                    v1::WorkerLoad* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
 
   void set_draining(bool draining) { draining_ = draining; }
+  // Decode streams open right now (waiting for KV or generating).
+  int open_streams() const { return open_streams_; }
 
  private:
+  class DecodeCall;
+
+  grpc::Status DoReserve(const v1::ReserveRequest& request, v1::Reservation& response);
+
   Model& model_;
   KvStore& store_;
   ReservedBlocksSink& reservations_;
@@ -46,6 +60,7 @@ class DecodeService final : public v1::DecodeWorker::Service {
   const Options options_;
   const v1::ModelInfo info_;
   std::atomic<bool> draining_{false};
+  std::atomic<int> open_streams_{0};
 };
 
 }  // namespace pdserve

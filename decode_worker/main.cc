@@ -1,7 +1,5 @@
 // pdserve-decode: the decode worker. Reserves KV blocks for requests, receives their prompt KV
 // from prefill workers over TCP, and streams generated tokens with continuous batching.
-#include <thread>
-
 #include "CLI/CLI.hpp"
 #include "decode_worker/decode_service.h"
 #include "rpc/server.h"
@@ -19,15 +17,17 @@ int main(int argc, char** argv) {
   serving::WorkerFlags flags{.listen = "0.0.0.0:50061"};
   serving::AddWorkerFlags(app, flags);
   std::string kv_listen = "0.0.0.0:50062", advertise_host = "127.0.0.1";
-  int max_batch = 64, reservation_ttl_ms = 10000;
+  int max_batch = 64, kv_lease_ms = 1000;
   app.add_option("--kv-listen", kv_listen, "KV transfer (TCP) address")->capture_default_str();
   app.add_option("--advertise-host", advertise_host,
                  "Host prefill workers dial for the KV transfer")
       ->capture_default_str();
   app.add_option("--max-batch", max_batch, "Requests per decode step")->capture_default_str();
-  app.add_option("--reservation-ttl-ms", reservation_ttl_ms,
-                 "A reservation not decoded within this is freed")
-      ->capture_default_str();
+  app.add_option("--kv-lease-ms", kv_lease_ms,
+                 "A reservation that hears nothing (no KV frame, keepalive or Decode) for this "
+                 "long is freed")
+      ->capture_default_str()
+      ->check(CLI::Range(50, 600000));
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
 
@@ -54,23 +54,12 @@ int main(int argc, char** argv) {
       model, store, reservations, scheduler,
       {.fingerprint = served->fingerprint,
        .transfer_endpoint = advertise_host + ":" + std::to_string((*receiver)->port()),
-       .reservation_ttl = std::chrono::milliseconds(reservation_ttl_ms)});
+       .kv_lease = std::chrono::milliseconds(kv_lease_ms)});
   auto server = rpc::Server::Start(flags.listen, {&service});
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;
   }
-  // Stranded reservations (a prefill that never finished, a router that went away) come back
-  // within their lease.
-  std::atomic<bool> stop{false};
-  std::thread expirer([&] {
-    while (!stop) {
-      if (int n = reservations.ExpireOlderThan(std::chrono::steady_clock::now()); n > 0) {
-        spdlog::info("freed {} expired reservations", n);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  });
   (*server)->SetServing(true);
   if (!flags.port_file.empty()) {
     if (absl::Status s = (*server)->WritePortFile(flags.port_file); !s.ok())
@@ -83,8 +72,6 @@ int main(int argc, char** argv) {
   spdlog::info("draining");
   service.set_draining(true);
   (*server)->Shutdown(std::chrono::seconds(10));
-  stop = true;
-  expirer.join();
   (*receiver)->Stop();
   return 0;
 }

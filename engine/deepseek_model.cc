@@ -262,7 +262,9 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
       RunMlp(be, w.mlp, b.h, b, b.mlp_out);
     }
     be.Add(b.x, b.mlp_out);
-    if (options.on_layer_done) options.on_layer_done(l);
+    if (options.on_layer_done) {
+      if (absl::Status s = options.on_layer_done(l); !s.ok()) return s;
+    }
   }
   AppendBatch(batch);
 

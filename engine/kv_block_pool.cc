@@ -229,4 +229,26 @@ absl::Status BlockTable::ReleaseAll(KvBlockPool& pool) {
   return absl::OkStatus();
 }
 
+ReservedBlocks& ReservedBlocks::operator=(ReservedBlocks&& other) noexcept {
+  if (this != &other) {
+    Release();
+    pool_ = other.pool_;
+    ids_ = std::exchange(other.ids_, {});
+  }
+  return *this;
+}
+
+absl::StatusOr<ReservedBlocks> ReservedBlocks::Allocate(KvBlockPool& pool, int64_t n) {
+  absl::StatusOr<std::vector<int32_t>> ids = pool.Allocate(n);
+  if (!ids.ok()) return ids.status();
+  return ReservedBlocks(pool, *std::move(ids));
+}
+
+void ReservedBlocks::Release() {
+  if (ids_.empty()) return;
+  // These are references this handle holds: releasing them cannot fail.
+  (void)pool_->Release(ids_);
+  ids_.clear();
+}
+
 }  // namespace pdserve

@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -143,6 +144,38 @@ class KvBlockPool {
   std::list<int32_t> lru_;                         // cached blocks, least recently used first
   std::unordered_map<uint64_t, int32_t> by_hash_;  // registered prefix hash -> block
   int64_t used_ = 0;                               // blocks with ref > 0
+};
+
+// References on blocks of one KvBlockPool that their holder owns: released when the handle is
+// destroyed, unless handed over with TakeIds (to a KvCache, which then owns them). This is how a
+// reservation holds its blocks, so every path out of it, error or not, frees them.
+// Thread-safety: a move-only value owned by one holder; the pool itself is thread-safe.
+class ReservedBlocks {
+ public:
+  ReservedBlocks() = default;
+  // Takes over one reference on each of `ids` (as Allocate returns them).
+  ReservedBlocks(KvBlockPool& pool, std::vector<int32_t> ids)
+      : pool_(&pool), ids_(std::move(ids)) {}
+  ~ReservedBlocks() { Release(); }
+  ReservedBlocks(ReservedBlocks&& other) noexcept
+      : pool_(other.pool_), ids_(std::exchange(other.ids_, {})) {}
+  ReservedBlocks& operator=(ReservedBlocks&& other) noexcept;
+  ReservedBlocks(const ReservedBlocks&) = delete;
+  ReservedBlocks& operator=(const ReservedBlocks&) = delete;
+
+  // Allocate(n) as a handle; RESOURCE_EXHAUSTED as Allocate.
+  static absl::StatusOr<ReservedBlocks> Allocate(KvBlockPool& pool, int64_t n);
+
+  const std::vector<int32_t>& ids() const { return ids_; }
+  bool empty() const { return ids_.empty(); }
+  // Releases the references now (idempotent).
+  void Release();
+  // Hands the references to the caller, who must release them (KvCache::AdoptBlocks does).
+  std::vector<int32_t> TakeIds() && { return std::exchange(ids_, {}); }
+
+ private:
+  KvBlockPool* pool_ = nullptr;
+  std::vector<int32_t> ids_;
 };
 
 // One request's blocks in order (block i holds tokens [i * tokens_per_block, (i + 1) *

@@ -61,6 +61,12 @@ absl::Status KvCache::AdoptBlocks(std::span<const int32_t> blocks,
   return absl::OkStatus();
 }
 
+absl::Status KvCache::AdoptBlocks(ReservedBlocks& blocks, std::span<const int32_t> tokens) {
+  if (absl::Status s = AdoptBlocks(blocks.ids(), tokens); !s.ok()) return s;
+  (void)std::move(blocks).TakeIds();  // the table holds them now
+  return absl::OkStatus();
+}
+
 absl::Status KvCache::Reserve(int64_t total_tokens) {
   return table_.Reserve(store_->pool(), std::max(total_tokens, length()));
 }

@@ -76,6 +76,9 @@ class KvCache {
   // [0, tokens.size()) and any further blocks are room to grow. FAILED_PRECONDITION if the
   // cache is not empty or the blocks cannot hold the tokens.
   absl::Status AdoptBlocks(std::span<const int32_t> blocks, std::span<const int32_t> tokens);
+  // The same from a handle: on success the cache owns the references; on error the handle
+  // still does (and frees them when dropped).
+  absl::Status AdoptBlocks(ReservedBlocks& blocks, std::span<const int32_t> tokens);
   // Makes room for `total_tokens`; RESOURCE_EXHAUSTED (nothing changed) when the store lacks
   // blocks.
   absl::Status Reserve(int64_t total_tokens);

@@ -68,7 +68,9 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceI
     be.SiluMul(gate, up, gate);
     be.Linear(gate, w.w_down, nullptr, h);
     be.Add(x, h);
-    if (options.on_layer_done) options.on_layer_done(l);
+    if (options.on_layer_done) {
+      if (absl::Status s = options.on_layer_done(l); !s.ok()) return s;
+    }
   }
   AppendBatch(batch);
 

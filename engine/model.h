@@ -29,8 +29,10 @@ struct ForwardOptions {
   // sequence.
   bool all_logits = false;
   // Called after layer `l`'s K/V of every sequence is in the caches: the hook the prefill
-  // worker uses to ship a layer while later layers compute.
-  std::function<void(int64_t layer)> on_layer_done;
+  // worker uses to ship a layer while later layers compute. A non-OK status abandons the pass
+  // (Forward returns it; the caches' lengths are unchanged): how a cancelled prefill stops
+  // between layers.
+  std::function<absl::Status(int64_t layer)> on_layer_done;
 };
 
 // A causal language model bound to a backend. Forward passes over disjoint caches may not run

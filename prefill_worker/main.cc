@@ -17,13 +17,18 @@ int main(int argc, char** argv) {
       "KV push)");
   serving::WorkerFlags flags{.listen = "0.0.0.0:50071"};
   serving::AddWorkerFlags(app, flags);
-  int transfer_timeout_ms = 30000;
+  int transfer_timeout_ms = 30000, keepalive_ms = 200;
   int64_t token_budget = 2048;
   app.add_option("--token-budget", token_budget, "Prompt tokens per forward pass")
       ->capture_default_str();
   app.add_option("--transfer-timeout-ms", transfer_timeout_ms,
                  "Longest wait for the decode worker to accept the KV")
       ->capture_default_str();
+  app.add_option("--keepalive-ms", keepalive_ms,
+                 "Keepalive frames renew a reservation's lease this often while its prompt waits "
+                 "or computes; keep it well under the decode workers' --kv-lease-ms")
+      ->capture_default_str()
+      ->check(CLI::Range(10, 60000));
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
 
@@ -41,7 +46,8 @@ int main(int argc, char** argv) {
   PrefillScheduler scheduler(model, store, {.token_budget = token_budget});
   PrefillService service(model, store, scheduler, transport,
                          {.fingerprint = served->fingerprint,
-                          .transfer_timeout = std::chrono::milliseconds(transfer_timeout_ms)});
+                          .transfer_timeout = std::chrono::milliseconds(transfer_timeout_ms),
+                          .keepalive_period = std::chrono::milliseconds(keepalive_ms)});
   auto server = rpc::Server::Start(flags.listen, {&service});
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());

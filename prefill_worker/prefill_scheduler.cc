@@ -22,23 +22,29 @@ PrefillScheduler::~PrefillScheduler() {
   }
   cv_.notify_all();
   thread_.join();
-  for (auto& p : queue_)
-    p->promise.set_value(absl::UnavailableError("prefill worker shutting down"));
+  for (auto& p : queue_) p->done(absl::UnavailableError("prefill worker shutting down"));
 }
 
 std::future<absl::StatusOr<PrefillResult>> PrefillScheduler::Submit(PrefillJob job) {
-  auto p = std::make_unique<Pending>();
-  auto future = p->promise.get_future();
+  auto promise = std::make_shared<std::promise<absl::StatusOr<PrefillResult>>>();
+  auto future = promise->get_future();
+  Submit(std::move(job),
+         [promise](absl::StatusOr<PrefillResult> r) { promise->set_value(std::move(r)); });
+  return future;
+}
+
+void PrefillScheduler::Submit(PrefillJob job, Done done) {
   const int64_t need = KvStore::BlocksFor(store_.format(), static_cast<int64_t>(job.prompt.size()));
   if (need > store_.pool().num_blocks()) {
-    p->promise.set_value(absl::ResourceExhaustedError(
+    done(absl::ResourceExhaustedError(
         absl::StrCat("prompt of ", job.prompt.size(), " tokens needs ", need,
-                     " KV blocks but this prefill "
-                     "worker has ",
-                     store_.pool().num_blocks(), "; raise --kv-blocks or shorten the prompt")));
-    return future;
+                     " KV blocks but this prefill worker has ", store_.pool().num_blocks(),
+                     "; raise --kv-blocks or shorten the prompt")));
+    return;
   }
+  auto p = std::make_unique<Pending>();
   p->job = std::move(job);
+  p->done = std::move(done);
   p->submitted = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -46,7 +52,39 @@ std::future<absl::StatusOr<PrefillResult>> PrefillScheduler::Submit(PrefillJob j
     ++waiting_count_;
   }
   cv_.notify_all();
-  return future;
+}
+
+namespace {
+
+absl::Status StillWanted(const PrefillJob& job) {
+  return job.still_wanted ? job.still_wanted() : absl::OkStatus();
+}
+
+}  // namespace
+
+void PrefillScheduler::DropAbandoned() {
+  std::vector<std::pair<std::unique_ptr<Pending>, absl::Status>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (absl::Status s = StillWanted((*it)->job); !s.ok()) {
+        dropped.emplace_back(std::move(*it), std::move(s));
+        it = queue_.erase(it);
+        --waiting_count_;
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& [p, status] : dropped) p->done(std::move(status));
+}
+
+void PrefillScheduler::OnBlocksFreed() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    blocks_freed_ = true;
+  }
+  cv_.notify_all();
 }
 
 void PrefillScheduler::Loop() {
@@ -54,8 +92,9 @@ void PrefillScheduler::Loop() {
     std::vector<std::unique_ptr<Pending>> batch;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      cv_.wait(lock, [&] { return stop_ || (!queue_.empty() && blocks_freed_); });
       if (stop_) return;
+      blocks_freed_ = false;
       // Take prompts in arrival order while they fit the token budget and the free blocks
       // (blocks of finished prompts come back once their transfers are done).
       int64_t tokens = 0, blocks = 0;
@@ -72,12 +111,18 @@ void PrefillScheduler::Loop() {
         queue_.pop_front();
         --waiting_count_;
       }
-      if (batch.empty()) {
-        // Not enough free blocks yet: transfers in flight still hold some.
-        cv_.wait_for(lock, std::chrono::milliseconds(2));
-        continue;
-      }
+      // Not enough free blocks: transfers in flight still hold some. Sleep until one ends
+      // (OnBlocksFreed) or a new prompt arrives.
+      if (batch.empty()) continue;
+      blocks_freed_ = true;  // after this batch, look at the queue again
     }
+    // Abandoned before it started: never computed.
+    std::erase_if(batch, [](std::unique_ptr<Pending>& p) {
+      absl::Status s = StillWanted(p->job);
+      if (!s.ok()) p->done(std::move(s));
+      return !s.ok();
+    });
+    if (batch.empty()) continue;
     running_count_ = static_cast<int>(batch.size());
     RunBatch(batch);
     running_count_ = 0;
@@ -97,21 +142,33 @@ void PrefillScheduler::RunBatch(std::vector<std::unique_ptr<Pending>>& batch) {
         {std::span<const int32_t>(p->job.prompt).subspan(static_cast<size_t>(hit)), cache.get()});
     caches.push_back(std::move(cache));
   }
+  // Why each job was abandoned (OK: still wanted). The pass goes on while one is.
+  std::vector<absl::Status> abandoned(batch.size());
   ForwardOptions options;
   options.on_layer_done = [&](int64_t layer) {
+    bool any = false;
     for (size_t i = 0; i < batch.size(); ++i) {
-      if (batch[i]->job.on_layer) batch[i]->job.on_layer(layer, caches[i]->block_table());
+      if (!abandoned[i].ok()) continue;
+      const PrefillJob& job = batch[i]->job;
+      abandoned[i] = StillWanted(job);
+      if (abandoned[i].ok() && job.on_layer)
+        abandoned[i] = job.on_layer(layer, caches[i]->block_table());
+      any = any || abandoned[i].ok();
     }
+    return any ? absl::OkStatus() : absl::CancelledError("every prompt of the batch was abandoned");
   };
   absl::StatusOr<std::vector<float>> logits = model_.Forward(inputs, options);
-  if (!logits.ok()) {
+  if (!logits.ok() && !absl::IsCancelled(logits.status())) {
     spdlog::error("prefill of {} prompts failed: {}", batch.size(), logits.status().ToString());
-    for (auto& p : batch) p->promise.set_value(logits.status());
-    return;
   }
   const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
   for (size_t i = 0; i < batch.size(); ++i) {
     Pending& p = *batch[i];
+    if (!abandoned[i].ok() || !logits.ok()) {
+      caches[i].reset();  // its blocks go back before anyone hears of the end
+      p.done(!abandoned[i].ok() ? abandoned[i] : logits.status());
+      continue;
+    }
     Sampler sampler(p.job.sampling);
     PrefillResult r;
     r.first_token =
@@ -120,7 +177,7 @@ void PrefillScheduler::RunBatch(std::vector<std::unique_ptr<Pending>>& batch) {
     r.queue_ms = std::chrono::duration<double, std::milli>(start - p.submitted).count();
     r.prefill_ms = MsSince(start);
     r.cached_prompt_tokens = reused[i];
-    p.promise.set_value(std::move(r));
+    p.done(std::move(r));
   }
 }
 

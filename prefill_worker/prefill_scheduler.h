@@ -28,8 +28,12 @@ struct PrefillJob {
   // Called on the scheduler thread once layer `layer` of the whole prompt's KV (a reused prefix
   // included) sits in the store's blocks `block_table`, positions [0, prompt.size()): where
   // the worker starts pushing that layer to the decode worker while the next layers compute.
-  // Must not block for long.
-  std::function<void(int64_t layer, std::span<const int32_t> block_table)> on_layer;
+  // Must not block for long. A non-OK status (the push failed) abandons the job.
+  std::function<absl::Status(int64_t layer, std::span<const int32_t> block_table)> on_layer;
+  // Whether anyone still wants the result: asked before the job starts and between layers, so
+  // a cancelled request or a passed deadline (CANCELLED, DEADLINE_EXCEEDED) is dropped from
+  // the queue and stops computing at the next layer. Cheap and thread-safe. Empty: always.
+  std::function<absl::Status()> still_wanted;
 };
 
 struct PrefillResult {
@@ -43,8 +47,12 @@ struct PrefillResult {
 };
 
 // Runs prompts in batches of up to `token_budget` new tokens (concurrent prompts share one
-// forward pass), reusing prefix-cached blocks, and samples each prompt's first token.
-// Thread-safety: Submit and the counters may be called from any thread.
+// forward pass), reusing prefix-cached blocks, and samples each prompt's first token. An
+// abandoned job (still_wanted or on_layer not OK) leaves the batch between layers; the pass
+// stops once every job in it is abandoned. When the free blocks cannot hold the next prompt the
+// loop sleeps until OnBlocksFreed (no polling).
+// Thread-safety: Submit, DropAbandoned, OnBlocksFreed and the counters may be called from any
+// thread.
 class PrefillScheduler {
  public:
   struct Options {
@@ -56,8 +64,18 @@ class PrefillScheduler {
   PrefillScheduler(const PrefillScheduler&) = delete;
   PrefillScheduler& operator=(const PrefillScheduler&) = delete;
 
-  // RESOURCE_EXHAUSTED when the store could never hold the prompt.
+  using Done = std::function<void(absl::StatusOr<PrefillResult>)>;
+  // Queues `job`; `done` runs exactly once, on the scheduler thread (or inline here when the
+  // store could never hold the prompt: RESOURCE_EXHAUSTED), with the first token or why not.
+  void Submit(PrefillJob job, Done done);
+  // The same, as a future (tests and tools).
   std::future<absl::StatusOr<PrefillResult>> Submit(PrefillJob job);
+  // Drops every queued job whose still_wanted is no longer OK now (a cancel just arrived),
+  // rather than at the next batch.
+  void DropAbandoned();
+  // Blocks of a finished prompt went back to the pool (its transfer ended): a prompt waiting
+  // for room may fit now.
+  void OnBlocksFreed();
 
   int waiting() const { return waiting_count_; }
   int running() const { return running_count_; }
@@ -65,7 +83,7 @@ class PrefillScheduler {
  private:
   struct Pending {
     PrefillJob job;
-    std::promise<absl::StatusOr<PrefillResult>> promise;
+    Done done;
     std::chrono::steady_clock::time_point submitted;
   };
 
@@ -79,6 +97,8 @@ class PrefillScheduler {
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Pending>> queue_;
   bool stop_ = false;
+  // Blocks may have come back since the last look at the queue (start: look).
+  bool blocks_freed_ = true;
   std::atomic<int> waiting_count_{0}, running_count_{0};
   std::thread thread_;
 };

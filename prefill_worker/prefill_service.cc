@@ -1,6 +1,8 @@
 #include "prefill_worker/prefill_service.h"
 
-#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "rpc/status.h"
@@ -12,7 +14,222 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
 }  // namespace
+
+// One Prefill: queued and computed by the scheduler (which asks StillWanted between layers),
+// each layer queued on the transport as it is computed, then the transport's FlushAsync reports
+// every frame acknowledged. Ends once (Finish) with the first token or a status whose code
+// tells the router whether another worker could do better: UNAVAILABLE when the decode worker
+// cannot be reached, the receiver's own code when it refused the KV (NOT_FOUND: no such
+// reservation, PERMISSION_DENIED: wrong secret, ...), CANCELLED / DEADLINE_EXCEEDED when the
+// caller gave up. Owned by itself (self_) until OnDone.
+class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
+                                    public std::enable_shared_from_this<PrefillCall> {
+ public:
+  PrefillCall(PrefillService& service, grpc::CallbackServerContext* context,
+              const v1::PrefillRequest& request, v1::PrefillResponse& response)
+      : service_(service), context_(context), request_(request), response_(response) {}
+
+  const KvDestination& destination() const { return destination_; }
+
+  void Begin() {
+    if (absl::Status s = Validate(); !s.ok()) return End(s);
+    if (absl::Status s = service_.StartKeepalive(shared_from_this()); !s.ok()) {
+      return End(absl::UnavailableError(absl::StrCat(
+          "cannot reach decode worker ", request_.decode_worker(), "'s KV receiver at ",
+          request_.destination().transfer_endpoint(), ": ", s.message())));
+    }
+    PrefillJob job;
+    job.request_id = request_.request().request_id();
+    job.prompt = req_.prompt;
+    job.sampling = req_.sampling;
+    // Each layer is queued on the transport from the scheduler thread as soon as it is
+    // computed, so the bytes travel while later layers compute.
+    const int64_t n = static_cast<int64_t>(req_.prompt.size());
+    job.on_layer = [self = shared_from_this(), n](int64_t layer, std::span<const int32_t> table) {
+      return self->service_.transport_.SendLayerFromStore(self->destination_, self->service_.store_,
+                                                          layer, table, 0, n);
+    };
+    job.still_wanted = [weak = weak_from_this()] {
+      std::shared_ptr<PrefillCall> self = weak.lock();
+      return self != nullptr ? self->StillWanted() : absl::CancelledError("call gone");
+    };
+    service_.scheduler_.Submit(std::move(job),
+                               [self = shared_from_this()](absl::StatusOr<PrefillResult> result) {
+                                 self->OnPrefilled(std::move(result));
+                               });
+  }
+
+  // A keepalive was refused or could not be sent: the reservation is gone or unreachable, so
+  // the prompt is not worth computing.
+  void OnKeepaliveFailed(absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    if (transfer_error_.ok()) transfer_error_ = std::move(status);
+  }
+
+  void OnCancel() override {
+    cancelled_ = true;
+    service_.StopKeepalive(this);
+    service_.scheduler_.DropAbandoned();
+    bool flushing = false;
+    {
+      absl::MutexLock lock(&mu_);
+      flushing = flushing_;
+    }
+    if (flushing) {
+      service_.transport_.Abort(destination_, absl::CancelledError("the Prefill was cancelled"));
+    }
+  }
+
+  void OnDone() override { self_.reset(); }
+
+  std::shared_ptr<PrefillCall> self_;
+
+ private:
+  absl::Status Validate() {
+    if (service_.draining_) return absl::UnavailableError("prefill worker is draining");
+    if (request_.model_fingerprint() != service_.info_.fingerprint()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model fingerprint ", request_.model_fingerprint(),
+                       " does not match this prefill worker's ", service_.info_.fingerprint(),
+                       "; run the same model everywhere"));
+    }
+    absl::StatusOr<serving::EngineRequest> engine_request = serving::FromProto(request_.request());
+    if (!engine_request.ok()) return engine_request.status();
+    req_ = *std::move(engine_request);
+    if (absl::Status s =
+            ValidateRequest(service_.model_.config(), req_.prompt, req_.sampling, req_.stop);
+        !s.ok()) {
+      return s;
+    }
+    const v1::Reservation& dest = request_.destination();
+    absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(dest.secret());
+    if (!secret.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("destination.secret: ", secret.status().message()));
+    }
+    if (absl::Status s = ValidateKvEndpoint(dest.transfer_endpoint()); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("destination.transfer_endpoint: ", s.message()));
+    }
+    if (dest.reserved_tokens() < static_cast<int64_t>(req_.prompt.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the reservation holds ", dest.reserved_tokens(),
+                       " tokens, fewer than the prompt's ", req_.prompt.size()));
+    }
+    destination_ = KvDestination{.endpoint = dest.transfer_endpoint(),
+                                 .reservation_id = dest.reservation_id(),
+                                 .secret = *secret,
+                                 .request_hash = RequestIdHash(request_.request().request_id())};
+    return absl::OkStatus();
+  }
+
+  absl::Status StillWanted() {
+    if (cancelled_) return absl::CancelledError("the Prefill was cancelled");
+    if (std::chrono::system_clock::now() > context_->deadline()) {
+      return absl::DeadlineExceededError("the Prefill's deadline passed");
+    }
+    absl::MutexLock lock(&mu_);
+    return transfer_error_;
+  }
+
+  // On the scheduler thread: the prompt is computed (or was dropped). Wait for the acks.
+  void OnPrefilled(absl::StatusOr<PrefillResult> result) {
+    service_.StopKeepalive(this);
+    if (!result.ok()) {
+      // Whatever was queued is dropped; the callback below runs once nothing reads the blocks.
+      service_.transport_.Abort(destination_, result.status());
+      service_.transport_.FlushAsync(
+          destination_, [self = shared_from_this(),
+                         status = result.status()](absl::StatusOr<KvTransferStats> transfer) {
+            // The transfer's own error explains a dropped prompt better (e.g. NOT_FOUND).
+            self->End(!transfer.ok() && !absl::IsCancelled(transfer.status()) &&
+                              !absl::IsDeadlineExceeded(transfer.status())
+                          ? transfer.status()
+                          : status);
+          });
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      result_ = *std::move(result);
+      flushing_ = true;
+    }
+    service_.WatchTransfer(shared_from_this());
+    if (cancelled_) {
+      service_.transport_.Abort(destination_, absl::CancelledError("the Prefill was cancelled"));
+    }
+    service_.transport_.FlushAsync(
+        destination_, [self = shared_from_this()](absl::StatusOr<KvTransferStats> transfer) {
+          self->OnFlushed(std::move(transfer));
+        });
+  }
+
+  void OnFlushed(absl::StatusOr<KvTransferStats> transfer) {
+    service_.UnwatchTransfer(this);
+    PrefillResult result;
+    {
+      absl::MutexLock lock(&mu_);
+      flushing_ = false;
+      result = std::move(result_);
+    }
+    const int64_t cached = result.cached_prompt_tokens;
+    result.cache.reset();  // the transfer no longer reads its blocks
+    service_.scheduler_.OnBlocksFreed();
+    if (!transfer.ok()) return End(transfer.status());
+    const std::string& id = request_.request().request_id();
+    response_.set_first_token(result.first_token);
+    response_.set_queue_ms(result.queue_ms);
+    response_.set_prefill_ms(result.prefill_ms);
+    response_.set_kv_transfer_ms(transfer->seconds * 1e3);
+    response_.set_kv_transfer_bytes(transfer->wire_bytes);
+    response_.set_cached_prompt_tokens(static_cast<int32_t>(cached));
+    response_.set_kv_format(service_.info_.kv_format().description());
+    spdlog::info(
+        "request {}: prefilled {} tokens ({} cached) in {:.1f} ms, {} KV bytes to {} in {:.1f} ms",
+        id, req_.prompt.size(), cached, result.prefill_ms, transfer->wire_bytes,
+        destination_.endpoint, transfer->seconds * 1e3);
+    End(absl::OkStatus());
+  }
+
+  void End(absl::Status status) {
+    if (ended_.exchange(true)) return;
+    if (!status.ok()) {
+      if (cancelled_) status = absl::CancelledError("the Prefill was cancelled");
+      if (!absl::IsCancelled(status)) {
+        spdlog::warn("request {}: prefill failed: {}", request_.request().request_id(),
+                     status.ToString());
+      }
+      // Say which transfer failed; keep the code, which tells the router whether to retry.
+      if (destination_.reservation_id != 0 && !absl::IsCancelled(status) &&
+          !absl::IsInvalidArgument(status) && !absl::IsFailedPrecondition(status)) {
+        status = absl::Status(
+            status.code(), absl::StrCat("KV transfer to decode worker ", request_.decode_worker(),
+                                        " (", destination_.endpoint, "): ", status.message()));
+      }
+    }
+    Finish(rpc::ToGrpc(status));
+  }
+
+  PrefillService& service_;
+  grpc::CallbackServerContext* const context_;
+  const v1::PrefillRequest& request_;  // gRPC's, valid until OnDone
+  v1::PrefillResponse& response_;
+  serving::EngineRequest req_;
+  KvDestination destination_;
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> ended_{false};
+  absl::Mutex mu_;
+  absl::Status transfer_error_ ABSL_GUARDED_BY(mu_);
+  PrefillResult result_ ABSL_GUARDED_BY(mu_);
+  bool flushing_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 PrefillService::PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler,
                                KvTransport& transport, Options options)
@@ -21,94 +238,111 @@ PrefillService::PrefillService(Model& model, KvStore& store, PrefillScheduler& s
       scheduler_(scheduler),
       transport_(transport),
       options_(std::move(options)),
-      info_(serving::MakeModelInfo(model, options_.fingerprint)) {}
+      info_(serving::MakeModelInfo(model, options_.fingerprint)),
+      keepalive_thread_([this] { KeepaliveLoop(); }) {}
 
-grpc::Status PrefillService::Prefill(grpc::ServerContext* context,
-                                     const v1::PrefillRequest* request,
-                                     v1::PrefillResponse* response) {
-  if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "prefill worker is draining");
-  const std::string& id = request->request().request_id();
-  if (request->model_fingerprint() != info_.fingerprint()) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("model fingerprint ", request->model_fingerprint(),
-                                     " does not match this prefill worker's ", info_.fingerprint(),
-                                     "; run the same model everywhere"));
+PrefillService::~PrefillService() {
+  {
+    absl::MutexLock lock(&keepalive_mu_);
+    stopping_ = true;
+    keepalive_cv_.SignalAll();
   }
-  absl::StatusOr<serving::EngineRequest> engine_request = serving::FromProto(request->request());
-  if (!engine_request.ok()) return rpc::ToGrpc(engine_request.status());
-  serving::EngineRequest req = *std::move(engine_request);
-  if (absl::Status s = ValidateRequest(model_.config(), req.prompt, req.sampling, req.stop);
-      !s.ok()) {
-    return rpc::ToGrpc(s);
-  }
-  const v1::Reservation& dest = request->destination();
-  absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(dest.secret());
-  if (!secret.ok()) return rpc::ToGrpc(secret.status());
-  if (dest.reserved_tokens() < static_cast<int64_t>(req.prompt.size())) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat("the reservation holds ", dest.reserved_tokens(),
-                                     " tokens, fewer than the prompt's ", req.prompt.size()));
-  }
-
-  // Each layer is queued on the transport from the scheduler thread as soon as it is
-  // computed, so the bytes travel while later layers compute.
-  const int64_t n = static_cast<int64_t>(req.prompt.size());
-  const KvDestination destination{.endpoint = dest.transfer_endpoint(),
-                                  .reservation_id = dest.reservation_id(),
-                                  .secret = *secret,
-                                  .request_hash = RequestIdHash(id)};
-  std::mutex mu;
-  absl::Status send_status;
-  PrefillJob job;
-  job.request_id = id;
-  job.prompt = req.prompt;
-  job.sampling = req.sampling;
-  job.on_layer = [&](int64_t layer, std::span<const int32_t> table) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (!send_status.ok()) return;  // the first failure fails the request; stop sending
-    send_status = transport_.SendLayerFromStore(destination, store_, layer, table, 0, n);
-  };
-  absl::StatusOr<PrefillResult> result = scheduler_.Submit(std::move(job)).get();
-  // The blocks stay held (result->cache) until every frame is acknowledged or dropped.
-  absl::StatusOr<KvTransferStats> transfer =
-      transport_.Flush(destination, Clock::now() + options_.transfer_timeout);
-  if (!result.ok()) return rpc::ToGrpc(result.status());
-  if (!send_status.ok()) transfer = send_status;
-  if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-  if (!transfer.ok()) {
-    spdlog::warn("request {}: KV transfer to {} failed: {}", id, dest.transfer_endpoint(),
-                 transfer.status().ToString());
-    return grpc::Status(
-        grpc::StatusCode::UNAVAILABLE,
-        absl::StrCat("KV transfer to decode worker ", request->decode_worker(), " (",
-                     dest.transfer_endpoint(), ") failed: ", transfer.status().message()));
-  }
-  response->set_first_token(result->first_token);
-  response->set_queue_ms(result->queue_ms);
-  response->set_prefill_ms(result->prefill_ms);
-  response->set_kv_transfer_ms(transfer->seconds * 1e3);
-  response->set_kv_transfer_bytes(transfer->wire_bytes);
-  response->set_cached_prompt_tokens(static_cast<int32_t>(result->cached_prompt_tokens));
-  response->set_kv_format(info_.kv_format().description());
-  spdlog::info(
-      "request {}: prefilled {} tokens ({} cached) in {:.1f} ms, {} KV bytes to {} in "
-      "{:.1f} ms",
-      id, n, result->cached_prompt_tokens, result->prefill_ms, transfer->wire_bytes,
-      dest.transfer_endpoint(), transfer->seconds * 1e3);
-  return grpc::Status::OK;
+  keepalive_thread_.join();
 }
 
-grpc::Status PrefillService::GetLoad(grpc::ServerContext*, const v1::GetLoadRequest*,
-                                     v1::WorkerLoad* response) {
+absl::Status PrefillService::StartKeepalive(const std::shared_ptr<PrefillCall>& call) {
+  absl::MutexLock lock(&keepalive_mu_);
+  if (absl::Status s = transport_.SendKeepalive(call->destination()); !s.ok()) return s;
+  keepalive_calls_[call.get()] = call;
+  keepalive_cv_.SignalAll();
+  return absl::OkStatus();
+}
+
+void PrefillService::StopKeepalive(const PrefillCall* call) {
+  absl::MutexLock lock(&keepalive_mu_);
+  keepalive_calls_.erase(call);
+}
+
+void PrefillService::WatchTransfer(const std::shared_ptr<PrefillCall>& call) {
+  absl::MutexLock lock(&keepalive_mu_);
+  transfer_deadlines_[call.get()] = {Clock::now() + options_.transfer_timeout, call};
+  keepalive_cv_.SignalAll();
+}
+
+void PrefillService::UnwatchTransfer(const PrefillCall* call) {
+  absl::MutexLock lock(&keepalive_mu_);
+  transfer_deadlines_.erase(call);
+}
+
+void PrefillService::KeepaliveLoop() {
+  absl::MutexLock lock(&keepalive_mu_);
+  while (!stopping_) {
+    if (keepalive_calls_.empty() && transfer_deadlines_.empty()) {
+      keepalive_cv_.Wait(&keepalive_mu_);  // until a prompt waits, computes or transfers
+      continue;
+    }
+    keepalive_cv_.WaitWithTimeout(&keepalive_mu_, absl::FromChrono(options_.keepalive_period));
+    // Sent under the lock, so StopKeepalive's return means no more keepalives for that call.
+    for (auto it = keepalive_calls_.begin(); it != keepalive_calls_.end();) {
+      std::shared_ptr<PrefillCall> call = it->second.lock();
+      if (call == nullptr) {
+        keepalive_calls_.erase(it++);
+        continue;
+      }
+      if (absl::Status s = transport_.SendKeepalive(call->destination()); !s.ok()) {
+        call->OnKeepaliveFailed(std::move(s));
+        keepalive_calls_.erase(it++);
+        continue;
+      }
+      ++it;
+    }
+    // Transfers past --transfer-timeout-ms are aborted (their callbacks end the calls).
+    std::vector<std::shared_ptr<PrefillCall>> overdue;
+    const Clock::time_point now = Clock::now();
+    for (auto it = transfer_deadlines_.begin(); it != transfer_deadlines_.end();) {
+      std::shared_ptr<PrefillCall> call = it->second.second.lock();
+      if (call == nullptr || it->second.first <= now) {
+        if (call != nullptr) overdue.push_back(std::move(call));
+        transfer_deadlines_.erase(it++);
+        continue;
+      }
+      ++it;
+    }
+    if (overdue.empty()) continue;
+    keepalive_mu_.Unlock();
+    for (auto& call : overdue) {
+      transport_.Abort(call->destination(),
+                       absl::DeadlineExceededError(absl::StrCat(
+                           "the decode worker did not accept the KV within --transfer-timeout-ms (",
+                           options_.transfer_timeout.count(), " ms)")));
+    }
+    overdue.clear();
+    keepalive_mu_.Lock();
+  }
+}
+
+grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* context,
+                                                  const v1::PrefillRequest* request,
+                                                  v1::PrefillResponse* response) {
+  auto call = std::make_shared<PrefillCall>(*this, context, *request, *response);
+  call->self_ = call;
+  call->Begin();
+  return call.get();
+}
+
+grpc::ServerUnaryReactor* PrefillService::GetLoad(grpc::CallbackServerContext* context,
+                                                  const v1::GetLoadRequest*,
+                                                  v1::WorkerLoad* response) {
   *response =
       serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(), draining_);
-  return grpc::Status::OK;
+  return Done(context, grpc::Status::OK);
 }
 
-grpc::Status PrefillService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
-                                          v1::ModelInfo* response) {
+grpc::ServerUnaryReactor* PrefillService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                       const v1::GetModelInfoRequest*,
+                                                       v1::ModelInfo* response) {
   *response = info_;
-  return grpc::Status::OK;
+  return Done(context, grpc::Status::OK);
 }
 
 }  // namespace pdserve

@@ -1,10 +1,20 @@
-// The PrefillWorker gRPC service: validates a prompt, runs it through the PrefillScheduler and
-// pushes each layer's KV to the decode worker's reservation while later layers compute.
+// The PrefillWorker gRPC service on the callback API: validates a prompt, runs it through the
+// PrefillScheduler and pushes each layer's KV to the decode worker's reservation while later
+// layers compute. No handler holds a thread: a Prefill is a reactor woken by the scheduler (the
+// prompt is computed) and the transport (every frame acknowledged). While a prompt waits or
+// computes, a keepalive frame every keepalive_period renews the reservation's lease; a cancel
+// or a passed deadline drops the prompt from the queue or stops it between layers.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <string>
+#include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "pdserve/v1/worker.grpc.pb.h"
@@ -13,26 +23,46 @@
 
 namespace pdserve {
 
-class PrefillService final : public v1::PrefillWorker::Service {
+class PrefillService final : public v1::PrefillWorker::CallbackService {
  public:
   struct Options {
     std::string fingerprint;                            // ModelFingerprint of the loaded model
     std::chrono::milliseconds transfer_timeout{30000};  // longest wait for the KV acks
+    // Well inside the decode worker's lease (1 s by default), so a busy prefill worker's
+    // reservations never lapse.
+    std::chrono::milliseconds keepalive_period{200};
   };
 
   PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler, KvTransport& transport,
                  Options options);
+  ~PrefillService() override;  // stops the keepalive thread
 
-  grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
-                       v1::PrefillResponse* response) override;
-  grpc::Status GetLoad(grpc::ServerContext* context, const v1::GetLoadRequest* request,
-                       v1::WorkerLoad* response) override;
-  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
-                            v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
+                                    const v1::PrefillRequest* request,
+                                    v1::PrefillResponse* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
+                                    const v1::GetLoadRequest* request,
+                                    v1::WorkerLoad* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
 
   void set_draining(bool draining) { draining_ = draining; }
 
  private:
+  class PrefillCall;
+
+  // Keepalives for `call`'s destination until StopKeepalive; the first goes out now, and its
+  // error (the KV receiver cannot be reached) is returned.
+  absl::Status StartKeepalive(const std::shared_ptr<PrefillCall>& call);
+  // After this returns no keepalive for `call` is queued any more.
+  void StopKeepalive(const PrefillCall* call);
+  // Aborts `call`'s transfer if its acks have not all come back within transfer_timeout.
+  void WatchTransfer(const std::shared_ptr<PrefillCall>& call);
+  void UnwatchTransfer(const PrefillCall* call);
+  // The service's one timer: keepalives every keepalive_period, transfer timeouts.
+  void KeepaliveLoop();
+
   Model& model_;
   KvStore& store_;
   PrefillScheduler& scheduler_;
@@ -40,6 +70,16 @@ class PrefillService final : public v1::PrefillWorker::Service {
   const Options options_;
   const v1::ModelInfo info_;
   std::atomic<bool> draining_{false};
+
+  absl::Mutex keepalive_mu_;
+  absl::CondVar keepalive_cv_;
+  absl::flat_hash_map<const PrefillCall*, std::weak_ptr<PrefillCall>> keepalive_calls_
+      ABSL_GUARDED_BY(keepalive_mu_);
+  absl::flat_hash_map<const PrefillCall*,
+                      std::pair<std::chrono::steady_clock::time_point, std::weak_ptr<PrefillCall>>>
+      transfer_deadlines_ ABSL_GUARDED_BY(keepalive_mu_);
+  bool stopping_ ABSL_GUARDED_BY(keepalive_mu_) = false;
+  std::thread keepalive_thread_;
 };
 
 }  // namespace pdserve

@@ -92,6 +92,7 @@ uint64_t RequestIdHash(std::string_view request_id) {
 }
 
 std::string KvFrameHeader::ToString() const {
+  if (keepalive()) return absl::StrCat("reservation ", reservation_id, " keepalive");
   return absl::StrCat("reservation ", reservation_id, " layer ", layer, " tokens [", token_begin,
                       ", ", uint64_t{token_begin} + token_count, ")");
 }
@@ -108,7 +109,7 @@ KvFrameHeaderBytes EncodeKvFrameHeader(const KvFrameHeader& header) {
   Put<uint32_t>(p, kLayerAt, header.layer);
   Put<uint32_t>(p, kTokenBeginAt, header.token_begin);
   Put<uint32_t>(p, kTokenCountAt, header.token_count);
-  Put<uint32_t>(p, kFlagsAt, 0);
+  Put<uint32_t>(p, kFlagsAt, header.flags);
   Put<uint64_t>(p, kPayloadBytesAt, header.payload_bytes);
   Put<uint64_t>(p, kPayloadXxh3At, header.payload_xxh3);
   Put<uint64_t>(p, kHeaderXxh3At, XXH3_64bits(p, kHeaderXxh3At));
@@ -126,6 +127,7 @@ KvFrameHeader PeekKvFrameHeader(std::span<const uint8_t, kKvFrameHeaderBytes> by
   h.token_count = Get<uint32_t>(p, kTokenCountAt);
   h.payload_bytes = Get<uint64_t>(p, kPayloadBytesAt);
   h.payload_xxh3 = Get<uint64_t>(p, kPayloadXxh3At);
+  h.flags = Get<uint32_t>(p, kFlagsAt);
   return h;
 }
 
@@ -142,8 +144,14 @@ absl::StatusOr<KvFrameHeader> DecodeKvFrameHeader(
   if (Get<uint64_t>(p, kHeaderXxh3At) != XXH3_64bits(p, kHeaderXxh3At)) {
     return BadHeader("header checksum mismatch (corrupt or desynchronized stream)");
   }
-  if (Get<uint32_t>(p, kFlagsAt) != 0) return BadHeader("reserved flags are not 0");
   KvFrameHeader h = PeekKvFrameHeader(bytes);
+  if ((h.flags & ~kKvFrameKeepalive) != 0) return BadHeader("reserved flags are not 0");
+  if (h.keepalive()) {
+    if (h.layer != 0 || h.token_begin != 0 || h.token_count != 0 || h.payload_bytes != 0) {
+      return BadHeader("a keepalive frame must have layer, tokens and payload_bytes 0");
+    }
+    return h;
+  }
   if (h.layer >= kKvMaxLayers) {
     return BadHeader(absl::StrCat("layer ", h.layer, " >= ", kKvMaxLayers));
   }

@@ -14,7 +14,7 @@
 //       40    4  layer           0 .. num_layers - 1
 //       44    4  token_begin     first token position of the range
 //       48    4  token_count     >= 1 tokens in the range
-//       52    4  flags           0 (reserved)
+//       52    4  flags           0, or kKvFrameKeepalive (other bits reserved, must be 0)
 //       56    8  payload_bytes   == format.bytes_per_token_per_layer() * token_count
 //       64    8  payload_xxh3    XXH3-64 (seed 0) of the payload bytes
 //       72    8  header_xxh3     XXH3-64 (seed 0) of header bytes [0, 72)
@@ -23,6 +23,11 @@
 // of that layer, then their V rows; for MLA the latent rows (c_kv then k_pe per token). Rows
 // are the KvStore's storage dtype and width, so the payload is exactly the format's KV bytes:
 // the wire carries format.bytes_per_token() * tokens + frames * kKvFrameHeaderBytes per request.
+//
+// A keepalive frame (flags = kKvFrameKeepalive) renews its reservation's lease while the prefill
+// worker queues or computes the prompt: layer, token_begin, token_count and payload_bytes are 0,
+// payload_xxh3 is the checksum of no bytes, and it is acked like any frame. A reservation that
+// hears nothing (no frame, no keepalive) for its lease is reclaimed.
 //
 // The header checksum lets the receiver tell a corrupt or desynchronized stream (whose
 // payload length cannot be trusted, so the connection is closed) from a well-formed frame that
@@ -57,6 +62,7 @@ namespace pdserve {
 inline constexpr uint32_t kKvFrameMagic = 0x464B4450;  // "PDKF" read as a little-endian u32
 inline constexpr uint32_t kKvAckMagic = 0x414B4450;    // "PDKA"
 inline constexpr uint16_t kKvWireVersion = 1;
+inline constexpr uint32_t kKvFrameKeepalive = 1;  // flags bit: a header-only lease renewal
 inline constexpr size_t kKvFrameHeaderBytes = 80;
 inline constexpr size_t kKvAckBytes = 128;
 inline constexpr size_t kKvAckReasonBytes = 96;
@@ -93,7 +99,9 @@ struct KvFrameHeader {
   uint32_t token_count = 0;
   uint64_t payload_bytes = 0;
   uint64_t payload_xxh3 = 0;
+  uint32_t flags = 0;  // 0 or kKvFrameKeepalive
 
+  bool keepalive() const { return (flags & kKvFrameKeepalive) != 0; }
   // "reservation 7 layer 3 tokens [0, 512)", for logs and error messages.
   std::string ToString() const;
   bool operator==(const KvFrameHeader&) const = default;
@@ -105,9 +113,10 @@ using KvAckBytes = std::array<uint8_t, kKvAckBytes>;
 // Writes `header` (with the header checksum). It does not validate: a header that
 // DecodeKvFrameHeader would reject encodes as is, which is what the tests forge frames with.
 KvFrameHeaderBytes EncodeKvFrameHeader(const KvFrameHeader& header);
-// Parses and validates a header: magic, version, size, header checksum, zero flags, token range
+// Parses and validates a header: magic, version, size, header checksum, known flags, token range
 // (count >= 1, end <= kKvMaxTokenPosition), layer < kKvMaxLayers, payload_bytes in
-// [1, kKvMaxFramePayloadBytes] and a whole number of bytes per token. INVALID_ARGUMENT (saying
+// [1, kKvMaxFramePayloadBytes] and a whole number of bytes per token; for a keepalive, every
+// one of those fields 0. INVALID_ARGUMENT (saying
 // which field is wrong) otherwise; then the payload length cannot be trusted.
 absl::StatusOr<KvFrameHeader> DecodeKvFrameHeader(
     std::span<const uint8_t, kKvFrameHeaderBytes> bytes);

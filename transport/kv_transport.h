@@ -20,8 +20,10 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -40,7 +42,12 @@ struct KvDestination {
   uint64_t request_hash = 0;  // RequestIdHash(request id)
 };
 
-// What one request's transfer cost, from its first queued frame to its last ack.
+// OK when `endpoint` is "host:port" (or "[ipv6]:port") with a port in [1, 65535]; otherwise
+// INVALID_ARGUMENT saying what is wrong. For validating a Reservation before any work.
+absl::Status ValidateKvEndpoint(std::string_view endpoint);
+
+// What one request's transfer cost, from its first queued frame to its last ack. Its KV frames
+// only: keepalives (80 bytes each, a few per second while a prompt waits) are not counted.
 struct KvTransferStats {
   int64_t frames = 0;
   uint64_t payload_bytes = 0;  // the format's KV bytes for the tokens sent
@@ -67,12 +74,27 @@ class KvTransport {
                                  uint32_t token_count,
                                  std::vector<std::span<const std::byte>> payload) = 0;
 
-  // Waits until every frame queued for `dest` is accepted by the receiver (OK and the
+  // Queues a keepalive frame (kv_frame.h) for `dest`: it renews the reservation's lease while
+  // the prompt waits or computes, and its ack tells the sender whether the reservation is still
+  // there. Fails like SendLayer.
+  virtual absl::Status SendKeepalive(const KvDestination& dest) = 0;
+
+  // Runs `done` once every frame queued for `dest` is accepted by the receiver (OK and the
   // transfer's figures; zero frames is OK), or one was rejected or the connection failed (that
-  // error), or `deadline` passes (DEADLINE_EXCEEDED; unsent frames are dropped). When it
-  // returns the transport holds no reference to the payload memory and has forgotten `dest`.
-  virtual absl::StatusOr<KvTransferStats> Flush(const KvDestination& dest,
-                                                std::chrono::steady_clock::time_point deadline) = 0;
+  // error), or Abort failed the transfer: inline when nothing is pending, else on a transport
+  // thread. By then the transport holds no reference to the payload memory and has forgotten
+  // `dest`. At most one FlushAsync per destination at a time.
+  virtual void FlushAsync(const KvDestination& dest,
+                          std::function<void(absl::StatusOr<KvTransferStats>)> done) = 0;
+  // Fails `dest`'s transfer with `why` (a cancelled request, a passed deadline): unsent frames
+  // are dropped, a frame mid-send closes its connection (a frame cannot be abandoned halfway
+  // without desynchronizing the stream), and FlushAsync's callback runs. No-op for a
+  // destination with nothing queued.
+  virtual void Abort(const KvDestination& dest, absl::Status why) = 0;
+
+  // Blocking FlushAsync that Aborts with DEADLINE_EXCEEDED at `deadline`.
+  absl::StatusOr<KvTransferStats> Flush(const KvDestination& dest,
+                                        std::chrono::steady_clock::time_point deadline);
 
   // SendLayer of tokens [token_begin, token_begin + token_count) of `layer` straight from a
   // sequence's pool rows (`block_table` in `store`), split by tokens into frames of about

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -14,24 +15,20 @@ namespace pdserve {
 
 // One request's frames to one reservation.
 struct TcpKvTransport::Transfer {
+  TransferKey key;
   int64_t unsent = 0;   // queued or being written: they still read the caller's memory
   int64_t unacked = 0;  // written (or being written), ack not yet back
   absl::Status error;   // the first failure; later frames are dropped
   KvTransferStats stats;
   Clock::time_point first_queued, last_ack;
   std::weak_ptr<Connection> connection;
-  std::condition_variable progress;  // Flush waits here (see Notify)
-
-  // Wakes Flush when what it waits for may have happened: no frame left reading the caller's
-  // memory. Not on every ack: a waiter woken per frame costs a context switch per frame.
-  void Notify() {
-    if (unsent == 0) progress.notify_all();
-  }
+  std::function<void(absl::StatusOr<KvTransferStats>)> done;  // FlushAsync's callback
+  bool finished() const { return unsent == 0 && (unacked == 0 || !error.ok()); }
 };
 
 struct TcpKvTransport::Frame {
   KvFrameHeader header;
-  KvFrameHeaderBytes bytes;
+  KvFrameHeaderBytes bytes{};
   std::vector<std::span<const std::byte>> payload;
   std::shared_ptr<Transfer> transfer;
 };
@@ -50,20 +47,27 @@ struct TcpKvTransport::Connection {
 TcpKvTransport::TcpKvTransport(Options options) : options_(options) {}
 
 TcpKvTransport::~TcpKvTransport() {
+  Ready ready;
   {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<std::shared_ptr<Connection>> live;
     for (auto& [endpoint, c] : connections_) live.push_back(c);
     for (auto& c : live) {
-      BreakLocked(*c, absl::UnavailableError("the KV transport is shutting down"));
+      BreakLocked(*c, absl::UnavailableError("the KV transport is shutting down"), ready);
     }
   }
+  Run(ready);
   ReapDead();
 }
 
 TcpKvTransport::Stats TcpKvTransport::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
+}
+
+void TcpKvTransport::Run(Ready& ready) {
+  for (auto& [done, result] : ready) done(std::move(result));
+  ready.clear();
 }
 
 absl::Status TcpKvTransport::SendLayer(const KvDestination& dest, uint32_t layer,
@@ -77,13 +81,6 @@ absl::Status TcpKvTransport::SendLayer(const KvDestination& dest, uint32_t layer
         "bytes per token, at most ", kKvMaxFramePayloadBytes,
         " bytes (split larger ranges; SendLayerFromStore does)"));
   }
-  const TransferKey key(dest.endpoint, dest.reservation_id);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (auto it = transfers_.find(key); it != transfers_.end() && !it->second->error.ok()) {
-      return it->second->error;
-    }
-  }
   Frame frame;  // the writer fills in the checksum and encodes the header
   frame.header = KvFrameHeader{dest.reservation_id,
                                dest.secret,
@@ -94,70 +91,113 @@ absl::Status TcpKvTransport::SendLayer(const KvDestination& dest, uint32_t layer
                                bytes,
                                0};
   frame.payload = std::move(payload);
+  return Queue(dest, std::move(frame));
+}
 
+absl::Status TcpKvTransport::SendKeepalive(const KvDestination& dest) {
+  Frame frame;
+  frame.header.reservation_id = dest.reservation_id;
+  frame.header.secret = dest.secret;
+  frame.header.request_hash = dest.request_hash;
+  frame.header.flags = kKvFrameKeepalive;
+  return Queue(dest, std::move(frame));
+}
+
+absl::Status TcpKvTransport::Queue(const KvDestination& dest, Frame frame) {
+  const TransferKey key(dest.endpoint, dest.reservation_id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = transfers_.find(key); it != transfers_.end() && !it->second->error.ok()) {
+      return it->second->error;
+    }
+  }
   absl::StatusOr<std::shared_ptr<Connection>> c = GetConnection(dest.endpoint);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = transfers_.find(key);
+  if (it != transfers_.end() && !it->second->error.ok()) return it->second->error;
   if (c.ok() && (*c)->broken) {
     c = absl::UnavailableError(absl::StrCat("KV connection to ", dest.endpoint,
                                             " broke while queueing; retry the request"));
   }
   if (!c.ok()) {
-    if (it != transfers_.end() && it->second->error.ok()) it->second->error = c.status();
+    if (it != transfers_.end()) it->second->error = c.status();
     return c.status();
   }
   if (it == transfers_.end()) {
     it = transfers_.emplace(key, std::make_shared<Transfer>()).first;
-    it->second->first_queued = Clock::now();
+    it->second->key = key;
     it->second->connection = *c;
   }
   Transfer& t = *it->second;
   ++t.unsent;
-  ++t.stats.frames;
-  t.stats.payload_bytes += bytes;
-  t.stats.wire_bytes += bytes + kKvFrameHeaderBytes;
+  if (!frame.header.keepalive()) {  // the request's figures count its KV frames only
+    if (t.stats.frames == 0) t.first_queued = Clock::now();
+    ++t.stats.frames;
+    t.stats.payload_bytes += frame.header.payload_bytes;
+    t.stats.wire_bytes += frame.header.payload_bytes + kKvFrameHeaderBytes;
+  }
   frame.transfer = it->second;
   (*c)->queue.push_back(std::move(frame));
   (*c)->cv.notify_one();
   return absl::OkStatus();
 }
 
-absl::StatusOr<KvTransferStats> TcpKvTransport::Flush(const KvDestination& dest,
-                                                      Clock::time_point deadline) {
-  const TransferKey key(dest.endpoint, dest.reservation_id);
-  std::unique_lock<std::mutex> lock(mu_);
-  auto it = transfers_.find(key);
-  if (it == transfers_.end()) return KvTransferStats{};
-  const std::shared_ptr<Transfer> t = it->second;
-  auto finished = [&] { return t->unsent == 0 && (t->unacked == 0 || !t->error.ok()); };
-  if (!t->progress.wait_until(lock, deadline, finished)) {
-    if (t->error.ok()) {
-      t->error = absl::DeadlineExceededError(
-          absl::StrCat("KV transfer to ", dest.endpoint, " reservation ", dest.reservation_id,
-                       " unfinished at the deadline (", t->unsent, " frames unsent, ", t->unacked,
-                       " unacknowledged); is the decode worker overloaded?"));
+void TcpKvTransport::FlushAsync(const KvDestination& dest,
+                                std::function<void(absl::StatusOr<KvTransferStats>)> done) {
+  Ready ready;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = transfers_.find(TransferKey(dest.endpoint, dest.reservation_id));
+    if (it == transfers_.end()) {
+      ready.emplace_back(std::move(done), KvTransferStats{});
+    } else {
+      it->second->done = std::move(done);
+      FinishIfDoneLocked(*it->second, ready);
     }
+  }
+  Run(ready);
+}
+
+void TcpKvTransport::Abort(const KvDestination& dest, absl::Status why) {
+  Ready ready;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = transfers_.find(TransferKey(dest.endpoint, dest.reservation_id));
+    if (it == transfers_.end()) return;
+    const std::shared_ptr<Transfer> t = it->second;
+    if (t->error.ok()) t->error = std::move(why);
     if (std::shared_ptr<Connection> c = t->connection.lock()) {
       const size_t before = c->queue.size();
       std::erase_if(c->queue, [&](const Frame& f) { return f.transfer == t; });
       t->unsent -= static_cast<int64_t>(before - c->queue.size());
       // A frame of ours is mid-send: only closing the connection stops it from reading the
-      // caller's memory after we return.
+      // caller's memory after the callback runs.
       if (t->unsent > 0) {
-        BreakLocked(*c, absl::UnavailableError(absl::StrCat(
-                            "KV connection to ", dest.endpoint, " reset: reservation ",
-                            dest.reservation_id, "'s flush deadline passed mid-frame")));
+        BreakLocked(*c,
+                    absl::UnavailableError(absl::StrCat("KV connection to ", dest.endpoint,
+                                                        " reset: reservation ", dest.reservation_id,
+                                                        "'s transfer was aborted mid-frame")),
+                    ready);
       }
     }
-    t->progress.wait(lock, [&] { return t->unsent == 0; });
+    FinishIfDoneLocked(*t, ready);
   }
-  if (auto now = transfers_.find(key); now != transfers_.end() && now->second == t) {
-    transfers_.erase(now);
+  Run(ready);
+}
+
+void TcpKvTransport::FinishIfDoneLocked(Transfer& t, Ready& ready) {
+  if (!t.done || !t.finished()) return;
+  KvTransferStats stats = t.stats;
+  if (stats.frames > 0) {
+    stats.seconds = std::chrono::duration<double>(t.last_ack - t.first_queued).count();
   }
-  if (!t->error.ok()) return t->error;
-  KvTransferStats stats = t->stats;
-  stats.seconds = std::chrono::duration<double>(t->last_ack - t->first_queued).count();
-  return stats;
+  absl::StatusOr<KvTransferStats> result =
+      t.error.ok() ? absl::StatusOr<KvTransferStats>(stats) : t.error;
+  ready.emplace_back(std::exchange(t.done, nullptr), std::move(result));
+  // Last: the map may hold the only reference to `t`.
+  if (auto it = transfers_.find(t.key); it != transfers_.end() && it->second.get() == &t) {
+    transfers_.erase(it);
+  }
 }
 
 absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetConnection(
@@ -199,9 +239,13 @@ void TcpKvTransport::WriterLoop(Connection& c) {
     Frame f = std::move(c.queue.front());
     c.queue.pop_front();
     Transfer& t = *f.transfer;
+    Ready ready;
     if (!t.error.ok()) {  // its request already failed: do not send the rest
       --t.unsent;
-      t.Notify();
+      FinishIfDoneLocked(t, ready);
+      lock.unlock();
+      Run(ready);
+      lock.lock();
       continue;
     }
     // Registered before sending: the ack can arrive before sendmsg returns.
@@ -220,50 +264,59 @@ void TcpKvTransport::WriterLoop(Connection& c) {
       ++stats_.frames_sent;
       stats_.wire_bytes += kKvFrameHeaderBytes + f.header.payload_bytes;
     } else {
-      BreakLocked(c, absl::UnavailableError(
-                         absl::StrCat("sending KV to ", c.endpoint, " failed: ", sent.message())));
+      BreakLocked(c,
+                  absl::UnavailableError(
+                      absl::StrCat("sending KV to ", c.endpoint, " failed: ", sent.message())),
+                  ready);
     }
-    t.Notify();
+    FinishIfDoneLocked(t, ready);
+    if (!ready.empty()) {
+      lock.unlock();
+      Run(ready);
+      lock.lock();
+    }
   }
 }
 
 void TcpKvTransport::ReaderLoop(Connection& c) {
-  for (;;) {
+  for (bool open = true; open;) {
     KvAckBytes raw;
     const absl::Status read = net::ReadFull(c.fd.get(), raw.data(), raw.size());
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!read.ok()) {
-      BreakLocked(c,
-                  absl::UnavailableError(absl::StrCat("KV receiver at ", c.endpoint,
-                                                      " closed the connection: ", read.message())));
-      return;
-    }
-    absl::StatusOr<KvAck> ack = DecodeKvAck(raw);
-    if (ack.ok() && (c.awaiting.empty() || !ack->Answers(c.awaiting.front().first))) {
-      ack = absl::InternalError(absl::StrCat("KV receiver at ", c.endpoint,
-                                             " acknowledged a frame that was not sent next"));
-    }
-    if (!ack.ok()) {
-      BreakLocked(c, ack.status());
-      return;
-    }
-    auto [header, transfer] = std::move(c.awaiting.front());
-    c.awaiting.pop_front();
-    --transfer->unacked;
-    if (!ack->status.ok()) {
-      if (transfer->error.ok()) {
-        transfer->error = absl::Status(
-            ack->status.code(), absl::StrCat("KV receiver at ", c.endpoint, " rejected frame (",
-                                             header.ToString(), "): ", ack->status.message()));
+    Ready ready;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      absl::StatusOr<KvAck> ack = DecodeKvAck(raw);
+      if (!read.ok()) {
+        ack = absl::UnavailableError(absl::StrCat("KV receiver at ", c.endpoint,
+                                                  " closed the connection: ", read.message()));
+      } else if (ack.ok() && (c.awaiting.empty() || !ack->Answers(c.awaiting.front().first))) {
+        ack = absl::InternalError(absl::StrCat("KV receiver at ", c.endpoint,
+                                               " acknowledged a frame that was not sent next"));
       }
-    } else {
-      transfer->last_ack = Clock::now();
+      if (!ack.ok()) {
+        BreakLocked(c, ack.status(), ready);
+        open = false;
+      } else {
+        auto [header, transfer] = std::move(c.awaiting.front());
+        c.awaiting.pop_front();
+        --transfer->unacked;
+        if (!ack->status.ok()) {
+          if (transfer->error.ok()) {
+            transfer->error = absl::Status(
+                ack->status.code(), absl::StrCat("KV receiver at ", c.endpoint, " rejected frame (",
+                                                 header.ToString(), "): ", ack->status.message()));
+          }
+        } else {
+          transfer->last_ack = Clock::now();
+        }
+        FinishIfDoneLocked(*transfer, ready);
+      }
     }
-    transfer->Notify();
+    Run(ready);
   }
 }
 
-void TcpKvTransport::BreakLocked(Connection& c, const absl::Status& status) {
+void TcpKvTransport::BreakLocked(Connection& c, const absl::Status& status, Ready& ready) {
   if (c.broken) return;
   c.broken = true;
   // Worth a warning only when it cost something: frames queued or awaiting their acks.
@@ -272,20 +325,21 @@ void TcpKvTransport::BreakLocked(Connection& c, const absl::Status& status) {
               c.endpoint, std::string(status.message()));
   // Wakes the writer's sendmsg and the reader's recv; the descriptor stays open until joined.
   ::shutdown(c.fd.get(), SHUT_RDWR);
-  auto fail = [&](Transfer& t) {
-    if (t.error.ok()) t.error = status;
-    t.Notify();
-  };
+  std::vector<std::shared_ptr<Transfer>> failed;
   for (Frame& f : c.queue) {
     --f.transfer->unsent;
-    fail(*f.transfer);
+    failed.push_back(f.transfer);
   }
   c.queue.clear();
   for (auto& [header, t] : c.awaiting) {
     --t->unacked;
-    fail(*t);
+    failed.push_back(t);
   }
   c.awaiting.clear();
+  for (auto& t : failed) {
+    if (t->error.ok()) t->error = status;
+    FinishIfDoneLocked(*t, ready);
+  }
   if (auto it = connections_.find(c.endpoint); it != connections_.end() && it->second.get() == &c) {
     dead_.push_back(it->second);
     connections_.erase(it);

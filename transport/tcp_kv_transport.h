@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,9 +28,9 @@ namespace pdserve {
 // reads them from there, so memory is read once per byte, not twice.
 //
 // A frame the receiver rejects fails its request's transfer (Flush returns the receiver's
-// reason); a broken connection fails every transfer with frames on it. A Flush that passes its
-// deadline while one of its frames is mid-send closes that connection (a frame cannot be
-// abandoned halfway without desynchronizing the stream).
+// reason); a broken connection fails every transfer with frames on it. An Abort while one of
+// the transfer's frames is mid-send closes that connection (a frame cannot be abandoned halfway
+// without desynchronizing the stream).
 // Thread-safety: every method is thread-safe.
 class TcpKvTransport final : public KvTransport {
  public:
@@ -59,8 +60,10 @@ class TcpKvTransport final : public KvTransport {
   absl::Status SendLayer(const KvDestination& dest, uint32_t layer, uint32_t token_begin,
                          uint32_t token_count,
                          std::vector<std::span<const std::byte>> payload) override;
-  absl::StatusOr<KvTransferStats> Flush(const KvDestination& dest,
-                                        std::chrono::steady_clock::time_point deadline) override;
+  absl::Status SendKeepalive(const KvDestination& dest) override;
+  void FlushAsync(const KvDestination& dest,
+                  std::function<void(absl::StatusOr<KvTransferStats>)> done) override;
+  void Abort(const KvDestination& dest, absl::Status why) override;
 
   Stats stats() const;
 
@@ -70,6 +73,15 @@ class TcpKvTransport final : public KvTransport {
   struct Frame;
   struct Connection;
   using TransferKey = std::pair<std::string, uint64_t>;  // endpoint, reservation id
+  // FlushAsync callbacks whose transfer finished, run once mu_ is released.
+  using Ready = std::vector<std::pair<std::function<void(absl::StatusOr<KvTransferStats>)>,
+                                      absl::StatusOr<KvTransferStats>>>;
+
+  // Queues `frame` (header filled in but for its checksum) on dest's connection.
+  absl::Status Queue(const KvDestination& dest, Frame frame);
+  // Hands `t`'s callback its result once no frame of it is pending. Requires mu_ held.
+  void FinishIfDoneLocked(Transfer& t, Ready& ready);
+  static void Run(Ready& ready);
 
   // The live connection to `endpoint`, connecting if there is none.
   absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const std::string& endpoint);
@@ -77,7 +89,7 @@ class TcpKvTransport final : public KvTransport {
   void ReaderLoop(Connection& c);
   // Marks `c` broken with `status`: fails every transfer with frames on it, wakes its threads
   // and detaches it so the next SendLayer reconnects. Requires mu_ held.
-  void BreakLocked(Connection& c, const absl::Status& status);
+  void BreakLocked(Connection& c, const absl::Status& status, Ready& ready);
   // Joins the threads of connections that broke; must not hold mu_.
   void ReapDead();
 

@@ -527,6 +527,7 @@ TEST(DeepseekModel, LayerHookRunsAfterEachLayersLatentIsWritten) {
     Tensor rows = Tensor::EmptyCpu(DType::kF32, Shape{6, width});
     backend.ReadCache(store->latent(layer), cache.block_table(), rows);
     seen.emplace_back(rows.data_as<float>(), rows.data_as<float>() + rows.numel());
+    return absl::OkStatus();
   };
   ASSERT_TRUE(model->Forward(std::span(&in, 1), options).ok());
   EXPECT_EQ(layers, (std::vector<int64_t>{0, 1, 2}));

@@ -158,9 +158,33 @@ TEST(LlamaModel, LayerHookSeesEveryLayerInOrder) {
   SequenceInput in{prompt, cache.get()};
   std::vector<int64_t> seen;
   ForwardOptions options;
-  options.on_layer_done = [&](int64_t layer) { seen.push_back(layer); };
+  options.on_layer_done = [&](int64_t layer) {
+    seen.push_back(layer);
+    return absl::OkStatus();
+  };
   ASSERT_TRUE(model->Forward(std::span<const SequenceInput>(&in, 1), options).ok());
   EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2}));
+}
+
+TEST(LlamaModel, LayerHookErrorAbandonsThePassAndLeavesTheCacheEmpty) {
+  CpuBackend backend(1);
+  auto model = SynthAndLoad(TinyConfig(2), "hook_error", backend);
+  ASSERT_NE(model, nullptr);
+  auto store = testing_util::StoreFor(*model);
+  KvCache cache(*store);
+  const auto prompt = Prompt(5, 300);
+  SequenceInput in{prompt, &cache};
+  std::vector<int64_t> seen;
+  ForwardOptions options;
+  options.on_layer_done = [&](int64_t layer) {
+    seen.push_back(layer);
+    return layer == 1 ? absl::CancelledError("client gone") : absl::OkStatus();
+  };
+  absl::StatusOr<std::vector<float>> out =
+      model->Forward(std::span<const SequenceInput>(&in, 1), options);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(seen, (std::vector<int64_t>{0, 1}));  // layer 2 never ran
+  EXPECT_EQ(cache.length(), 0);
 }
 
 std::string ReadFile(const std::string& path) {

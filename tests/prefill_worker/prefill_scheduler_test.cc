@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+
 #include "engine/generate.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -46,6 +48,7 @@ TEST_F(PrefillSchedulerTest, FirstTokensMatchGenerateAndLayersArriveInOrder) {
     job.on_layer = [&layers, i](int64_t layer, std::span<const int32_t> table) {
       EXPECT_FALSE(table.empty());
       layers[static_cast<size_t>(i)].push_back(layer);
+      return absl::OkStatus();
     };
     futures.push_back(scheduler.Submit(std::move(job)));
   }
@@ -73,12 +76,14 @@ TEST_F(PrefillSchedulerTest, SecondPromptWithTheSamePrefixReusesItsBlocks) {
   std::vector<int32_t> system = Prompt(35, 9), a = system, b = system;
   a.push_back(3);
   b.push_back(4);
-  PrefillJob first{.request_id = "a", .prompt = a, .sampling = greedy, .on_layer = {}};
+  PrefillJob first{
+      .request_id = "a", .prompt = a, .sampling = greedy, .on_layer = {}, .still_wanted = {}};
   auto ra = scheduler.Submit(std::move(first)).get();
   ASSERT_TRUE(ra.ok());
   EXPECT_EQ(ra->cached_prompt_tokens, 0);
   ra->cache.reset();  // transfer done: its full blocks stay cached
-  PrefillJob second{.request_id = "b", .prompt = b, .sampling = greedy, .on_layer = {}};
+  PrefillJob second{
+      .request_id = "b", .prompt = b, .sampling = greedy, .on_layer = {}, .still_wanted = {}};
   auto rb = scheduler.Submit(std::move(second)).get();
   ASSERT_TRUE(rb.ok());
   EXPECT_EQ(rb->cached_prompt_tokens, 32);
@@ -95,6 +100,44 @@ TEST_F(PrefillSchedulerTest, PromptLargerThanTheStoreIsRejected) {
   job.prompt = std::vector<int32_t>(33 * 16, 1);
   auto r = scheduler.Submit(std::move(job)).get();
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(PrefillSchedulerTest, AbandonedJobStopsBetweenLayersAndFreesItsBlocks) {
+  PrefillScheduler scheduler(*model_, *store_, {});
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  std::atomic<bool> cancelled{false};
+  std::vector<int64_t> layers;
+  PrefillJob job;
+  job.prompt = Prompt(40, 3);
+  job.sampling = greedy;
+  job.still_wanted = [&] {
+    return cancelled ? absl::CancelledError("client gone") : absl::OkStatus();
+  };
+  job.on_layer = [&](int64_t layer, std::span<const int32_t>) {
+    layers.push_back(layer);
+    if (layer == 0) cancelled = true;  // the client leaves while layer 0 is sent
+    return absl::OkStatus();
+  };
+  auto r = scheduler.Submit(std::move(job)).get();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(layers, (std::vector<int64_t>{0})) << "layers 1 and 2 are never computed or sent";
+  EXPECT_EQ(store_->pool().Stats().used_blocks, 0);
+}
+
+TEST_F(PrefillSchedulerTest, QueuedJobAbandonedBeforeItStartsIsNeverComputed) {
+  PrefillScheduler scheduler(*model_, *store_, {});
+  PrefillJob job;
+  job.prompt = Prompt(8, 1);
+  bool computed = false;
+  job.still_wanted = [] { return absl::DeadlineExceededError("deadline passed in the queue"); };
+  job.on_layer = [&](int64_t, std::span<const int32_t>) {
+    computed = true;
+    return absl::OkStatus();
+  };
+  auto r = scheduler.Submit(std::move(job)).get();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(computed);
 }
 
 }  // namespace

@@ -88,9 +88,25 @@ TEST(KvFrameHeader, RejectsBadMagicVersionSizeAndFlags) {
   Reseal(b);
   ExpectRejected(b, "header size 96");
   b = good;
-  PutLe<uint32_t>(b, 52, 1);
+  PutLe<uint32_t>(b, 52, 2);
   Reseal(b);
   ExpectRejected(b, "flags");
+  b = good;  // the keepalive flag on a frame that carries KV
+  PutLe<uint32_t>(b, 52, kKvFrameKeepalive);
+  Reseal(b);
+  ExpectRejected(b, "keepalive");
+}
+
+TEST(KvFrameHeader, KeepaliveIsHeaderOnlyAndRoundTrips) {
+  KvFrameHeader h;
+  h.reservation_id = 9;
+  h.request_hash = RequestIdHash("req-9");
+  h.flags = kKvFrameKeepalive;
+  auto back = DecodeKvFrameHeader(EncodeKvFrameHeader(h));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->keepalive());
+  EXPECT_EQ(*back, h);
+  EXPECT_EQ(back->ToString(), "reservation 9 keepalive");
 }
 
 TEST(KvFrameHeader, AnyCorruptedByteFailsTheHeaderChecksum) {

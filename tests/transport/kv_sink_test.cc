@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <thread>
 
 #include "tests/transport/transport_test_util.h"
@@ -64,11 +65,11 @@ TEST(KvLayerSpans, RejectsLayersRangesAndBlocksOutsideTheStore) {
 
 class KvSink : public ::testing::Test {
  protected:
-  KvSink() : h_(testing_util::GqaFormat(), 16), sink_(h_.store) {}
+  KvSink() : h_(testing_util::GqaFormat(), 16), sink_(h_.store, {.reap_expired = false}) {}
 
   ReservedBlocksSink::Ticket Reserve(int64_t kv_tokens, int64_t capacity,
                                      Clock::duration ttl = std::chrono::minutes(1)) {
-    auto t = sink_.Reserve(kHash, kv_tokens, capacity, Clock::now() + ttl);
+    auto t = sink_.Reserve(kHash, kv_tokens, capacity, ttl);
     EXPECT_TRUE(t.ok()) << t.status();
     return t.ok() ? *t : ReservedBlocksSink::Ticket{};
   }
@@ -110,22 +111,87 @@ TEST_F(KvSink, CompletesWhenEveryLayerOfEveryTokenArrivedThenHandsBlocksOver) {
   EXPECT_TRUE(sink_.WaitComplete(t.id, Clock::now() + std::chrono::seconds(1)).ok());
   EXPECT_EQ(sink_.Take(t.id, ReservationSecret::Random()).status().code(),
             absl::StatusCode::kPermissionDenied);
-  auto blocks = sink_.Take(t.id, t.secret);
-  ASSERT_TRUE(blocks.ok()) << blocks.status();
-  EXPECT_EQ(blocks->size(), 5u);
+  auto taken = sink_.Take(t.id, t.secret);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->blocks.ids().size(), 5u);
+  EXPECT_EQ(taken->kv_tokens, 10);
+  EXPECT_EQ(taken->capacity_tokens, 20);
   EXPECT_EQ(sink_.size(), 0u);
   EXPECT_EQ(used(), 5) << "the caller holds the blocks now";
-  ASSERT_TRUE(h_.store.pool().Release(*blocks).ok());
+  taken->blocks = ReservedBlocks();
+  EXPECT_EQ(used(), 0) << "dropping the handle frees them";
 }
 
-TEST_F(KvSink, WaiterWakesWhenTheLastFrameLands) {
+TEST_F(KvSink, WhenSettledRunsOnceWithTheOutcome) {
   const auto t = Reserve(4, 4);
-  std::thread sender([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    for (uint32_t layer = 0; layer < 3; ++layer) EXPECT_TRUE(Deliver(Header(t, layer, 0, 4)).ok());
-  });
-  EXPECT_TRUE(sink_.WaitComplete(t.id, Clock::now() + std::chrono::seconds(5)).ok());
-  sender.join();
+  std::vector<absl::Status> heard;
+  auto record = [&](absl::Status s) { heard.push_back(std::move(s)); };
+  EXPECT_EQ(sink_.WhenSettled(t.id, ReservationSecret::Random(), record).code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(sink_.WhenSettled(t.id + 7, t.secret, record).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(sink_.WhenSettled(t.id, t.secret, record).ok());
+  for (uint32_t layer = 0; layer < 3; ++layer) {
+    EXPECT_TRUE(heard.empty());
+    ASSERT_TRUE(Deliver(Header(t, layer, 0, 4)).ok());
+  }
+  ASSERT_EQ(heard.size(), 1u);
+  EXPECT_TRUE(heard[0].ok()) << heard[0];
+  ASSERT_TRUE(sink_.WhenSettled(t.id, t.secret, record).ok());  // already complete: inline
+  ASSERT_EQ(heard.size(), 2u);
+  EXPECT_TRUE(heard[1].ok());
+
+  const auto released = Reserve(4, 4);
+  ASSERT_TRUE(sink_.WhenSettled(released.id, released.secret, record).ok());
+  ASSERT_TRUE(sink_.Release(released.id, released.secret).ok());
+  ASSERT_EQ(heard.size(), 3u);
+  EXPECT_EQ(heard[2].code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(KvSink, LeaseIsRenewedByFramesAndKeepalivesNotByTime) {
+  const auto lease = std::chrono::seconds(10);
+  const auto quiet = Reserve(8, 8, lease);
+  const auto alive = Reserve(8, 8, lease);
+  const auto sending = Reserve(8, 8, lease);
+  const auto reserved = Clock::now();  // both leases end at or before reserved + lease
+  while (Clock::now() == reserved) {
+  }
+  const auto later = Clock::now();
+  KvFrameHeader keepalive = Header(alive, 0, 0, 0);
+  keepalive.payload_bytes = 0;
+  keepalive.flags = kKvFrameKeepalive;
+  auto spans = sink_.Admit(keepalive);
+  ASSERT_TRUE(spans.ok()) << spans.status();
+  EXPECT_TRUE(spans->empty());
+  EXPECT_TRUE(sink_.Complete(keepalive, absl::OkStatus()).ok());
+  ASSERT_TRUE(Deliver(Header(sending, 0, 0, 4)).ok());
+  // At `later + lease` only the reservation that heard nothing since Reserve is due.
+  EXPECT_EQ(sink_.ExpireOlderThan(later + lease), 1);
+  EXPECT_EQ(sink_.Take(quiet.id, quiet.secret).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(sink_.size(), 2u);
+  EXPECT_EQ(used(), 4);
+  KvFrameHeader forged = keepalive;
+  forged.secret = ReservationSecret::Random();
+  EXPECT_EQ(sink_.Admit(forged).status().code(), absl::StatusCode::kPermissionDenied)
+      << "a forged keepalive renews nothing";
+}
+
+TEST(KvSinkReaper, ReclaimsAStalledReservationWithinItsLeaseAndTellsTheWaiter) {
+  HostStore h(testing_util::GqaFormat(), 8);
+  ReservedBlocksSink sink(h.store);  // with its reaper thread
+  auto t = sink.Reserve(1, 4, 8, std::chrono::milliseconds(50));
+  ASSERT_TRUE(t.ok());
+  std::promise<absl::Status> settled;
+  const auto start = Clock::now();
+  ASSERT_TRUE(
+      sink.WhenSettled(t->id, t->secret, [&](absl::Status s) { settled.set_value(std::move(s)); })
+          .ok());
+  auto future = settled.get_future();
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+      << "the reaper never reclaimed a reservation whose 50 ms lease ran out";
+  const absl::Status s = future.get();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(50)) << "not before its lease";
+  EXPECT_EQ(h.store.pool().Stats().used_blocks, 0);
 }
 
 TEST_F(KvSink, RejectsBadHeadersBeforeWritingAnything) {
@@ -206,8 +272,8 @@ TEST_F(KvSink, ChecksumFailureFailsTheReservationForGood) {
 }
 
 TEST_F(KvSink, ExpiryFreesBlocksButWaitsForAFrameBeingWritten) {
-  const auto idle = Reserve(4, 8, std::chrono::milliseconds(1));
-  const auto busy = Reserve(4, 8, std::chrono::milliseconds(1));
+  const auto idle = Reserve(4, 8, std::chrono::milliseconds(0));
+  const auto busy = Reserve(4, 8, std::chrono::milliseconds(0));
   const auto fresh = Reserve(4, 8, std::chrono::hours(1));
   EXPECT_EQ(used(), 6);
   const KvFrameHeader hd = Header(busy, 0, 0, 4);
@@ -221,8 +287,7 @@ TEST_F(KvSink, ExpiryFreesBlocksButWaitsForAFrameBeingWritten) {
     EXPECT_TRUE(absl::IsDeadlineExceeded(s) || absl::IsNotFound(s)) << s;
     EXPECT_LT(Clock::now() - start, std::chrono::seconds(4));
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  EXPECT_EQ(sink_.ExpireOlderThan(Clock::now()), 2);
+  EXPECT_EQ(sink_.ExpireOlderThan(Clock::now() + std::chrono::milliseconds(1)), 2);
   waiter.join();
   EXPECT_EQ(used(), 4) << "idle's blocks are free; busy's wait for its frame";
   EXPECT_EQ(sink_.Complete(hd, absl::OkStatus()).code(), absl::StatusCode::kDeadlineExceeded);
@@ -237,9 +302,9 @@ TEST_F(KvSink, ExpiryFreesBlocksButWaitsForAFrameBeingWritten) {
 }
 
 TEST_F(KvSink, ReserveValidatesAndReportsExhaustion) {
-  EXPECT_EQ(sink_.Reserve(kHash, 5, 4, Clock::now()).status().code(),
+  EXPECT_EQ(sink_.Reserve(kHash, 5, 4, std::chrono::seconds(1)).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(sink_.Reserve(kHash, 4, 4 * 17, Clock::now()).status().code(),
+  EXPECT_EQ(sink_.Reserve(kHash, 4, 4 * 17, std::chrono::seconds(1)).status().code(),
             absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(used(), 0);
   const auto empty = Reserve(0, 4);
@@ -254,8 +319,8 @@ TEST(KvSinkLifetime, DestructionReleasesEveryReservation) {
   HostStore h(testing_util::MlaFormat(), 8);
   {
     ReservedBlocksSink sink(h.store);
-    ASSERT_TRUE(sink.Reserve(1, 4, 16, Clock::now()).ok());
-    ASSERT_TRUE(sink.Reserve(2, 4, 8, Clock::now()).ok());
+    ASSERT_TRUE(sink.Reserve(1, 4, 16, std::chrono::seconds(1)).ok());
+    ASSERT_TRUE(sink.Reserve(2, 4, 8, std::chrono::seconds(1)).ok());
     EXPECT_EQ(h.store.pool().Stats().used_blocks, 6);
   }
   EXPECT_EQ(h.store.pool().Stats().used_blocks, 0);

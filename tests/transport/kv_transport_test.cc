@@ -27,7 +27,7 @@ std::string Endpoint(const KvReceiver& r) { return "127.0.0.1:" + std::to_string
 // The decode side: a destination store (shuffled free list), its sink and a receiver.
 struct DecodeSide {
   explicit DecodeSide(const KvFormat& f, int64_t blocks = 64, uint8_t fill = 0xAB)
-      : h(f, blocks), sink(h.store) {
+      : h(f, blocks), sink(h.store, {.reap_expired = false}) {
     testing_util::ShufflePool(h.store.pool(), 99);
     testing_util::FillByte(h.store, fill);
     auto r = KvReceiver::Start(sink, {"127.0.0.1", 0});
@@ -35,7 +35,7 @@ struct DecodeSide {
     if (r.ok()) receiver = *std::move(r);
   }
   KvDestination Reserve(const std::string& request, int64_t tokens, int64_t capacity) {
-    auto t = sink.Reserve(RequestIdHash(request), tokens, capacity, Clock::now() + kLongTtl);
+    auto t = sink.Reserve(RequestIdHash(request), tokens, capacity, kLongTtl);
     EXPECT_TRUE(t.ok()) << t.status();
     return KvDestination{Endpoint(*receiver), t.ok() ? t->id : 0,
                          t.ok() ? t->secret : ReservationSecret{}, RequestIdHash(request)};
@@ -101,20 +101,20 @@ TEST_P(TcpKvTransportLoopback, DestinationRowsEqualSourceRowsAndWireBytesAreExac
 
   ASSERT_TRUE(
       dst.sink.WaitComplete(dest.reservation_id, Clock::now() + std::chrono::seconds(5)).ok());
-  auto blocks = dst.sink.Take(dest.reservation_id, dest.secret);
-  ASSERT_TRUE(blocks.ok()) << blocks.status();
-  EXPECT_NE(std::vector<int32_t>(blocks->begin(), blocks->begin() + 3),
+  auto taken = dst.sink.Take(dest.reservation_id, dest.secret);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  const std::vector<int32_t>& blocks = taken->blocks.ids();
+  EXPECT_NE(std::vector<int32_t>(blocks.begin(), blocks.begin() + 3),
             std::vector<int32_t>(src.table.begin(), src.table.begin() + 3))
       << "the two sides' block tables differ, so rows really were remapped";
   for (int64_t layer = 0; layer < f.num_layers; ++layer) {
-    EXPECT_EQ(testing_util::LayerBytes(dst.h.store, layer, *blocks, 0, tokens),
+    EXPECT_EQ(testing_util::LayerBytes(dst.h.store, layer, blocks, 0, tokens),
               testing_util::LayerBytes(src.h.store, layer, src.table, 0, tokens))
         << "layer " << layer;
   }
   // The reserved room past the prompt was not written.
-  const auto tail = testing_util::LayerBytes(dst.h.store, 0, *blocks, tokens, 20);
+  const auto tail = testing_util::LayerBytes(dst.h.store, 0, blocks, tokens, 20);
   EXPECT_TRUE(std::all_of(tail.begin(), tail.end(), [](uint8_t b) { return b == 0xAB; }));
-  ASSERT_TRUE(dst.h.store.pool().Release(*blocks).ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -142,13 +142,13 @@ TEST(TcpKvTransport, SplitsLayersIntoFramesOfAboutFrameBytes) {
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->frames, 7 * f.num_layers);
   EXPECT_EQ(stats->wire_bytes, f.bytes_per_token() * tokens + 21 * kKvFrameHeaderBytes);
-  auto blocks = dst.sink.Take(dest.reservation_id, dest.secret);
-  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  auto taken = dst.sink.Take(dest.reservation_id, dest.secret);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  const std::vector<int32_t>& blocks = taken->blocks.ids();
   for (int64_t layer = 0; layer < f.num_layers; ++layer) {
-    EXPECT_EQ(testing_util::LayerBytes(dst.h.store, layer, *blocks, 0, tokens),
+    EXPECT_EQ(testing_util::LayerBytes(dst.h.store, layer, blocks, 0, tokens),
               testing_util::LayerBytes(src.h.store, layer, src.table, 0, tokens));
   }
-  ASSERT_TRUE(dst.h.store.pool().Release(*blocks).ok());
 }
 
 TEST(TcpKvTransport, ConcurrentRequestsShareOnePersistentConnection) {
@@ -179,14 +179,14 @@ TEST(TcpKvTransport, ConcurrentRequestsShareOnePersistentConnection) {
   EXPECT_EQ(transport.stats().connections_opened, 1u);
   EXPECT_EQ(dst.receiver->stats().connections, 1u);
   for (int i = 0; i < kRequests; ++i) {
-    auto blocks = dst.sink.Take(dests[i].reservation_id, dests[i].secret);
-    ASSERT_TRUE(blocks.ok()) << blocks.status();
+    auto taken = dst.sink.Take(dests[i].reservation_id, dests[i].secret);
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    const std::vector<int32_t>& blocks = taken->blocks.ids();
     for (int64_t layer = 0; layer < f.num_layers; ++layer) {
       EXPECT_EQ(
-          testing_util::LayerBytes(dst.h.store, layer, *blocks, 0, 20 + 3 * i),
+          testing_util::LayerBytes(dst.h.store, layer, blocks, 0, 20 + 3 * i),
           testing_util::LayerBytes(sources[i]->h.store, layer, sources[i]->table, 0, 20 + 3 * i));
     }
-    ASSERT_TRUE(dst.h.store.pool().Release(*blocks).ok());
   }
 }
 
@@ -462,7 +462,7 @@ TEST(KvReceiver, ExpiredReservationsReturnEveryBlock) {
   const KvFormat f = testing_util::MlaFormat();
   DecodeSide dst(f, 64);
   for (int i = 0; i < 5; ++i) {
-    ASSERT_TRUE(dst.sink.Reserve(i, 10, 30, Clock::now() + std::chrono::milliseconds(1)).ok());
+    ASSERT_TRUE(dst.sink.Reserve(i, 10, 30, std::chrono::milliseconds(1)).ok());
   }
   EXPECT_EQ(dst.h.store.pool().Stats().used_blocks, 5 * 8);
   EXPECT_EQ(dst.sink.ExpireOlderThan(Clock::now() + std::chrono::seconds(1)), 5);
