@@ -21,6 +21,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const std::string& address
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &s->port_);
   // Prompts of 100k ids and long streams: lift the 4 MiB default.
   builder.SetMaxReceiveMessageSize(64 << 20);
+  // The router pings its workers every second to notice a dead one (router/worker_clients.cc);
+  // without these the server would answer such frequent pings with GOAWAY.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   for (grpc::Service* service : services) builder.RegisterService(service);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
