@@ -83,7 +83,7 @@ DecodeScheduler::~DecodeScheduler() {
 std::shared_ptr<DecodeStream> DecodeScheduler::Submit(DecodeJob job) {
   Sampler sampler(job.sampling);
   // The prefill worker drew the first token from the same seeded stream.
-  sampler.SkipTokens(1);
+  sampler.SkipTokens(1 + job.skip_sampled);
   std::vector<int32_t> history = job.prompt;
   std::vector<int32_t> stop_ids = StopTokenIds(model_.config(), job.stop);
   auto r = std::make_unique<Running>(Running{.job = std::move(job),

@@ -80,6 +80,8 @@ struct DecodeJob {
   std::unique_ptr<KvCache> cache;
   std::vector<int32_t> prompt;
   int32_t first_token = 0;
+  // Draws the seeded sampler skips before first_token's (a migrated stream's tokens so far).
+  int64_t skip_sampled = 0;
   SamplingParams sampling;
   StopCriteria stop;
 };

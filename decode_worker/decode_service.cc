@@ -53,6 +53,13 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
       valid = ValidateRequest(config, engine_request->prompt, engine_request->sampling,
                               engine_request->stop);
     }
+    if (valid.ok() &&
+        (request_.generated_before() < 0 ||
+         request_.generated_before() > static_cast<int64_t>(engine_request->prompt.size()))) {
+      valid = absl::InvalidArgumentError(
+          absl::StrCat("generated_before ", request_.generated_before(),
+                       " is outside [0, the prompt's ", engine_request->prompt.size(), " tokens]"));
+    }
     if (valid.ok() && (request_.first_token() < 0 || request_.first_token() >= config.vocab_size)) {
       valid = absl::InvalidArgumentError(absl::StrCat("first_token ", request_.first_token(),
                                                       " is outside the vocabulary [0, ",
@@ -152,6 +159,7 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
     }
     job.prompt = std::move(req_.prompt);
     job.first_token = request_.first_token();
+    job.skip_sampled = request_.generated_before();
     job.sampling = req_.sampling;
     job.stop = req_.stop;
     stream_ = service_.scheduler_.Submit(std::move(job));

@@ -170,6 +170,7 @@ void PrefillScheduler::RunBatch(std::vector<std::unique_ptr<Pending>>& batch) {
       continue;
     }
     Sampler sampler(p.job.sampling);
+    sampler.SkipTokens(p.job.skip_sampled);
     PrefillResult r;
     r.first_token =
         sampler.Sample(std::span<float>(logits->data() + i * vocab, vocab), p.job.prompt);

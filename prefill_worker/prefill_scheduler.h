@@ -25,6 +25,8 @@ struct PrefillJob {
   std::string request_id;
   std::vector<int32_t> prompt;
   SamplingParams sampling;
+  // Draws the seeded sampler skips before the first token (a migrated stream's tokens so far).
+  int64_t skip_sampled = 0;
   // Called on the scheduler thread once layer `layer` of the whole prompt's KV (a reused prefix
   // included) sits in the store's blocks `block_table`, positions [0, prompt.size()): where
   // the worker starts pushing that layer to the decode worker while the next layers compute.

@@ -49,6 +49,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     job.request_id = request_.request().request_id();
     job.prompt = req_.prompt;
     job.sampling = req_.sampling;
+    job.skip_sampled = request_.generated_before();
     // Each layer is queued on the transport from the scheduler thread as soon as it is
     // computed, so the bytes travel while later layers compute.
     const int64_t n = static_cast<int64_t>(req_.prompt.size());
@@ -117,6 +118,12 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     if (absl::Status s = ValidateKvEndpoint(dest.transfer_endpoint()); !s.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("destination.transfer_endpoint: ", s.message()));
+    }
+    if (request_.generated_before() < 0 ||
+        request_.generated_before() > static_cast<int64_t>(req_.prompt.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("generated_before ", request_.generated_before(),
+                       " is outside [0, the prompt's ", req_.prompt.size(), " tokens]"));
     }
     if (dest.reserved_tokens() < static_cast<int64_t>(req_.prompt.size())) {
       return absl::InvalidArgumentError(

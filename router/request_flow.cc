@@ -102,6 +102,8 @@ RequestFlow::RequestFlow(const FlowEnv& env, v1::GenerateRequest request,
                          std::chrono::system_clock::time_point deadline, ResponseSink* sink)
     : env_(env),
       request_(std::move(request)),
+      prompt_(request_.prompt_token_ids().begin(), request_.prompt_token_ids().end()),
+      max_tokens_(request_.max_tokens()),
       model_(std::move(model)),
       deadline_(deadline),
       sink_(sink) {
@@ -112,6 +114,8 @@ RequestFlow::RequestFlow(const FlowEnv& env, v1::GenerateRequest request,
 
 void RequestFlow::Start() {
   decode_candidates_ = env_.pool->DecodeCandidates();
+  std::erase_if(decode_candidates_,
+                [this](const std::string& address) { return failed_decode_.contains(address); });
   next_decode_ = 0;
   reserve_errors_.clear();
   decode_full_ = false;
@@ -277,6 +281,7 @@ void RequestFlow::Prefill() {
   *prefill_request_.mutable_destination() = reservation_;
   prefill_request_.set_decode_worker(decode_->address);
   prefill_request_.set_model_fingerprint(model_->fingerprint());
+  prefill_request_.set_generated_before(generated_before_);
   prefill_->prefill->async()->Prefill(
       context, &prefill_request_, &prefill_response_,
       [self = shared_from_this(), address = *address](grpc::Status status) {
@@ -325,6 +330,7 @@ void RequestFlow::StartDecode() {
   request.set_reservation_id(reservation_.reservation_id());
   request.set_secret(reservation_.secret());
   request.set_first_token(prefill_response_.first_token());
+  request.set_generated_before(generated_before_);
   decode_context_ = context;
   relay_ = new DecodeRelay(shared_from_this());
   relay_->Start(decode_->decode.get(), context, std::move(request));
@@ -334,6 +340,7 @@ void RequestFlow::OnDecodeMessage(const v1::DecodeResponse& response) {
   if (stopped_by_text_) return;  // the stream is being cancelled; its end finishes the request
   std::span<const int32_t> ids(response.token_ids().data(),
                                static_cast<size_t>(response.token_ids_size()));
+  generated_.insert(generated_.end(), ids.begin(), ids.end());
   std::string text;
   if (text_ != nullptr && !ids.empty()) {
     TextOutput::Delta delta = text_->Push(ids);
@@ -385,8 +392,38 @@ void RequestFlow::OnDecodeEnd(const grpc::Status& status) {
     if (error.code() == absl::StatusCode::kUnavailable && Disconnected(*decode_)) {
       env_.pool->MarkUnhealthy(WorkerRole::kDecode, address);
     }
+    if (error.code() == absl::StatusCode::kUnavailable &&
+        migrations_ < env_.options.max_migrations && !cancelled()) {
+      Migrate(address, error);
+      return;
+    }
     Finish(error);
   }
+}
+
+void RequestFlow::Migrate(const std::string& address, const absl::Status& error) {
+  ++migrations_;
+  failed_decode_.insert(address);
+  const int32_t generated = static_cast<int32_t>(generated_.size());
+  if (generated >= max_tokens_) {  // every token arrived; only the end was lost
+    finish_reason_ = "length";
+    Finish(absl::OkStatus());
+    return;
+  }
+  spdlog::warn(
+      "request {}: {}; moving the stream to another decode worker after {} tokens ({} of {})",
+      request_id(), std::string(error.message()), generated, migrations_,
+      env_.options.max_migrations);
+  // The prompt the next workers see: the client's, then every token relayed so far.
+  request_.mutable_prompt_token_ids()->Clear();
+  request_.mutable_prompt_token_ids()->Add(prompt_.begin(), prompt_.end());
+  request_.mutable_prompt_token_ids()->Add(generated_.begin(), generated_.end());
+  request_.set_max_tokens(max_tokens_ - generated);
+  generated_before_ = generated;
+  holds_reservation_ = false;  // the dead worker's reservation died with it
+  failed_prefill_.clear();
+  prefill_errors_.clear();
+  Start();
 }
 
 void RequestFlow::ReleaseThen(std::function<void()> then) {
@@ -432,7 +469,7 @@ void RequestFlow::Finish(const absl::Status& status) {
   if (status.ok()) {
     info.set_finish_reason(finish_reason_);
     v1::Usage* usage = info.mutable_usage();
-    usage->set_prompt_tokens(request_.prompt_token_ids_size());
+    usage->set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
     usage->set_completion_tokens(completion_tokens_);
     usage->set_cached_prompt_tokens(prefill_response_.cached_prompt_tokens());
     v1::Timings* t = info.mutable_timings();
@@ -448,6 +485,7 @@ void RequestFlow::Finish(const absl::Status& status) {
                                                              : prefill_response_.kv_format());
     info.set_prefill_worker(prefill_->address);
     info.set_decode_worker(decode_->address);
+    info.set_migrations(migrations_);
     spdlog::info(
         "request {}: ok, {} prompt ({} cached) + {} new tokens, finish {}, ttft {:.1f} ms, total "
         "{:.1f} ms, kv {} B in {:.1f} ms, prefill {}, decode {}",

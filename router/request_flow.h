@@ -32,6 +32,8 @@ struct FlowOptions {
   std::chrono::milliseconds queue_timeout{10000};
   // Deadline of a Release, which runs even after the request's own deadline has passed.
   std::chrono::milliseconds release_timeout{2000};
+  // How many times a stream whose decode worker died (UNAVAILABLE) moves to another one.
+  int max_migrations = 2;
 };
 
 // What every request shares: the pool, the channels, the options. Outlives every flow.
@@ -66,6 +68,12 @@ class ResponseSink {
 // (Reserve again, with backoff, up to queue_timeout; not FIFO). Prefill: PickPrefill's worker; when
 // it is unavailable, full or aborts, the reservation is released (the failed push may have written
 // part of it) and the request retried once, with a fresh reservation, on another prefill worker.
+// Migration: when the Decode stream fails with UNAVAILABLE (the decode worker died, was cut off
+// or is shutting down), the request continues on another decode worker, up to max_migrations
+// times: its prompt plus every token relayed so far is reserved and prefilled again (the prefix
+// cache usually holds most of it) with generated_before telling the workers how many sampler
+// draws to skip, so the client's stream goes on with no token repeated or lost, and greedy or
+// seeded output equals an uninterrupted run.
 // Decode: the stream is relayed one message at a time (the next read starts once the client took
 // the previous message, so a slow client slows its own decode stream, not the router's memory).
 // With a tokenizer, text prompts are encoded before anything starts, and the ids coming back are
@@ -113,6 +121,8 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   void StartDecode();
   void OnDecodeMessage(const v1::DecodeResponse& response);
   void OnDecodeEnd(const grpc::Status& status);
+  // Continues the request on another decode worker after `address` failed with `error`.
+  void Migrate(const std::string& address, const absl::Status& error);
   // Releases the reservation if one is held, then runs `then`.
   void ReleaseThen(std::function<void()> then);
   void Fail(absl::Status status);
@@ -126,7 +136,9 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
                          absl::string_view call) const;
 
   const FlowEnv env_;
-  const v1::GenerateRequest request_;
+  v1::GenerateRequest request_;  // the prompt grows by the tokens so far when a stream migrates
+  const std::vector<int32_t> prompt_;  // the client's prompt
+  const int32_t max_tokens_;           // the client's max_tokens
   const std::shared_ptr<const v1::ModelInfo> model_;
   const std::chrono::system_clock::time_point deadline_;
   ResponseSink* const sink_;
@@ -149,6 +161,11 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   v1::PrefillResponse prefill_response_;
   absl::flat_hash_set<std::string> failed_prefill_;
   std::vector<std::string> prefill_errors_;
+  // Migration.
+  std::vector<int32_t> generated_;  // every id the decode workers sent, in order
+  int32_t generated_before_ = 0;    // of them, those in request_'s prompt
+  int migrations_ = 0;
+  absl::flat_hash_set<std::string> failed_decode_;
   // Decode.
   DecodeRelay* relay_ = nullptr;  // valid while it holds its stream open
   grpc::ClientContext* decode_context_ = nullptr;

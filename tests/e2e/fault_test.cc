@@ -156,5 +156,57 @@ TEST(Faults, FourThousandTokenPromptOnTheDefaultModelCompletesDisaggregated) {
   EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
 }
 
+TEST(Faults, DecodeWorkerKilledMidStreamMigratesWithoutLosingOrRepeatingAToken) {
+  const std::string model = testing_util::DefaultGgufPath();
+  PDSERVE_SKIP_WITHOUT_DEFAULT_MODEL(model);
+  Cluster cluster({.model = model, .decode_workers = 2});
+  std::string error;
+  ASSERT_TRUE(cluster.Start(&error)) << error;
+  v1::GenerateRequest req;
+  for (int i = 0; i < 24; ++i) req.add_prompt_token_ids(1000 + (i * 313) % 20000);
+  req.mutable_sampling()->set_temperature(0.0f);
+  req.set_max_tokens(160);
+  req.set_ignore_eos(true);
+  // The uninterrupted run.
+  v1::CompleteResponse want;
+  ASSERT_TRUE(Complete(cluster, req, std::chrono::seconds(120), &want).ok());
+  ASSERT_EQ(want.token_ids_size(), 160);
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = cluster.router().Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  std::vector<int32_t> got;
+  ASSERT_TRUE(reader->Read(&msg));
+  got.insert(got.end(), msg.token_ids().begin(), msg.token_ids().end());
+  // Kill whichever decode worker is generating it, mid-stream.
+  int victim = -1;
+  for (int i = 0; i < 2 && victim < 0; ++i) {
+    if (cluster.DecodeLoad(i).running_requests() > 0) victim = i;
+  }
+  ASSERT_GE(victim, 0) << "no decode worker was generating the stream";
+  cluster.decode_process(victim).Signal(SIGKILL);
+  const auto killed = Clock::now();
+  v1::FinalInfo final_info;
+  while (reader->Read(&msg)) {
+    got.insert(got.end(), msg.token_ids().begin(), msg.token_ids().end());
+    if (msg.has_final()) final_info = msg.final();
+  }
+  const grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(final_info.migrations(), 1);
+  EXPECT_EQ(final_info.decode_worker(), cluster.decode_addresses()[1 - victim]);
+  EXPECT_EQ(final_info.usage().prompt_tokens(), 24);
+  EXPECT_EQ(final_info.usage().completion_tokens(), 160);
+  EXPECT_EQ(got, std::vector<int32_t>(want.token_ids().begin(), want.token_ids().end()))
+      << "the migrated stream differs from the uninterrupted run";
+  std::printf(
+      "decode worker %d killed mid-stream: the stream finished on the other %.2f s later, "
+      "%zu tokens equal to the uninterrupted run\n",
+      victim, SecondsSince(killed), got.size());
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
 }  // namespace
 }  // namespace pdserve

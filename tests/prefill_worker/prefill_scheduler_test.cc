@@ -77,13 +77,13 @@ TEST_F(PrefillSchedulerTest, SecondPromptWithTheSamePrefixReusesItsBlocks) {
   a.push_back(3);
   b.push_back(4);
   PrefillJob first{
-      .request_id = "a", .prompt = a, .sampling = greedy, .on_layer = {}, .still_wanted = {}};
+      .request_id = "a", .prompt = a, .sampling = greedy, .skip_sampled = 0, .on_layer = {}, .still_wanted = {}};
   auto ra = scheduler.Submit(std::move(first)).get();
   ASSERT_TRUE(ra.ok());
   EXPECT_EQ(ra->cached_prompt_tokens, 0);
   ra->cache.reset();  // transfer done: its full blocks stay cached
   PrefillJob second{
-      .request_id = "b", .prompt = b, .sampling = greedy, .on_layer = {}, .still_wanted = {}};
+      .request_id = "b", .prompt = b, .sampling = greedy, .skip_sampled = 0, .on_layer = {}, .still_wanted = {}};
   auto rb = scheduler.Submit(std::move(second)).get();
   ASSERT_TRUE(rb.ok());
   EXPECT_EQ(rb->cached_prompt_tokens, 32);
