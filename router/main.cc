@@ -73,6 +73,12 @@ int main(int argc, char** argv) {
                  "(0s: answer RESOURCE_EXHAUSTED at once)")
       ->envname("PDSERVE_ROUTER_QUEUE_TIMEOUT")
       ->capture_default_str();
+  app.add_option("--max-migrations", config.flow.max_migrations,
+                 "How many times a stream whose decode worker dies moves to another one "
+                 "(0: end it with UNAVAILABLE)")
+      ->envname("PDSERVE_ROUTER_MAX_MIGRATIONS")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 16));
   app.add_option("--drain-grace", drain_grace,
                  "On SIGTERM, how long in-flight requests may take before they are cancelled")
       ->envname("PDSERVE_ROUTER_DRAIN_GRACE")

@@ -6,12 +6,18 @@ whatever the request held). A request is either a dict of GenerateRequest fields
 the .proto) or bytes sent as they are (undecodable bytes, fields with the wrong wire type).
 Well-formed requests are in the table too, as controls, with a check of their response. A row names its server (target) and method, so the same runner
 serves every service; message classes come from the server's reflection, as grpcurl builds them.
+Rows that need a live reservation build their request when they run (a function of the runner).
 
 Servers:
   router        stories260K workers, a router without a tokenizer (token ids only);
+  decode        that router's decode worker (pdserve.v1.DecodeWorker), called directly;
+  prefill       that router's prefill worker (pdserve.v1.PrefillWorker), called directly;
   text          SmolLM2-135M-Instruct workers (the default model, scripts/fetch-model.sh), a
                 router with its tokenizer;
   text-allow    a second router in front of the same workers, --allow-special-tokens-in-messages.
+
+After the rows, both stories260K workers must report 0 used KV blocks within 5 s. Rows in
+EXPECTED_TO_IMPROVE (answers that should change) are run and printed but never fail.
 
 Usage: bad_input_test.py --bin-dir build/bin --model ../shared/models/stories260K.bin [--gguf F]
 Exit: 0 every case passed; 1 a case failed; 77 a prerequisite (binaries, models, grpcio) is
@@ -19,9 +25,11 @@ missing, which fails instead (exit 1) where PDSERVE_REQUIRE_DEFAULT_MODEL is set
 """
 
 import argparse
+import base64
 import dataclasses
 import os
 import sys
+import time
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -45,14 +53,23 @@ INT32_MIN = -(2**31)
 @dataclasses.dataclass
 class Case:
     name: str
-    request: Any                 # dict of fields, or bytes sent as they are
+    # A dict of fields, bytes sent as they are, or a function (runner) -> either, called when
+    # the row runs (rows that need a live reservation make it there).
+    request: Any
     code: str = "INVALID_ARGUMENT"
-    says: str = ""               # errors: the message must contain it
+    # Errors: the message must contain it (a tuple: each of them; a function (runner) -> str:
+    # what it returns).
+    says: Any = ""
     method: str = COMPLETE
     target: str = "router"
     # OK rows: (response, runner) -> a problem, or None. The response of a stream is its last
     # message (the one with `final`) holding every message's token_ids.
     check: Optional[Callable[[Any, "Runner"], Optional[str]]] = None
+    # The call must end within this many seconds (the answer may not wait for a timeout).
+    within_s: Optional[float] = None
+    # Errors that passed: (request, runner) -> a problem, or None (e.g. that nothing was
+    # computed for the request).
+    after: Optional[Callable[[Any, "Runner"], Optional[str]]] = None
 
 
 # ---- Raw protobuf wire format, for requests no client library would write. ----
@@ -354,10 +371,425 @@ def text_cases(context):
     ]
 
 
-# Reserve/Prefill/Decode with forged reservations and other worker-level cases are added with
-# the workers' rewrite. Rows name target "prefill" or "decode" (the stories260K workers) and a
-# method such as "/pdserve.v1.DecodeWorker/Reserve"; the runner needs nothing more.
-WORKER_CASES = []
+# ---- Worker-level cases: the workers' own services, called directly. ----
+#
+# The decode and prefill workers of the stories260K cluster, called as the router calls them
+# (DecodeWorker.Reserve -> PrefillWorker.Prefill into that reservation -> DecodeWorker.Decode),
+# with forged, mismatched and malformed fields. A row's request may be a function of the runner,
+# called when the row runs: rows that need a live reservation make one (Reserve, and for a
+# complete one a real Prefill into it), and leave what they do not use up to its lease (the
+# check after the cases wants every KV block back within a few seconds).
+
+RESERVE = "/pdserve.v1.DecodeWorker/Reserve"
+RELEASE = "/pdserve.v1.DecodeWorker/Release"
+DECODE = "/pdserve.v1.DecodeWorker/Decode"
+PREFILL = "/pdserve.v1.PrefillWorker/Prefill"
+LOADS = {"decode": "/pdserve.v1.DecodeWorker/GetLoad",
+         "prefill": "/pdserve.v1.PrefillWorker/GetLoad"}
+SECRET_BYTES = 16
+PROMPT = [1, 400, 300]
+ROOM = 4                     # max_tokens of the rows' reservations
+FORGED_ID = 987654321987     # no reservation has it: ids count up from 1
+
+
+def b64(raw):
+    return base64.b64encode(raw).decode()
+
+
+def as_dict(message):
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def worker_model(runner):
+    """The decode worker's ModelInfo: fingerprint, KV format, vocabulary, context."""
+    return runner.memo("decode model", lambda: runner.call(
+        "decode", "/pdserve.v1.DecodeWorker/GetModelInfo", {}))
+
+
+def gen(ids=PROMPT, max_tokens=ROOM, **fields):
+    """A GenerateRequest as the router hands it on: token ids, max_tokens and sampling set."""
+    return {"request_id": "bad-worker-input", "prompt_token_ids": list(ids),
+            "max_tokens": max_tokens, "sampling": {"temperature": 0}, "ignore_eos": True,
+            **fields}
+
+
+def reserve_request(runner, prompt_tokens=len(PROMPT), max_tokens=ROOM, **fields):
+    model = worker_model(runner)
+    return {"request_id": "bad-worker-input", "prompt_tokens": prompt_tokens,
+            "max_tokens": max_tokens, "model_fingerprint": model.fingerprint,
+            "kv_format": as_dict(model.kv_format), **fields}
+
+
+def reserve(runner, prompt_tokens=len(PROMPT), max_tokens=ROOM):
+    """A real reservation on the decode worker."""
+    return runner.call("decode", RESERVE, reserve_request(runner, prompt_tokens, max_tokens))
+
+
+def flipped(secret):
+    return bytes(b ^ 0xFF for b in secret)
+
+
+def decode_request(reservation_id, secret, request=None, first_token=1):
+    return {"request": request or gen(), "reservation_id": str(reservation_id),
+            "secret": b64(secret), "first_token": first_token}
+
+
+def prefill_request(runner, destination, request=None, **fields):
+    return {"request": request or gen(), "destination": destination,
+            "decode_worker": runner.addresses["decode"],
+            "model_fingerprint": worker_model(runner).fingerprint, **fields}
+
+
+def kv_endpoint(runner):
+    """The decode worker's KV receiver (host:port), as Reserve returns it."""
+    return runner.memo("kv endpoint", lambda: reserve(runner).transfer_endpoint)
+
+
+def forged(runner, **fields):
+    """A destination on the real decode worker's KV receiver with an id no reservation has."""
+    return {"reservation_id": str(FORGED_ID), "secret": b64(os.urandom(SECRET_BYTES)),
+            "transfer_endpoint": kv_endpoint(runner), "reserved_tokens": str(len(PROMPT) + ROOM),
+            "lease_ms": "1000", **fields}
+
+
+def prefilled(runner, ids=PROMPT, max_tokens=ROOM):
+    """A complete reservation: Reserve on the decode worker, then a real Prefill pushes the
+    prompt's KV into it. Returns the reservation and the first token."""
+    reservation = reserve(runner, len(ids), max_tokens)
+    response = runner.call("prefill", PREFILL, prefill_request(
+        runner, as_dict(reservation), gen(ids, max_tokens)))
+    return reservation, response.first_token
+
+
+def decode_prefilled(secret=None, **changes):
+    """A Decode on a complete reservation of PROMPT + ROOM whose request carries `changes`
+    (another prompt, another max_tokens), with the reservation's secret or secret(real one)."""
+    def build(runner):
+        reservation, first = prefilled(runner)
+        request = gen(**{"ids": PROMPT, "max_tokens": ROOM, **changes})
+        key = secret(reservation.secret) if secret else reservation.secret
+        return decode_request(reservation.reservation_id, key, request, first)
+    return build
+
+
+def decode_receiving(secret=None, **fields):
+    """A Decode on a fresh reservation whose KV has not arrived (nor ever will)."""
+    def build(runner):
+        reservation = reserve(runner)
+        key = secret(reservation.secret) if secret else reservation.secret
+        return decode_request(reservation.reservation_id, key, **fields)
+    return build
+
+
+_probes = iter(range(1, 1000))
+
+
+def probe_ids():
+    """A prompt of 33 ids that no other row sends: once computed, its first two KV blocks
+    (2 x 16 ids; the last id is always computed) are in the prefill worker's prefix cache, which
+    is how `not_computed` tells."""
+    seed = next(_probes)
+    return [1] + [2 + (seed * 37 + j * 11) % 500 for j in range(32)]
+
+
+def prefill_into(ids=None, **destination_changes):
+    """A Prefill of `ids` into a real, fresh reservation of them + ROOM, its destination changed
+    by the other arguments."""
+    ids = ids or probe_ids()
+
+    def build(runner):
+        destination = {**as_dict(reserve(runner, len(ids), ROOM)), **destination_changes}
+        return prefill_request(runner, destination, gen(ids))
+    return build
+
+
+def not_computed(request, runner):
+    """After a refused Prefill: a real Prefill of the same prompt finds none of it in the prefix
+    cache, so the refused one did not compute it (a computed prompt's blocks stay cached, as
+    prefill_cached_after_compute shows; one dropped mid-compute would not be seen)."""
+    ids = request["request"]["prompt_token_ids"]
+    _, cached = prefill_cached(runner, ids)
+    return f"{cached} of its {len(ids)} prompt tokens were computed" if cached else None
+
+
+def prefill_cached(runner, ids):
+    reservation = reserve(runner, len(ids), ROOM)
+    response = runner.call("prefill", PREFILL, prefill_request(
+        runner, as_dict(reservation), gen(ids)))
+    return response, response.cached_prompt_tokens
+
+
+def computed_twice(runner):
+    ids = probe_ids()
+    prefill_cached(runner, ids)
+    return prefill_request(runner, as_dict(reserve(runner, len(ids), ROOM)), gen(ids))
+
+
+def two_blocks_cached(response, _):
+    if response.cached_prompt_tokens != 32:
+        return f"cached_prompt_tokens {response.cached_prompt_tokens}, wanted 32 (2 blocks)"
+    return None
+
+
+def release_of(secret):
+    def build(runner):
+        reservation = reserve(runner)
+        return {"reservation_id": str(reservation.reservation_id),
+                "secret": b64(secret(reservation.secret))}
+    return build
+
+
+def released_twice(runner):
+    reservation = reserve(runner)
+    request = {"reservation_id": str(reservation.reservation_id), "secret": b64(reservation.secret)}
+    runner.call("decode", RELEASE, request)
+    return request
+
+
+def reserve_format(**changes):
+    def build(runner):
+        return reserve_request(runner, kv_format={**as_dict(worker_model(runner).kv_format),
+                                                  **changes})
+    return build
+
+
+def context_says(text):
+    """A `says` that names the model's context: text.format(context=...)."""
+    return lambda runner: text.format(context=worker_model(runner).max_context)
+
+
+def vocab_says(text):
+    return lambda runner: text.format(vocab=worker_model(runner).vocab_size)
+
+
+def decoded(n):
+    def check(response, _):
+        if len(response.token_ids) != n or response.finish_reason != "length":
+            return (f"wanted {n} tokens ending with 'length', got {list(response.token_ids)} "
+                    f"ending with '{response.finish_reason}'")
+        return None
+    return check
+
+
+def reservation_of(tokens):
+    def check(response, _):
+        if (response.reserved_tokens != tokens or len(response.secret) != SECRET_BYTES
+                or not response.transfer_endpoint or response.lease_ms <= 0):
+            return f"a reservation of {tokens} tokens with a 16-byte secret, got {response}"
+        return None
+    return check
+
+
+def first_token_sent(response, runner):
+    if not 0 <= response.first_token < worker_model(runner).vocab_size or \
+            response.kv_transfer_bytes == 0:
+        return (f"first_token {response.first_token} after {response.kv_transfer_bytes} KV "
+                f"bytes: wanted a token id and some KV moved")
+    return None
+
+
+not_ids = "workers take prompts as token ids only"
+fingerprint_fix = "; run the same model on prefill and decode"
+wrong_secret = "; pass the one Reserve returned"
+unknown = "; it expired, was released or was never made"
+bad_secret = "reservation secret has {} bytes, expected 16; pass the secret exactly as Reserve " \
+             "returned it"
+counts = "new tokens: both must be >= 1 and their sum <= the context of {context}"
+bad_endpoint = "destination.transfer_endpoint: bad KV endpoint"
+reserve_row = dict(method=RESERVE, target="decode")
+release_row = dict(method=RELEASE, target="decode")
+decode_row = dict(method=DECODE, target="decode")
+prefill_row = dict(method=PREFILL, target="prefill")
+
+WORKER_CASES = [
+    # DecodeWorker.Reserve. A huge count is INVALID_ARGUMENT (the context is checked before
+    # the pool), so RESOURCE_EXHAUSTED is left to a pool that is really full.
+    Case("reserve_control", reserve_request, "OK", check=reservation_of(len(PROMPT) + ROOM),
+         **reserve_row),
+    Case("reserve_fills_the_context",
+         lambda r: reserve_request(r, prompt_tokens=worker_model(r).max_context - ROOM), "OK",
+         check=lambda resp, r: reservation_of(worker_model(r).max_context)(resp, r),
+         **reserve_row),
+    Case("reserve_wrong_fingerprint", lambda r: reserve_request(r, model_fingerprint="0123abcd"),
+         "FAILED_PRECONDITION", says=("model fingerprint 0123abcd does not match", fingerprint_fix),
+         **reserve_row),
+    Case("reserve_empty_request", {}, "FAILED_PRECONDITION", says=fingerprint_fix, **reserve_row),
+    Case("reserve_kv_format_of_another_model",
+         reserve_format(num_layers=7, description="GQA, 7 layers (another model)"),
+         "FAILED_PRECONDITION",
+         says=lambda r: "KV format 'GQA, 7 layers (another model)' does not match this decode "
+                        f"worker's '{worker_model(r).kv_format.description}'", **reserve_row),
+    Case("reserve_kv_format_missing", lambda r: reserve_request(r, kv_format={}),
+         "FAILED_PRECONDITION", says="KV format '' does not match this decode worker's",
+         **reserve_row),
+    Case("reserve_prompt_tokens_zero", lambda r: reserve_request(r, prompt_tokens=0),
+         says=context_says("cannot reserve 0 prompt + 4 " + counts), **reserve_row),
+    Case("reserve_prompt_tokens_negative", lambda r: reserve_request(r, prompt_tokens=-5),
+         says=context_says("cannot reserve -5 prompt + 4 " + counts), **reserve_row),
+    Case("reserve_prompt_tokens_int32_min", lambda r: reserve_request(r, prompt_tokens=INT32_MIN),
+         says=f"cannot reserve {INT32_MIN} prompt", **reserve_row),
+    Case("reserve_max_tokens_zero", lambda r: reserve_request(r, max_tokens=0),
+         says=context_says("cannot reserve 3 prompt + 0 " + counts), **reserve_row),
+    Case("reserve_max_tokens_negative", lambda r: reserve_request(r, max_tokens=-1),
+         says="cannot reserve 3 prompt + -1 new tokens", **reserve_row),
+    Case("reserve_sum_past_the_context",
+         lambda r: reserve_request(r, prompt_tokens=worker_model(r).max_context - ROOM + 1),
+         says=context_says("their sum <= the context of {context}"), **reserve_row),
+    Case("reserve_int32_max_tokens",
+         lambda r: reserve_request(r, prompt_tokens=INT32_MAX, max_tokens=INT32_MAX),
+         says=context_says(f"cannot reserve {INT32_MAX} prompt + {INT32_MAX} " + counts),
+         **reserve_row),
+    # DecodeWorker.Release.
+    Case("release_control", release_of(lambda s: s), "OK", **release_row),
+    Case("release_unknown_id", {"reservation_id": str(FORGED_ID), "secret": b64(b"k" * 16)},
+         "NOT_FOUND", says=f"no KV reservation {FORGED_ID}{unknown}", **release_row),
+    Case("release_twice", released_twice, "NOT_FOUND", says=unknown, **release_row),
+    Case("release_wrong_secret", release_of(flipped), "PERMISSION_DENIED",
+         says=("wrong secret for KV reservation", wrong_secret), **release_row),
+    Case("release_secret_too_short", release_of(lambda s: s[:5]), says=bad_secret.format(5),
+         **release_row),
+    Case("release_secret_too_long", release_of(lambda s: s + b"\0"), says=bad_secret.format(17),
+         **release_row),
+    Case("release_no_secret", release_of(lambda s: b""), says=bad_secret.format(0),
+         **release_row),
+    # DecodeWorker.Decode. A wrong secret or an unknown id is answered at once: a Decode that
+    # waited for the KV would hold the call until the lease (1 s) ran out.
+    Case("decode_control", decode_prefilled(), "OK", check=decoded(ROOM), **decode_row),
+    Case("decode_fewer_tokens_than_reserved", decode_prefilled(max_tokens=ROOM - 2), "OK",
+         check=decoded(ROOM - 2), **decode_row),
+    Case("decode_wrong_secret_while_receiving", decode_receiving(flipped), "PERMISSION_DENIED",
+         says=("wrong secret for KV reservation", wrong_secret), within_s=1.0, **decode_row),
+    Case("decode_wrong_secret_when_complete", decode_prefilled(flipped), "PERMISSION_DENIED",
+         says=("wrong secret for KV reservation", wrong_secret), within_s=1.0, **decode_row),
+    Case("decode_unknown_reservation", decode_request(FORGED_ID, b"k" * 16), "NOT_FOUND",
+         says=f"no KV reservation {FORGED_ID}{unknown}", within_s=1.0, **decode_row),
+    Case("decode_secret_too_short", decode_receiving(lambda s: s[:3]), says=bad_secret.format(3),
+         **decode_row),
+    Case("decode_first_token_equal_to_vocab",
+         lambda r: decode_receiving(first_token=worker_model(r).vocab_size)(r),
+         says=vocab_says("first_token {vocab} is outside the vocabulary [0, {vocab})"),
+         **decode_row),
+    Case("decode_first_token_negative", decode_receiving(first_token=-1),
+         says="first_token -1 is outside the vocabulary", **decode_row),
+    Case("decode_prompt_longer_than_reserved", decode_prefilled(ids=PROMPT + [5]),
+         says=("reservation ", " holds KV for 3 prompt tokens but Decode carries a prompt of 4"),
+         **decode_row),
+    Case("decode_prompt_shorter_than_reserved", decode_prefilled(ids=PROMPT[:2]),
+         says=("reservation ", " holds KV for 3 prompt tokens but Decode carries a prompt of 2"),
+         **decode_row),
+    Case("decode_max_tokens_past_the_reservation", decode_prefilled(max_tokens=ROOM + 1),
+         says=(f"max_tokens {ROOM + 1} exceeds reservation ",
+               f"'s room for {ROOM} new tokens; Reserve with the request's max_tokens"),
+         **decode_row),
+    Case("decode_text_prompt", decode_receiving(request=gen(ids=[], prompt="hello")),
+         says=not_ids, **decode_row),
+    Case("decode_prompt_id_outside_vocab",
+         lambda r: decode_receiving(request=gen(ids=[1, worker_model(r).vocab_size]))(r),
+         says=vocab_says("prompt token 1 has id {vocab}, outside the vocabulary [0, {vocab})"),
+         **decode_row),
+    # PrefillWorker.Prefill. Bad fields are answered before any compute (after=not_computed);
+    # a forged or unreachable destination by the KV transfer, naming the decode worker's
+    # endpoint.
+    Case("prefill_control", prefill_into(PROMPT), "OK", check=first_token_sent, **prefill_row),
+    Case("prefill_cached_after_compute", computed_twice, "OK", check=two_blocks_cached,
+         **prefill_row),
+    Case("prefill_forged_reservation_id", lambda r: prefill_request(r, forged(r)), "NOT_FOUND",
+         says=lambda r: (f"({kv_endpoint(r)})", f"unknown KV reservation {FORGED_ID} (expired, "
+                                               "released or never made)"), **prefill_row),
+    # The message says what is wrong, not what to do (the Decode and Release paths add "; pass
+    # the one Reserve returned"): prefill_wrong_secret_says_what_to_fix below.
+    Case("prefill_wrong_secret", prefill_into(secret=b64(b"\x5a" * SECRET_BYTES)),
+         "PERMISSION_DENIED",
+         says=lambda r: (f"({kv_endpoint(r)})", "wrong secret for KV reservation"),
+         **prefill_row),
+    Case("prefill_secret_too_short", prefill_into(secret=b64(b"abcd")),
+         says="destination.secret: " + bad_secret.format(4), after=not_computed, **prefill_row),
+    Case("prefill_no_secret", prefill_into(secret=""),
+         says="destination.secret: " + bad_secret.format(0), after=not_computed, **prefill_row),
+    Case("prefill_endpoint_not_host_port", prefill_into(transfer_endpoint="decode-worker"),
+         says=bad_endpoint + ' "decode-worker": no port; expected host:port', after=not_computed,
+         **prefill_row),
+    Case("prefill_endpoint_empty", prefill_into(transfer_endpoint=""), says=bad_endpoint,
+         after=not_computed, **prefill_row),
+    Case("prefill_endpoint_port_zero", prefill_into(transfer_endpoint="127.0.0.1:0"),
+         says="destination.transfer_endpoint: bad KV endpoint: it needs a host and a port in "
+              "[1, 65535]", after=not_computed, **prefill_row),
+    Case("prefill_endpoint_port_out_of_range", prefill_into(transfer_endpoint="127.0.0.1:70000"),
+         says="port is not a number in [0, 65535]", after=not_computed, **prefill_row),
+    Case("prefill_endpoint_5_mib", prefill_into(transfer_endpoint="h" * (5 * MIB) + ":1"),
+         says=f"bad KV transfer endpoint: {5 * MIB + 2} bytes; expected host:port",
+         after=not_computed, **prefill_row),
+    Case("prefill_endpoint_unreachable", prefill_into(transfer_endpoint="127.0.0.1:1"),
+         "UNAVAILABLE", says="KV receiver at 127.0.0.1:1", after=not_computed, **prefill_row),
+    Case("prefill_wrong_fingerprint",
+         lambda r: {**prefill_into()(r), "model_fingerprint": "0123abcd"}, "FAILED_PRECONDITION",
+         says=("model fingerprint 0123abcd does not match this prefill worker's",
+               "; run the same model everywhere"), after=not_computed, **prefill_row),
+    Case("prefill_empty_request", {}, "FAILED_PRECONDITION",
+         says="; run the same model everywhere", **prefill_row),
+    Case("prefill_reserved_tokens_below_the_prompt", prefill_into(reserved_tokens="32"),
+         says="the reservation holds 32 tokens, fewer than the prompt's 33", after=not_computed,
+         **prefill_row),
+    Case("prefill_text_prompt",
+         lambda r: prefill_request(r, forged(r), gen(ids=[], prompt="hello")),
+         says=not_ids, **prefill_row),
+    Case("prefill_empty_prompt", lambda r: prefill_request(r, forged(r), gen(ids=[])),
+         says="prompt is empty; send at least one token", **prefill_row),
+    Case("prefill_prompt_id_outside_vocab",
+         lambda r: prefill_request(r, forged(r), gen(ids=[worker_model(r).vocab_size])),
+         says=vocab_says("prompt token 0 has id {vocab}, outside the vocabulary [0, {vocab})"),
+         **prefill_row),
+]
+
+# Rows whose answer today is not what it should be: run and printed, not failed. Each moves to
+# WORKER_CASES once its worker answers as the row wants (the run says so).
+GARBAGE = b"\xff\xff\xff\xff"
+EXPECTED_TO_IMPROVE = [
+    # Undecodable bytes: gRPC 1.51's callback server answers a request it cannot parse before
+    # the handler runs, with UNIMPLEMENTED and an empty message. The router answers these
+    # INVALID_ARGUMENT "request is not a valid pdserve.v1.GenerateRequest protobuf".
+    Case("reserve_garbage_bytes", GARBAGE, says="not a valid pdserve.v1.ReserveRequest",
+         **reserve_row),
+    Case("release_garbage_bytes", GARBAGE, says="not a valid pdserve.v1.ReleaseRequest",
+         **release_row),
+    Case("decode_garbage_bytes", GARBAGE, says="not a valid pdserve.v1.DecodeRequest",
+         **decode_row),
+    Case("prefill_garbage_bytes", GARBAGE, says="not a valid pdserve.v1.PrefillRequest",
+         **prefill_row),
+    Case("decode_truncated_request", key(1, 2) + varint(40) + b"\x10\x01",
+         says="not a valid pdserve.v1.DecodeRequest", **decode_row),
+    # What to do about a wrong secret, as the Decode and Release paths say it.
+    Case("prefill_wrong_secret_says_what_to_fix", prefill_into(secret=b64(b"\x5a" * 16)),
+         "PERMISSION_DENIED", says="pass the one Reserve returned", **prefill_row),
+    # A caller's strings echoed whole into the status message: the client sees a 5 MiB
+    # message refused as metadata (RESOURCE_EXHAUSTED "received metadata size exceeds hard
+    # limit"), not the worker's answer. The router quotes such strings cut short.
+    Case("reserve_fingerprint_5_mib",
+         lambda r: reserve_request(r, model_fingerprint="f" * (5 * MIB)),
+         "FAILED_PRECONDITION", says="does not match this decode worker's", **reserve_row),
+    Case("reserve_kv_description_5_mib", reserve_format(description="d" * (5 * MIB)),
+         "FAILED_PRECONDITION", says="does not match this decode worker's", **reserve_row),
+    Case("prefill_fingerprint_5_mib",
+         lambda r: {**prefill_into()(r), "model_fingerprint": "f" * (5 * MIB)},
+         "FAILED_PRECONDITION", says="does not match this prefill worker's", **prefill_row),
+    Case("prefill_decode_worker_5_mib",
+         lambda r: {**prefill_into(transfer_endpoint="127.0.0.1:1")(r),
+                    "decode_worker": "w" * (5 * MIB)},
+         "UNAVAILABLE", says="KV receiver at 127.0.0.1:1", **prefill_row),
+]
+
+
+def kv_blocks_back(runner, timeout_s=5.0):
+    """None once both workers report 0 used KV blocks, else what they report after timeout_s:
+    reservations the rows left behind are released, taken or expire within their 1 s lease."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        used = {t: runner.call(t, path, {}, timeout=10).kv_blocks_used for t, path in LOADS.items()}
+        if not any(used.values()):
+            return None
+        if time.monotonic() > deadline:
+            return f"KV blocks still used {timeout_s:.0f} s after the cases: {used}"
+        time.sleep(0.05)
 
 
 # ---- The runner. ----
@@ -369,6 +801,13 @@ class Runner:
             ("grpc.max_send_message_length", 64 * MIB),
             ("grpc.max_receive_message_length", 64 * MIB)]) for t, a in addresses.items()}
         self.pools = {}
+        self.memos = {}
+
+    def memo(self, key, make):
+        """make(), once per run."""
+        if key not in self.memos:
+            self.memos[key] = make()
+        return self.memos[key]
 
     def close(self):
         for c in self.channels.values():
@@ -420,19 +859,33 @@ class Runner:
     def run(self, case):
         """None when the case passed, else what went wrong."""
         try:
-            response = self.call(case.target, case.method, case.request)
+            request = case.request(self) if callable(case.request) else case.request
+        except grpc.RpcError as e:
+            return f"setting the row up failed: {e.code().name} {e.details()!r}"
+        start = time.monotonic()
+        try:
+            response = self.call(case.target, case.method, request)
         except grpc.RpcError as e:
             code, message = e.code().name, e.details() or ""
+            says = case.says(self) if callable(case.says) else case.says
             if code != case.code:
                 return f"got {code} ({message[:300]!r}), wanted {case.code}"
-            if case.says not in message:
-                return f"{code} message {message[:300]!r} does not say {case.says!r}"
+            for text in says if isinstance(says, tuple) else (says,):
+                if text not in message:
+                    return f"{code} message {message[:300]!r} does not say {text!r}"
             if len(message) > 1000:
                 return f"{code} message of {len(message)} bytes: unbounded"
-            return None
+            return self.late(case, start) or (case.after(request, self) if case.after else None)
         if case.code != "OK":
             return f"got OK, wanted {case.code} saying {case.says!r}"
-        return case.check(response, self) if case.check else None
+        return self.late(case, start) or (case.check(response, self) if case.check else None)
+
+    @staticmethod
+    def late(case, start):
+        took = time.monotonic() - start
+        if case.within_s is not None and took > case.within_s:
+            return f"answered after {took:.2f} s, wanted within {case.within_s} s"
+        return None
 
 
 def prerequisites(args):
@@ -486,16 +939,27 @@ def main():
             text_model = runner.call("text", "/pdserve.v1.Generation/GetModelInfo", {})
             cases = (router_cases(ids_model.vocab_size, ids_model.max_context) +
                      text_cases(text_model.max_context) + WORKER_CASES)
-            names = [c.name for c in cases]
+            names = [c.name for c in cases + EXPECTED_TO_IMPROVE]
             assert len(names) == len(set(names)), "case names must be unique"
+            improve = EXPECTED_TO_IMPROVE
             if args.k:
                 cases = [c for c in cases if args.k in c.name]
+                improve = [c for c in improve if args.k in c.name]
             failures = []
             for case in cases:
                 problem = runner.run(case)
                 if problem:
                     failures.append(case.name)
                     print(f"FAIL {case.name} ({case.target} {case.method}): {problem}")
+            for case in improve:  # printed, never failed
+                problem = runner.run(case)
+                print(f"EXPECTED TO IMPROVE {case.name} ({case.target} {case.method}): "
+                      + (problem or "passes now: move it to WORKER_CASES"))
+            # Nothing the rows did may hold KV: what they reserved and did not use expires.
+            problem = kv_blocks_back(runner)
+            if problem:
+                failures.append("kv_blocks_back")
+                print(f"FAIL kv_blocks_back: {problem}")
         finally:
             runner.close()
     controls = sum(c.code == "OK" for c in cases)

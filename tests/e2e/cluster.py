@@ -23,13 +23,17 @@ START_TIMEOUT_S = 60
 
 class Cluster:
     def __init__(self, bin_dir, model, router_args=(), worker_args=(), threads=1,
-                 name="pdserve"):
+                 name="pdserve", decode_args=(), prefill_args=()):
         self.bin_dir = bin_dir
         self.model = model
         self.router_args = list(router_args)
         self.worker_args = [f"--threads={threads}", *worker_args]
+        # Flags only one kind of worker takes (e.g. the decode worker's --max-batch).
+        self.decode_args = list(decode_args)
+        self.prefill_args = list(prefill_args)
         self.workdir = tempfile.mkdtemp(prefix=name + "_")
         self.procs = []
+        self.pids = {}  # process name ("decode", "prefill", "router", ...) -> pid
         self.decode = self.prefill = self.router = None  # "127.0.0.1:PORT" once started
 
     def start(self):
@@ -37,9 +41,11 @@ class Cluster:
             model = "--model=" + self.model
             self.decode = self._spawn("pdserve-decode", [model, "--listen=127.0.0.1:0",
                                                          "--kv-listen=127.0.0.1:0",
-                                                         *self.worker_args], "decode")
+                                                         *self.worker_args, *self.decode_args],
+                                      "decode")
             self.prefill = self._spawn("pdserve-prefill", [model, "--listen=127.0.0.1:0",
-                                                           *self.worker_args], "prefill")
+                                                           *self.worker_args, *self.prefill_args],
+                                       "prefill")
             self.router = self.add_router(self.router_args, "router")
         except Exception:
             self.stop()
@@ -64,6 +70,10 @@ class Cluster:
         self.procs = []
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def log(self, name):
+        """The path of a process's log (its stdout and stderr)."""
+        return os.path.join(self.workdir, name + ".log")
+
     def __enter__(self):
         return self.start()
 
@@ -77,6 +87,7 @@ class Cluster:
             proc = subprocess.Popen([os.path.join(self.bin_dir, binary), *args,
                                      "--port-file=" + port_file], stdout=log, stderr=log)
         self.procs.append(proc)
+        self.pids[name] = proc.pid
         deadline = time.time() + START_TIMEOUT_S
         while time.time() < deadline:
             if os.path.exists(port_file):
