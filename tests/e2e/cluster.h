@@ -20,8 +20,8 @@ struct ClusterOptions {
   std::string model;
   int prefill_workers = 1;
   int decode_workers = 1;
-  int kv_blocks = 256;    // per worker
-  int threads = 1;        // per worker: the test box has 2 cores for everything
+  int kv_blocks = 256;      // per worker
+  int threads = 1;          // per worker: the test box has 2 cores for everything
   std::string tokenizer{};  // the router's --tokenizer (empty: token ids only)
 };
 
@@ -37,6 +37,7 @@ class Cluster {
   std::vector<std::string> decode_addresses() const { return decode_addresses_; }
   ChildProcess& prefill_process(int i) { return *prefill_[static_cast<size_t>(i)]; }
   ChildProcess& decode_process(int i) { return *decode_[static_cast<size_t>(i)]; }
+  ChildProcess& router_process() { return *router_process_; }
 
   // The load report of a worker, through its own service.
   v1::WorkerLoad PrefillLoad(int i);

@@ -129,6 +129,30 @@ TEST(Faults, ClientDeadlineStopsARunningPrefillBetweenLayers) {
   EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
 }
 
+TEST(Faults, RouterKilledMidStreamLeavesNoBlockHeldOnAnyWorker) {
+  Cluster cluster({.model = SlowPrefillModel("fault_router")});
+  std::string error;
+  ASSERT_TRUE(cluster.Start(&error)) << error;
+  grpc::ClientContext ctx;
+  auto reader = cluster.router().Generate(&ctx, Request(20, 4, 3000));
+  v1::GenerateResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  ASSERT_GT(cluster.DecodeLoad(0).kv_blocks_used(), 0) << "the stream holds its blocks";
+  cluster.router_process().Signal(SIGKILL);
+  const auto killed = Clock::now();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const v1::WorkerLoad load = cluster.DecodeLoad(0);
+        return load.kv_blocks_used() == 0 && load.running_requests() == 0;
+      },
+      std::chrono::seconds(5)))
+      << "the decode worker kept generating for a router that is gone";
+  std::printf("router killed: the decode worker freed the stream's blocks %.2f s later\n",
+              SecondsSince(killed));
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
 TEST(Faults, FourThousandTokenPromptOnTheDefaultModelCompletesDisaggregated) {
   const std::string model = testing_util::DefaultGgufPath();
   PDSERVE_SKIP_WITHOUT_DEFAULT_MODEL(model);
