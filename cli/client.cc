@@ -56,8 +56,13 @@ void PrintFinal(const std::string& request_id, const v1::FinalInfo& f) {
 }  // namespace
 
 int RunClient(const ClientOptions& options) {
-  auto stub = v1::Generation::NewStub(
-      grpc::CreateChannel(options.router, grpc::InsecureChannelCredentials()));
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      rpc::MakeChannelCredentials(options.tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(credentials.status().message()).c_str());
+    return 2;
+  }
+  auto stub = v1::Generation::NewStub(grpc::CreateChannel(options.router, *credentials));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1e3)));

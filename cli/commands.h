@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/generate.h"
+#include "rpc/tls.h"
 
 namespace pdserve::cli {
 
@@ -57,6 +58,7 @@ struct ClientOptions {
   std::string request_id;
   bool unary = false;  // Complete instead of Generate
   double timeout_s = 120;
+  rpc::TlsFiles tls;  // mutual TLS to the router (none: plaintext)
 };
 // Calls a router's public API and prints the answer (text, or ids on one line), the final info
 // on stderr.

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "rpc/tls_flags.h"
 
 int main(int argc, char** argv) {
   using namespace pdserve::cli;
@@ -84,6 +85,7 @@ int main(int argc, char** argv) {
   std::optional<uint64_t> client_seed;
   CLI::App* client_cmd = app.add_subcommand(
       "client", "Call a router's Generate (streaming) or Complete and print the answer");
+  pdserve::rpc::AddTlsFlags(*client_cmd, client.tls);
   client_cmd->add_option("--router", client.router, "Router address")
       ->default_val("localhost:50051");
   CLI::Option_group* client_prompt = client_cmd->add_option_group("prompt", "The prompt (one)");

@@ -6,6 +6,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/time/time.h"
 #include "router/router.h"
+#include "rpc/tls_flags.h"
 #include "spdlog/spdlog.h"
 #include "tokenizer/tokenizer_loader.h"
 
@@ -88,6 +89,8 @@ int main(int argc, char** argv) {
                  "one compete on prefix-cache affinity")
       ->envname("PDSERVE_ROUTER_AFFINITY_SLACK")
       ->capture_default_str();
+  rpc::TlsFiles tls;
+  rpc::AddTlsFlags(app, tls);
   app.add_option("--tokenizer", tokenizer,
                  "The model's tokenizer, for text prompts, chat messages, stop strings and text in "
                  "responses: the model's GGUF file, its tokenizer.json, or its directory "
@@ -128,6 +131,18 @@ int main(int argc, char** argv) {
     if (!Parse(flag)) return 2;
   }
 
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> server_credentials =
+      rpc::MakeServerCredentials(tls);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> worker_credentials =
+      rpc::MakeChannelCredentials(tls);
+  if (!server_credentials.ok() || !worker_credentials.ok()) {
+    spdlog::error(
+        "{}", (server_credentials.ok() ? worker_credentials.status() : server_credentials.status())
+                  .ToString());
+    return 1;
+  }
+  config.server_credentials = *server_credentials;
+  config.worker_credentials = *worker_credentials;
   if (!tokenizer.empty()) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = LoadTokenizer(tokenizer);
     if (!loaded.ok()) {

@@ -7,6 +7,7 @@ namespace pdserve::router {
 Router::Router(const RouterConfig& config, Resolver resolver)
     : tokenizer_(config.tokenizer),
       pool_(config.pool),
+      clients_(config.worker_credentials),
       discovery_(config.discovery, std::move(resolver)),
       service_(FlowEnv{.pool = &pool_,
                        .clients = &clients_,
@@ -18,7 +19,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Start(const RouterConfig& config
                                                       Resolver resolver) {
   std::unique_ptr<Router> router(new Router(config, std::move(resolver)));
   absl::StatusOr<std::unique_ptr<rpc::Server>> server =
-      rpc::Server::Start(config.listen, {&router->service_});
+      rpc::Server::Start(config.listen, {&router->service_}, config.server_credentials);
   if (!server.ok()) return server.status();
   router->server_ = *std::move(server);
   router->monitor_ =

@@ -25,6 +25,9 @@ struct RouterConfig {
   FlowOptions flow;
   std::shared_ptr<const Tokenizer> tokenizer;  // null: token ids only
   PromptOptions prompt;                        // how text becomes ids, with a tokenizer
+  // Mutual TLS: the router's own server, and its channels to the workers (null: plaintext).
+  std::shared_ptr<grpc::ServerCredentials> server_credentials;
+  std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
 };
 
 // One router. Health is SERVING while at least one eligible prefill and one eligible decode

@@ -22,7 +22,7 @@ std::shared_ptr<const WorkerStubs> WorkerClients::Get(const std::string& address
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     auto stubs = std::make_shared<WorkerStubs>();
     stubs->address = address;
-    stubs->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    stubs->channel = grpc::CreateCustomChannel(address, credentials_, args);
     stubs->prefill = v1::PrefillWorker::NewStub(stubs->channel);
     stubs->decode = v1::DecodeWorker::NewStub(stubs->channel);
     entry = std::move(stubs);

@@ -26,11 +26,16 @@ struct WorkerStubs {
 // about a second once a restarted worker is back (gRPC's default backoff grows to minutes).
 class WorkerClients {
  public:
+  // `credentials`: plaintext when null (see rpc/tls.h).
+  explicit WorkerClients(std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr)
+      : credentials_(credentials != nullptr ? std::move(credentials)
+                                            : grpc::InsecureChannelCredentials()) {}
   std::shared_ptr<const WorkerStubs> Get(const std::string& address);
   // Drops the channels of addresses not in `addresses` (workers that left).
   void Retain(const std::vector<std::string>& addresses);
 
  private:
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<const WorkerStubs>> stubs_ ABSL_GUARDED_BY(mu_);
 };

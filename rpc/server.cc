@@ -12,13 +12,15 @@
 
 namespace pdserve::rpc {
 
-absl::StatusOr<std::unique_ptr<Server>> Server::Start(const std::string& address,
-                                                      const std::vector<grpc::Service*>& services) {
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(
+    const std::string& address, const std::vector<grpc::Service*>& services,
+    std::shared_ptr<grpc::ServerCredentials> credentials) {
+  if (credentials == nullptr) credentials = grpc::InsecureServerCredentials();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::unique_ptr<Server> s(new Server());
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(address, credentials, &s->port_);
   // Prompts of 100k ids and long streams: lift the 4 MiB default.
   builder.SetMaxReceiveMessageSize(64 << 20);
   // The router pings its workers every second to notice a dead one (router/worker_clients.cc);

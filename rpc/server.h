@@ -19,8 +19,10 @@ class Server {
  public:
   // Listens on `address` ("host:port"; port 0 picks a free one) and serves `services`, which
   // must outlive the server. Health starts NOT_SERVING.
-  static absl::StatusOr<std::unique_ptr<Server>> Start(const std::string& address,
-                                                       const std::vector<grpc::Service*>& services);
+  // `credentials`: plaintext when null (see rpc/tls.h for mutual TLS).
+  static absl::StatusOr<std::unique_ptr<Server>> Start(
+      const std::string& address, const std::vector<grpc::Service*>& services,
+      std::shared_ptr<grpc::ServerCredentials> credentials = nullptr);
   ~Server();
 
   int port() const { return port_; }

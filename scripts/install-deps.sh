@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs pdserve's build and test dependencies from Debian 12 packages: the compilers and
 # libraries, Python's venv (the tests' gRPC client and the model fetch use pip), clang-14 with
-# libFuzzer and OpenMP (the fuzz build), and qemu-user (the test that runs the portable build as
-# an older CPU).
+# libFuzzer and OpenMP (the fuzz build), qemu-user (the test that runs the portable build as
+# an older CPU) and openssl (the mutual-TLS test makes its certificates with it).
 # Idempotent: does nothing when every package is already present.
 set -euo pipefail
 
@@ -13,7 +13,7 @@ PACKAGES=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
   python3-venv ca-certificates
   clang-14 libclang-rt-14-dev libomp-14-dev
-  qemu-user
+  qemu-user openssl
 )
 
 missing=()

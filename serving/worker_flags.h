@@ -6,6 +6,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "rpc/tls_flags.h"
 
 namespace pdserve::serving {
 
@@ -18,6 +19,7 @@ struct WorkerFlags {
   std::string port_file{};
   std::string log_level = "info";
   std::string cpu_isa{};  // "" = the best this CPU supports
+  rpc::TlsFiles tls{};
 };
 
 // Declares --model, --listen, --threads, --kv-blocks, --kv-cache-mb, --port-file, --log-level and
@@ -40,6 +42,7 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--cpu-isa", flags.cpu_isa,
                  "CPU kernels: x86-64-v2 (SSE4.2), x86-64-v3 (AVX2) or x86-64-v4 (AVX-512); "
                  "default: the best this CPU supports");
+  rpc::AddTlsFlags(app, flags.tls);
 }
 
 }  // namespace pdserve::serving

@@ -17,6 +17,11 @@ std::unique_ptr<ChildProcess> Cluster::Spawn(const std::string& binary,
   const std::string port_file = absl::StrCat(dir_, "/", name, ".port");
   args.insert(args.begin(), rpc::BinaryPath(binary));
   args.push_back("--port-file=" + port_file);
+  if (options_.tls.enabled()) {
+    args.push_back("--tls-cert=" + options_.tls.cert);
+    args.push_back("--tls-key=" + options_.tls.key);
+    args.push_back("--tls-ca=" + options_.tls.ca);
+  }
   auto child = std::make_unique<ChildProcess>(args, absl::StrCat(dir_, "/", name, ".log"));
   *port = rpc::WaitForPortFile(port_file, *child, std::chrono::seconds(60));
   if (*port == 0) {
@@ -53,8 +58,7 @@ bool Cluster::Start(std::string* error) {
   router_process_ = Spawn("pdserve-router", router_args, "router", &port, error);
   if (port == 0) return false;
   router_address_ = absl::StrCat("127.0.0.1:", port);
-  router_ = v1::Generation::NewStub(
-      grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials()));
+  router_ = v1::Generation::NewStub(Channel(router_address_));
   // Ready when the router answers a request end to end.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   grpc::Status last;
@@ -77,8 +81,8 @@ bool Cluster::Start(std::string* error) {
 namespace {
 
 template <typename Service>
-v1::WorkerLoad LoadOf(const std::string& address) {
-  auto stub = Service::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+v1::WorkerLoad LoadOf(std::shared_ptr<grpc::Channel> channel) {
+  auto stub = Service::NewStub(std::move(channel));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::WorkerLoad load;
@@ -88,12 +92,19 @@ v1::WorkerLoad LoadOf(const std::string& address) {
 
 }  // namespace
 
+std::shared_ptr<grpc::Channel> Cluster::Channel(const std::string& address) const {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      rpc::MakeChannelCredentials(options_.tls);
+  return grpc::CreateChannel(address,
+                             credentials.ok() ? *credentials : grpc::InsecureChannelCredentials());
+}
+
 v1::WorkerLoad Cluster::PrefillLoad(int i) {
-  return LoadOf<v1::PrefillWorker>(prefill_addresses_[static_cast<size_t>(i)]);
+  return LoadOf<v1::PrefillWorker>(Channel(prefill_addresses_[static_cast<size_t>(i)]));
 }
 
 v1::WorkerLoad Cluster::DecodeLoad(int i) {
-  return LoadOf<v1::DecodeWorker>(decode_addresses_[static_cast<size_t>(i)]);
+  return LoadOf<v1::DecodeWorker>(Channel(decode_addresses_[static_cast<size_t>(i)]));
 }
 
 bool Cluster::WaitAllBlocksFree(std::string* detail) {

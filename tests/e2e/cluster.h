@@ -11,6 +11,7 @@
 #include "pdserve/v1/generation.grpc.pb.h"
 #include "pdserve/v1/worker.grpc.pb.h"
 #include "rpc/child_process.h"
+#include "rpc/tls.h"
 
 namespace pdserve::testing_util {
 
@@ -23,6 +24,7 @@ struct ClusterOptions {
   int kv_blocks = 256;      // per worker
   int threads = 1;          // per worker: the test box has 2 cores for everything
   std::string tokenizer{};  // the router's --tokenizer (empty: token ids only)
+  rpc::TlsFiles tls{};      // mutual TLS on every gRPC connection, the test's included
 };
 
 class Cluster {
@@ -39,6 +41,8 @@ class Cluster {
   ChildProcess& decode_process(int i) { return *decode_[static_cast<size_t>(i)]; }
   ChildProcess& router_process() { return *router_process_; }
 
+  // A channel to `address` with the cluster's credentials.
+  std::shared_ptr<grpc::Channel> Channel(const std::string& address) const;
   // The load report of a worker, through its own service.
   v1::WorkerLoad PrefillLoad(int i);
   v1::WorkerLoad DecodeLoad(int i);
