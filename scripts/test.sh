@@ -18,6 +18,7 @@ PYTHON=$(scripts/python-env.sh)
 MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 "$PYTHON" tests/e2e/reflection_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 "$PYTHON" tests/e2e/bad_input_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
+"$PYTHON" tests/e2e/soak_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 
 scripts/build.sh asan pdserve_unit_tests  # only the unit tests run under the sanitizers
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \

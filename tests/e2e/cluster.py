@@ -8,6 +8,10 @@ writes no port within a minute is reported with the tail of its log.
     with Cluster(bin_dir, model) as c:       # or c = Cluster(...).start() ... c.stop()
         channel = grpc.insecure_channel(c.router)
 
+decode_args / prefill_args go to one kind of worker only (e.g. the decode worker's --max-batch);
+c.pids maps each process's name ("decode", "prefill", "router", ...) to its pid, c.log(name)
+to its log.
+
 Only the standard library here: importing this module needs no grpcio (wait_serving imports
 it when called).
 """
