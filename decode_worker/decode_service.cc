@@ -246,16 +246,18 @@ grpc::Status DecodeService::DoReserve(const v1::ReserveRequest& request,
                                       v1::Reservation& response) {
   if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "decode worker is draining");
   if (request.model_fingerprint() != info_.fingerprint()) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("model fingerprint ", request.model_fingerprint(),
-                                     " does not match this decode worker's ", info_.fingerprint(),
-                                     "; run the same model on prefill and decode"));
+    return grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("model fingerprint ", rpc::LoggableText(request.model_fingerprint()),
+                     " does not match this decode worker's ", info_.fingerprint(),
+                     "; run the same model on prefill and decode"));
   }
   if (request.kv_format().SerializeAsString() != info_.kv_format().SerializeAsString()) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("KV format '", request.kv_format().description(),
-                                     "' does not match this decode worker's '",
-                                     info_.kv_format().description(), "'"));
+    return grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("KV format '", rpc::LoggableText(request.kv_format().description()),
+                     "' does not match this decode worker's '", info_.kv_format().description(),
+                     "'"));
   }
   const int64_t total = int64_t{request.prompt_tokens()} + request.max_tokens();
   if (request.prompt_tokens() < 1 || request.max_tokens() < 1 ||

@@ -42,8 +42,8 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     if (absl::Status s = Validate(); !s.ok()) return End(s);
     if (absl::Status s = service_.StartKeepalive(shared_from_this()); !s.ok()) {
       return End(absl::UnavailableError(absl::StrCat(
-          "cannot reach decode worker ", request_.decode_worker(), "'s KV receiver at ",
-          request_.destination().transfer_endpoint(), ": ", s.message())));
+          "cannot reach decode worker ", rpc::LoggableText(request_.decode_worker()),
+          "'s KV receiver at ", request_.destination().transfer_endpoint(), ": ", s.message())));
     }
     PrefillJob job;
     job.request_id = request_.request().request_id();
@@ -97,7 +97,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     if (service_.draining_) return absl::UnavailableError("prefill worker is draining");
     if (request_.model_fingerprint() != service_.info_.fingerprint()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("model fingerprint ", request_.model_fingerprint(),
+          absl::StrCat("model fingerprint ", rpc::LoggableText(request_.model_fingerprint()),
                        " does not match this prefill worker's ", service_.info_.fingerprint(),
                        "; run the same model everywhere"));
     }
@@ -216,9 +216,10 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
       // Say which transfer failed; keep the code, which tells the router whether to retry.
       if (destination_.reservation_id != 0 && !absl::IsCancelled(status) &&
           !absl::IsInvalidArgument(status) && !absl::IsFailedPrecondition(status)) {
-        status = absl::Status(
-            status.code(), absl::StrCat("KV transfer to decode worker ", request_.decode_worker(),
-                                        " (", destination_.endpoint, "): ", status.message()));
+        status = absl::Status(status.code(),
+                              absl::StrCat("KV transfer to decode worker ",
+                                           rpc::LoggableText(request_.decode_worker()), " (",
+                                           destination_.endpoint, "): ", status.message()));
       }
     }
     Finish(rpc::ToGrpc(status));

@@ -79,24 +79,6 @@ absl::Status CheckRequestId(std::string_view id) {
   return absl::OkStatus();
 }
 
-std::string LoggableText(std::string_view text, size_t max_bytes) {
-  const std::string_view shown = text.substr(0, max_bytes);
-  std::string out;
-  out.reserve(shown.size() + 16);
-  for (const char ch : shown) {
-    const auto c = static_cast<uint8_t>(ch);
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c >= 0x20 && c <= 0x7e) {
-      out += ch;
-    } else {
-      absl::StrAppendFormat(&out, "\\x%02X", c);
-    }
-  }
-  if (shown.size() < text.size()) absl::StrAppend(&out, "...[", text.size(), " bytes]");
-  return out;
-}
-
 absl::StatusOr<v1::GenerateRequest> RequestValidator::Validate(v1::GenerateRequest request) const {
   if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
   if (request.request_id().empty()) request.set_request_id(NewRequestId());

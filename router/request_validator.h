@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "pdserve/v1/generation.pb.h"
+#include "rpc/status.h"
 
 namespace pdserve::router {
 
@@ -19,19 +20,14 @@ inline constexpr float kDefaultTopP = 1.0f;
 inline constexpr float kDefaultRepetitionPenalty = 1.0f;
 // Request ids appear in every log line of every process: bounded and printable.
 inline constexpr size_t kMaxRequestIdBytes = 128;
-// How much of a client's string a log line or an error message shows (LoggableText).
-inline constexpr size_t kMaxLoggedTextBytes = 64;
-
 // OK for an empty id (the router assigns one) or one of at most kMaxRequestIdBytes printable
 // ASCII bytes without spaces; INVALID_ARGUMENT saying which rule the id breaks otherwise. The
 // first check on a request, so that no message or log line sees an id that fails it.
 absl::Status CheckRequestId(std::string_view id);
 
-// `text` from a client as it may appear in a log line or an error message: printable ASCII
-// kept, a backslash doubled, every other byte (newline, escape, non-ASCII) written as \xNN so
-// that no client can forge a log line or reach an operator's terminal; cut after `max_bytes`
-// bytes of `text`, with the full size said ("...[5242880 bytes]").
-std::string LoggableText(std::string_view text, size_t max_bytes = kMaxLoggedTextBytes);
+// Client text in logs and messages: rpc::LoggableText (rpc/status.h).
+using rpc::kMaxLoggedTextBytes;
+using rpc::LoggableText;
 
 // Validates requests for one model (vocabulary size and context length from its ModelInfo).
 // Immutable, so thread-safe.

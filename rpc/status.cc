@@ -2,6 +2,9 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
 namespace pdserve::rpc {
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -12,6 +15,24 @@ grpc::Status ToGrpc(const absl::Status& status) {
 absl::Status FromGrpc(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+std::string LoggableText(std::string_view text, size_t max_bytes) {
+  const std::string_view shown = text.substr(0, max_bytes);
+  std::string out;
+  out.reserve(shown.size() + 16);
+  for (const char ch : shown) {
+    const auto c = static_cast<uint8_t>(ch);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c >= 0x20 && c <= 0x7e) {
+      out += ch;
+    } else {
+      absl::StrAppendFormat(&out, "\\x%02X", c);
+    }
+  }
+  if (shown.size() < text.size()) absl::StrAppend(&out, "...[", text.size(), " bytes]");
+  return out;
 }
 
 }  // namespace pdserve::rpc

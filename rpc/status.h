@@ -3,6 +3,10 @@
 
 #include <grpcpp/support/status.h>
 
+#include <cstddef>
+#include <string>
+#include <string_view>
+
 #include "absl/status/status.h"
 
 namespace pdserve::rpc {
@@ -10,5 +14,14 @@ namespace pdserve::rpc {
 // Same code, same message (absl and gRPC share the canonical code numbering).
 grpc::Status ToGrpc(const absl::Status& status);
 absl::Status FromGrpc(const grpc::Status& status);
+
+// How much of a caller's string a log line or an error message shows (LoggableText).
+inline constexpr size_t kMaxLoggedTextBytes = 64;
+
+// `text` from a caller as it may appear in a log line or an error message: printable ASCII
+// kept, a backslash doubled, every other byte (newline, escape, non-ASCII) written as \xNN so
+// that no caller can forge a log line or reach an operator's terminal; cut after `max_bytes`
+// bytes of `text`, with the full size said ("...[5242880 bytes]").
+std::string LoggableText(std::string_view text, size_t max_bytes = kMaxLoggedTextBytes);
 
 }  // namespace pdserve::rpc

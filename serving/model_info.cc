@@ -117,6 +117,16 @@ absl::StatusOr<EngineRequest> FromProto(const v1::GenerateRequest& request) {
         "workers take prompts as token ids only: send text prompts, chat messages and stop "
         "strings to the router (pdserve-router --tokenizer=MODEL), which encodes them");
   }
+  // Workers log the id in every line about the request: the router sends a checked one, and a
+  // direct caller's must be as clean (bounded, printable, no spaces).
+  const std::string& id = request.request_id();
+  if (id.size() > 128 || std::any_of(id.begin(), id.end(), [](char c) {
+        return static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f;
+      })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_id must be at most 128 printable ASCII bytes without spaces (got ",
+                     id.size(), " bytes)"));
+  }
   EngineRequest r;
   r.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
   const v1::SamplingParams& s = request.sampling();

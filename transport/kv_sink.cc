@@ -266,7 +266,8 @@ absl::StatusOr<std::vector<std::span<std::byte>>> ReservedBlocksSink::Admit(
     // A wrong secret may be a forgery: reject without letting it affect the reservation.
     if (!(r.secret == h.secret)) {
       return absl::PermissionDeniedError(
-          absl::StrCat("wrong secret for KV reservation ", h.reservation_id));
+          absl::StrCat("wrong secret for KV reservation ", h.reservation_id,
+                       "; send the secret the decode worker's Reserve returned with it"));
     }
     if (r.state == State::kGone || r.state == State::kFailed) {
       return absl::FailedPreconditionError(

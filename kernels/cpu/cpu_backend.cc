@@ -64,6 +64,18 @@ CpuBackend::CpuBackend(int num_threads, std::optional<CpuIsa> isa)
   openblas_set_num_threads(num_threads_);
 }
 
+void CpuBackend::UseBlasThreads() const {
+  // OpenBLAS's OpenMP build follows the calling thread's omp_get_max_threads() (a per-thread
+  // OpenMP setting), so the constructor's call does not reach the scheduler thread that runs
+  // the forward passes: there BLAS would use every core and spin idle threads against the
+  // worker's --threads. Set it once per thread.
+  thread_local int set_for = 0;
+  if (set_for != num_threads_) {
+    omp_set_num_threads(num_threads_);
+    set_for = num_threads_;
+  }
+}
+
 DType CpuBackend::WeightDType(DType checkpoint_dtype) const {
   return checkpoint_dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
 }
@@ -92,6 +104,7 @@ void CpuBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tensor
 }
 
 void CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  UseBlasThreads();
   PDSERVE_KERNEL_CHECK(IsHostF32(x) && IsHostWeight(w) && IsHostF32(y));
   const int64_t m = x.dim(0), k = Cols(x), n = w.dim(0);
   PDSERVE_KERNEL_CHECK(Cols(w) == k && y.dim(0) == m && Cols(y) == n);
@@ -225,6 +238,7 @@ void CpuBackend::ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int 
 
 void CpuBackend::HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
                             Tensor& y) {
+  UseBlasThreads();
   PDSERVE_KERNEL_CHECK(IsHostF32(x) && IsHostF32(w) && IsHostF32(y) && w.shape().rank() == 2);
   PDSERVE_KERNEL_CHECK(n_heads > 0 && x.dim(0) == y.dim(0));
   const int64_t in = Cols(x) / n_heads, out = Cols(y) / n_heads;
@@ -344,6 +358,7 @@ void CpuBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Ten
 void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                            std::span<const AttentionSeq> seqs, const AttentionShape& shape,
                            Tensor& out) {
+  UseBlasThreads();
   const PoolView kp(k_pool), vp(v_pool);
   const int hd = shape.head_dim, vd = shape.value_dim();
   PDSERVE_KERNEL_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);

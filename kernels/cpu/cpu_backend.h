@@ -56,6 +56,9 @@ class CpuBackend final : public Backend {
  private:
   void LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, float* y);
 
+  // Makes BLAS on the calling thread use num_threads_ (see the definition).
+  void UseBlasThreads() const;
+
   int num_threads_;
   const CpuKernels& kernels_;
   std::vector<float> bf16_scratch_;           // f32 copy of a bf16 weight for prefill-sized GEMMs

@@ -739,6 +739,23 @@ WORKER_CASES = [
          lambda r: prefill_request(r, forged(r), gen(ids=[worker_model(r).vocab_size])),
          says=vocab_says("prompt token 0 has id {vocab}, outside the vocabulary [0, {vocab})"),
          **prefill_row),
+    # What to do about a wrong secret, as the Decode and Release paths say it.
+    Case("prefill_wrong_secret_says_what_to_fix", prefill_into(secret=b64(b"\x5a" * 16)),
+         "PERMISSION_DENIED", says="secret the decode worker's Reserve returned", **prefill_row),
+    # A caller's strings are quoted cut short (rpc::LoggableText), so a 5 MiB one cannot turn
+    # the answer into a metadata-size error.
+    Case("reserve_fingerprint_5_mib",
+         lambda r: reserve_request(r, model_fingerprint="f" * (5 * MIB)),
+         "FAILED_PRECONDITION", says="does not match this decode worker's", **reserve_row),
+    Case("reserve_kv_description_5_mib", reserve_format(description="d" * (5 * MIB)),
+         "FAILED_PRECONDITION", says="does not match this decode worker's", **reserve_row),
+    Case("prefill_fingerprint_5_mib",
+         lambda r: {**prefill_into()(r), "model_fingerprint": "f" * (5 * MIB)},
+         "FAILED_PRECONDITION", says="does not match this prefill worker's", **prefill_row),
+    Case("prefill_decode_worker_5_mib",
+         lambda r: {**prefill_into(transfer_endpoint="127.0.0.1:1")(r),
+                    "decode_worker": "w" * (5 * MIB)},
+         "UNAVAILABLE", says="KV receiver at 127.0.0.1:1", **prefill_row),
 ]
 
 # Rows whose answer today is not what it should be: run and printed, not failed. Each moves to
@@ -758,24 +775,6 @@ EXPECTED_TO_IMPROVE = [
          **prefill_row),
     Case("decode_truncated_request", key(1, 2) + varint(40) + b"\x10\x01",
          says="not a valid pdserve.v1.DecodeRequest", **decode_row),
-    # What to do about a wrong secret, as the Decode and Release paths say it.
-    Case("prefill_wrong_secret_says_what_to_fix", prefill_into(secret=b64(b"\x5a" * 16)),
-         "PERMISSION_DENIED", says="pass the one Reserve returned", **prefill_row),
-    # A caller's strings echoed whole into the status message: the client sees a 5 MiB
-    # message refused as metadata (RESOURCE_EXHAUSTED "received metadata size exceeds hard
-    # limit"), not the worker's answer. The router quotes such strings cut short.
-    Case("reserve_fingerprint_5_mib",
-         lambda r: reserve_request(r, model_fingerprint="f" * (5 * MIB)),
-         "FAILED_PRECONDITION", says="does not match this decode worker's", **reserve_row),
-    Case("reserve_kv_description_5_mib", reserve_format(description="d" * (5 * MIB)),
-         "FAILED_PRECONDITION", says="does not match this decode worker's", **reserve_row),
-    Case("prefill_fingerprint_5_mib",
-         lambda r: {**prefill_into()(r), "model_fingerprint": "f" * (5 * MIB)},
-         "FAILED_PRECONDITION", says="does not match this prefill worker's", **prefill_row),
-    Case("prefill_decode_worker_5_mib",
-         lambda r: {**prefill_into(transfer_endpoint="127.0.0.1:1")(r),
-                    "decode_worker": "w" * (5 * MIB)},
-         "UNAVAILABLE", says="KV receiver at 127.0.0.1:1", **prefill_row),
 ]
 
 
