@@ -6,8 +6,10 @@
 
 namespace pdserve {
 
+bool DecodeStream::HasNewsLocked() const { return !pending_.empty() || (done_ && !reported_done_); }
+
 bool DecodeStream::TakeLocked(Update& update) {
-  if (pending_.empty() && !(done_ && !reported_done_)) return false;
+  if (!HasNewsLocked()) return false;
   update.tokens.swap(pending_);
   pending_.clear();
   update.done = done_;
@@ -18,13 +20,14 @@ bool DecodeStream::TakeLocked(Update& update) {
 }
 
 bool DecodeStream::TryTake(Update& update) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return TakeLocked(update);
 }
 
 bool DecodeStream::Next(Update& update, std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return !pending_.empty() || (done_ && !reported_done_); });
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(this, &DecodeStream::HasNewsLocked),
+                       absl::FromChrono(timeout));
   return TakeLocked(update);
 }
 
@@ -40,29 +43,26 @@ void DecodeStream::Notify() {
 
 void DecodeStream::Push(int32_t token) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     pending_.push_back(token);
-    cv_.notify_all();
   }
   Notify();
 }
 
 void DecodeStream::Finish(FinishReason reason) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     done_ = true;
     reason_ = reason;
-    cv_.notify_all();
   }
   Notify();
 }
 
 void DecodeStream::Fail(absl::Status status) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     done_ = true;
     status_ = std::move(status);
-    cv_.notify_all();
   }
   Notify();
 }
@@ -72,10 +72,9 @@ DecodeScheduler::DecodeScheduler(Model& model, Options options)
 
 DecodeScheduler::~DecodeScheduler() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
   thread_.join();
   for (auto& r : incoming_) Fail(*r, absl::UnavailableError("decode worker shutting down"));
 }
@@ -96,11 +95,10 @@ std::shared_ptr<DecodeStream> DecodeScheduler::Submit(DecodeJob job) {
   std::shared_ptr<DecodeStream> stream = r->stream;
   if (Emit(*r, r->job.first_token)) return stream;  // done after one token: no step needed
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     incoming_.push_back(std::move(r));
     ++waiting_count_;
   }
-  cv_.notify_all();
   return stream;
 }
 
@@ -132,8 +130,8 @@ void DecodeScheduler::Loop() {
   std::vector<std::unique_ptr<Running>> running;
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !running.empty(); });
+      absl::MutexLock lock(&mu_);
+      if (running.empty()) mu_.Await(absl::Condition(this, &DecodeScheduler::HasWorkLocked));
       if (stop_) break;
       // Join: as many waiting requests as the batch has room for.
       while (!incoming_.empty() && static_cast<int>(running.size()) < options_.max_batch) {
@@ -145,7 +143,7 @@ void DecodeScheduler::Loop() {
     // Leave: cancelled requests free their blocks before the step, waiting ones included.
     std::vector<std::unique_ptr<Running>> dropped;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       for (auto it = incoming_.begin(); it != incoming_.end();) {
         if ((*it)->stream->cancelled()) {
           dropped.push_back(std::move(*it));
@@ -157,7 +155,7 @@ void DecodeScheduler::Loop() {
       }
     }
     for (auto& r : dropped) Fail(*r, absl::CancelledError("request cancelled"));
-    std::erase_if(running, [this](const std::unique_ptr<Running>& r) {
+    std::erase_if(running, [](const std::unique_ptr<Running>& r) {
       if (!r->stream->cancelled()) return false;
       Fail(*r, absl::CancelledError("request cancelled"));
       return true;

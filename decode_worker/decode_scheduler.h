@@ -4,18 +4,18 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/generate.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
@@ -56,14 +56,15 @@ class DecodeStream {
   void Fail(absl::Status status);
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> pending_;
-  bool done_ = false;
-  bool reported_done_ = false;
-  FinishReason reason_ = FinishReason::kLength;
-  absl::Status status_;
-  bool TakeLocked(Update& update);
+  bool TakeLocked(Update& update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasNewsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  mutable absl::Mutex mu_;
+  std::vector<int32_t> pending_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool reported_done_ ABSL_GUARDED_BY(mu_) = false;
+  FinishReason reason_ ABSL_GUARDED_BY(mu_) = FinishReason::kLength;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
   // Runs the listener, if any, after a change (outside mu_).
   void Notify();
 
@@ -126,12 +127,15 @@ class DecodeScheduler {
   static void Fail(Running& r, absl::Status status);
   void Step(std::vector<std::unique_ptr<Running>>& batch);
 
+  bool HasWorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || !incoming_.empty();
+  }
+
   Model& model_;
   const Options options_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::unique_ptr<Running>> incoming_;
-  bool stop_ = false;
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<Running>> incoming_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<int> running_count_{0}, waiting_count_{0};
   std::thread thread_;
 };

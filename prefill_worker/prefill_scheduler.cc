@@ -17,10 +17,9 @@ PrefillScheduler::PrefillScheduler(Model& model, KvStore& store, Options options
 
 PrefillScheduler::~PrefillScheduler() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
   thread_.join();
   for (auto& p : queue_) p->done(absl::UnavailableError("prefill worker shutting down"));
 }
@@ -47,11 +46,10 @@ void PrefillScheduler::Submit(PrefillJob job, Done done) {
   p->done = std::move(done);
   p->submitted = std::chrono::steady_clock::now();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     queue_.push_back(std::move(p));
     ++waiting_count_;
   }
-  cv_.notify_all();
 }
 
 namespace {
@@ -65,7 +63,7 @@ absl::Status StillWanted(const PrefillJob& job) {
 void PrefillScheduler::DropAbandoned() {
   std::vector<std::pair<std::unique_ptr<Pending>, absl::Status>> dropped;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (auto it = queue_.begin(); it != queue_.end();) {
       if (absl::Status s = StillWanted((*it)->job); !s.ok()) {
         dropped.emplace_back(std::move(*it), std::move(s));
@@ -81,18 +79,17 @@ void PrefillScheduler::DropAbandoned() {
 
 void PrefillScheduler::OnBlocksFreed() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     blocks_freed_ = true;
   }
-  cv_.notify_all();
 }
 
 void PrefillScheduler::Loop() {
   while (true) {
     std::vector<std::unique_ptr<Pending>> batch;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || (!queue_.empty() && blocks_freed_); });
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(this, &PrefillScheduler::ReadyLocked));
       if (stop_) return;
       blocks_freed_ = false;
       // Take prompts in arrival order while they fit the token budget and the free blocks

@@ -2,19 +2,19 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
@@ -95,12 +95,15 @@ class PrefillScheduler {
   Model& model_;
   KvStore& store_;
   const Options options_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::unique_ptr<Pending>> queue_;
-  bool stop_ = false;
+  bool ReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || (!queue_.empty() && blocks_freed_);
+  }
+
+  mutable absl::Mutex mu_;
+  std::deque<std::unique_ptr<Pending>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   // Blocks may have come back since the last look at the queue (start: look).
-  bool blocks_freed_ = true;
+  bool blocks_freed_ ABSL_GUARDED_BY(mu_) = true;
   std::atomic<int> waiting_count_{0}, running_count_{0};
   std::thread thread_;
 };
