@@ -71,5 +71,6 @@ int main(int argc, char** argv) {
   spdlog::info("draining");
   service.set_draining(true);
   (*server)->Shutdown(std::chrono::seconds(10));
+  scheduler.Stop();  // its callbacks use the service, destroyed next
   return 0;
 }

@@ -15,13 +15,21 @@ double MsSince(std::chrono::steady_clock::time_point t) {
 PrefillScheduler::PrefillScheduler(Model& model, KvStore& store, Options options)
     : model_(model), store_(store), options_(options), thread_([this] { Loop(); }) {}
 
-PrefillScheduler::~PrefillScheduler() {
+PrefillScheduler::~PrefillScheduler() { Stop(); }
+
+void PrefillScheduler::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  thread_.join();
-  for (auto& p : queue_) p->done(absl::UnavailableError("prefill worker shutting down"));
+  if (thread_.joinable()) thread_.join();
+  std::deque<std::unique_ptr<Pending>> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(queue_);
+    waiting_count_ = 0;
+  }
+  for (auto& p : left) p->done(absl::UnavailableError("prefill worker shutting down"));
 }
 
 std::future<absl::StatusOr<PrefillResult>> PrefillScheduler::Submit(PrefillJob job) {

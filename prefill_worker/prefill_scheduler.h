@@ -62,7 +62,11 @@ class PrefillScheduler {
   };
 
   PrefillScheduler(Model& model, KvStore& store, Options options);
-  ~PrefillScheduler();  // waiting prompts fail with UNAVAILABLE
+  ~PrefillScheduler();  // Stop()
+  // Finishes the batch in progress, then fails the waiting prompts with UNAVAILABLE and stops
+  // the loop; no done callback runs after it returns. Idempotent. A worker calls it before
+  // destroying what the callbacks use (its service).
+  void Stop();
   PrefillScheduler(const PrefillScheduler&) = delete;
   PrefillScheduler& operator=(const PrefillScheduler&) = delete;
 
