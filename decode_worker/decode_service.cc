@@ -38,9 +38,7 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
                                   public std::enable_shared_from_this<DecodeCall> {
  public:
   DecodeCall(DecodeService& service, const v1::DecodeRequest& request)
-      : service_(service), request_(request) {
-    ++service_.open_streams_;
-  }
+      : service_(service), request_(request) {}
 
   void Begin() {
     absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(request_.secret());
@@ -107,7 +105,6 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
   }
 
   void OnDone() override {
-    --service_.open_streams_;
     std::shared_ptr<DecodeStream> stream;
     {
       absl::MutexLock lock(&mu_);

@@ -45,8 +45,6 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
                                          v1::ModelInfo* response) override;
 
   void set_draining(bool draining) { draining_ = draining; }
-  // Decode streams open right now (waiting for KV or generating).
-  int open_streams() const { return open_streams_; }
 
  private:
   class DecodeCall;
@@ -60,7 +58,6 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
   const Options options_;
   const v1::ModelInfo info_;
   std::atomic<bool> draining_{false};
-  std::atomic<int> open_streams_{0};
 };
 
 }  // namespace pdserve

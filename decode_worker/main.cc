@@ -55,13 +55,7 @@ int main(int argc, char** argv) {
       {.fingerprint = served->fingerprint,
        .transfer_endpoint = advertise_host + ":" + std::to_string((*receiver)->port()),
        .kv_lease = std::chrono::milliseconds(kv_lease_ms)});
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      rpc::MakeServerCredentials(flags.tls);
-  if (!credentials.ok()) {
-    spdlog::error("{}", credentials.status().ToString());
-    return 1;
-  }
-  auto server = rpc::Server::Start(flags.listen, {&service}, *credentials);
+  auto server = rpc::Server::Start(flags.listen, {&service}, flags.tls);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;

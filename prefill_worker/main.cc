@@ -48,13 +48,7 @@ int main(int argc, char** argv) {
                          {.fingerprint = served->fingerprint,
                           .transfer_timeout = std::chrono::milliseconds(transfer_timeout_ms),
                           .keepalive_period = std::chrono::milliseconds(keepalive_ms)});
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      rpc::MakeServerCredentials(flags.tls);
-  if (!credentials.ok()) {
-    spdlog::error("{}", credentials.status().ToString());
-    return 1;
-  }
-  auto server = rpc::Server::Start(flags.listen, {&service}, *credentials);
+  auto server = rpc::Server::Start(flags.listen, {&service}, flags.tls);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;

@@ -39,6 +39,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   return s;
 }
 
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const std::string& address,
+                                                      const std::vector<grpc::Service*>& services,
+                                                      const TlsFiles& tls) {
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(tls);
+  if (!credentials.ok()) return credentials.status();
+  return Start(address, services, *std::move(credentials));
+}
+
 Server::~Server() {
   if (server_ != nullptr) Shutdown(std::chrono::milliseconds(0));
 }

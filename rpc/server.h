@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "rpc/tls.h"
 
 namespace pdserve::rpc {
 
@@ -28,6 +29,11 @@ class Server {
   int port() const { return port_; }
   // host:port others can dial (the bind address with the actual port).
   const std::string& address() const { return address_; }
+  // The same with plaintext or mutual TLS from `tls` (rpc/tls.h): what a binary's main calls
+  // with its --tls-* flags. The credential errors of MakeServerCredentials.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const std::string& address,
+                                                       const std::vector<grpc::Service*>& services,
+                                                       const TlsFiles& tls);
   // Writes the bound port to `path` (atomically: a reader never sees a partial number), for
   // launchers that start servers on port 0.
   absl::Status WritePortFile(const std::string& path) const;

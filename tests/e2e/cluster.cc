@@ -4,9 +4,23 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/synth.h"
 #include "tests/test_util.h"
 
 namespace pdserve::testing_util {
+
+std::string MidSizeModel(const std::string& name, int64_t max_position) {
+  const std::string path = FreshDir(name);
+  ModelConfig c = TinyConfig(2);
+  c.hidden_size = 512;
+  c.intermediate_size = 1536;
+  c.num_heads = 8;
+  c.head_dim = 64;
+  c.num_layers = 8;
+  c.max_position_embeddings = max_position;
+  EXPECT_TRUE(WriteSyntheticModel(c, path, 3).ok());
+  return path;
+}
 
 Cluster::Cluster(ClusterOptions options)
     : options_(std::move(options)), dir_(FreshDir("cluster")) {}

@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,11 @@ struct ClusterOptions {
   std::string tokenizer{};  // the router's --tokenizer (empty: token ids only)
   rpc::TlsFiles tls{};      // mutual TLS on every gRPC connection, the test's included
 };
+
+// A synthetic Llama-family model (8 layers, hidden 512, GQA) written under a fresh `name`
+// directory: big enough that a prompt of several hundred tokens keeps a prefill worker busy for
+// a while on the 2-core test machine. Returns its directory.
+std::string MidSizeModel(const std::string& name, int64_t max_position = 1024);
 
 class Cluster {
  public:

@@ -108,20 +108,40 @@ class Cluster:
 
 
 def wait_serving(address, timeout_s=30):
-    """Waits until `address` answers grpc.health.v1 SERVING for the whole server."""
+    """Waits until `address` reports grpc.health.v1 SERVING for the whole server, watching the
+    health stream (each change is pushed; nothing is polled)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    deadline = time.time() + timeout_s
     with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-                if status.status == health_pb2.HealthCheckResponse.SERVING:
+        try:
+            for update in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s):
+                if update.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.RpcError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"{address} never became SERVING")
-            time.sleep(0.1)
+        except grpc.RpcError as e:
+            raise RuntimeError(f"{address} never became SERVING: {e.code().name}") from e
+        raise RuntimeError(f"{address} ended its health stream before SERVING")
+
+
+def reflected_pool(channel, service, timeout_s=10):
+    """A descriptor pool holding `service` ("package.Service") and everything it imports, from
+    the server's reflection, as grpcurl builds it (so the tests need no .proto files)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+    [response] = list(stub.ServerReflectionInfo(iter([request]), timeout=timeout_s))
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+             for raw in response.file_descriptor_response.file_descriptor_proto]
+    pool, added = descriptor_pool.DescriptorPool(), set()
+    while len(added) < len(files):  # each file once its imports are in
+        ready = [f for f in files if f.name not in added and all(d in added for d in f.dependency)]
+        if not ready:
+            raise RuntimeError(f"reflection on {service} gave files with missing imports")
+        for f in ready:
+            pool.Add(f)
+            added.add(f.name)
+    return pool

@@ -21,6 +21,7 @@ namespace {
 
 using testing_util::Cluster;
 using testing_util::ClusterOptions;
+using testing_util::MidSizeModel;
 
 v1::GenerateRequest Greedy(const std::vector<int32_t>& prompt, int max_tokens) {
   v1::GenerateRequest req;
@@ -201,18 +202,6 @@ TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFr
 }
 
 // A model big enough that 230 decode steps take far longer than the deadline below.
-std::string MidSizeModel(const std::string& name) {
-  const std::string path = testing_util::FreshDir(name);
-  ModelConfig c = testing_util::TinyConfig(2);
-  c.hidden_size = 512;
-  c.intermediate_size = 1536;
-  c.num_heads = 8;
-  c.head_dim = 64;
-  c.num_layers = 8;
-  c.max_position_embeddings = 1024;
-  EXPECT_TRUE(WriteSyntheticModel(c, path, 3).ok());
-  return path;
-}
 
 TEST(Disaggregation, CancelAndDeadlineFreeEveryBlock) {
   const std::string path = MidSizeModel("e2e_cancel");

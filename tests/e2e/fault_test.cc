@@ -12,8 +12,6 @@
 #include <thread>
 #include <vector>
 
-#include "engine/model_config.h"
-#include "engine/synth.h"
 #include "tests/default_model.h"
 #include "tests/e2e/cluster.h"
 #include "tests/test_util.h"
@@ -23,24 +21,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using testing_util::Cluster;
+using testing_util::MidSizeModel;
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// A synthetic model big enough that a prompt of several hundred tokens keeps the prefill worker
-// busy for a second or more on the 2-core test machine.
-std::string SlowPrefillModel(const std::string& name) {
-  const std::string path = testing_util::FreshDir(name);
-  ModelConfig c = testing_util::TinyConfig(2);
-  c.hidden_size = 512;
-  c.intermediate_size = 1536;
-  c.num_heads = 8;
-  c.head_dim = 64;
-  c.num_layers = 8;
-  c.max_position_embeddings = 4096;
-  EXPECT_TRUE(WriteSyntheticModel(c, path, 3).ok());
-  return path;
 }
 
 v1::GenerateRequest Request(int prompt_tokens, int salt, int max_tokens) {
@@ -70,7 +54,7 @@ bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds l
 }
 
 TEST(Faults, StalledPrefillWorkerEndsTheStreamWithinFiveSecondsAndFreesTheReservation) {
-  Cluster cluster({.model = SlowPrefillModel("fault_stall")});
+  Cluster cluster({.model = MidSizeModel("fault_stall", 4096)});
   std::string error;
   ASSERT_TRUE(cluster.Start(&error)) << error;
   auto pending = std::async(std::launch::async, [&] {
@@ -100,7 +84,7 @@ TEST(Faults, StalledPrefillWorkerEndsTheStreamWithinFiveSecondsAndFreesTheReserv
 }
 
 TEST(Faults, ClientDeadlineStopsARunningPrefillBetweenLayers) {
-  Cluster cluster({.model = SlowPrefillModel("fault_cancel")});
+  Cluster cluster({.model = MidSizeModel("fault_cancel", 4096)});
   std::string error;
   ASSERT_TRUE(cluster.Start(&error)) << error;
   // How long the whole prompt takes when nobody gives up (another salt: no prefix reuse).
@@ -130,7 +114,7 @@ TEST(Faults, ClientDeadlineStopsARunningPrefillBetweenLayers) {
 }
 
 TEST(Faults, RouterKilledMidStreamLeavesNoBlockHeldOnAnyWorker) {
-  Cluster cluster({.model = SlowPrefillModel("fault_router")});
+  Cluster cluster({.model = MidSizeModel("fault_router", 4096)});
   std::string error;
   ASSERT_TRUE(cluster.Start(&error)) << error;
   grpc::ClientContext ctx;
