@@ -18,7 +18,6 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,9 +26,10 @@
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "launch/local_cluster.h"
 #include "pdserve/v1/generation.grpc.pb.h"
 #include "pdserve/v1/worker.grpc.pb.h"
-#include "rpc/child_process.h"
+#include "router/request_validator.h"
 
 namespace pdserve {
 namespace {
@@ -44,27 +44,6 @@ double MsSince(Clock::time_point t) {
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
-}
-
-struct Server {
-  std::unique_ptr<rpc::ChildProcess> process;
-  std::string address;
-};
-
-Server Start(const std::string& binary, std::vector<std::string> args, const std::string& dir) {
-  const std::string port_file = absl::StrCat(dir, "/", binary, ".port");
-  args.insert(args.begin(), rpc::BinaryPath(binary));
-  args.push_back("--port-file=" + port_file);
-  args.push_back("--log-level=warn");
-  Server s;
-  s.process = std::make_unique<rpc::ChildProcess>(args, absl::StrCat(dir, "/", binary, ".log"));
-  const int port = rpc::WaitForPortFile(port_file, *s.process, std::chrono::seconds(60));
-  if (port == 0) {
-    std::fprintf(stderr, "%s did not start:\n%s\n", binary.c_str(), s.process->LogTail().c_str());
-    std::exit(1);
-  }
-  s.address = absl::StrCat("127.0.0.1:", port);
-  return s;
 }
 
 std::vector<int32_t> Prompt(int n, int64_t vocab, int salt) {
@@ -123,8 +102,12 @@ bool Orchestrate(v1::DecodeWorker::Stub& decode, v1::PrefillWorker::Stub& prefil
     ctx.set_deadline(deadline);
     if (!decode.Reserve(&ctx, rr, &reservation).ok()) return false;
   }
+  // What the router does: validate (defaults resolved) and send the worker protocol's request.
+  absl::StatusOr<v1::GenerateRequest> validated = router::RequestValidator(info).Validate(req);
+  if (!validated.ok()) return false;
+  const v1::WorkerRequest work = router::ToWorkerRequest(*validated);
   v1::PrefillRequest pr;
-  *pr.mutable_request() = req;
+  *pr.mutable_request() = work;
   *pr.mutable_destination() = reservation;
   pr.set_decode_worker(decode_address);
   pr.set_model_fingerprint(info.fingerprint());
@@ -135,7 +118,7 @@ bool Orchestrate(v1::DecodeWorker::Stub& decode, v1::PrefillWorker::Stub& prefil
     if (!prefill.Prefill(&ctx, pr, &presp).ok()) return false;
   }
   v1::DecodeRequest dr;
-  *dr.mutable_request() = req;
+  *dr.mutable_request() = work;
   dr.set_reservation_id(reservation.reservation_id());
   dr.set_secret(reservation.secret());
   dr.set_first_token(presp.first_token());
@@ -191,26 +174,19 @@ int Run(int argc, char** argv) {
     return 1;
   }
   const int64_t vocab = (*model)->config().vocab_size;
-  Server decode = Start(
-      "pdserve-decode",
-      {"--model=" + model_path, "--listen=127.0.0.1:0", "--kv-listen=127.0.0.1:0", "--threads=1"},
-      dir);
-  Server prefill = Start("pdserve-prefill",
-                         {"--model=" + model_path, "--listen=127.0.0.1:0", "--threads=1"}, dir);
-  Server router = Start(
-      "pdserve-router",
-      {"--listen=127.0.0.1:0", "--prefill=" + prefill.address, "--decode=" + decode.address}, dir);
-  auto router_stub = v1::Generation::NewStub(
-      grpc::CreateChannel(router.address, grpc::InsecureChannelCredentials()));
-  auto decode_stub = v1::DecodeWorker::NewStub(
-      grpc::CreateChannel(decode.address, grpc::InsecureChannelCredentials()));
-  auto prefill_stub = v1::PrefillWorker::NewStub(
-      grpc::CreateChannel(prefill.address, grpc::InsecureChannelCredentials()));
-  // Warm up (and wait for the router to see its workers).
-  for (int i = 0; i < 100; ++i) {
+  launch::LocalCluster cluster({.model = model_path, .log_level = "warn", .run_dir = dir});
+  if (absl::Status s = cluster.Start(); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  v1::Generation::Stub& router = cluster.router();
+  const std::string& decode_address = cluster.decode_addresses()[0];
+  auto decode_stub = v1::DecodeWorker::NewStub(cluster.Channel(decode_address));
+  auto prefill_stub = v1::PrefillWorker::NewStub(cluster.Channel(cluster.prefill_addresses()[0]));
+  // Warm up.
+  {
     double t = 0, x = 0;
-    if (RouterTtft(*router_stub, Request(Prompt(16, vocab, 0), 2), &t, &x)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!RouterTtft(router, Request(Prompt(16, vocab, 0), 2), &t, &x)) return 1;
   }
   std::printf("pdserve serving benchmark: model %s (%s), 1 compute thread per process\n",
               model_path.c_str(), (*model)->kv_format().ToString().c_str());
@@ -230,7 +206,7 @@ int Run(int argc, char** argv) {
       single.push_back(MsSince(start));
       double ttft = 0, xfer = 0;
       // A different prompt each time: no prefix-cache hits on the prefill worker.
-      if (!RouterTtft(*router_stub, Request(Prompt(n, vocab, rep + 100 + n), 2), &ttft, &xfer)) {
+      if (!RouterTtft(router, Request(Prompt(n, vocab, rep + 100 + n), 2), &ttft, &xfer)) {
         std::fprintf(stderr, "request failed\n");
         return 1;
       }
@@ -256,7 +232,7 @@ int Run(int argc, char** argv) {
     const auto start = Clock::now();
     grpc::ClientContext ctx;
     v1::CompleteResponse resp;
-    if (!router_stub->Complete(&ctx, Request(Prompt(32, vocab, salt), 8), &resp).ok()) {
+    if (!router.Complete(&ctx, Request(Prompt(32, vocab, salt), 8), &resp).ok()) {
       return false;
     }
     via_router.push_back(MsSince(start));
@@ -264,7 +240,7 @@ int Run(int argc, char** argv) {
   };
   auto direct_once = [&](int salt) {
     const auto start = Clock::now();
-    if (!Orchestrate(*decode_stub, *prefill_stub, info, decode.address,
+    if (!Orchestrate(*decode_stub, *prefill_stub, info, decode_address,
                      Request(Prompt(32, vocab, salt), 8), salt)) {
       return false;
     }
@@ -284,8 +260,7 @@ int Run(int argc, char** argv) {
   std::printf("  through the router %.2f ms, client-orchestrated %.2f ms, ratio %.3f\n", r, c,
               c > 0 ? r / c : 0.0);
 
-  for (Server* s : {&router, &prefill, &decode}) s->process->Signal(SIGTERM);
-  for (Server* s : {&router, &prefill, &decode}) s->process->Wait(std::chrono::seconds(15));
+  cluster.Stop(std::chrono::seconds(15));
   std::error_code ec;
   fs::remove_all(dir, ec);
   return 0;

@@ -1,7 +1,7 @@
 // KV transfer throughput of the TCP transport between two processes over loopback, beside raw
 // socket throughput measured in the same run. Prints figures; asserts none.
 //
-//   pdserve-bench-transfer [--tokens N] [--iters N] [--frame-kib N] [--configs DIR]
+//   pdserve-bench-transfer [--tokens N] [--iters N] [--frame-kib N] [--configs DIR] [--no-tls]
 //
 // The process forks: the child is the decode side (one KvReceiver + ReservedBlocksSink per
 // format, and a raw-socket sink), the parent the prefill side (a source KvStore per format and
@@ -12,9 +12,11 @@
 // 1-byte reply: the transport's memory traffic without its protocol) and a transport
 // transfer (every layer's frame for a prompt of N tokens, pushed with SendLayerFromStore, then
 // Flush: checksums on both sides, header validation, writes into shuffled reserved blocks,
-// per-frame acks). Both use the same socket options. Reported: median GB/s of each (1 GB =
-// 1e9 bytes), the median of the back-to-back pairs' ratios, and CPU seconds per GB of each
-// process. Reserve/Take round trips on the control channel are not timed.
+// per-frame acks), and the same transport transfer over mutual TLS (what --tls-* costs: AES-GCM
+// on both sides; certificates made with the openssl tool for the run). All use the same socket
+// options. Reported: median GB/s of each (1 GB = 1e9 bytes), the median of the back-to-back
+// runs' ratios, and CPU seconds per GB of each process. Reserve/Take round trips on the
+// control channel are not timed.
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -28,21 +30,26 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bench/cpu_report.h"
+#include "decode_worker/reserved_blocks_sink.h"
 #include "engine/kv_cache.h"
 #include "engine/kv_format.h"
 #include "engine/model_config.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "prefill_worker/kv_layer_sender.h"
 #include "transport/kv_receiver.h"
-#include "transport/kv_sink.h"
 #include "transport/socket_io.h"
 #include "transport/tcp_kv_transport.h"
+#include "transport/tls_session.h"
 
 namespace pdserve {
 namespace {
@@ -69,6 +76,7 @@ struct TicketReply {
 struct Ports {
   int32_t raw;
   int32_t kv[8];
+  int32_t kv_tls[8];  // the same sinks behind a mutual-TLS receiver
 };
 
 [[noreturn]] void Die(const std::string& what) {
@@ -149,7 +157,7 @@ void RawServe(net::Fd listener, uint64_t max_bytes, uint64_t chunk_bytes) {
 
 // The decode side: serves every format until told to quit.
 void Child(int control, const std::vector<BenchFormat>& formats, int64_t tokens, uint64_t max_bytes,
-           uint64_t chunk_bytes) {
+           uint64_t chunk_bytes, std::shared_ptr<const net::TlsContext> tls) {
   CpuBackend backend(1);
   std::vector<std::unique_ptr<KvStore>> stores;
   std::vector<std::unique_ptr<ReservedBlocksSink>> sinks;
@@ -161,10 +169,16 @@ void Child(int control, const std::vector<BenchFormat>& formats, int64_t tokens,
     FillStore(*stores.back(), 1000 + i);  // faults every page in before timing
     ShufflePool(stores.back()->pool());
     sinks.push_back(std::make_unique<ReservedBlocksSink>(*stores.back()));
-    auto r = KvReceiver::Start(*sinks.back(), {"127.0.0.1", 0});
-    if (!r.ok()) Die(std::string(r.status().message()));
-    ports.kv[i] = r.value()->port();
-    receivers.push_back(*std::move(r));
+    for (bool encrypted : {false, true}) {
+      if (encrypted && tls == nullptr) continue;
+      KvReceiver::Options options;
+      options.host = "127.0.0.1";
+      if (encrypted) options.tls = tls;
+      auto r = KvReceiver::Start(*sinks.back(), std::move(options));
+      if (!r.ok()) Die(std::string(r.status().message()));
+      (encrypted ? ports.kv_tls : ports.kv)[i] = r.value()->port();
+      receivers.push_back(*std::move(r));
+    }
   }
   auto listener = net::Listen({"127.0.0.1", 0});
   if (!listener.ok()) Die(std::string(listener.status().message()));
@@ -239,7 +253,7 @@ double TransportOnce(int control, uint32_t index, int port, KvStore& src,
   dest.secret.bytes = ticket.secret;
   const auto start = Clock::now();
   for (int64_t l = 0; l < src.format().num_layers; ++l) {
-    Check(transport.SendLayerFromStore(dest, src, l, table, 0, tokens), "SendLayer");
+    Check(SendLayerFromStore(transport, dest, src, l, table, 0, tokens), "SendLayer");
   }
   auto stats = transport.Flush(dest, Clock::now() + std::chrono::seconds(60));
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -249,6 +263,37 @@ double TransportOnce(int control, uint32_t index, int port, KvStore& src,
   Put(control, Command{Op::kTake, index, ticket.id});
   if (!Take<int32_t>(control)) Die("the receiver did not see a complete reservation");
   return seconds;
+}
+
+// A CA and a certificate it signed for 127.0.0.1, made with the openssl tool in a fresh
+// temporary directory; the server and client contexts of a mutual-TLS pair.
+std::pair<std::shared_ptr<const net::TlsContext>, std::shared_ptr<const net::TlsContext>>
+MakeTlsContexts() {
+  char dir_template[] = "/tmp/pdserve-bench-tls-XXXXXX";
+  const char* dir = ::mkdtemp(dir_template);
+  if (dir == nullptr) Die("mkdtemp");
+  const std::string d = dir;
+  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  const std::string script =
+      "set -e; cd " + d + "; openssl req -x509 " + key +
+      " -keyout ca.key -out ca.pem -days 1 -subj /CN=bench-ca 2>/dev/null; openssl req " + key +
+      " -keyout node.key -out node.csr -subj /CN=bench 2>/dev/null; printf "
+      "'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > node.ext; "
+      "openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out node.pem "
+      "-days 1 -extfile node.ext 2>/dev/null";
+  if (std::system(("bash -c \"" + script + "\"").c_str()) != 0) {
+    Die("making TLS certificates with the openssl tool failed (scripts/install-deps.sh "
+        "installs it; --no-tls skips the TLS runs)");
+  }
+  auto context = [&](net::TlsContext::Role role) {
+    auto c = net::TlsContext::FromFiles(d + "/node.pem", d + "/node.key", d + "/ca.pem", role);
+    if (!c.ok()) Die(std::string(c.status().message()));
+    return *c;
+  };
+  auto pair = std::make_pair(context(net::TlsContext::Role::kServer),
+                             context(net::TlsContext::Role::kClient));
+  (void)std::system(("rm -rf " + d).c_str());
+  return pair;
 }
 
 std::string LoadAverage() {
@@ -267,6 +312,7 @@ int main(int argc, char** argv) {
   int iters = 5;
   std::string configs = PDSERVE_DEFAULT_CONFIGS_DIR;
   TcpKvTransport::Options options;
+  bool with_tls = true;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
       tokens = std::atoll(argv[++i]);
@@ -276,8 +322,12 @@ int main(int argc, char** argv) {
       options.frame_bytes = std::max<uint64_t>(1, std::strtoull(argv[++i], nullptr, 10)) << 10;
     } else if (std::strcmp(argv[i], "--configs") == 0 && i + 1 < argc) {
       configs = argv[++i];
+    } else if (std::strcmp(argv[i], "--no-tls") == 0) {
+      with_tls = false;
     } else {
-      std::fprintf(stderr, "usage: %s [--tokens N] [--iters N] [--frame-kib N] [--configs DIR]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--tokens N] [--iters N] [--frame-kib N] [--configs DIR] "
+                   "[--no-tls]\n",
                    argv[0]);
       return 2;
     }
@@ -300,13 +350,16 @@ int main(int argc, char** argv) {
   std::printf("%s\n", bench::BuildLine(BestCpuIsa()).c_str());
   std::fflush(stdout);
 
+  std::shared_ptr<const net::TlsContext> tls_server, tls_client;
+  if (with_tls) std::tie(tls_server, tls_client) = MakeTlsContexts();
+
   int control_pair[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, control_pair) != 0) Die("socketpair");
   const pid_t child = fork();
   if (child < 0) Die("fork");
   if (child == 0) {
     ::close(control_pair[0]);
-    Child(control_pair[1], formats, tokens, max_bytes, options.frame_bytes);
+    Child(control_pair[1], formats, tokens, max_bytes, options.frame_bytes, tls_server);
     std::_Exit(0);
   }
   ::close(control_pair[1]);
@@ -329,6 +382,9 @@ int main(int argc, char** argv) {
   auto raw = net::Connect({"127.0.0.1", ports.raw}, std::chrono::seconds(5));
   if (!raw.ok()) Die(std::string(raw.status().message()));
   auto transport = std::make_unique<TcpKvTransport>(options);
+  TcpKvTransport::Options tls_options = options;
+  tls_options.tls = tls_client;
+  auto tls_transport = with_tls ? std::make_unique<TcpKvTransport>(tls_options) : nullptr;
 
   std::printf(
       "KV transfer over loopback TCP between two processes: %lld-token prompts, bf16, frames "
@@ -337,60 +393,84 @@ int main(int argc, char** argv) {
       "cores)\n\n",
       static_cast<long long>(tokens), static_cast<unsigned long long>(options.frame_bytes >> 10),
       iters, std::thread::hardware_concurrency(), LoadAverage().c_str());
-  std::printf("%-20s %6s %10s %11s %9s %9s %9s %7s   %-11s  %-11s\n", "", "", "", "", "", "", "",
-              "", "raw CPU s/GB", "kv CPU s/GB");
-  std::printf("%-20s %6s %10s %11s %9s %9s %9s %7s   %5s %5s  %5s %5s\n", "format", "frames",
-              "layer MiB", "request MiB", "hdr B/req", "raw GB/s", "kv GB/s", "kv/raw", "send",
-              "recv", "send", "recv");
+  std::printf("%-20s %6s %10s %11s %9s %9s %9s %7s %9s %7s   %-11s  %-11s  %-11s\n", "", "", "", "",
+              "", "", "", "", "", "", "raw CPU s/GB", "kv CPU s/GB", "tls CPU s/GB");
+  std::printf("%-20s %6s %10s %11s %9s %9s %9s %7s %9s %7s   %5s %5s  %5s %5s  %5s %5s\n", "format",
+              "frames", "layer MiB", "request MiB", "hdr B/req", "raw GB/s", "kv GB/s", "kv/raw",
+              "tls GB/s", "tls/kv", "send", "recv", "send", "recv", "send", "recv");
+  auto child_cpu = [&] {
+    Put(control, Command{Op::kCpu, 0, 0});
+    return Take<double>(control);
+  };
+  // Runs `once` and adds the seconds it took to `times` and the CPU seconds each process used.
+  struct Series {
+    std::vector<double> seconds;
+    double cpu_send = 0, cpu_recv = 0;
+  };
+  auto timed = [&](Series& series, const std::function<double()>& once) {
+    const double send0 = CpuSeconds(), recv0 = child_cpu();
+    series.seconds.push_back(once());
+    series.cpu_send += CpuSeconds() - send0;
+    series.cpu_recv += child_cpu() - recv0;
+  };
   for (uint32_t i = 0; i < formats.size(); ++i) {
     const KvFormat& f = formats[i].format;
     const uint64_t kv_bytes = static_cast<uint64_t>(f.bytes_per_token() * tokens);
-    std::vector<double> raw_s, kv_s;
-    // CPU seconds used by the sending (this) and receiving (child) process, summed.
-    double raw_cpu_send = 0, raw_cpu_recv = 0, kv_cpu_send = 0, kv_cpu_recv = 0;
-    auto child_cpu = [&] {
-      Put(control, Command{Op::kCpu, 0, 0});
-      return Take<double>(control);
-    };
     uint64_t wire = 0;
     int64_t frames = 0;
-    // One warm-up of each, then alternate so load changes hit both alike.
-    (void)RawOnce(raw->get(), raw_buffer, kv_bytes, options.frame_bytes);
-    (void)TransportOnce(control, i, ports.kv[i], *sources[i], tables[i], tokens, *transport, &wire,
-                        &frames);
+    auto raw_once = [&] { return RawOnce(raw->get(), raw_buffer, kv_bytes, options.frame_bytes); };
+    auto kv_once = [&] {
+      return TransportOnce(control, i, ports.kv[i], *sources[i], tables[i], tokens, *transport,
+                           &wire, &frames);
+    };
+    auto tls_once = [&] {
+      return TransportOnce(control, i, ports.kv_tls[i], *sources[i], tables[i], tokens,
+                           *tls_transport, &wire, &frames);
+    };
+    // One warm-up of each, then alternate so load changes hit all alike.
+    (void)raw_once();
+    (void)kv_once();
+    if (with_tls) (void)tls_once();
+    Series raw_series, kv_series, tls_series;
     const int reps = iters * static_cast<int>(std::max<uint64_t>(1, max_bytes / kv_bytes));
     for (int r = 0; r < reps; ++r) {
-      double send0 = CpuSeconds(), recv0 = child_cpu();
-      raw_s.push_back(RawOnce(raw->get(), raw_buffer, kv_bytes, options.frame_bytes));
-      raw_cpu_send += CpuSeconds() - send0;
-      raw_cpu_recv += child_cpu() - recv0;
-      send0 = CpuSeconds();
-      recv0 = child_cpu();
-      kv_s.push_back(TransportOnce(control, i, ports.kv[i], *sources[i], tables[i], tokens,
-                                   *transport, &wire, &frames));
-      kv_cpu_send += CpuSeconds() - send0;
-      kv_cpu_recv += child_cpu() - recv0;
+      timed(raw_series, raw_once);
+      timed(kv_series, kv_once);
+      if (with_tls) timed(tls_series, tls_once);
     }
-    const double raw_gbs = static_cast<double>(kv_bytes) / Median(raw_s) / 1e9;
-    const double kv_gbs = static_cast<double>(kv_bytes) / Median(kv_s) / 1e9;
+    auto gbs = [&](const Series& series) {
+      return series.seconds.empty() ? 0.0
+                                    : static_cast<double>(kv_bytes) / Median(series.seconds) / 1e9;
+    };
     // The ratio of each back-to-back pair, then their median: load that drifts over seconds
     // (this machine is shared) cancels within a pair.
-    std::vector<double> ratios;
-    for (int r = 0; r < reps; ++r) ratios.push_back(raw_s[r] / kv_s[r]);
+    auto ratio = [&](const Series& slow, const Series& fast) {
+      if (slow.seconds.empty()) return 0.0;
+      std::vector<double> ratios;
+      for (int r = 0; r < reps; ++r) ratios.push_back(fast.seconds[r] / slow.seconds[r]);
+      return Median(ratios);
+    };
     const double gb = static_cast<double>(kv_bytes) * reps / 1e9;
-    std::printf("%-20s %6lld %10.2f %11.1f %9llu %9.2f %9.2f %7.2f   %5.2f %5.2f  %5.2f %5.2f\n",
-                formats[i].label.c_str(), static_cast<long long>(frames),
-                static_cast<double>(f.bytes_per_token_per_layer() * tokens) / (1 << 20),
-                static_cast<double>(kv_bytes) / (1 << 20),
-                static_cast<unsigned long long>(wire - kv_bytes), raw_gbs, kv_gbs, kv_gbs / raw_gbs,
-                raw_cpu_send / gb, raw_cpu_recv / gb, kv_cpu_send / gb, kv_cpu_recv / gb);
+    std::printf(
+        "%-20s %6lld %10.2f %11.1f %9llu %9.2f %9.2f %7.2f %9.2f %7.2f   %5.2f %5.2f  %5.2f "
+        "%5.2f  %5.2f %5.2f\n",
+        formats[i].label.c_str(), static_cast<long long>(frames),
+        static_cast<double>(f.bytes_per_token_per_layer() * tokens) / (1 << 20),
+        static_cast<double>(kv_bytes) / (1 << 20), static_cast<unsigned long long>(wire - kv_bytes),
+        gbs(raw_series), gbs(kv_series), ratio(kv_series, raw_series), gbs(tls_series),
+        ratio(tls_series, kv_series), raw_series.cpu_send / gb, raw_series.cpu_recv / gb,
+        kv_series.cpu_send / gb, kv_series.cpu_recv / gb, tls_series.cpu_send / gb,
+        tls_series.cpu_recv / gb);
   }
   std::printf(
       "\nkv GB/s counts KV payload bytes only (headers add the hdr B/req column to the wire); "
-      "goal: kv/raw >= 0.9.\nkv/raw: median over iterations of raw seconds / kv seconds of "
-      "back-to-back runs.\nCPU s/GB: CPU time of the sending and receiving process per GB "
+      "goal: kv/raw >= 0.9.\nkv/raw, tls/kv: medians over iterations of the ratio of back-to-back "
+      "runs' seconds (raw/kv, kv/tls).\ntls: the same transport over mutual TLS 1.3 (AES-GCM, "
+      "what --tls-* costs the KV transfer; --kv-plaintext avoids it).\nCPU s/GB: CPU time of the "
+      "sending and receiving process per GB "
       "moved (less sensitive to other load than GB/s).\n");
   transport.reset();  // close the KV connections before the receivers go away
+  tls_transport.reset();
   Put(control, Command{Op::kQuit, 0, 0});
   uint64_t zero = 0;
   (void)net::WriteFull(raw->get(), &zero, sizeof(zero));

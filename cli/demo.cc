@@ -4,14 +4,13 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
 #include "engine/synth.h"
+#include "launch/local_cluster.h"
 #include "pdserve/v1/generation.grpc.pb.h"
-#include "rpc/child_process.h"
 
 namespace pdserve::cli {
 namespace {
@@ -54,30 +53,6 @@ absl::StatusOr<std::string> DefaultModel() {
   return dir;
 }
 
-struct Started {
-  std::unique_ptr<rpc::ChildProcess> process;
-  std::string address;
-};
-
-absl::StatusOr<Started> StartServer(const std::string& binary, std::vector<std::string> args,
-                                    const std::string& dir, const std::string& name) {
-  const std::string port_file = absl::StrCat(dir, "/", name, ".port");
-  args.insert(args.begin(), rpc::BinaryPath(binary));
-  args.push_back("--port-file=" + port_file);
-  Started s;
-  s.process = std::make_unique<rpc::ChildProcess>(args, absl::StrCat(dir, "/", name, ".log"));
-  const int port = rpc::WaitForPortFile(port_file, *s.process, std::chrono::seconds(60));
-  if (port == 0) {
-    return absl::UnavailableError(absl::StrCat(binary, " did not start; its log (",
-                                               s.process->log_path(), ") ends with:\n",
-                                               s.process->LogTail(2000)));
-  }
-  s.address = absl::StrCat("127.0.0.1:", port);
-  std::printf("  %-16s %s (log: %s)\n", binary.c_str(), s.address.c_str(),
-              s.process->log_path().c_str());
-  return s;
-}
-
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
   return 1;
@@ -90,29 +65,27 @@ int RunDemo(const DemoOptions& options) {
   if (!model.ok()) return Fail(model.status());
   const std::string dir =
       (fs::temp_directory_path() / absl::StrCat("pdserve-demo-", getpid())).string();
-  fs::create_directories(dir);
   std::printf("model: %s\nstarting on localhost:\n", model->c_str());
-  // One thread each: the three processes share this machine's cores.
-  const std::string threads = absl::StrCat("--threads=", options.threads > 0 ? options.threads : 1);
-  auto decode = StartServer("pdserve-decode",
-                            {"--model=" + *model, "--listen=127.0.0.1:0", "--kv-listen=127.0.0.1:0",
-                             threads, "--log-level=warn"},
-                            dir, "decode");
-  if (!decode.ok()) return Fail(decode.status());
-  auto prefill = StartServer(
-      "pdserve-prefill", {"--model=" + *model, "--listen=127.0.0.1:0", threads, "--log-level=warn"},
-      dir, "prefill");
-  if (!prefill.ok()) return Fail(prefill.status());
+  std::fflush(stdout);
   // A model with a tokenizer (GGUF, or a directory with tokenizer.json) is talked to in text.
   const bool text = model->ends_with(".gguf") || fs::exists(fs::path(*model) / "tokenizer.json");
-  std::vector<std::string> router_args = {"--listen=127.0.0.1:0", "--prefill=" + prefill->address,
-                                          "--decode=" + decode->address, "--log-level=warn"};
-  if (text) router_args.push_back("--tokenizer=" + *model);
-  auto router = StartServer("pdserve-router", router_args, dir, "router");
-  if (!router.ok()) return Fail(router.status());
+  launch::LocalCluster cluster({
+      .model = *model,
+      // One thread each by default: the three processes share this machine's cores.
+      .threads = options.threads > 0 ? options.threads : 1,
+      .tokenizer = text ? *model : "",
+      .log_level = "warn",
+      .run_dir = dir,
+  });
+  if (absl::Status started = cluster.Start(); !started.ok()) return Fail(started);
+  const auto print = [](const char* binary, const std::string& address,
+                        const rpc::ChildProcess& process) {
+    std::printf("  %-16s %s (log: %s)\n", binary, address.c_str(), process.log_path().c_str());
+  };
+  print("pdserve-decode", cluster.decode_addresses()[0], cluster.decode_process(0));
+  print("pdserve-prefill", cluster.prefill_addresses()[0], cluster.prefill_process(0));
+  print("pdserve-router", cluster.router_address(), cluster.router_process());
 
-  auto stub = v1::Generation::NewStub(
-      grpc::CreateChannel(router->address, grpc::InsecureChannelCredentials()));
   v1::GenerateRequest request;
   if (text) {
     v1::ChatMessage* m = request.add_messages();
@@ -128,29 +101,21 @@ int RunDemo(const DemoOptions& options) {
   request.mutable_sampling()->set_temperature(0.0f);
   request.set_max_tokens(options.max_tokens);
   std::fflush(stdout);
-  // The router learns its workers within a few hundred milliseconds; retry until then.
-  grpc::Status status;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = cluster.router().Generate(&ctx, request);
+  v1::GenerateResponse msg;
   v1::FinalInfo final_info;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    auto reader = stub->Generate(&ctx, request);
-    v1::GenerateResponse msg;
-    bool any = false;
-    while (reader->Read(&msg)) {
-      any = true;
-      if (text) {
-        std::fwrite(msg.text().data(), 1, msg.text().size(), stdout);
-      } else {
-        for (int32_t id : msg.token_ids()) std::printf(" %d", id);
-      }
-      std::fflush(stdout);
-      if (msg.has_final()) final_info = msg.final();
+  while (reader->Read(&msg)) {
+    if (text) {
+      std::fwrite(msg.text().data(), 1, msg.text().size(), stdout);
+    } else {
+      for (int32_t id : msg.token_ids()) std::printf(" %d", id);
     }
-    status = reader->Finish();
-    if (status.ok() || any || status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::fflush(stdout);
+    if (msg.has_final()) final_info = msg.final();
   }
+  const grpc::Status status = reader->Finish();
   std::printf("\n");
   int rc = 0;
   if (!status.ok()) {
@@ -165,11 +130,7 @@ int RunDemo(const DemoOptions& options) {
         t.prefill_ms(), t.kv_transfer_ms(), static_cast<unsigned long long>(t.kv_transfer_bytes()),
         t.decode_ms(), final_info.kv_format().c_str());
   }
-  // Stop everything cleanly: SIGTERM drains each server.
-  for (auto* s : {&*router, &*prefill, &*decode}) s->process->Signal(SIGTERM);
-  for (auto* s : {&*router, &*prefill, &*decode}) {
-    if (s->process->Wait(std::chrono::seconds(15)) < 0) s->process->Signal(SIGKILL);
-  }
+  cluster.Stop(std::chrono::seconds(15));  // SIGTERM: each server drains
   std::error_code ec;
   if (rc == 0) fs::remove_all(dir, ec);
   return rc;

@@ -26,5 +26,7 @@ endif()
 # gRPC and protobuf (libgrpc++-dev, protobuf-compiler-grpc): the services and their contract.
 find_package(Protobuf REQUIRED)
 find_package(gRPC CONFIG REQUIRED)
+# OpenSSL (libssl-dev): mutual TLS on the KV transport.
+find_package(OpenSSL 3 REQUIRED)
 find_program(PROTOC_EXECUTABLE protoc REQUIRED)
 find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "rpc/status.h"
+#include "serving/fault_points.h"
 #include "serving/model_info.h"
 #include "spdlog/spdlog.h"
 
@@ -44,13 +45,10 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
     absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(request_.secret());
     if (!secret.ok()) return EndNow(secret.status());
     secret_ = *secret;
-    absl::StatusOr<serving::EngineRequest> engine_request = serving::FromProto(request_.request());
-    absl::Status valid = engine_request.status();
     const ModelConfig& config = service_.model_.config();
-    if (valid.ok()) {
-      valid = ValidateRequest(config, engine_request->prompt, engine_request->sampling,
-                              engine_request->stop);
-    }
+    absl::StatusOr<serving::EngineRequest> engine_request =
+        serving::FromProto(request_.request(), config);
+    absl::Status valid = engine_request.status();
     if (valid.ok() &&
         (request_.generated_before() < 0 ||
          request_.generated_before() > static_cast<int64_t>(engine_request->prompt.size()))) {
@@ -272,6 +270,7 @@ grpc::Status DecodeService::DoReserve(const v1::ReserveRequest& request,
     spdlog::info("cannot reserve {} tokens: {}", total, ticket.status().ToString());
     return rpc::ToGrpc(ticket.status());
   }
+  serving::StopHereIfAsked("decode.reserved");
   response.set_reservation_id(ticket->id);
   response.set_secret(ticket->secret.ToBytes());
   response.set_transfer_endpoint(options_.transfer_endpoint);
@@ -281,6 +280,7 @@ grpc::Status DecodeService::DoReserve(const v1::ReserveRequest& request,
           .count());
   response.set_reserved_tokens(total);
   response.set_lease_ms(options_.kv_lease.count());
+  response.set_transfer_tls(options_.transfer_tls);
   return grpc::Status::OK;
 }
 

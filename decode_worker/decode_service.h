@@ -9,10 +9,10 @@
 #include <string>
 
 #include "decode_worker/decode_scheduler.h"
+#include "decode_worker/reserved_blocks_sink.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "pdserve/v1/worker.grpc.pb.h"
-#include "transport/kv_sink.h"
 
 namespace pdserve {
 
@@ -24,6 +24,7 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
     // A reservation that hears nothing (no KV frame, no keepalive, no Decode) for this long is
     // reclaimed (SPEC: stranded KV comes back within about a second).
     std::chrono::milliseconds kv_lease{1000};
+    bool transfer_tls = false;  // whether the KV receiver requires mutual TLS
   };
 
   DecodeService(Model& model, KvStore& store, ReservedBlocksSink& reservations,

@@ -41,10 +41,19 @@ int main(int argc, char** argv) {
   const KvFormat format = model.kv_format();
   KvStore store(*served->backend, format,
                 serving::KvBlocksFor(format, flags.kv_blocks, flags.kv_cache_mb));
+  absl::StatusOr<std::shared_ptr<const net::TlsContext>> kv_tls =
+      serving::KvTlsContext(flags, net::TlsContext::Role::kServer);
+  if (!kv_tls.ok()) {
+    spdlog::error("{}", kv_tls.status().ToString());
+    return 1;
+  }
   ReservedBlocksSink reservations(store);
   const size_t colon = kv_listen.rfind(':');
-  auto receiver = KvReceiver::Start(reservations, {.host = kv_listen.substr(0, colon),
-                                                   .port = std::stoi(kv_listen.substr(colon + 1))});
+  KvReceiver::Options receiver_options;
+  receiver_options.host = kv_listen.substr(0, colon);
+  receiver_options.port = std::stoi(kv_listen.substr(colon + 1));
+  receiver_options.tls = *kv_tls;
+  auto receiver = KvReceiver::Start(reservations, std::move(receiver_options));
   if (!receiver.ok()) {
     spdlog::error("{}", receiver.status().ToString());
     return 1;
@@ -54,7 +63,8 @@ int main(int argc, char** argv) {
       model, store, reservations, scheduler,
       {.fingerprint = served->fingerprint,
        .transfer_endpoint = advertise_host + ":" + std::to_string((*receiver)->port()),
-       .kv_lease = std::chrono::milliseconds(kv_lease_ms)});
+       .kv_lease = std::chrono::milliseconds(kv_lease_ms),
+       .transfer_tls = *kv_tls != nullptr});
   auto server = rpc::Server::Start(flags.listen, {&service}, flags.tls);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
@@ -65,8 +75,9 @@ int main(int argc, char** argv) {
     if (absl::Status s = (*server)->WritePortFile(flags.port_file); !s.ok())
       spdlog::error("{}", s.ToString());
   }
-  spdlog::info("decode worker serving {} on {} (KV receiver on port {}), {}, {} KV blocks",
-               flags.model_path, (*server)->address(), (*receiver)->port(), format.ToString(),
+  spdlog::info("decode worker serving {} on {} (KV receiver on port {}, {}), {}, {} KV blocks",
+               flags.model_path, (*server)->address(), (*receiver)->port(),
+               *kv_tls != nullptr ? "mutual TLS" : "plaintext", format.ToString(),
                store.pool().num_blocks());
   rpc::WaitForTerminationSignal();
   spdlog::info("draining");

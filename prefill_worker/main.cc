@@ -42,7 +42,15 @@ int main(int argc, char** argv) {
   const KvFormat format = model.kv_format();
   KvStore store(*served->backend, format,
                 serving::KvBlocksFor(format, flags.kv_blocks, flags.kv_cache_mb));
-  TcpKvTransport transport;
+  absl::StatusOr<std::shared_ptr<const net::TlsContext>> kv_tls =
+      serving::KvTlsContext(flags, net::TlsContext::Role::kClient);
+  if (!kv_tls.ok()) {
+    spdlog::error("{}", kv_tls.status().ToString());
+    return 1;
+  }
+  TcpKvTransport::Options transport_options;
+  transport_options.tls = *kv_tls;
+  TcpKvTransport transport(transport_options);
   PrefillScheduler scheduler(model, store, {.token_budget = token_budget});
   PrefillService service(model, store, scheduler, transport,
                          {.fingerprint = served->fingerprint,
@@ -59,8 +67,10 @@ int main(int argc, char** argv) {
       spdlog::error("{}", s.ToString());
     }
   }
-  spdlog::info("prefill worker serving {} on {}, {}, {} KV blocks", flags.model_path,
-               (*server)->address(), format.ToString(), store.pool().num_blocks());
+  spdlog::info("prefill worker serving {} on {} (KV sent over {}), {}, {} KV blocks",
+               flags.model_path, (*server)->address(),
+               *kv_tls != nullptr ? "mutual TLS" : "plaintext TCP", format.ToString(),
+               store.pool().num_blocks());
   rpc::WaitForTerminationSignal();
   spdlog::info("draining");
   service.set_draining(true);

@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "prefill_worker/kv_layer_sender.h"
 #include "rpc/status.h"
+#include "serving/fault_points.h"
 #include "serving/model_info.h"
 #include "spdlog/spdlog.h"
 
@@ -54,8 +56,10 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     // computed, so the bytes travel while later layers compute.
     const int64_t n = static_cast<int64_t>(req_.prompt.size());
     job.on_layer = [self = shared_from_this(), n](int64_t layer, std::span<const int32_t> table) {
-      return self->service_.transport_.SendLayerFromStore(self->destination_, self->service_.store_,
-                                                          layer, table, 0, n);
+      absl::Status queued = SendLayerFromStore(self->service_.transport_, self->destination_,
+                                               self->service_.store_, layer, table, 0, n);
+      serving::StopHereIfAsked("prefill.layer_queued", layer);
+      return queued;
     };
     job.still_wanted = [weak = weak_from_this()] {
       std::shared_ptr<PrefillCall> self = weak.lock();
@@ -101,14 +105,10 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
                        " does not match this prefill worker's ", service_.info_.fingerprint(),
                        "; run the same model everywhere"));
     }
-    absl::StatusOr<serving::EngineRequest> engine_request = serving::FromProto(request_.request());
+    absl::StatusOr<serving::EngineRequest> engine_request =
+        serving::FromProto(request_.request(), service_.model_.config());
     if (!engine_request.ok()) return engine_request.status();
     req_ = *std::move(engine_request);
-    if (absl::Status s =
-            ValidateRequest(service_.model_.config(), req_.prompt, req_.sampling, req_.stop);
-        !s.ok()) {
-      return s;
-    }
     const v1::Reservation& dest = request_.destination();
     absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(dest.secret());
     if (!secret.ok()) {
@@ -118,6 +118,13 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     if (absl::Status s = ValidateKvEndpoint(dest.transfer_endpoint()); !s.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("destination.transfer_endpoint: ", s.message()));
+    }
+    if (dest.transfer_tls() != service_.transport_.encrypted()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the decode worker's KV receiver ",
+          dest.transfer_tls() ? "takes only mutual TLS but this prefill worker sends plaintext"
+                              : "is plaintext but this prefill worker sends KV only over TLS",
+          "; give every worker the same --tls-cert/--tls-key/--tls-ca and --kv-plaintext"));
     }
     if (request_.generated_before() < 0 ||
         request_.generated_before() > static_cast<int64_t>(req_.prompt.size())) {

@@ -277,7 +277,7 @@ void RequestFlow::Prefill() {
   if (context == nullptr) return Fail(absl::CancelledError("request cancelled by the client"));
   env_.pool->NotePrefillStarted(*address);
   prefill_ = env_.clients->Get(*address);
-  *prefill_request_.mutable_request() = request_;
+  *prefill_request_.mutable_request() = ToWorkerRequest(request_);
   *prefill_request_.mutable_destination() = reservation_;
   prefill_request_.set_decode_worker(decode_->address);
   prefill_request_.set_model_fingerprint(model_->fingerprint());
@@ -326,7 +326,7 @@ void RequestFlow::StartDecode() {
   if (context == nullptr) return Fail(absl::CancelledError("request cancelled by the client"));
   holds_reservation_ = false;  // Decode owns it now: ending the stream frees it
   v1::DecodeRequest request;
-  *request.mutable_request() = request_;
+  *request.mutable_request() = ToWorkerRequest(request_);
   request.set_reservation_id(reservation_.reservation_id());
   request.set_secret(reservation_.secret());
   request.set_first_token(prefill_response_.first_token());

@@ -118,6 +118,23 @@ absl::StatusOr<v1::GenerateRequest> RequestValidator::Validate(v1::GenerateReque
   return request;
 }
 
+v1::WorkerRequest ToWorkerRequest(const v1::GenerateRequest& validated) {
+  v1::WorkerRequest w;
+  w.set_request_id(validated.request_id());
+  *w.mutable_prompt_token_ids() = validated.prompt_token_ids();
+  const v1::SamplingParams& s = validated.sampling();
+  w.set_temperature(s.temperature());
+  w.set_top_p(s.top_p());
+  w.set_top_k(s.top_k());
+  w.set_min_p(s.min_p());
+  w.set_repetition_penalty(s.repetition_penalty());
+  if (s.has_seed()) w.set_seed(s.seed());
+  w.set_max_tokens(validated.max_tokens());
+  *w.mutable_stop_token_ids() = validated.stop_token_ids();
+  w.set_ignore_eos(validated.ignore_eos());
+  return w;
+}
+
 std::string NewRequestId() {
   // Seeded per thread from the OS: ids stay unique across router replicas and restarts.
   thread_local std::mt19937_64 rng{(static_cast<uint64_t>(std::random_device{}()) << 32) ^

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "pdserve/v1/generation.pb.h"
+#include "pdserve/v1/worker.pb.h"
 #include "rpc/status.h"
 
 namespace pdserve::router {
@@ -49,6 +50,10 @@ class RequestValidator {
   int64_t vocab_size_;
   int64_t max_context_;
 };
+
+// The worker protocol's request for a request Validate accepted: its ids and every resolved
+// parameter, nothing the workers would have to default.
+v1::WorkerRequest ToWorkerRequest(const v1::GenerateRequest& validated);
 
 // "req-" and 16 random hex digits.
 std::string NewRequestId();

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/generate.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "spdlog/spdlog.h"
 
@@ -111,12 +112,8 @@ v1::WorkerLoad MakeWorkerLoad(const KvStore& store, int waiting, int running, bo
   return load;
 }
 
-absl::StatusOr<EngineRequest> FromProto(const v1::GenerateRequest& request) {
-  if (!request.prompt().empty() || request.messages_size() > 0 || request.stop_size() > 0) {
-    return absl::InvalidArgumentError(
-        "workers take prompts as token ids only: send text prompts, chat messages and stop "
-        "strings to the router (pdserve-router --tokenizer=MODEL), which encodes them");
-  }
+absl::StatusOr<EngineRequest> FromProto(const v1::WorkerRequest& request,
+                                        const ModelConfig& config) {
   // Workers log the id in every line about the request: the router sends a checked one, and a
   // direct caller's must be as clean (bounded, printable, no spaces).
   const std::string& id = request.request_id();
@@ -129,16 +126,16 @@ absl::StatusOr<EngineRequest> FromProto(const v1::GenerateRequest& request) {
   }
   EngineRequest r;
   r.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
-  const v1::SamplingParams& s = request.sampling();
-  if (s.has_temperature()) r.sampling.temperature = s.temperature();
-  if (s.has_top_p()) r.sampling.top_p = s.top_p();
-  if (s.has_top_k()) r.sampling.top_k = s.top_k();
-  if (s.has_min_p()) r.sampling.min_p = s.min_p();
-  if (s.has_repetition_penalty()) r.sampling.repetition_penalty = s.repetition_penalty();
-  if (s.has_seed()) r.sampling.seed = s.seed();
-  if (request.has_max_tokens()) r.stop.max_tokens = request.max_tokens();
+  r.sampling.temperature = request.temperature();
+  r.sampling.top_p = request.top_p();
+  r.sampling.top_k = request.top_k();
+  r.sampling.min_p = request.min_p();
+  r.sampling.repetition_penalty = request.repetition_penalty();
+  if (request.has_seed()) r.sampling.seed = request.seed();
+  r.stop.max_tokens = request.max_tokens();
   r.stop.stop_token_ids.assign(request.stop_token_ids().begin(), request.stop_token_ids().end());
   r.stop.ignore_eos = request.ignore_eos();
+  if (absl::Status s = ValidateRequest(config, r.prompt, r.sampling, r.stop); !s.ok()) return s;
   return r;
 }
 

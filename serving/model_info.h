@@ -43,15 +43,16 @@ int64_t KvBlocksFor(const KvFormat& format, int64_t kv_blocks, int64_t kv_cache_
 // A worker's load report: its scheduler's counts and its KV store's blocks.
 v1::WorkerLoad MakeWorkerLoad(const KvStore& store, int waiting, int running, bool draining);
 
-// A public request as the engine sees it. Unset fields take the API's defaults (SamplingParams
-// and StopCriteria defaults: OpenAI/vLLM); nothing is validated here.
+// A worker request as the engine sees it.
 struct EngineRequest {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   StopCriteria stop;
 };
-// INVALID_ARGUMENT when the request still holds text (prompt, messages, stop strings): the router
-// encodes those, and workers take token ids only.
-absl::StatusOr<EngineRequest> FromProto(const v1::GenerateRequest& request);
+// The request as given (the worker protocol carries every parameter; no defaults are applied)
+// once it passes ValidateRequest against `config`, and its request id is clean: INVALID_ARGUMENT
+// naming the field otherwise.
+absl::StatusOr<EngineRequest> FromProto(const v1::WorkerRequest& request,
+                                        const ModelConfig& config);
 
 }  // namespace pdserve::serving

@@ -3,10 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
 #include "rpc/tls_flags.h"
+#include "transport/tls_session.h"
 
 namespace pdserve::serving {
 
@@ -20,6 +23,7 @@ struct WorkerFlags {
   std::string log_level = "info";
   std::string cpu_isa{};  // "" = the best this CPU supports
   rpc::TlsFiles tls{};
+  bool kv_plaintext = false;  // KV transfers stay plaintext even with TLS files
 };
 
 // Declares --model, --listen, --threads, --kv-blocks, --kv-cache-mb, --port-file, --log-level and
@@ -43,6 +47,19 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
                  "CPU kernels: x86-64-v2 (SSE4.2), x86-64-v3 (AVX2) or x86-64-v4 (AVX-512); "
                  "default: the best this CPU supports");
   rpc::AddTlsFlags(app, flags.tls);
+  app.add_flag("--kv-plaintext", flags.kv_plaintext,
+               "With --tls-*, still send KV caches without TLS: only on a private network you "
+               "trust, to save the encryption cost (pdserve-bench-transfer prints it)");
+}
+
+// The KV transport's mutual-TLS context: from the gRPC certificates (--tls-*), or none (null)
+// without them or with --kv-plaintext. Errors as net::TlsContext::FromFiles.
+inline absl::StatusOr<std::shared_ptr<const net::TlsContext>> KvTlsContext(
+    const WorkerFlags& flags, net::TlsContext::Role role) {
+  if (!flags.tls.enabled() || flags.kv_plaintext) {
+    return std::shared_ptr<const net::TlsContext>(nullptr);
+  }
+  return net::TlsContext::FromFiles(flags.tls.cert, flags.tls.key, flags.tls.ca, role);
 }
 
 }  // namespace pdserve::serving

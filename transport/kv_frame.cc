@@ -253,4 +253,20 @@ absl::StatusOr<KvAck> DecodeKvAck(std::span<const uint8_t, kKvAckBytes> bytes) {
   return ack;
 }
 
+size_t SpansBytes(std::span<const std::span<std::byte>> spans) {
+  size_t n = 0;
+  for (const auto& s : spans) n += s.size();
+  return n;
+}
+
+size_t SpansBytes(std::span<const std::span<const std::byte>> spans) {
+  size_t n = 0;
+  for (const auto& s : spans) n += s.size();
+  return n;
+}
+
+std::vector<std::span<const std::byte>> AsConstSpans(std::span<const std::span<std::byte>> spans) {
+  return std::vector<std::span<const std::byte>>(spans.begin(), spans.end());
+}
+
 }  // namespace pdserve

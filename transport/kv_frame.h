@@ -53,6 +53,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -158,5 +159,12 @@ struct KvAck {
 KvAckBytes EncodeKvAck(const KvAck& ack);
 // INVALID_ARGUMENT for a bad magic, version, status code or reason length.
 absl::StatusOr<KvAck> DecodeKvAck(std::span<const uint8_t, kKvAckBytes> bytes);
+
+// Total bytes of a frame payload given as `spans`.
+size_t SpansBytes(std::span<const std::span<std::byte>> spans);
+size_t SpansBytes(std::span<const std::span<const std::byte>> spans);
+
+// The same spans, read-only (what a sender takes).
+std::vector<std::span<const std::byte>> AsConstSpans(std::span<const std::span<std::byte>> spans);
 
 }  // namespace pdserve

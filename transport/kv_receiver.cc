@@ -17,7 +17,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
-#include "transport/kv_layout.h"
 
 namespace pdserve {
 namespace {
@@ -29,7 +28,11 @@ using std::chrono::milliseconds;
 // connections, while a 4 MiB frame still needs only a few wakeups.
 constexpr size_t kReadBudgetBytes = 1 << 20;
 // Acks a peer may leave unread before it is closed (it is not reading; the buffer stays small).
-constexpr size_t kMaxPendingAckBytes = 64 * kKvAckBytes;
+constexpr size_t kMaxPendingAcks = 64;
+// What TLS 1.3 adds to each ack's record: header, content type and AEAD tag.
+constexpr size_t kTlsRecordOverhead = 5 + 1 + 16;
+// Ciphertext read from a TLS connection per socket read.
+constexpr size_t kTlsReadBytes = 64 << 10;
 // Connections accepted per wakeup, so a burst of them cannot starve open ones.
 constexpr int kAcceptBatch = 64;
 // After accept fails for lack of descriptors or memory, retry after this long.
@@ -68,10 +71,11 @@ int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<milliseconds>(
 
 struct KvReceiver::Connection {
   enum class State {
-    kHeader,   // reading a header; between frames while header_have == 0
-    kPayload,  // reading an admitted frame's payload into its spans
-    kDiscard,  // reading and dropping a rejected frame's payload
-    kClosing,  // sending the nack of an unparseable header, then closing
+    kHandshake,  // TLS only: before the first header
+    kHeader,     // reading a header; between frames while header_have == 0
+    kPayload,    // reading an admitted frame's payload into its spans
+    kDiscard,    // reading and dropping a rejected frame's payload
+    kClosing,    // sending the nack of an unparseable header, then closing
   };
 
   uint64_t tag = 0;
@@ -91,8 +95,9 @@ struct KvReceiver::Connection {
   net::SpanCursor cursor;
   std::optional<PayloadHasher> hasher;
   uint64_t remaining = 0;    // payload bytes still to read (kPayload, kDiscard)
-  std::vector<uint8_t> out;  // encoded acks; out_sent of them already written
+  std::vector<uint8_t> out;  // plaintext: encoded acks; out_sent of them already written
   size_t out_sent = 0;
+  std::unique_ptr<net::TlsSession> tls;  // with Options::tls; its outgoing() replaces `out`
   bool closed = false;
 };
 
@@ -137,7 +142,8 @@ KvReceiver::KvReceiver(KvFrameSink& sink, Options options, net::Fd listener, int
       port_(port),
       epoll_(std::move(epoll)),
       wake_(std::move(wake)),
-      next_tag_(kFirstTag) {}
+      next_tag_(kFirstTag),
+      ciphertext_(options_.tls != nullptr ? kTlsReadBytes : 0) {}
 
 KvReceiver::~KvReceiver() { Stop(); }
 
@@ -173,6 +179,7 @@ void KvReceiver::Loop() {
       timeout_ms = static_cast<int>(
           std::min<int64_t>(std::chrono::ceil<milliseconds>(left).count(), INT_MAX));
     }
+    if (!tls_ready_.empty()) timeout_ms = 0;  // their input is already here
     const int n = ::epoll_wait(epoll_.get(), events.data(), events.size(), timeout_ms);
     if (n < 0 && errno != EINTR) {
       // Only a bad descriptor or argument fails epoll_wait: a bug, not a condition to serve on.
@@ -194,6 +201,16 @@ void KvReceiver::Loop() {
       }
     }
     if (stop) break;
+    std::vector<uint64_t> ready;
+    ready.swap(tls_ready_);
+    for (uint64_t tag : ready) {
+      auto it = connections_.find(tag);
+      if (it == connections_.end()) continue;
+      Connection& c = *it->second;
+      ReadFrom(c);
+      if (!c.closed) Flush(c);
+      if (c.closed) connections_.erase(it);
+    }
     next_deadline = ExpireDeadlines(Clock::now());
   }
   for (auto& [tag, c] : connections_) Close(*c, "the KV receiver is stopping");
@@ -238,6 +255,15 @@ void KvReceiver::AcceptSome() {
     c->peer = net::PeerName(fd);
     c->since = now;
     c->events = EPOLLIN;
+    if (options_.tls != nullptr) {
+      absl::StatusOr<std::unique_ptr<net::TlsSession>> tls = net::TlsSession::Create(*options_.tls);
+      if (!tls.ok()) {
+        spdlog::error("closing the KV connection from {}: {}", c->peer, tls.status().ToString());
+        continue;  // c closes its descriptor
+      }
+      c->tls = *std::move(tls);
+      c->state = Connection::State::kHandshake;
+    }
     epoll_event ev{};
     ev.events = c->events;
     ev.data.u64 = c->tag;
@@ -263,10 +289,13 @@ void KvReceiver::ReadFrom(Connection& c) {
   size_t budget = kReadBudgetBytes;
   while (budget > 0 && !c.closed) {
     switch (c.state) {
+      case State::kHandshake:
+        ReadHandshake(c, now, budget);
+        if (c.state == State::kHandshake) return;  // it waits for the peer
+        break;
       case State::kHeader: {
         const size_t want = c.header_bytes.size() - c.header_have;
-        const net::IoResult r =
-            net::ReadSome(c.fd.get(), c.header_bytes.data() + c.header_have, want);
+        const net::IoResult r = ReadPlain(c, c.header_bytes.data() + c.header_have, want);
         if (!r.ok()) {
           // A close before a header's first byte is the normal end of a connection.
           if (!r.error.ok()) {
@@ -285,14 +314,14 @@ void KvReceiver::ReadFrom(Connection& c) {
         if (c.header_have == 0 && !c.first_header) c.since = now;
         c.header_have += r.bytes;
         budget -= std::min(budget, r.bytes);
-        if (r.bytes < want) return;  // the socket is drained
+        if (r.bytes < want && c.tls == nullptr) return;  // the socket is drained
+        if (r.bytes < want) break;  // a TLS record ended: the next may be here already
         OnHeader(c, now);
         break;
       }
       case State::kPayload: {
-        const net::IoResult r = net::ReadSomeIntoSpans(
-            c.fd.get(), c.spans, c.cursor,
-            static_cast<size_t>(std::min<uint64_t>(budget, c.remaining)), *c.hasher);
+        const net::IoResult r =
+            ReadPayload(c, static_cast<size_t>(std::min<uint64_t>(budget, c.remaining)));
         if (!r.ok()) {
           const std::string why = r.peer_closed
                                       ? "peer closed the connection inside a frame payload"
@@ -313,7 +342,7 @@ void KvReceiver::ReadFrom(Connection& c) {
         std::array<uint8_t, 64 << 10> scratch;
         const size_t want =
             static_cast<size_t>(std::min<uint64_t>({budget, c.remaining, scratch.size()}));
-        const net::IoResult r = net::ReadSome(c.fd.get(), scratch.data(), want);
+        const net::IoResult r = ReadPlain(c, scratch.data(), want);
         if (!r.ok()) {
           spdlog::warn(
               "KV connection from {} broke inside the rejected {}: {}", c.peer, c.header.ToString(),
@@ -334,6 +363,60 @@ void KvReceiver::ReadFrom(Connection& c) {
       case State::kClosing:
         return;  // reads nothing more; Flush closes once the nack is out
     }
+  }
+  if (!c.closed && c.tls != nullptr && c.tls->has_buffered_input()) tls_ready_.push_back(c.tag);
+}
+
+net::IoResult KvReceiver::ReadPlain(Connection& c, void* data, size_t size) {
+  if (c.tls == nullptr) return net::ReadSome(c.fd.get(), data, size);
+  for (;;) {
+    const net::TlsSession::ReadResult r = c.tls->Read(data, size);
+    if (!r.error.ok()) return net::IoResult{.bytes = 0, .peer_closed = false, .error = r.error};
+    if (r.peer_closed) return net::IoResult{.bytes = 0, .peer_closed = true, .error = {}};
+    if (r.bytes > 0) return net::IoResult{.bytes = r.bytes, .peer_closed = false, .error = {}};
+    const net::IoResult in = net::ReadSome(c.fd.get(), ciphertext_.data(), ciphertext_.size());
+    if (!in.ok() || in.bytes == 0) return in;
+    c.tls->Received(ciphertext_.data(), in.bytes);
+  }
+}
+
+net::IoResult KvReceiver::ReadPayload(Connection& c, size_t max_bytes) {
+  if (c.tls == nullptr) {
+    return net::ReadSomeIntoSpans(c.fd.get(), c.spans, c.cursor, max_bytes, *c.hasher);
+  }
+  net::AdvanceSpanCursor(c.spans, c.cursor, 0, *c.hasher);  // past empty spans
+  if (c.cursor.index == c.spans.size()) return net::IoResult{};
+  const std::span<std::byte> into = c.spans[c.cursor.index].subspan(c.cursor.offset);
+  const net::IoResult r = ReadPlain(c, into.data(), std::min(into.size(), max_bytes));
+  net::AdvanceSpanCursor(c.spans, c.cursor, r.bytes, *c.hasher);
+  return r;
+}
+
+void KvReceiver::ReadHandshake(Connection& c, Clock::time_point now, size_t& budget) {
+  const net::IoResult in = net::ReadSome(c.fd.get(), ciphertext_.data(), ciphertext_.size());
+  if (!in.ok()) {
+    spdlog::warn("KV connection from {} ended during the TLS handshake: {}", c.peer,
+                 in.peer_closed ? "peer closed the connection" : std::string(in.error.message()));
+    Close(c, "");
+    return;
+  }
+  if (in.bytes == 0) return;
+  budget -= std::min(budget, in.bytes);
+  c.tls->Received(ciphertext_.data(), in.bytes);
+  const absl::StatusOr<bool> done = c.tls->Handshake();
+  if (!done.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.tls_handshakes_failed;
+    }
+    spdlog::warn("closing KV connection from {}: {}", c.peer, std::string(done.status().message()));
+    c.state = Connection::State::kClosing;  // Flush sends the alert, then closes
+    c.since = now;
+    return;
+  }
+  if (*done) {
+    c.state = Connection::State::kHeader;
+    c.since = now;
   }
 }
 
@@ -408,19 +491,31 @@ void KvReceiver::Reject(Connection& c, const KvFrameHeader& header, const absl::
 
 void KvReceiver::QueueAck(Connection& c, const KvAck& ack) {
   const KvAckBytes bytes = EncodeKvAck(ack);
-  c.out.insert(c.out.end(), bytes.begin(), bytes.end());
-  if (c.out.size() - c.out_sent <= kMaxPendingAckBytes) return;
+  if (c.tls == nullptr) {
+    c.out.insert(c.out.end(), bytes.begin(), bytes.end());
+  } else if (absl::Status s = c.tls->Write(bytes.data(), bytes.size()); !s.ok()) {
+    spdlog::warn("closing KV connection from {}: {}", c.peer, std::string(s.message()));
+    Close(c, s.message());
+    return;
+  }
+  const size_t per_ack = kKvAckBytes + (c.tls != nullptr ? kTlsRecordOverhead : 0);
+  const size_t cap = kMaxPendingAcks * per_ack;
+  if (Outgoing(c).size() <= cap) return;
   Flush(c);  // the socket may take them: only a peer that reads nothing is over the cap
-  if (c.closed || c.out.size() - c.out_sent <= kMaxPendingAckBytes) return;
+  if (c.closed || Outgoing(c).size() <= cap) return;
   spdlog::warn("closing KV connection from {}: it left {} acks unread (the sender must read them)",
-               c.peer, (c.out.size() - c.out_sent) / kKvAckBytes);
+               c.peer, Outgoing(c).size() / per_ack);
   Close(c, "the sender does not read its acks");
 }
 
+std::span<const std::byte> KvReceiver::Outgoing(Connection& c) {
+  if (c.tls != nullptr) return c.tls->outgoing();
+  return std::as_bytes(std::span<const uint8_t>(c.out)).subspan(c.out_sent);
+}
+
 void KvReceiver::Flush(Connection& c) {
-  while (c.out_sent < c.out.size()) {
-    const net::IoResult r =
-        net::WriteSome(c.fd.get(), c.out.data() + c.out_sent, c.out.size() - c.out_sent);
+  for (std::span<const std::byte> out = Outgoing(c); !out.empty(); out = Outgoing(c)) {
+    const net::IoResult r = net::WriteSome(c.fd.get(), out.data(), out.size());
     if (!r.error.ok()) {
       spdlog::warn("KV connection from {} broke sending acks: {}", c.peer,
                    std::string(r.error.message()));
@@ -428,9 +523,13 @@ void KvReceiver::Flush(Connection& c) {
       return;
     }
     if (r.bytes == 0) break;  // the socket is full; EPOLLOUT says when it has room
-    c.out_sent += r.bytes;
+    if (c.tls != nullptr) {
+      c.tls->Consume(r.bytes);
+    } else {
+      c.out_sent += r.bytes;
+    }
   }
-  const bool pending = c.out_sent < c.out.size();
+  const bool pending = !Outgoing(c).empty();
   if (!pending) {
     c.out.clear();
     c.out_sent = 0;
@@ -457,6 +556,8 @@ void KvReceiver::Flush(Connection& c) {
 KvReceiver::Clock::time_point KvReceiver::Deadline(const Connection& c) const {
   using State = Connection::State;
   switch (c.state) {
+    case State::kHandshake:
+      return After(c.since, options_.header_timeout);
     case State::kHeader:
       if (c.header_have == 0 && !c.first_header) return After(c.since, options_.idle_timeout);
       return After(c.since, options_.header_timeout);
@@ -509,6 +610,10 @@ void KvReceiver::TimeOut(Connection& c, Clock::time_point now) {
   std::string why;
   bool always_log = false;
   switch (c.state) {
+    case State::kHandshake:
+      why = absl::StrCat("no TLS handshake within ", Ms(options_.header_timeout),
+                         " ms of connecting (header_timeout)");
+      break;
     case State::kHeader:
       if (c.header_have == 0 && !c.first_header) {
         why = absl::StrCat("idle for ", Ms(now - c.since), " ms (idle_timeout)");

@@ -8,13 +8,15 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
-#include "transport/kv_sink.h"
+#include "transport/kv_frame_sink.h"
 #include "transport/socket_io.h"
+#include "transport/tls_session.h"
 
 namespace pdserve {
 
@@ -23,6 +25,8 @@ namespace pdserve {
 // senders cost a thousand small structs, not a thousand threads.
 //
 // Each connection is a state machine:
+//   handshake  with Options::tls only: the TLS handshake, before anything else; afterwards every
+//            read and write below goes through the connection's TlsSession.
 //   header   read the 80-byte header; DecodeKvFrameHeader, then sink.Admit before any payload
 //            byte. A header that does not decode is nacked and the connection closed (its
 //            payload length cannot be trusted); a frame the sink rejects is nacked and ...
@@ -59,6 +63,10 @@ class KvReceiver {
     uint64_t min_payload_bytes_per_second = 1 << 20;
     // Persistent connections idle between requests are fine; ones left behind are reclaimed.
     std::chrono::milliseconds idle_timeout = std::chrono::minutes(10);
+    // Mutual TLS (a kServer context): every connection must complete a TLS 1.3 handshake with a
+    // certificate from the cluster's CA within header_timeout before its first frame. Null:
+    // plaintext, for a private network.
+    std::shared_ptr<const net::TlsContext> tls = nullptr;
   };
   struct Stats {
     uint64_t connections = 0;  // accepted so far (not counting refused ones)
@@ -66,8 +74,9 @@ class KvReceiver {
     uint64_t connections_refused = 0;    // over max_connections
     uint64_t connections_timed_out = 0;  // closed by a header, stall, rate or idle deadline
     uint64_t frames_accepted = 0;
-    uint64_t frames_rejected = 0;  // nacked (header, sink or checksum)
-    uint64_t payload_bytes = 0;    // of accepted frames
+    uint64_t frames_rejected = 0;        // nacked (header, sink or checksum)
+    uint64_t payload_bytes = 0;          // of accepted frames
+    uint64_t tls_handshakes_failed = 0;  // a peer without a valid certificate, or not TLS
   };
 
   // Binds and starts serving `sink` (which must outlive the receiver).
@@ -96,12 +105,21 @@ class KvReceiver {
   void AcceptSome();
   // Reads what `c` has (up to the per-wakeup budget) and advances its state machine.
   void ReadFrom(Connection& c);
+  // One non-blocking read of up to `size` plaintext bytes: from the socket, or through c's TLS
+  // session (which reads the socket's ciphertext as it needs it).
+  net::IoResult ReadPlain(Connection& c, void* data, size_t size);
+  // ReadPlain into the frame's spans at c.cursor, hashing what lands.
+  net::IoResult ReadPayload(Connection& c, size_t max_bytes);
+  // Advances c's handshake with what the socket has.
+  void ReadHandshake(Connection& c, Clock::time_point now, size_t& budget);
   void OnHeader(Connection& c, Clock::time_point now);
   void OnPayloadDone(Connection& c, Clock::time_point now);
   // Counts and logs `header`'s rejection and queues its nack.
   void Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status);
   // Queues `ack`, closing `c` if its peer leaves too many unread.
   void QueueAck(Connection& c, const KvAck& ack);
+  // c's bytes waiting for the socket: its acks, encrypted with TLS.
+  static std::span<const std::byte> Outgoing(Connection& c);
   // Writes what the socket takes of c's pending acks and sets the events c waits for.
   void Flush(Connection& c);
   // When `c` times out if nothing happens.
@@ -121,7 +139,11 @@ class KvReceiver {
   std::thread thread_;
   // Loop thread only.
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;  // by epoll tag
+  // Connections that stopped at their read budget with input buffered inside their TLS session:
+  // epoll will not report it (the socket may be empty), so the loop comes back to them itself.
+  std::vector<uint64_t> tls_ready_;
   uint64_t next_tag_;
+  std::vector<std::byte> ciphertext_;                           // scratch for TLS reads
   Clock::time_point accept_resume_ = Clock::time_point::max();  // after EMFILE and the like
   Clock::time_point last_refusal_log_{}, last_timeout_log_{};
   uint64_t refusals_unlogged_ = 0, timeouts_unlogged_ = 0;

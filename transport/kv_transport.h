@@ -14,7 +14,7 @@
 //    checksum) travels out of band (a small TCP or gRPC message) before the matching
 //    ncclRecv is posted, and the receiver validates it exactly as KvFrameSink::Admit does
 //    before posting; acks travel the same side channel, so Flush keeps its meaning;
-//  - device() returns Device::kCuda, so SendLayerFromStore refuses host pools.
+//  - device() returns Device::kCuda, so SendLayerFromStore (prefill_worker/) refuses host pools.
 #pragma once
 
 #include <chrono>
@@ -28,7 +28,6 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/kv_cache.h"
 #include "kernels/tensor.h"
 #include "transport/kv_frame.h"
 
@@ -62,8 +61,10 @@ class KvTransport {
 
   // Which memory the payload spans may point into.
   virtual Device device() const = 0;
-  // The payload size SendLayerFromStore aims at per frame (at most kKvMaxFramePayloadBytes).
+  // The payload size senders aim at per frame (at most kKvMaxFramePayloadBytes).
   virtual uint64_t frame_bytes() const = 0;
+  // Whether frames travel over mutual TLS (a receiver that requires it takes no others).
+  virtual bool encrypted() const = 0;
 
   // Queues one frame for `dest`: `payload` holds layer `layer`'s KV for tokens
   // [token_begin, token_begin + token_count) in payload order (KvLayerSpans), at most
@@ -95,14 +96,6 @@ class KvTransport {
   // Blocking FlushAsync that Aborts with DEADLINE_EXCEEDED at `deadline`.
   absl::StatusOr<KvTransferStats> Flush(const KvDestination& dest,
                                         std::chrono::steady_clock::time_point deadline);
-
-  // SendLayer of tokens [token_begin, token_begin + token_count) of `layer` straight from a
-  // sequence's pool rows (`block_table` in `store`), split by tokens into frames of about
-  // frame_bytes() (at least one token each). FAILED_PRECONDITION if the store's memory is not
-  // device().
-  absl::Status SendLayerFromStore(const KvDestination& dest, KvStore& store, int64_t layer,
-                                  std::span<const int32_t> block_table, int64_t token_begin,
-                                  int64_t token_count);
 };
 
 }  // namespace pdserve

@@ -381,12 +381,16 @@ IoResult ReadSomeIntoSpans(int fd, std::span<const std::span<std::byte>> spans, 
     n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   IoResult r = Outcome(n, errno, "recv");
-  // Hash what landed, and advance the read position over it.
-  size_t left = r.bytes;
-  while (left > 0) {
-    const size_t take = std::min(spans[at.index].size() - at.offset, left);
+  AdvanceSpanCursor(spans, at, r.bytes, hasher);
+  return r;
+}
+
+void AdvanceSpanCursor(std::span<const std::span<std::byte>> spans, SpanCursor& at, size_t bytes,
+                       PayloadHasher& hasher) {
+  while (bytes > 0) {
+    const size_t take = std::min(spans[at.index].size() - at.offset, bytes);
     hasher.Update(spans[at.index].data() + at.offset, take);
-    left -= take;
+    bytes -= take;
     at.offset += take;
     if (at.offset == spans[at.index].size()) {
       ++at.index;
@@ -397,7 +401,6 @@ IoResult ReadSomeIntoSpans(int fd, std::span<const std::span<std::byte>> spans, 
     ++at.index;
     at.offset = 0;
   }
-  return r;
 }
 
 }  // namespace pdserve::net

@@ -102,6 +102,10 @@ struct SpanCursor {
 // feeds the bytes to `hasher` right after they land and advances `at` over them.
 IoResult ReadSomeIntoSpans(int fd, std::span<const std::span<std::byte>> spans, SpanCursor& at,
                            size_t max_bytes, PayloadHasher& hasher);
+// Feeds the `bytes` that just landed at `at` to `hasher` and moves `at` past them (and past any
+// empty spans that follow).
+void AdvanceSpanCursor(std::span<const std::span<std::byte>> spans, SpanCursor& at, size_t bytes,
+                       PayloadHasher& hasher);
 
 // "ip:port" of the socket's peer, for logs ("?" when unknown).
 std::string PeerName(int fd);

@@ -1,5 +1,6 @@
 #include "transport/tcp_kv_transport.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -9,9 +10,51 @@
 
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
-#include "transport/kv_layout.h"
 
 namespace pdserve {
+namespace {
+
+// Plaintext encrypted per TLS write: the ciphertext stays in cache between encryption and send.
+constexpr size_t kTlsWriteBytes = 256 << 10;
+// Ciphertext read per socket read on a TLS connection.
+constexpr size_t kTlsReadBytes = 16 << 10;
+
+// The client side of a TLS handshake on a blocking socket, within `deadline`.
+absl::Status ClientHandshake(int fd, net::TlsSession& tls,
+                             std::chrono::steady_clock::time_point deadline) {
+  std::vector<std::byte> out(0), in(kTlsReadBytes);
+  for (;;) {
+    const absl::StatusOr<bool> done = tls.Handshake();
+    tls.TakeOutgoing(out);
+    if (!out.empty()) {
+      if (absl::Status s = net::WriteFull(fd, out.data(), out.size()); !s.ok()) return s;
+    }
+    if (!done.ok()) return done.status();
+    if (*done) return absl::OkStatus();
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+    const int ready = left.count() > 0 ? ::poll(&p, 1, static_cast<int>(left.count())) : 0;
+    if (ready == 0) {
+      return absl::UnavailableError(
+          "no TLS handshake answer within the connect timeout (does the receiver run with the "
+          "same --tls-* settings?)");
+    }
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      return net::ErrnoStatus("poll", errno);
+    }
+    const ssize_t n = ::recv(fd, in.data(), in.size(), MSG_DONTWAIT);
+    if (n == 0) return absl::UnavailableError("the receiver closed the connection mid-handshake");
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      return net::ErrnoStatus("recv", errno);
+    }
+    tls.Received(in.data(), static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
 
 // One request's frames to one reservation.
 struct TcpKvTransport::Transfer {
@@ -42,6 +85,10 @@ struct TcpKvTransport::Connection {
   std::deque<std::pair<KvFrameHeader, std::shared_ptr<Transfer>>> awaiting;
   bool broken = false;
   std::thread writer, reader;
+  // With Options::tls: the writer encrypts and the reader decrypts through one session, under
+  // tls_mu, which is never held across a system call.
+  std::unique_ptr<net::TlsSession> tls;
+  std::mutex tls_mu;
 };
 
 TcpKvTransport::TcpKvTransport(Options options) : options_(options) {}
@@ -220,6 +267,17 @@ absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetC
   }
   auto c = std::make_shared<Connection>();
   c->endpoint = endpoint;
+  if (options_.tls != nullptr) {
+    absl::StatusOr<std::unique_ptr<net::TlsSession>> tls =
+        net::TlsSession::Create(*options_.tls, parsed->host);
+    if (!tls.ok()) return tls.status();
+    if (absl::Status s = ClientHandshake(fd->get(), **tls, Clock::now() + options_.connect_timeout);
+        !s.ok()) {
+      return absl::UnavailableError(absl::StrCat("TLS handshake with the KV receiver at ", endpoint,
+                                                 " failed: ", s.message()));
+    }
+    c->tls = *std::move(tls);
+  }
   c->fd = *std::move(fd);
   std::lock_guard<std::mutex> lock(mu_);
   connections_[endpoint] = c;
@@ -232,7 +290,6 @@ absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetC
 
 void TcpKvTransport::WriterLoop(Connection& c) {
   std::unique_lock<std::mutex> lock(mu_);
-  std::vector<iovec> iov;
   for (;;) {
     c.cv.wait(lock, [&] { return c.broken || !c.queue.empty(); });
     if (c.broken) return;
@@ -254,10 +311,7 @@ void TcpKvTransport::WriterLoop(Connection& c) {
     lock.unlock();
     f.header.payload_xxh3 = PayloadChecksum(f.payload);
     f.bytes = EncodeKvFrameHeader(f.header);
-    iov.clear();
-    iov.push_back({f.bytes.data(), f.bytes.size()});
-    for (const auto& s : f.payload) iov.push_back({const_cast<std::byte*>(s.data()), s.size()});
-    const absl::Status sent = net::WriteAll(c.fd.get(), iov);
+    const absl::Status sent = WriteFrame(c, f.bytes, f.payload);
     lock.lock();
     --t.unsent;
     if (sent.ok()) {
@@ -281,7 +335,7 @@ void TcpKvTransport::WriterLoop(Connection& c) {
 void TcpKvTransport::ReaderLoop(Connection& c) {
   for (bool open = true; open;) {
     KvAckBytes raw;
-    const absl::Status read = net::ReadFull(c.fd.get(), raw.data(), raw.size());
+    const absl::Status read = ReadAck(c, raw);
     Ready ready;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -314,6 +368,70 @@ void TcpKvTransport::ReaderLoop(Connection& c) {
     }
     Run(ready);
   }
+}
+
+absl::Status TcpKvTransport::WriteFrame(Connection& c, const KvFrameHeaderBytes& header,
+                                        std::span<const std::span<const std::byte>> payload) {
+  if (c.tls == nullptr) {
+    // One gathering sendmsg: the header and the pool rows themselves, no staging copy.
+    std::vector<iovec> iov;
+    iov.reserve(payload.size() + 1);
+    iov.push_back({const_cast<uint8_t*>(header.data()), header.size()});
+    for (const auto& s : payload) iov.push_back({const_cast<std::byte*>(s.data()), s.size()});
+    return net::WriteAll(c.fd.get(), iov);
+  }
+  std::vector<std::byte> ciphertext;
+  auto send = [&](const std::byte* data, size_t size) -> absl::Status {
+    for (size_t done = 0; done < size;) {
+      const size_t n = std::min(size - done, kTlsWriteBytes);
+      {
+        std::lock_guard<std::mutex> lock(c.tls_mu);
+        if (absl::Status s = c.tls->Write(data + done, n); !s.ok()) return s;
+        c.tls->TakeOutgoing(ciphertext);
+      }
+      if (absl::Status s = net::WriteFull(c.fd.get(), ciphertext.data(), ciphertext.size());
+          !s.ok()) {
+        return s;
+      }
+      done += n;
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = send(reinterpret_cast<const std::byte*>(header.data()), header.size());
+      !s.ok()) {
+    return s;
+  }
+  for (const auto& span : payload) {
+    if (absl::Status s = send(span.data(), span.size()); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TcpKvTransport::ReadAck(Connection& c, KvAckBytes& ack) {
+  if (c.tls == nullptr) return net::ReadFull(c.fd.get(), ack.data(), ack.size());
+  std::vector<std::byte> ciphertext(kTlsReadBytes);
+  for (size_t have = 0; have < ack.size();) {
+    net::TlsSession::ReadResult r;
+    {
+      std::lock_guard<std::mutex> lock(c.tls_mu);
+      r = c.tls->Read(ack.data() + have, ack.size() - have);
+    }
+    if (!r.error.ok()) return r.error;
+    if (r.peer_closed) return absl::UnavailableError("the receiver ended the TLS session");
+    if (r.bytes > 0) {
+      have += r.bytes;
+      continue;
+    }
+    ssize_t n;
+    do {
+      n = ::recv(c.fd.get(), ciphertext.data(), ciphertext.size(), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n == 0) return absl::UnavailableError("peer closed the connection");
+    if (n < 0) return net::ErrnoStatus("recv", errno);
+    std::lock_guard<std::mutex> lock(c.tls_mu);
+    c.tls->Received(ciphertext.data(), static_cast<size_t>(n));
+  }
+  return absl::OkStatus();
 }
 
 void TcpKvTransport::BreakLocked(Connection& c, const absl::Status& status, Ready& ready) {

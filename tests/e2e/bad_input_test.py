@@ -406,10 +406,12 @@ def worker_model(runner):
 
 
 def gen(ids=PROMPT, max_tokens=ROOM, **fields):
-    """A GenerateRequest as the router hands it on: token ids, max_tokens and sampling set."""
-    return {"request_id": "bad-worker-input", "prompt_token_ids": list(ids),
-            "max_tokens": max_tokens, "sampling": {"temperature": 0}, "ignore_eos": True,
-            **fields}
+    """A WorkerRequest as the router hands it on: token ids and every parameter set (greedy).
+    A field given as None is left out (proto's zero)."""
+    request = {"request_id": "bad-worker-input", "prompt_token_ids": list(ids),
+               "max_tokens": max_tokens, "temperature": 0, "top_p": 1, "top_k": 0, "min_p": 0,
+               "repetition_penalty": 1, "ignore_eos": True, **fields}
+    return {k: v for k, v in request.items() if v is not None}
 
 
 def reserve_request(runner, prompt_tokens=len(PROMPT), max_tokens=ROOM, **fields):
@@ -587,7 +589,10 @@ def first_token_sent(response, runner):
     return None
 
 
-not_ids = "workers take prompts as token ids only"
+# The worker protocol carries every parameter: a direct caller that leaves one out (zero) is
+# told which, not given a default.
+top_p_unset = "top_p is 0; it must be in (0, 1]"
+penalty_unset = "repetition_penalty is 0; it must be a finite number > 0"
 fingerprint_fix = "; run the same model on prefill and decode"
 wrong_secret = "; pass the one Reserve returned"
 unknown = "; it expired, was released or was never made"
@@ -680,8 +685,8 @@ WORKER_CASES = [
          says=(f"max_tokens {ROOM + 1} exceeds reservation ",
                f"'s room for {ROOM} new tokens; Reserve with the request's max_tokens"),
          **decode_row),
-    Case("decode_text_prompt", decode_receiving(request=gen(ids=[], prompt="hello")),
-         says=not_ids, **decode_row),
+    Case("decode_top_p_left_out", decode_receiving(request=gen(top_p=None)),
+         says=top_p_unset, **decode_row),
     Case("decode_prompt_id_outside_vocab",
          lambda r: decode_receiving(request=gen(ids=[1, worker_model(r).vocab_size]))(r),
          says=vocab_says("prompt token 1 has id {vocab}, outside the vocabulary [0, {vocab})"),
@@ -729,9 +734,9 @@ WORKER_CASES = [
     Case("prefill_reserved_tokens_below_the_prompt", prefill_into(reserved_tokens="32"),
          says="the reservation holds 32 tokens, fewer than the prompt's 33", after=not_computed,
          **prefill_row),
-    Case("prefill_text_prompt",
-         lambda r: prefill_request(r, forged(r), gen(ids=[], prompt="hello")),
-         says=not_ids, **prefill_row),
+    Case("prefill_repetition_penalty_left_out",
+         lambda r: prefill_request(r, forged(r), gen(repetition_penalty=None)),
+         says=penalty_unset, **prefill_row),
     Case("prefill_empty_prompt", lambda r: prefill_request(r, forged(r), gen(ids=[])),
          says="prompt is empty; send at least one token", **prefill_row),
     Case("prefill_prompt_id_outside_vocab",

@@ -20,7 +20,6 @@ namespace pdserve {
 namespace {
 
 using testing_util::Cluster;
-using testing_util::ClusterOptions;
 using testing_util::MidSizeModel;
 
 v1::GenerateRequest Greedy(const std::vector<int32_t>& prompt, int max_tokens) {
@@ -78,8 +77,7 @@ TEST(Disaggregation, Stories260KMatchesLlama2cForAllReferenceCases) {
   ASSERT_TRUE(in) << "missing " << dir << "/stories260K.reference.json";
   const nlohmann::json reference = nlohmann::json::parse(in);
   Cluster cluster({.model = dir + "/stories260K.bin"});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   for (const auto& c : reference["cases"]) {
     const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
     v1::GenerateRequest req = Greedy(prompt, 65);
@@ -104,8 +102,7 @@ TEST(Disaggregation, SyntheticMhaGqaMqaEqualSingleProcess) {
     auto model = LoadModel(path, backend);
     ASSERT_TRUE(model.ok()) << model.status();
     Cluster cluster({.model = path});
-    std::string error;
-    ASSERT_TRUE(cluster.Start(&error)) << error;
+    ASSERT_EQ(cluster.Start(), absl::OkStatus());
     for (int i = 0; i < 3; ++i) {
       const auto prompt = Prompt(5 + 17 * i, i, 300);
       v1::FinalInfo info;
@@ -137,8 +134,7 @@ TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
     ASSERT_TRUE(model.ok()) << model.status();
     ASSERT_TRUE((*model)->kv_format().is_mla());
     Cluster cluster({.model = path});
-    std::string error;
-    ASSERT_TRUE(cluster.Start(&error)) << error;
+    ASSERT_EQ(cluster.Start(), absl::OkStatus());
     const int vocab = static_cast<int>(config->vocab_size);
     for (int i = 0; i < 2; ++i) {
       const auto prompt = Prompt(6 + 40 * i, i, vocab);
@@ -163,8 +159,7 @@ TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFr
   auto model = LoadModel(path, backend);
   ASSERT_TRUE(model.ok());
   Cluster cluster({.model = path, .prefill_workers = 2, .decode_workers = 2});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   constexpr int kStreams = 32;
   std::vector<std::vector<int32_t>> prompts, expected(kStreams);
   for (int i = 0; i < kStreams; ++i) {
@@ -206,8 +201,7 @@ TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFr
 TEST(Disaggregation, CancelAndDeadlineFreeEveryBlock) {
   const std::string path = MidSizeModel("e2e_cancel");
   Cluster cluster({.model = path});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   {
     grpc::ClientContext ctx;
     v1::GenerateRequest req = Greedy(Prompt(20, 1, 300), 200);
@@ -238,8 +232,7 @@ TEST(Disaggregation, PrefillWorkerKilledMidRequestFailsFastAndFreesTheReservatio
   // Big enough that a 900-token prompt keeps the prefill busy for a while.
   const std::string path = MidSizeModel("e2e_kill");
   Cluster cluster({.model = path});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   const auto start = std::chrono::steady_clock::now();
   auto pending = std::async(std::launch::async,
                             [&] { return Complete(cluster, Greedy(Prompt(900, 3, 300), 8)); });
@@ -260,8 +253,7 @@ TEST(Disaggregation, PrefillWorkerKilledMidRequestFailsFastAndFreesTheReservatio
 TEST(Disaggregation, MalformedRequestsAreInvalidArgumentWithAClearMessage) {
   const std::string path = SynthModel("e2e_bad", 2);
   Cluster cluster({.model = path});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   struct Case {
     std::string name;
     std::function<void(v1::GenerateRequest&)> edit;

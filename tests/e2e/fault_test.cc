@@ -55,8 +55,7 @@ bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds l
 
 TEST(Faults, StalledPrefillWorkerEndsTheStreamWithinFiveSecondsAndFreesTheReservation) {
   Cluster cluster({.model = MidSizeModel("fault_stall", 4096)});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   auto pending = std::async(std::launch::async, [&] {
     v1::CompleteResponse resp;
     return Complete(cluster, Request(1500, 1, 8), std::chrono::seconds(60), &resp);
@@ -85,8 +84,7 @@ TEST(Faults, StalledPrefillWorkerEndsTheStreamWithinFiveSecondsAndFreesTheReserv
 
 TEST(Faults, ClientDeadlineStopsARunningPrefillBetweenLayers) {
   Cluster cluster({.model = MidSizeModel("fault_cancel", 4096)});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   // How long the whole prompt takes when nobody gives up (another salt: no prefix reuse).
   v1::CompleteResponse resp;
   auto start = Clock::now();
@@ -115,8 +113,7 @@ TEST(Faults, ClientDeadlineStopsARunningPrefillBetweenLayers) {
 
 TEST(Faults, RouterKilledMidStreamLeavesNoBlockHeldOnAnyWorker) {
   Cluster cluster({.model = MidSizeModel("fault_router", 4096)});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   grpc::ClientContext ctx;
   auto reader = cluster.router().Generate(&ctx, Request(20, 4, 3000));
   v1::GenerateResponse msg;
@@ -143,8 +140,7 @@ TEST(Faults, FourThousandTokenPromptOnTheDefaultModelCompletesDisaggregated) {
   // Two compute threads per worker on a 2-core machine: a prefill that saturates the CPU for
   // tens of seconds must neither lose its reservation nor be taken for a dead worker.
   Cluster cluster({.model = model, .kv_blocks = 512, .threads = 2});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   v1::GenerateRequest req;
   for (int i = 0; i < 4000; ++i) req.add_prompt_token_ids(1000 + (i * 7919) % 20000);
   req.mutable_sampling()->set_temperature(0.0f);
@@ -168,8 +164,7 @@ TEST(Faults, DecodeWorkerKilledMidStreamMigratesWithoutLosingOrRepeatingAToken) 
   const std::string model = testing_util::DefaultGgufPath();
   PDSERVE_SKIP_WITHOUT_DEFAULT_MODEL(model);
   Cluster cluster({.model = model, .decode_workers = 2});
-  std::string error;
-  ASSERT_TRUE(cluster.Start(&error)) << error;
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
   v1::GenerateRequest req;
   for (int i = 0; i < 24; ++i) req.add_prompt_token_ids(1000 + (i * 313) % 20000);
   req.mutable_sampling()->set_temperature(0.0f);

@@ -112,9 +112,9 @@ class TextEndToEnd : public ::testing::Test {
     model_path_ = new std::string(testing_util::DefaultGgufPath());
     if (!fs::exists(*model_path_)) return;
     cluster_ = new Cluster({.model = *model_path_, .tokenizer = *model_path_});
-    std::string error;
-    started_ = cluster_->Start(&error);
-    if (!started_) start_error_ = new std::string(error);
+    const absl::Status started = cluster_->Start();
+    started_ = started.ok();
+    if (!started_) start_error_ = new std::string(started.ToString());
   }
   static void TearDownTestSuite() {
     delete cluster_;

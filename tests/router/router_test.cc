@@ -327,7 +327,7 @@ TEST_F(RouterTest, GenerateStreamsTokensInOrderAndEndsWithFinalInfo) {
   absl::MutexLock lock(&decode_[0].mu);
   EXPECT_EQ(decode_[0].last_decode.first_token(), kFirstToken);
   EXPECT_EQ(decode_[0].last_decode.reservation_id(), 1u);
-  EXPECT_EQ(decode_[0].last_decode.request().sampling().temperature(), 1.0f);  // defaults filled
+  EXPECT_EQ(decode_[0].last_decode.request().temperature(), 1.0f);  // defaults filled
 }
 
 TEST_F(RouterTest, CompleteReturnsEveryToken) {

@@ -28,8 +28,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "decode_worker/reserved_blocks_sink.h"
 #include "transport/kv_frame.h"
-#include "transport/kv_sink.h"
 #include "transport/socket_io.h"
 
 namespace pdserve {

@@ -8,9 +8,10 @@
 #include <chrono>
 #include <thread>
 
+#include "decode_worker/reserved_blocks_sink.h"
+#include "prefill_worker/kv_layer_sender.h"
 #include "tests/transport/transport_test_util.h"
 #include "transport/kv_receiver.h"
-#include "transport/kv_sink.h"
 #include "transport/socket_io.h"
 #include "transport/tcp_kv_transport.h"
 
@@ -20,43 +21,9 @@ namespace {
 using testing_util::HostStore;
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kLongTtl = std::chrono::minutes(5);
-
-std::string Endpoint(const KvReceiver& r) { return "127.0.0.1:" + std::to_string(r.port()); }
-
-// The decode side: a destination store (shuffled free list), its sink and a receiver.
-struct DecodeSide {
-  explicit DecodeSide(const KvFormat& f, int64_t blocks = 64, uint8_t fill = 0xAB)
-      : h(f, blocks), sink(h.store, {.reap_expired = false}) {
-    testing_util::ShufflePool(h.store.pool(), 99);
-    testing_util::FillByte(h.store, fill);
-    auto r = KvReceiver::Start(sink, {"127.0.0.1", 0});
-    EXPECT_TRUE(r.ok()) << r.status();
-    if (r.ok()) receiver = *std::move(r);
-  }
-  KvDestination Reserve(const std::string& request, int64_t tokens, int64_t capacity) {
-    auto t = sink.Reserve(RequestIdHash(request), tokens, capacity, kLongTtl);
-    EXPECT_TRUE(t.ok()) << t.status();
-    return KvDestination{Endpoint(*receiver), t.ok() ? t->id : 0,
-                         t.ok() ? t->secret : ReservationSecret{}, RequestIdHash(request)};
-  }
-  HostStore h;
-  ReservedBlocksSink sink;
-  std::unique_ptr<KvReceiver> receiver;
-};
-
-// The prefill side: a source store with random KV and one sequence's shuffled block table.
-struct PrefillSide {
-  PrefillSide(const KvFormat& f, int64_t tokens, uint32_t seed) : h(f, 64) {
-    testing_util::FillRandom(h.store, seed);
-    testing_util::ShufflePool(h.store.pool(), seed);
-    auto b = h.store.pool().Allocate(KvStore::BlocksFor(f, tokens));
-    EXPECT_TRUE(b.ok()) << b.status();
-    if (b.ok()) table = *b;
-  }
-  HostStore h;
-  std::vector<int32_t> table;
-};
+using testing_util::DecodeSide;
+using testing_util::Endpoint;
+using testing_util::PrefillSide;
 
 struct FormatCase {
   const char* name;
@@ -78,13 +45,13 @@ TEST_P(TcpKvTransportLoopback, DestinationRowsEqualSourceRowsAndWireBytesAreExac
   int64_t frames = 0;
   for (int64_t layer = 0; layer < f.num_layers; ++layer) {
     if (layer % 2 == 1) {
-      ASSERT_TRUE(transport.SendLayerFromStore(dest, src.h.store, layer, src.table, 0, 17).ok());
+      ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, 17).ok());
       ASSERT_TRUE(
-          transport.SendLayerFromStore(dest, src.h.store, layer, src.table, 17, tokens - 17).ok());
+          SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 17, tokens - 17).ok());
       frames += 2;
     } else {
       ASSERT_TRUE(
-          transport.SendLayerFromStore(dest, src.h.store, layer, src.table, 0, tokens).ok());
+          SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, tokens).ok());
       frames += 1;
     }
   }
@@ -136,7 +103,7 @@ TEST(TcpKvTransport, SplitsLayersIntoFramesOfAboutFrameBytes) {
   options.frame_bytes = 1000;  // 7 tokens per frame: 7 frames per layer
   TcpKvTransport transport(options);
   for (int64_t layer = 0; layer < f.num_layers; ++layer) {
-    ASSERT_TRUE(transport.SendLayerFromStore(dest, src.h.store, layer, src.table, 0, tokens).ok());
+    ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, tokens).ok());
   }
   auto stats = transport.Flush(dest, Clock::now() + std::chrono::seconds(10));
   ASSERT_TRUE(stats.ok()) << stats.status();
@@ -167,9 +134,8 @@ TEST(TcpKvTransport, ConcurrentRequestsShareOnePersistentConnection) {
   for (int i = 0; i < kRequests; ++i) {
     threads.emplace_back([&, i] {
       for (int64_t layer = 0; layer < f.num_layers; ++layer) {
-        EXPECT_TRUE(transport
-                        .SendLayerFromStore(dests[i], sources[i]->h.store, layer, sources[i]->table,
-                                            0, 20 + 3 * i)
+        EXPECT_TRUE(SendLayerFromStore(transport, dests[i], sources[i]->h.store, layer,
+                                       sources[i]->table, 0, 20 + 3 * i)
                         .ok());
       }
       EXPECT_TRUE(transport.Flush(dests[i], Clock::now() + std::chrono::seconds(10)).ok());
@@ -197,7 +163,7 @@ TEST(TcpKvTransport, RejectedFrameFailsFlushWithTheReceiversReasonAndStopsTheRes
   KvDestination dest = dst.Reserve("req", 8, 8);
   dest.secret = ReservationSecret::Random();  // a stale or wrong secret
   TcpKvTransport transport;
-  ASSERT_TRUE(transport.SendLayerFromStore(dest, src.h.store, 0, src.table, 0, 8).ok());
+  ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, 0, src.table, 0, 8).ok());
   auto flushed = transport.Flush(dest, Clock::now() + std::chrono::seconds(5));
   ASSERT_FALSE(flushed.ok());
   EXPECT_EQ(flushed.status().code(), absl::StatusCode::kPermissionDenied);
@@ -207,7 +173,7 @@ TEST(TcpKvTransport, RejectedFrameFailsFlushWithTheReceiversReasonAndStopsTheRes
   // The connection survives a rejected frame: a correct request goes through right after.
   const KvDestination good = dst.Reserve("req2", 8, 8);
   for (int64_t layer = 0; layer < f.num_layers; ++layer) {
-    ASSERT_TRUE(transport.SendLayerFromStore(good, src.h.store, layer, src.table, 0, 8).ok());
+    ASSERT_TRUE(SendLayerFromStore(transport, good, src.h.store, layer, src.table, 0, 8).ok());
   }
   EXPECT_TRUE(transport.Flush(good, Clock::now() + std::chrono::seconds(5)).ok());
   EXPECT_EQ(transport.stats().connections_opened, 1u);
@@ -242,7 +208,7 @@ TEST(TcpKvTransport, ReconnectsAfterTheReceiverRestarts) {
   TcpKvTransport transport;
   auto send_all = [&](const KvDestination& d) -> absl::Status {
     for (int64_t layer = 0; layer < f.num_layers; ++layer) {
-      if (absl::Status s = transport.SendLayerFromStore(d, src.h.store, layer, src.table, 0, 12);
+      if (absl::Status s = SendLayerFromStore(transport, d, src.h.store, layer, src.table, 0, 12);
           !s.ok()) {
         (void)transport.Flush(d, Clock::now());
         return s;

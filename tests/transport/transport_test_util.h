@@ -5,19 +5,24 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "decode_worker/reserved_blocks_sink.h"
 #include "engine/kv_cache.h"
 #include "engine/kv_format.h"
+#include "engine/kv_layout.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/test_util.h"
-#include "transport/kv_layout.h"
+#include "transport/kv_receiver.h"
+#include "transport/kv_transport.h"
 
 namespace pdserve::testing_util {
 
@@ -113,6 +118,50 @@ struct HostStore {
   HostStore(const KvFormat& format, int64_t blocks) : store(backend, format, blocks) {}
   CpuBackend backend{1};
   KvStore store;
+};
+
+constexpr auto kLongTtl = std::chrono::minutes(5);
+
+inline std::string Endpoint(const KvReceiver& r) { return "127.0.0.1:" + std::to_string(r.port()); }
+
+// The decode side: a destination store (shuffled free list), its sink and a receiver on
+// 127.0.0.1 (with `tls`: a TLS server context, mutual TLS).
+struct DecodeSide {
+  explicit DecodeSide(const KvFormat& f, int64_t blocks = 64, uint8_t fill = 0xAB,
+                      std::shared_ptr<const net::TlsContext> tls = nullptr)
+      : h(f, blocks), sink(h.store, {.reap_expired = false}) {
+    ShufflePool(h.store.pool(), 99);
+    FillByte(h.store, fill);
+    KvReceiver::Options options;
+    options.host = "127.0.0.1";
+    options.tls = std::move(tls);
+    auto r = KvReceiver::Start(sink, std::move(options));
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) receiver = *std::move(r);
+  }
+  KvDestination Reserve(const std::string& request, int64_t tokens, int64_t capacity) {
+    auto t = sink.Reserve(RequestIdHash(request), tokens, capacity, kLongTtl);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return KvDestination{Endpoint(*receiver), t.ok() ? t->id : 0,
+                         t.ok() ? t->secret : ReservationSecret{}, RequestIdHash(request)};
+  }
+  HostStore h;
+  ReservedBlocksSink sink;
+  std::unique_ptr<KvReceiver> receiver;
+};
+
+// The prefill side: a source store with random KV and one sequence's shuffled block table.
+struct PrefillSide {
+  PrefillSide(const KvFormat& f, int64_t tokens, uint32_t seed)
+      : h(f, std::max<int64_t>(64, KvStore::BlocksFor(f, tokens))) {
+    FillRandom(h.store, seed);
+    ShufflePool(h.store.pool(), seed);
+    auto b = h.store.pool().Allocate(KvStore::BlocksFor(f, tokens));
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (b.ok()) table = *b;
+  }
+  HostStore h;
+  std::vector<int32_t> table;
 };
 
 }  // namespace pdserve::testing_util

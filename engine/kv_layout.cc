@@ -1,4 +1,4 @@
-#include "transport/kv_layout.h"
+#include "engine/kv_layout.h"
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -66,22 +66,6 @@ absl::StatusOr<std::vector<std::span<std::byte>>> KvLayerSpans(KvStore& store, i
     AppendRows(store.v(layer), block_table, token_begin, token_count, spans);
   }
   return spans;
-}
-
-size_t SpansBytes(std::span<const std::span<std::byte>> spans) {
-  size_t n = 0;
-  for (const auto& s : spans) n += s.size();
-  return n;
-}
-
-size_t SpansBytes(std::span<const std::span<const std::byte>> spans) {
-  size_t n = 0;
-  for (const auto& s : spans) n += s.size();
-  return n;
-}
-
-std::vector<std::span<const std::byte>> AsConstSpans(std::span<const std::span<std::byte>> spans) {
-  return std::vector<std::span<const std::byte>>(spans.begin(), spans.end());
 }
 
 }  // namespace pdserve

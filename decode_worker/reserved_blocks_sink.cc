@@ -1,4 +1,4 @@
-#include "transport/kv_sink.h"
+#include "decode_worker/reserved_blocks_sink.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -8,8 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "engine/kv_layout.h"
+#include "serving/fault_points.h"
 #include "spdlog/spdlog.h"
-#include "transport/kv_layout.h"
 
 namespace pdserve {
 
@@ -359,6 +360,7 @@ absl::Status ReservedBlocksSink::Complete(const KvFrameHeader& h, absl::Status s
       }
     }
   }
+  if (result.ok() && !h.keepalive()) serving::StopHereIfAsked("decode.frame_stored", h.layer);
   Run(settled);
   return result;
 }

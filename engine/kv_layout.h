@@ -1,6 +1,7 @@
-// Where a sequence's KV for one layer and token range lives in a KvStore, as byte spans in
-// frame payload order. The sender gathers its payload from these spans and the receiver reads
-// the payload straight into them, so both sides share this one mapping.
+// Where a sequence's KV for one layer and token range lives in a KvStore, as byte spans in the
+// KV transfer's payload order. The prefill worker sends its payload from these spans and the
+// decode worker's reservations read the payload straight into them, so both sides share this
+// one mapping; the transport itself only moves bytes between spans it is given.
 #pragma once
 
 #include <cstddef>
@@ -15,21 +16,14 @@ namespace pdserve {
 
 // The bytes of `layer`'s KV for tokens [token_begin, token_begin + token_count) of a sequence
 // whose blocks are `block_table` (block i holds tokens [i * tokens_per_block, ...)), in payload
-// order (transport/kv_frame.h): the K rows then the V rows for full formats, the latent rows
-// for MLA. Runs of consecutive block ids are merged into one span. Their sizes add up to
-// format.bytes_per_token_per_layer() * token_count. The pointers are the store's (device
+// order (the frame payload of transport/kv_frame.h): the K rows then the V rows for full formats,
+// the latent rows for MLA. Runs of consecutive block ids are merged into one span. Their sizes add
+// up to format.bytes_per_token_per_layer() * token_count. The pointers are the store's (device
 // memory for a GPU store). INVALID_ARGUMENT when the layer, the range or a block id lies
 // outside the store or the table.
 absl::StatusOr<std::vector<std::span<std::byte>>> KvLayerSpans(KvStore& store, int64_t layer,
                                                                std::span<const int32_t> block_table,
                                                                int64_t token_begin,
                                                                int64_t token_count);
-
-// Total bytes of `spans`.
-size_t SpansBytes(std::span<const std::span<std::byte>> spans);
-size_t SpansBytes(std::span<const std::span<const std::byte>> spans);
-
-// The same spans, read-only (what a sender takes).
-std::vector<std::span<const std::byte>> AsConstSpans(std::span<const std::span<std::byte>> spans);
 
 }  // namespace pdserve

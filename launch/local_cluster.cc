@@ -1,0 +1,127 @@
+#include "launch/local_cluster.h"
+
+#include <filesystem>
+#include <system_error>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace pdserve::launch {
+
+LocalCluster::LocalCluster(LocalClusterOptions options) : options_(std::move(options)) {}
+
+std::vector<std::string> LocalCluster::WorkerArgs() const {
+  std::vector<std::string> args = {"--model=" + options_.model, "--listen=127.0.0.1:0",
+                                   absl::StrCat("--threads=", options_.threads)};
+  if (options_.kv_blocks > 0) args.push_back(absl::StrCat("--kv-blocks=", options_.kv_blocks));
+  return args;
+}
+
+absl::StatusOr<std::string> LocalCluster::Spawn(const std::string& binary, const std::string& name,
+                                                std::vector<std::string> args,
+                                                std::unique_ptr<rpc::ChildProcess>& process) {
+  const std::string port_file = absl::StrCat(options_.run_dir, "/", name, ".port");
+  std::error_code ignored;
+  std::filesystem::remove(port_file, ignored);  // a port from an earlier run is no answer
+  args.insert(args.begin(), rpc::BinaryPath(binary));
+  args.push_back("--port-file=" + port_file);
+  if (!options_.log_level.empty()) args.push_back("--log-level=" + options_.log_level);
+  if (options_.tls.enabled()) {
+    args.push_back("--tls-cert=" + options_.tls.cert);
+    args.push_back("--tls-key=" + options_.tls.key);
+    args.push_back("--tls-ca=" + options_.tls.ca);
+  }
+  process =
+      std::make_unique<rpc::ChildProcess>(args, absl::StrCat(options_.run_dir, "/", name, ".log"));
+  absl::StatusOr<int> port = rpc::WaitForPortFile(port_file, *process, options_.start_timeout);
+  if (!port.ok()) {
+    return absl::Status(port.status().code(),
+                        absl::StrCat(name, " did not start: ", port.status().message(), "\n  ",
+                                     absl::StrJoin(args, " "), "\nits log (", process->log_path(),
+                                     ") ends with:\n", process->LogTail()));
+  }
+  return absl::StrCat("127.0.0.1:", *port);
+}
+
+absl::Status LocalCluster::Start() {
+  if (options_.run_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "LocalClusterOptions.run_dir is empty: give a directory for the logs and port files");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options_.run_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot create the cluster's directory ",
+                                                    options_.run_dir, ": ", ec.message()));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      rpc::MakeChannelCredentials(options_.tls);
+  if (!credentials.ok()) return credentials.status();
+  credentials_ = *std::move(credentials);
+
+  for (int i = 0; i < options_.decode_workers; ++i) {
+    std::vector<std::string> args = WorkerArgs();
+    args.push_back("--kv-listen=127.0.0.1:0");
+    absl::StatusOr<std::string> address =
+        Spawn("pdserve-decode", absl::StrCat("decode", i), std::move(args), decode_.emplace_back());
+    if (!address.ok()) return address.status();
+    decode_addresses_.push_back(*std::move(address));
+  }
+  for (int i = 0; i < options_.prefill_workers; ++i) {
+    absl::StatusOr<std::string> address =
+        Spawn("pdserve-prefill", absl::StrCat("prefill", i), WorkerArgs(), prefill_.emplace_back());
+    if (!address.ok()) return address.status();
+    prefill_addresses_.push_back(*std::move(address));
+  }
+  std::vector<std::string> router_args = {"--listen=127.0.0.1:0",
+                                          "--prefill=" + absl::StrJoin(prefill_addresses_, ","),
+                                          "--decode=" + absl::StrJoin(decode_addresses_, ",")};
+  if (!options_.tokenizer.empty()) router_args.push_back("--tokenizer=" + options_.tokenizer);
+  absl::StatusOr<std::string> address =
+      Spawn("pdserve-router", "router", std::move(router_args), router_process_);
+  if (!address.ok()) return address.status();
+  router_address_ = *std::move(address);
+  router_ = v1::Generation::NewStub(Channel(router_address_));
+  return WaitUntilRouterAnswers();
+}
+
+absl::Status LocalCluster::WaitUntilRouterAnswers() {
+  // The router learns its workers' health within a few hundred milliseconds and answers
+  // UNAVAILABLE until then.
+  const auto deadline = std::chrono::steady_clock::now() + options_.start_timeout;
+  grpc::Status last;
+  while (std::chrono::steady_clock::now() < deadline && router_process_->running()) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GenerateRequest req;
+    req.add_prompt_token_ids(1);
+    req.set_max_tokens(1);
+    v1::CompleteResponse resp;
+    last = router_->Complete(&ctx, req, &resp);
+    if (last.ok()) return absl::OkStatus();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "the router never answered a request (last error: ", last.error_message(), "; ", "it ",
+      router_process_->running() ? "is still running" : router_process_->ExitDescription(),
+      ")\nits log (", router_process_->log_path(), ") ends with:\n", router_process_->LogTail()));
+}
+
+void LocalCluster::Stop(std::chrono::milliseconds grace) {
+  // The router first, so that it stops taking requests as the workers begin to drain.
+  std::vector<rpc::ChildProcess*> order;
+  if (router_process_ != nullptr) order.push_back(router_process_.get());
+  for (const auto& p : prefill_) order.push_back(p.get());
+  for (const auto& p : decode_) order.push_back(p.get());
+  for (rpc::ChildProcess* p : order) p->Signal(SIGTERM);
+  for (rpc::ChildProcess* p : order) {
+    if (p->Wait(grace) < 0) p->Signal(SIGKILL);
+  }
+}
+
+std::shared_ptr<grpc::Channel> LocalCluster::Channel(const std::string& address) const {
+  return grpc::CreateChannel(address, credentials_);
+}
+
+}  // namespace pdserve::launch
