@@ -1,6 +1,7 @@
-// Mutual TLS on every gRPC connection: a cluster whose processes all present certificates from
-// one CA serves requests; a client without a certificate, or with one from another CA, is
-// refused by the router and by the workers.
+// Mutual TLS on every gRPC connection and on the KV transfer: a cluster whose processes all
+// present certificates from one CA serves requests; a client without a certificate, or with one
+// from another CA, is refused by the router and by the workers; a prefill worker refuses a
+// reservation whose KV receiver disagrees with it about TLS.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -15,22 +16,9 @@ namespace {
 
 using testing_util::Cluster;
 
-// A CA and one certificate it signed (for localhost and 127.0.0.1, usable by servers and
-// clients), made with the openssl command-line tool in `dir`.
 rpc::TlsFiles MakeCertificates(const std::string& dir, const std::string& name) {
-  const std::string p = absl::StrCat(dir, "/", name);
-  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-  const std::string script = absl::StrCat(
-      "set -e; cd '", dir, "';", "openssl req -x509 ", key, " -keyout ", name, "-ca.key -out ",
-      name, "-ca.pem -days 2 -subj /CN=", name, "-ca 2>/dev/null;", "openssl req ", key,
-      " -keyout ", name, ".key -out ", name, ".csr -subj /CN=localhost 2>/dev/null;",
-      "printf "
-      "'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n'"
-      " > ",
-      name, ".ext;", "openssl x509 -req -in ", name, ".csr -CA ", name, "-ca.pem -CAkey ", name,
-      "-ca.key -CAcreateserial -out ", name, ".pem -days 2 -extfile ", name, ".ext 2>/dev/null");
-  EXPECT_EQ(std::system(absl::StrCat("bash -c \"", script, "\"").c_str()), 0) << script;
-  return rpc::TlsFiles{.cert = p + ".pem", .key = p + ".key", .ca = p + "-ca.pem"};
+  const testing_util::TestCertificates c = testing_util::MakeCertificates(dir, name);
+  return rpc::TlsFiles{.cert = c.cert, .key = c.key, .ca = c.ca};
 }
 
 grpc::Status Complete(const std::shared_ptr<grpc::Channel>& channel) {
@@ -82,6 +70,61 @@ TEST(MutualTls, EveryConnectionNeedsACertificateFromTheClustersCa) {
   EXPECT_EQ(GetLoad(grpc::CreateChannel(decode, grpc::InsecureChannelCredentials())).error_code(),
             grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(GetLoad(ChannelWith(decode, anonymous)).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// The KV transfer runs over TLS too: the decode worker's reservations say so, and a prefill
+// worker with TLS refuses to send KV to a receiver that claims to be plaintext (it would be
+// a downgrade), before computing anything.
+TEST(MutualTls, KvTransferIsEncryptedAndAPlaintextReceiverIsRefused) {
+  const std::string dir = testing_util::FreshDir("tls_kv");
+  const rpc::TlsFiles ours = MakeCertificates(dir, "node");
+  Cluster cluster({.model = testing_util::ModelsDir() + "/stories260K.bin", .tls = ours});
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
+  auto model = v1::PrefillWorker::NewStub(cluster.Channel(cluster.prefill_addresses()[0]));
+  v1::ModelInfo info;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(model->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  }
+  auto decode = v1::DecodeWorker::NewStub(cluster.Channel(cluster.decode_addresses()[0]));
+  v1::ReserveRequest reserve;
+  reserve.set_request_id("tls-kv");
+  reserve.set_prompt_tokens(3);
+  reserve.set_max_tokens(4);
+  reserve.set_model_fingerprint(info.fingerprint());
+  *reserve.mutable_kv_format() = info.kv_format();
+  v1::Reservation reservation;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(decode->Reserve(&ctx, reserve, &reservation).ok());
+  }
+  EXPECT_TRUE(reservation.transfer_tls()) << "the decode worker's KV receiver takes only TLS";
+
+  v1::PrefillRequest prefill;
+  v1::WorkerRequest& work = *prefill.mutable_request();
+  work.set_request_id("tls-kv");
+  for (int id : {1, 2, 3}) work.add_prompt_token_ids(id);
+  work.set_top_p(1);
+  work.set_repetition_penalty(1);
+  work.set_max_tokens(4);
+  *prefill.mutable_destination() = reservation;
+  prefill.mutable_destination()->set_transfer_tls(false);
+  prefill.set_model_fingerprint(info.fingerprint());
+  v1::PrefillResponse response;
+  grpc::ClientContext ctx;
+  const grpc::Status refused = model->Prefill(&ctx, prefill, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(refused.error_message().find("--kv-plaintext"), std::string::npos)
+      << refused.error_message();
+
+  v1::ReleaseRequest release;
+  release.set_reservation_id(reservation.reservation_id());
+  release.set_secret(reservation.secret());
+  v1::ReleaseResponse released;
+  grpc::ClientContext release_ctx;
+  EXPECT_TRUE(decode->Release(&release_ctx, release, &released).ok());
+  // And the whole path works over TLS end to end.
+  EXPECT_TRUE(Complete(cluster.Channel(cluster.router_address())).ok());
 }
 
 TEST(MutualTls, PartialFlagsAndMissingFilesAreClearErrors) {
