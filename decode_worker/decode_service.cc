@@ -5,6 +5,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "rpc/raw_message.h"
 #include "rpc/status.h"
 #include "serving/fault_points.h"
 #include "serving/model_info.h"
@@ -35,11 +36,17 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const grpc:
 // either way Finish follows from that event, so nothing is held after the call ends.
 // Owned by itself (self_) from creation until OnDone; callbacks hold weak or strong references
 // so none outlives what it touches.
-class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResponse>,
+class DecodeService::DecodeCall : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                                   public std::enable_shared_from_this<DecodeCall> {
  public:
-  DecodeCall(DecodeService& service, const v1::DecodeRequest& request)
-      : service_(service), request_(request) {}
+  DecodeCall(DecodeService& service, v1::DecodeRequest request)
+      : service_(service), request_(std::move(request)) {}
+
+  // Ends the stream with `status` (an error) before or instead of Begin.
+  void EndNow(const absl::Status& status) {
+    absl::MutexLock lock(&mu_);
+    EndLocked(status);
+  }
 
   void Begin() {
     absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(request_.secret());
@@ -185,17 +192,14 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
                    request_.request().request_id(), generated_, MsSince(start_),
                    out_.finish_reason());
       phase_ = Phase::kEnded;
-      StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+      rpc::SerializeMessage(out_, &out_bytes_);
+      StartWriteAndFinish(&out_bytes_, grpc::WriteOptions(), grpc::Status::OK);
       return;
     }
     if (out_.token_ids_size() == 0) return;
     writing_ = true;
-    StartWrite(&out_);
-  }
-
-  void EndNow(const absl::Status& status) {
-    absl::MutexLock lock(&mu_);
-    EndLocked(status);
+    rpc::SerializeMessage(out_, &out_bytes_);
+    StartWrite(&out_bytes_);
   }
 
   void EndLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -209,7 +213,7 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
   }
 
   DecodeService& service_;
-  const v1::DecodeRequest& request_;  // gRPC's, valid until OnDone
+  const v1::DecodeRequest request_;
   const Clock::time_point start_ = Clock::now();
   ReservationSecret secret_;
   serving::EngineRequest req_;
@@ -219,6 +223,7 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<v1::DecodeResp
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<DecodeStream> stream_ ABSL_GUARDED_BY(mu_);
   v1::DecodeResponse out_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer out_bytes_ ABSL_GUARDED_BY(mu_);  // out_ as sent, alive until OnWriteDone
   int generated_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -232,9 +237,14 @@ DecodeService::DecodeService(Model& model, KvStore& store, ReservedBlocksSink& r
       info_(serving::MakeModelInfo(model, options_.fingerprint)) {}
 
 grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* context,
-                                                 const v1::ReserveRequest* request,
-                                                 v1::Reservation* response) {
-  return Done(context, DoReserve(*request, *response));
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
+  absl::StatusOr<v1::ReserveRequest> parsed = rpc::ParseMessage<v1::ReserveRequest>(*request);
+  if (!parsed.ok()) return Done(context, rpc::ToGrpc(parsed.status()));
+  v1::Reservation reservation;
+  const grpc::Status status = DoReserve(*parsed, reservation);
+  if (status.ok()) rpc::SerializeMessage(reservation, response);
+  return Done(context, status);
 }
 
 grpc::Status DecodeService::DoReserve(const v1::ReserveRequest& request,
@@ -285,18 +295,32 @@ grpc::Status DecodeService::DoReserve(const v1::ReserveRequest& request,
 }
 
 grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* context,
-                                                 const v1::ReleaseRequest* request,
-                                                 v1::ReleaseResponse*) {
-  absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(request->secret());
-  if (!secret.ok()) return Done(context, rpc::ToGrpc(secret.status()));
-  return Done(context, rpc::ToGrpc(reservations_.Release(request->reservation_id(), *secret)));
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
+  absl::StatusOr<v1::ReleaseRequest> parsed = rpc::ParseMessage<v1::ReleaseRequest>(*request);
+  if (!parsed.ok()) return Done(context, rpc::ToGrpc(parsed.status()));
+  const grpc::Status status = DoRelease(*parsed);
+  if (status.ok()) rpc::SerializeMessage(v1::ReleaseResponse(), response);
+  return Done(context, status);
 }
 
-grpc::ServerWriteReactor<v1::DecodeResponse>* DecodeService::Decode(
-    grpc::CallbackServerContext*, const v1::DecodeRequest* request) {
-  auto call = std::make_shared<DecodeCall>(*this, *request);
+grpc::Status DecodeService::DoRelease(const v1::ReleaseRequest& request) {
+  absl::StatusOr<ReservationSecret> secret = ReservationSecret::FromBytes(request.secret());
+  if (!secret.ok()) return rpc::ToGrpc(secret.status());
+  return rpc::ToGrpc(reservations_.Release(request.reservation_id(), *secret));
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* DecodeService::Decode(grpc::CallbackServerContext*,
+                                                                  const grpc::ByteBuffer* request) {
+  absl::StatusOr<v1::DecodeRequest> parsed = rpc::ParseMessage<v1::DecodeRequest>(*request);
+  auto call =
+      std::make_shared<DecodeCall>(*this, parsed.ok() ? *std::move(parsed) : v1::DecodeRequest());
   call->self_ = call;
-  call->Begin();
+  if (parsed.ok()) {
+    call->Begin();
+  } else {
+    call->EndNow(parsed.status());
+  }
   return call.get();
 }
 

@@ -16,7 +16,14 @@
 
 namespace pdserve {
 
-class DecodeService final : public v1::DecodeWorker::CallbackService {
+// Reserve, Release and Decode parse their own request bytes (rpc/raw_message.h): a request that
+// does not parse is INVALID_ARGUMENT saying so, not gRPC's empty UNIMPLEMENTED.
+using DecodeServiceBase =
+    v1::DecodeWorker::WithRawCallbackMethod_Reserve<v1::DecodeWorker::WithRawCallbackMethod_Release<
+        v1::DecodeWorker::WithRawCallbackMethod_Decode<v1::DecodeWorker::WithCallbackMethod_GetLoad<
+            v1::DecodeWorker::WithCallbackMethod_GetModelInfo<v1::DecodeWorker::Service>>>>>;
+
+class DecodeService final : public DecodeServiceBase {
  public:
   struct Options {
     std::string fingerprint;        // ModelFingerprint of the loaded model
@@ -30,14 +37,17 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
   DecodeService(Model& model, KvStore& store, ReservedBlocksSink& reservations,
                 DecodeScheduler& scheduler, Options options);
 
+  // Bytes of a ReserveRequest; answers a Reservation.
   grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* context,
-                                    const v1::ReserveRequest* request,
-                                    v1::Reservation* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  // Bytes of a ReleaseRequest; answers a ReleaseResponse.
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
-                                    const v1::ReleaseRequest* request,
-                                    v1::ReleaseResponse* response) override;
-  grpc::ServerWriteReactor<v1::DecodeResponse>* Decode(grpc::CallbackServerContext* context,
-                                                       const v1::DecodeRequest* request) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  // Bytes of a DecodeRequest; streams DecodeResponses.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Decode(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
                                     const v1::GetLoadRequest* request,
                                     v1::WorkerLoad* response) override;
@@ -51,6 +61,7 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
   class DecodeCall;
 
   grpc::Status DoReserve(const v1::ReserveRequest& request, v1::Reservation& response);
+  grpc::Status DoRelease(const v1::ReleaseRequest& request);
 
   Model& model_;
   KvStore& store_;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "prefill_worker/kv_layer_sender.h"
+#include "rpc/raw_message.h"
 #include "rpc/status.h"
 #include "serving/fault_points.h"
 #include "serving/model_info.h"
@@ -35,8 +36,11 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
                                     public std::enable_shared_from_this<PrefillCall> {
  public:
   PrefillCall(PrefillService& service, grpc::CallbackServerContext* context,
-              const v1::PrefillRequest& request, v1::PrefillResponse& response)
-      : service_(service), context_(context), request_(request), response_(response) {}
+              v1::PrefillRequest request, grpc::ByteBuffer* response)
+      : service_(service),
+        context_(context),
+        request_(std::move(request)),
+        response_bytes_(response) {}
 
   const KvDestination& destination() const { return destination_; }
 
@@ -209,6 +213,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
         "request {}: prefilled {} tokens ({} cached) in {:.1f} ms, {} KV bytes to {} in {:.1f} ms",
         id, req_.prompt.size(), cached, result.prefill_ms, transfer->wire_bytes,
         destination_.endpoint, transfer->seconds * 1e3);
+    rpc::SerializeMessage(response_, response_bytes_);
     End(absl::OkStatus());
   }
 
@@ -234,8 +239,9 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
 
   PrefillService& service_;
   grpc::CallbackServerContext* const context_;
-  const v1::PrefillRequest& request_;  // gRPC's, valid until OnDone
-  v1::PrefillResponse& response_;
+  const v1::PrefillRequest request_;
+  v1::PrefillResponse response_;
+  grpc::ByteBuffer* const response_bytes_;  // gRPC's, valid until OnDone
   serving::EngineRequest req_;
   KvDestination destination_;
   std::atomic<bool> cancelled_{false};
@@ -337,9 +343,11 @@ void PrefillService::KeepaliveLoop() {
 }
 
 grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* context,
-                                                  const v1::PrefillRequest* request,
-                                                  v1::PrefillResponse* response) {
-  auto call = std::make_shared<PrefillCall>(*this, context, *request, *response);
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  absl::StatusOr<v1::PrefillRequest> parsed = rpc::ParseMessage<v1::PrefillRequest>(*request);
+  if (!parsed.ok()) return Done(context, rpc::ToGrpc(parsed.status()));
+  auto call = std::make_shared<PrefillCall>(*this, context, *std::move(parsed), response);
   call->self_ = call;
   call->Begin();
   return call.get();

@@ -23,7 +23,13 @@
 
 namespace pdserve {
 
-class PrefillService final : public v1::PrefillWorker::CallbackService {
+// Prefill parses its own request bytes (rpc/raw_message.h): a request that does not parse is
+// INVALID_ARGUMENT saying so, not gRPC's empty UNIMPLEMENTED.
+using PrefillServiceBase =
+    v1::PrefillWorker::WithRawCallbackMethod_Prefill<v1::PrefillWorker::WithCallbackMethod_GetLoad<
+        v1::PrefillWorker::WithCallbackMethod_GetModelInfo<v1::PrefillWorker::Service>>>;
+
+class PrefillService final : public PrefillServiceBase {
  public:
   struct Options {
     std::string fingerprint;                            // ModelFingerprint of the loaded model
@@ -37,9 +43,10 @@ class PrefillService final : public v1::PrefillWorker::CallbackService {
                  Options options);
   ~PrefillService() override;  // stops the keepalive thread
 
+  // Bytes of a PrefillRequest; answers a PrefillResponse.
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
-                                    const v1::PrefillRequest* request,
-                                    v1::PrefillResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
                                     const v1::GetLoadRequest* request,
                                     v1::WorkerLoad* response) override;

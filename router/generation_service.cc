@@ -1,21 +1,14 @@
 #include "router/generation_service.h"
 
-#include <grpcpp/impl/codegen/proto_utils.h>
-
 #include "router/request_validator.h"
+#include "rpc/raw_message.h"
 #include "rpc/status.h"
 #include "spdlog/spdlog.h"
 
 namespace pdserve::router {
 namespace {
 
-// `message` as the bytes a raw method sends, replacing what `out` held.
-template <typename Message>
-void Serialize(const Message& message, grpc::ByteBuffer* out) {
-  out->Clear();  // gRPC's serializer appends only to an empty buffer
-  bool own_buffer = false;
-  grpc::SerializationTraits<Message>::Serialize(message, out, &own_buffer);
-}
+using rpc::SerializeMessage;
 
 // The request in `bytes` with its id checked and its prompt encoded, ready for RequestFlow.
 // `log_id` is the id as log lines may show it (escaped and cut: it may be what is wrong).
@@ -23,13 +16,9 @@ absl::StatusOr<v1::GenerateRequest> ParseRequest(const grpc::ByteBuffer& bytes, 
                                                  const PromptOptions& prompt_options,
                                                  std::string* log_id) {
   *log_id = "(unparsed)";
-  grpc::ByteBuffer copy = bytes;  // parsing consumes its buffer; the copy shares the slices
-  v1::GenerateRequest request;
-  if (!grpc::SerializationTraits<v1::GenerateRequest>::Deserialize(&copy, &request).ok()) {
-    return absl::InvalidArgumentError(
-        "request is not a valid pdserve.v1.GenerateRequest protobuf: send the GenerateRequest "
-        "message of pdserve/v1/generation.proto (string fields must be valid UTF-8)");
-  }
+  absl::StatusOr<v1::GenerateRequest> parsed = rpc::ParseMessage<v1::GenerateRequest>(bytes);
+  if (!parsed.ok()) return parsed.status();
+  v1::GenerateRequest request = *std::move(parsed);
   *log_id = request.request_id().empty() ? "(no id)" : LoggableText(request.request_id());
   if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
   return EncodePrompt(env.tokenizer, std::move(request), prompt_options);
@@ -69,7 +58,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     response.set_request_id(flow_->request_id());
     response.mutable_token_ids()->Add(tokens.begin(), tokens.end());
     response.set_text(std::move(text));
-    Serialize(response, &buffer_);
+    SerializeMessage(response, &buffer_);
     sent_ = std::move(sent);
     StartWrite(&buffer_);
   }
@@ -84,7 +73,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
     response.mutable_token_ids()->Add(tokens.begin(), tokens.end());
     response.set_text(std::move(text));
     *response.mutable_final() = final_info;
-    Serialize(response, &buffer_);
+    SerializeMessage(response, &buffer_);
     StartWriteAndFinish(&buffer_, grpc::WriteOptions(), grpc::Status::OK);
   }
 
@@ -129,7 +118,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
     response_.mutable_token_ids()->Add(tokens.begin(), tokens.end());
     response_.mutable_text()->append(text);
     *response_.mutable_final() = final_info;
-    Serialize(response_, response_bytes_);
+    SerializeMessage(response_, response_bytes_);
     grpc::ServerUnaryReactor::Finish(grpc::Status::OK);
   }
 
