@@ -16,7 +16,9 @@ Only the standard library here: importing this module needs no grpcio (wait_serv
 it when called).
 """
 
+import ctypes
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -92,19 +94,48 @@ class Cluster:
                                      "--port-file=" + port_file], stdout=log, stderr=log)
         self.procs.append(proc)
         self.pids[name] = proc.pid
-        deadline = time.time() + START_TIMEOUT_S
-        while time.time() < deadline:
+        port = wait_port_file(port_file, proc, START_TIMEOUT_S)
+        if port:
+            return "127.0.0.1:" + port
+        with open(log_path, errors="replace") as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"{binary} did not start ({' '.join(args)}); {log_path}:\n{tail}")
+
+
+_IN_CLOSE_WRITE, _IN_MOVED_TO = 0x8, 0x80
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+
+def wait_port_file(port_file, proc, timeout_s):
+    """The port `proc` wrote to `port_file` (servers write it whole, by rename), or None when the
+    process exits or `timeout_s` passes first. Waits on inotify for the file and on a pidfd for
+    the exit, as rpc::WaitForPortFile does: nothing is polled."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    watch = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+    if watch < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    exited = os.pidfd_open(proc.pid)
+    try:
+        directory = os.fsencode(os.path.dirname(port_file) or ".")
+        if libc.inotify_add_watch(watch, directory, _IN_CLOSE_WRITE | _IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # Looked at after the watch exists, so a file written in between is not missed.
             if os.path.exists(port_file):
                 with open(port_file) as f:
                     text = f.read().strip()
                 if text:
-                    return "127.0.0.1:" + text
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        with open(log_path, errors="replace") as f:
-            tail = f.read()[-2000:]
-        raise RuntimeError(f"{binary} did not start ({' '.join(args)}); {log_path}:\n{tail}")
+                    return text
+            left = deadline - time.monotonic()
+            if proc.poll() is not None or left <= 0:
+                return None
+            ready, _, _ = select.select([watch, exited], [], [], left)
+            if watch in ready:
+                os.read(watch, 65536)  # the events only say "look again"
+    finally:
+        os.close(exited)
+        os.close(watch)
 
 
 def wait_serving(address, timeout_s=30):
