@@ -8,6 +8,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -78,8 +79,7 @@ struct TcpKvTransport::Frame {
 
 struct TcpKvTransport::Connection {
   std::string endpoint;
-  net::Fd fd;                  // closed when the Connection is destroyed, after both threads joined
-  std::condition_variable cv;  // queue not empty, or broken
+  net::Fd fd;  // closed when the Connection is destroyed, after both threads joined
   std::deque<Frame> queue;
   // Frames handed to the socket, in order: the receiver acks them in this order.
   std::deque<std::pair<KvFrameHeader, std::shared_ptr<Transfer>>> awaiting;
@@ -87,8 +87,8 @@ struct TcpKvTransport::Connection {
   std::thread writer, reader;
   // With Options::tls: the writer encrypts and the reader decrypts through one session, under
   // tls_mu, which is never held across a system call.
-  std::unique_ptr<net::TlsSession> tls;
-  std::mutex tls_mu;
+  absl::Mutex tls_mu;
+  std::unique_ptr<net::TlsSession> tls ABSL_PT_GUARDED_BY(tls_mu);  // set before the threads start
 };
 
 TcpKvTransport::TcpKvTransport(Options options) : options_(options) {}
@@ -96,7 +96,7 @@ TcpKvTransport::TcpKvTransport(Options options) : options_(options) {}
 TcpKvTransport::~TcpKvTransport() {
   Ready ready;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     std::vector<std::shared_ptr<Connection>> live;
     for (auto& [endpoint, c] : connections_) live.push_back(c);
     for (auto& c : live) {
@@ -108,7 +108,7 @@ TcpKvTransport::~TcpKvTransport() {
 }
 
 TcpKvTransport::Stats TcpKvTransport::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return stats_;
 }
 
@@ -153,13 +153,13 @@ absl::Status TcpKvTransport::SendKeepalive(const KvDestination& dest) {
 absl::Status TcpKvTransport::Queue(const KvDestination& dest, Frame frame) {
   const TransferKey key(dest.endpoint, dest.reservation_id);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (auto it = transfers_.find(key); it != transfers_.end() && !it->second->error.ok()) {
       return it->second->error;
     }
   }
   absl::StatusOr<std::shared_ptr<Connection>> c = GetConnection(dest.endpoint);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = transfers_.find(key);
   if (it != transfers_.end() && !it->second->error.ok()) return it->second->error;
   if (c.ok() && (*c)->broken) {
@@ -184,8 +184,7 @@ absl::Status TcpKvTransport::Queue(const KvDestination& dest, Frame frame) {
     t.stats.wire_bytes += frame.header.payload_bytes + kKvFrameHeaderBytes;
   }
   frame.transfer = it->second;
-  (*c)->queue.push_back(std::move(frame));
-  (*c)->cv.notify_one();
+  (*c)->queue.push_back(std::move(frame));  // wakes the writer's Await
   return absl::OkStatus();
 }
 
@@ -193,7 +192,7 @@ void TcpKvTransport::FlushAsync(const KvDestination& dest,
                                 std::function<void(absl::StatusOr<KvTransferStats>)> done) {
   Ready ready;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = transfers_.find(TransferKey(dest.endpoint, dest.reservation_id));
     if (it == transfers_.end()) {
       ready.emplace_back(std::move(done), KvTransferStats{});
@@ -208,7 +207,7 @@ void TcpKvTransport::FlushAsync(const KvDestination& dest,
 void TcpKvTransport::Abort(const KvDestination& dest, absl::Status why) {
   Ready ready;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = transfers_.find(TransferKey(dest.endpoint, dest.reservation_id));
     if (it == transfers_.end()) return;
     const std::shared_ptr<Transfer> t = it->second;
@@ -250,13 +249,13 @@ void TcpKvTransport::FinishIfDoneLocked(Transfer& t, Ready& ready) {
 absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetConnection(
     const std::string& endpoint) {
   auto live = [&]() -> std::shared_ptr<Connection> {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = connections_.find(endpoint);
     return it != connections_.end() ? it->second : nullptr;
   };
   if (std::shared_ptr<Connection> c = live()) return c;
   ReapDead();
-  std::lock_guard<std::mutex> connecting(connect_mu_);
+  absl::MutexLock connecting(&connect_mu_);
   if (std::shared_ptr<Connection> c = live()) return c;  // another thread connected meanwhile
   absl::StatusOr<net::Endpoint> parsed = net::ParseEndpoint(endpoint);
   if (!parsed.ok()) return parsed.status();
@@ -279,7 +278,7 @@ absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetC
     c->tls = *std::move(tls);
   }
   c->fd = *std::move(fd);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   connections_[endpoint] = c;
   ++stats_.connections_opened;
   // The threads hold a plain pointer: connections_ or dead_ keeps `c` alive until joined.
@@ -289,9 +288,12 @@ absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetC
 }
 
 void TcpKvTransport::WriterLoop(Connection& c) {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
+  const auto has_work = [&c]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return c.broken || !c.queue.empty();
+  };
   for (;;) {
-    c.cv.wait(lock, [&] { return c.broken || !c.queue.empty(); });
+    mu_.Await(absl::Condition(&has_work));
     if (c.broken) return;
     Frame f = std::move(c.queue.front());
     c.queue.pop_front();
@@ -300,19 +302,19 @@ void TcpKvTransport::WriterLoop(Connection& c) {
     if (!t.error.ok()) {  // its request already failed: do not send the rest
       --t.unsent;
       FinishIfDoneLocked(t, ready);
-      lock.unlock();
+      mu_.Unlock();
       Run(ready);
-      lock.lock();
+      mu_.Lock();
       continue;
     }
     // Registered before sending: the ack can arrive before sendmsg returns.
     c.awaiting.emplace_back(f.header, f.transfer);
     ++t.unacked;
-    lock.unlock();
+    mu_.Unlock();
     f.header.payload_xxh3 = PayloadChecksum(f.payload);
     f.bytes = EncodeKvFrameHeader(f.header);
     const absl::Status sent = WriteFrame(c, f.bytes, f.payload);
-    lock.lock();
+    mu_.Lock();
     --t.unsent;
     if (sent.ok()) {
       ++stats_.frames_sent;
@@ -325,9 +327,9 @@ void TcpKvTransport::WriterLoop(Connection& c) {
     }
     FinishIfDoneLocked(t, ready);
     if (!ready.empty()) {
-      lock.unlock();
+      mu_.Unlock();
       Run(ready);
-      lock.lock();
+      mu_.Lock();
     }
   }
 }
@@ -338,7 +340,7 @@ void TcpKvTransport::ReaderLoop(Connection& c) {
     const absl::Status read = ReadAck(c, raw);
     Ready ready;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       absl::StatusOr<KvAck> ack = DecodeKvAck(raw);
       if (!read.ok()) {
         ack = absl::UnavailableError(absl::StrCat("KV receiver at ", c.endpoint,
@@ -385,7 +387,7 @@ absl::Status TcpKvTransport::WriteFrame(Connection& c, const KvFrameHeaderBytes&
     for (size_t done = 0; done < size;) {
       const size_t n = std::min(size - done, kTlsWriteBytes);
       {
-        std::lock_guard<std::mutex> lock(c.tls_mu);
+        absl::MutexLock lock(&c.tls_mu);
         if (absl::Status s = c.tls->Write(data + done, n); !s.ok()) return s;
         c.tls->TakeOutgoing(ciphertext);
       }
@@ -413,7 +415,7 @@ absl::Status TcpKvTransport::ReadAck(Connection& c, KvAckBytes& ack) {
   for (size_t have = 0; have < ack.size();) {
     net::TlsSession::ReadResult r;
     {
-      std::lock_guard<std::mutex> lock(c.tls_mu);
+      absl::MutexLock lock(&c.tls_mu);
       r = c.tls->Read(ack.data() + have, ack.size() - have);
     }
     if (!r.error.ok()) return r.error;
@@ -428,7 +430,7 @@ absl::Status TcpKvTransport::ReadAck(Connection& c, KvAckBytes& ack) {
     } while (n < 0 && errno == EINTR);
     if (n == 0) return absl::UnavailableError("peer closed the connection");
     if (n < 0) return net::ErrnoStatus("recv", errno);
-    std::lock_guard<std::mutex> lock(c.tls_mu);
+    absl::MutexLock lock(&c.tls_mu);
     c.tls->Received(ciphertext.data(), static_cast<size_t>(n));
   }
   return absl::OkStatus();
@@ -462,13 +464,12 @@ void TcpKvTransport::BreakLocked(Connection& c, const absl::Status& status, Read
     dead_.push_back(it->second);
     connections_.erase(it);
   }
-  c.cv.notify_all();
 }
 
 void TcpKvTransport::ReapDead() {
   std::vector<std::shared_ptr<Connection>> dead;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     dead.swap(dead_);
   }
   for (auto& c : dead) {

@@ -3,17 +3,17 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "transport/kv_transport.h"
 #include "transport/socket_io.h"
 #include "transport/tls_session.h"
@@ -85,32 +85,36 @@ class TcpKvTransport final : public KvTransport {
 
   // Queues `frame` (header filled in but for its checksum) on dest's connection.
   absl::Status Queue(const KvDestination& dest, Frame frame);
-  // Hands `t`'s callback its result once no frame of it is pending. Requires mu_ held.
-  void FinishIfDoneLocked(Transfer& t, Ready& ready);
+  // Hands `t`'s callback its result once no frame of it is pending.
+  void FinishIfDoneLocked(Transfer& t, Ready& ready) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Run(Ready& ready);
 
   // The live connection to `endpoint`, connecting if there is none.
   absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const std::string& endpoint);
-  void WriterLoop(Connection& c);
-  void ReaderLoop(Connection& c);
+  void WriterLoop(Connection& c) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReaderLoop(Connection& c) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes one frame to c's socket (through its TLS session, if any). Blocking; no lock held.
   absl::Status WriteFrame(Connection& c, const KvFrameHeaderBytes& header,
                           std::span<const std::span<const std::byte>> payload);
   // Reads one ack from c's socket (through its TLS session, if any). Blocking; no lock held.
   absl::Status ReadAck(Connection& c, KvAckBytes& ack);
   // Marks `c` broken with `status`: fails every transfer with frames on it, wakes its threads
-  // and detaches it so the next SendLayer reconnects. Requires mu_ held.
-  void BreakLocked(Connection& c, const absl::Status& status, Ready& ready);
-  // Joins the threads of connections that broke; must not hold mu_.
-  void ReapDead();
+  // and detaches it so the next SendLayer reconnects.
+  void BreakLocked(Connection& c, const absl::Status& status, Ready& ready)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Joins the threads of connections that broke.
+  void ReapDead() ABSL_LOCKS_EXCLUDED(mu_);
 
   const Options options_;
-  std::mutex connect_mu_;  // serializes connection setup (held without mu_)
-  mutable std::mutex mu_;  // everything below
-  std::map<std::string, std::shared_ptr<Connection>> connections_;
-  std::vector<std::shared_ptr<Connection>> dead_;  // broken, threads not yet joined
-  std::map<TransferKey, std::shared_ptr<Transfer>> transfers_;
-  Stats stats_;
+  absl::Mutex connect_mu_;  // serializes connection setup (held without mu_)
+  // Guards the maps and stats below, and every Connection's queue, awaiting and broken and every
+  // Transfer's counters (nested types the annotations cannot name it from).
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(connect_mu_);
+  std::map<std::string, std::shared_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
+  // Broken, threads not yet joined.
+  std::vector<std::shared_ptr<Connection>> dead_ ABSL_GUARDED_BY(mu_);
+  std::map<TransferKey, std::shared_ptr<Transfer>> transfers_ ABSL_GUARDED_BY(mu_);
+  Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pdserve

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "decode_worker/reserved_blocks_sink.h"
 #include "prefill_worker/kv_layer_sender.h"
 #include "tests/transport/transport_test_util.h"
@@ -395,12 +397,36 @@ TEST_F(KvReceiverForgedFrames, UnparseableHeaderClosesOnlyThatConnection) {
   EXPECT_EQ(SendAndAck(later, Header(d, 1, 0, kTokens)), absl::StatusCode::kOk);
 }
 
+// Forwards to a sink and tells the test once a frame was admitted (its payload is read next).
+class AdmitSignal final : public KvFrameSink {
+ public:
+  explicit AdmitSignal(KvFrameSink& sink) : sink_(sink) {}
+  absl::StatusOr<std::vector<std::span<std::byte>>> Admit(const KvFrameHeader& header) override {
+    auto spans = sink_.Admit(header);
+    if (!admitted.HasBeenNotified()) admitted.Notify();  // one receiver loop calls this
+    return spans;
+  }
+  absl::Status Complete(const KvFrameHeader& header, absl::Status status) override {
+    return sink_.Complete(header, std::move(status));
+  }
+  absl::Notification admitted;
+
+ private:
+  KvFrameSink& sink_;
+};
+
 TEST(KvReceiver, StopWithOpenConnectionsIsPromptAndFailsAFrameCutShort) {
   const KvFormat f = testing_util::GqaFormat();
   DecodeSide dst(f);
+  dst.receiver->Stop();  // replaced by one that says when the frame is admitted
+  AdmitSignal signal(dst.sink);
+  KvReceiver::Options options;
+  options.host = "127.0.0.1";
+  auto receiver = KvReceiver::Start(signal, options);
+  ASSERT_TRUE(receiver.ok()) << receiver.status();
   const KvDestination d = dst.Reserve("req", 8, 8);
-  RawClient idle(dst.receiver->port());
-  RawClient midframe(dst.receiver->port());
+  RawClient idle((*receiver)->port());
+  RawClient midframe((*receiver)->port());
   KvFrameHeader h;
   h.reservation_id = d.reservation_id;
   h.secret = d.secret;
@@ -409,19 +435,16 @@ TEST(KvReceiver, StopWithOpenConnectionsIsPromptAndFailsAFrameCutShort) {
   h.payload_bytes = uint64_t(f.bytes_per_token_per_layer()) * 8;
   const std::vector<std::byte> half(h.payload_bytes / 2);
   midframe.SendRaw(EncodeKvFrameHeader(h), half);
-  // Give the receiver time to accept both and admit the frame (it then waits for the rest).
-  for (int i = 0; i < 400 && dst.receiver->stats().connections < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Admitted: the receiver now reads the payload, of which half will ever come.
+  ASSERT_TRUE(signal.admitted.WaitForNotificationWithTimeout(absl::Seconds(5)));
   const auto start = Clock::now();
-  dst.receiver->Stop();
+  (*receiver)->Stop();
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(1));
   EXPECT_EQ(dst.sink.WaitComplete(d.reservation_id, Clock::now()).code(),
             absl::StatusCode::kUnavailable)
       << "a frame cut short fails its reservation";
   EXPECT_FALSE(idle.ReadAck().ok()) << "connections are closed";
-  dst.receiver->Stop();  // idempotent
+  (*receiver)->Stop();  // idempotent
 }
 
 TEST(KvReceiver, ExpiredReservationsReturnEveryBlock) {
