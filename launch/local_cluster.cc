@@ -9,10 +9,24 @@
 
 namespace pdserve::launch {
 
+namespace {
+
+// A process's listen host: `host` where ProcessOptions gives one, else loopback.
+std::string OrLoopback(const std::string& host) { return host.empty() ? "127.0.0.1" : host; }
+
+}  // namespace
+
 LocalCluster::LocalCluster(LocalClusterOptions options) : options_(std::move(options)) {}
 
-std::vector<std::string> LocalCluster::WorkerArgs() const {
-  std::vector<std::string> args = {"--model=" + options_.model, "--listen=127.0.0.1:0",
+const ProcessOptions& LocalCluster::For(const std::string& name) const {
+  static const ProcessOptions kAsUsual;
+  const auto it = options_.processes.find(name);
+  return it == options_.processes.end() ? kAsUsual : it->second;
+}
+
+std::vector<std::string> LocalCluster::WorkerArgs(const std::string& name) const {
+  std::vector<std::string> args = {"--model=" + options_.model,
+                                   absl::StrCat("--listen=", OrLoopback(For(name).host), ":0"),
                                    absl::StrCat("--threads=", options_.threads)};
   if (options_.kv_blocks > 0) args.push_back(absl::StrCat("--kv-blocks=", options_.kv_blocks));
   return args;
@@ -24,7 +38,9 @@ absl::StatusOr<std::string> LocalCluster::Spawn(const std::string& binary, const
   const std::string port_file = absl::StrCat(options_.run_dir, "/", name, ".port");
   std::error_code ignored;
   std::filesystem::remove(port_file, ignored);  // a port from an earlier run is no answer
+  const ProcessOptions& own = For(name);
   args.insert(args.begin(), rpc::BinaryPath(binary));
+  args.insert(args.begin(), own.wrapper.begin(), own.wrapper.end());
   args.push_back("--port-file=" + port_file);
   if (!options_.log_level.empty()) args.push_back("--log-level=" + options_.log_level);
   if (options_.tls.enabled()) {
@@ -32,8 +48,8 @@ absl::StatusOr<std::string> LocalCluster::Spawn(const std::string& binary, const
     args.push_back("--tls-key=" + options_.tls.key);
     args.push_back("--tls-ca=" + options_.tls.ca);
   }
-  process =
-      std::make_unique<rpc::ChildProcess>(args, absl::StrCat(options_.run_dir, "/", name, ".log"));
+  process = std::make_unique<rpc::ChildProcess>(
+      args, absl::StrCat(options_.run_dir, "/", name, ".log"), own.env);
   absl::StatusOr<int> port = rpc::WaitForPortFile(port_file, *process, options_.start_timeout);
   if (!port.ok()) {
     return absl::Status(port.status().code(),
@@ -41,7 +57,7 @@ absl::StatusOr<std::string> LocalCluster::Spawn(const std::string& binary, const
                                      absl::StrJoin(args, " "), "\nits log (", process->log_path(),
                                      ") ends with:\n", process->LogTail()));
   }
-  return absl::StrCat("127.0.0.1:", *port);
+  return absl::StrCat(OrLoopback(own.host), ":", *port);
 }
 
 absl::Status LocalCluster::Start() {
@@ -61,20 +77,24 @@ absl::Status LocalCluster::Start() {
   credentials_ = *std::move(credentials);
 
   for (int i = 0; i < options_.decode_workers; ++i) {
-    std::vector<std::string> args = WorkerArgs();
-    args.push_back("--kv-listen=127.0.0.1:0");
+    const std::string name = absl::StrCat("decode", i);
+    const std::string kv_host = OrLoopback(For(name).kv_host);
+    std::vector<std::string> args = WorkerArgs(name);
+    args.push_back("--kv-listen=" + kv_host + ":0");
+    args.push_back("--advertise-host=" + kv_host);
     absl::StatusOr<std::string> address =
-        Spawn("pdserve-decode", absl::StrCat("decode", i), std::move(args), decode_.emplace_back());
+        Spawn("pdserve-decode", name, std::move(args), decode_.emplace_back());
     if (!address.ok()) return address.status();
     decode_addresses_.push_back(*std::move(address));
   }
   for (int i = 0; i < options_.prefill_workers; ++i) {
+    const std::string name = absl::StrCat("prefill", i);
     absl::StatusOr<std::string> address =
-        Spawn("pdserve-prefill", absl::StrCat("prefill", i), WorkerArgs(), prefill_.emplace_back());
+        Spawn("pdserve-prefill", name, WorkerArgs(name), prefill_.emplace_back());
     if (!address.ok()) return address.status();
     prefill_addresses_.push_back(*std::move(address));
   }
-  std::vector<std::string> router_args = {"--listen=127.0.0.1:0",
+  std::vector<std::string> router_args = {"--listen=" + OrLoopback(For("router").host) + ":0",
                                           "--prefill=" + absl::StrJoin(prefill_addresses_, ","),
                                           "--decode=" + absl::StrJoin(decode_addresses_, ",")};
   if (!options_.tokenizer.empty()) router_args.push_back("--tokenizer=" + options_.tokenizer);
@@ -83,7 +103,7 @@ absl::Status LocalCluster::Start() {
   if (!address.ok()) return address.status();
   router_address_ = *std::move(address);
   router_ = v1::Generation::NewStub(Channel(router_address_));
-  return WaitUntilRouterAnswers();
+  return options_.first_request ? WaitUntilRouterAnswers() : absl::OkStatus();
 }
 
 absl::Status LocalCluster::WaitUntilRouterAnswers() {

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,20 @@
 #include "rpc/tls.h"
 
 namespace pdserve::launch {
+
+// How one process runs unlike the others (a fault to inject, another network namespace).
+struct ProcessOptions {
+  // "NAME=value" entries put over the environment it inherits, e.g. PDSERVE_STOP_AT.
+  std::vector<std::string> env;
+  // A command the binary runs under, e.g. {"/usr/sbin/ip", "netns", "exec", "ns1"}; it must exec
+  // the binary in place, so that signals and waits reach the server itself.
+  std::vector<std::string> wrapper;
+  // The address it listens on and is reached at (empty: 127.0.0.1).
+  std::string host;
+  // Decode workers: where the KV receiver listens and what it advertises to prefill workers
+  // (empty: 127.0.0.1).
+  std::string kv_host;
+};
 
 struct LocalClusterOptions {
   std::string model;  // every worker's --model
@@ -32,6 +47,12 @@ struct LocalClusterOptions {
   std::string run_dir{};
   // How long each process may take to listen, and the router to answer its first request.
   std::chrono::seconds start_timeout{60};
+  // Per process, by name ("decode0", "prefill1", "router"); the others run as usual.
+  std::map<std::string, ProcessOptions> processes{};
+  // Start ends with a one-token request through the router (true), or as soon as the router
+  // listens (false: it has polled every worker once by then, so all that are up take requests).
+  // Off for fault tests, whose stop points that request would trip.
+  bool first_request = true;
 };
 
 // Owns the processes: whatever still runs when the LocalCluster is destroyed is killed
@@ -42,7 +63,8 @@ class LocalCluster {
   explicit LocalCluster(LocalClusterOptions options);
 
   // Starts the decode workers, then the prefill workers (which the router needs listening),
-  // then the router, and returns once the router has answered a one-token request end to end.
+  // then the router, and returns once the router has answered a one-token request end to end
+  // (or, without options.first_request, once it listens).
   // On failure the error names the process that failed, its command line and the tail of its
   // log; the processes started so far keep running until Stop or destruction.
   absl::Status Start();
@@ -68,8 +90,10 @@ class LocalCluster {
   absl::StatusOr<std::string> Spawn(const std::string& binary, const std::string& name,
                                     std::vector<std::string> args,
                                     std::unique_ptr<rpc::ChildProcess>& process);
-  // The flags of a worker of either role.
-  std::vector<std::string> WorkerArgs() const;
+  // options.processes[name], or the defaults.
+  const ProcessOptions& For(const std::string& name) const;
+  // The flags of the worker `name`, of either role.
+  std::vector<std::string> WorkerArgs(const std::string& name) const;
   absl::Status WaitUntilRouterAnswers();
 
   LocalClusterOptions options_;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -16,8 +17,10 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace pdserve::rpc {
 namespace {
@@ -77,20 +80,65 @@ std::optional<int> ReadPort(const std::string& path) {
   return std::nullopt;
 }
 
-// Reads the pending events of a non-blocking inotify descriptor: they only say "look again".
-void DrainEvents(int inotify_fd) {
+// Reads the pending events of a non-blocking inotify descriptor or eventfd: they only say "look
+// again".
+void DrainEvents(int fd) {
   alignas(inotify_event) char buffer[4096];
-  while (read(inotify_fd, buffer, sizeof(buffer)) > 0) {
+  while (read(fd, buffer, sizeof(buffer)) > 0) {
   }
+}
+
+// This process's environment with `overrides` ("NAME=value") put over it, for execve. Built
+// before fork: the child of a multi-threaded process must not allocate.
+std::vector<std::string> MergedEnvironment(const std::vector<std::string>& overrides) {
+  const auto name = [](std::string_view entry) { return entry.substr(0, entry.find('=')); };
+  std::vector<std::string> merged;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const bool replaced = std::any_of(overrides.begin(), overrides.end(),
+                                      [&](const std::string& o) { return name(o) == name(entry); });
+    if (!replaced) merged.emplace_back(entry);
+  }
+  merged.insert(merged.end(), overrides.begin(), overrides.end());
+  return merged;
+}
+
+std::vector<char*> NullTerminated(std::vector<std::string>& strings) {
+  std::vector<char*> pointers;
+  for (std::string& s : strings) pointers.push_back(s.data());
+  pointers.push_back(nullptr);
+  return pointers;
+}
+
+// The watcher thread's body: blocks until the child (`pidfd`, else `pid`) is stopped or has
+// exited, then makes `event_fd` readable. WNOWAIT leaves both reports in place for the owner's
+// own checks and for its reaping.
+void AwaitStopOrExit(int pidfd, pid_t pid, int event_fd) {
+  siginfo_t info;
+  int r = -1;
+  if (pidfd >= 0) {
+    do {
+      r = waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WSTOPPED | WEXITED | WNOWAIT);
+    } while (r != 0 && errno == EINTR);
+  }
+  if (r != 0 && (pidfd < 0 || errno == EINVAL)) {  // no pidfd, or a kernel before 5.4
+    do {
+      r = waitid(P_PID, static_cast<id_t>(pid), &info, WSTOPPED | WEXITED | WNOWAIT);
+    } while (r != 0 && errno == EINTR);
+  }
+  // Any other error (ECHILD: reaped already) is news too: the owner looks again.
+  const uint64_t one = 1;
+  [[maybe_unused]] const ssize_t written = write(event_fd, &one, sizeof(one));
 }
 
 }  // namespace
 
-ChildProcess::ChildProcess(std::vector<std::string> argv, std::string log_path)
+ChildProcess::ChildProcess(std::vector<std::string> argv, std::string log_path,
+                           std::vector<std::string> env)
     : log_path_(std::move(log_path)) {
-  std::vector<char*> args;
-  for (std::string& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
+  const std::vector<char*> args = NullTerminated(argv);
+  std::vector<std::string> environment = MergedEnvironment(env);
+  const std::vector<char*> envp = NullTerminated(environment);
   pid_ = fork();
   if (pid_ == 0) {
     const int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -101,7 +149,7 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, std::string log_path)
     }
     // A test killed mid-run must not leave servers behind.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    execv(args[0], args.data());
+    execve(args[0], args.data(), envp.data());
     _exit(127);
   }
   if (pid_ < 0) {
@@ -120,6 +168,9 @@ ChildProcess::~ChildProcess() {
     kill(pid_, SIGKILL);
     Wait(std::chrono::milliseconds(5000));
   }
+  // The watcher returns once the child is stopped or gone, which the kill above guarantees.
+  if (watcher_.joinable()) watcher_.join();
+  if (state_events_ >= 0) close(state_events_);
   if (pidfd_ >= 0) close(pidfd_);
 }
 
@@ -137,6 +188,72 @@ int ChildProcess::Wait(std::chrono::milliseconds timeout) {
     PollFor(fds, remaining, /*bounded=*/fds.empty());
   }
   return wait_status_;
+}
+
+void ChildProcess::WatchForStop() {
+  if (reaped_) return;
+  if (state_events_ < 0) {
+    state_events_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (state_events_ < 0) return;
+  }
+  if (watcher_.joinable()) {
+    if (!watcher_done_.load()) return;
+    watcher_.join();
+  }
+  watcher_done_ = false;
+  watcher_ = std::thread([this, pidfd = pidfd_, pid = pid_, events = state_events_] {
+    AwaitStopOrExit(pidfd, pid, events);
+    watcher_done_ = true;
+  });
+}
+
+std::optional<bool> ChildProcess::StoppedOrExited() {
+  if (!running()) return false;
+  siginfo_t info;
+  info.si_pid = 0;  // stays 0 when no report is waiting
+  if (waitid(P_PID, static_cast<id_t>(pid_), &info, WSTOPPED | WNOHANG | WNOWAIT) == 0 &&
+      info.si_pid == pid_) {
+    return true;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<bool> ChildProcess::WaitStopped(std::chrono::milliseconds timeout) {
+  ChildProcess* const self = this;
+  absl::StatusOr<ChildProcess*> found = WaitAnyStopped({&self, 1}, timeout);
+  if (!found.ok()) return found.status();
+  return running();
+}
+
+absl::StatusOr<ChildProcess*> ChildProcess::WaitAnyStopped(std::span<ChildProcess* const> processes,
+                                                           std::chrono::milliseconds timeout) {
+  const Clock::time_point deadline = Clock::now() + timeout;
+  std::vector<pollfd> fds;
+  while (true) {
+    // A watcher that has reported is started again: the stop it saw may have been continued.
+    // Then drain, then look: a change after the look still wakes the poll.
+    fds.clear();
+    for (ChildProcess* p : processes) {
+      p->WatchForStop();
+      if (p->state_events_ >= 0) {
+        fds.push_back({.fd = p->state_events_, .events = POLLIN, .revents = 0});
+        DrainEvents(p->state_events_);
+      }
+    }
+    for (ChildProcess* p : processes) {
+      if (p->StoppedOrExited().has_value()) return p;
+    }
+    const int remaining = MillisecondsUntil(deadline);
+    if (remaining == 0) {
+      std::vector<pid_t> pids;
+      for (const ChildProcess* p : processes) pids.push_back(p->pid());
+      return absl::DeadlineExceededError(absl::StrCat("no process of ", absl::StrJoin(pids, ", "),
+                                                      " stopped or exited within ", timeout.count(),
+                                                      " ms"));
+    }
+    // Without an eventfd for every process, the loop re-checks every few milliseconds instead.
+    PollFor(fds, remaining, /*bounded=*/fds.size() < processes.size());
+  }
 }
 
 bool ChildProcess::running() {

@@ -22,11 +22,12 @@ class Cluster : public launch::LocalCluster {
  public:
   explicit Cluster(launch::LocalClusterOptions options);
 
-  // The load report of a worker, through its own service.
+  // The load report of a worker, through its own service (all zero when it does not answer).
   v1::WorkerLoad PrefillLoad(int i);
   v1::WorkerLoad DecodeLoad(int i);
-  // Waits until every running decode and prefill worker reports no used KV blocks (true) or
-  // 10 s pass.
+  // Waits until every decode and prefill worker still running (a killed one is skipped) reports
+  // no used KV blocks (true), or 10 s pass (false, with what each still holds, or that it did
+  // not answer, in `detail`).
   bool WaitAllBlocksFree(std::string* detail);
 };
 
