@@ -225,6 +225,11 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
         spdlog::warn("request {}: prefill failed: {}", request_.request().request_id(),
                      status.ToString());
       }
+      // The receiver was unreachable or dropped the transfer: tell the router it was the
+      // decode side (rpc/status.h), so it retries there.
+      if (destination_.reservation_id != 0 && absl::IsUnavailable(status)) {
+        context_->AddTrailingMetadata(rpc::kKvDestinationFailedKey, "1");
+      }
       // Say which transfer failed; keep the code, which tells the router whether to retry.
       if (destination_.reservation_id != 0 && !absl::IsCancelled(status) &&
           !absl::IsInvalidArgument(status) && !absl::IsFailedPrecondition(status)) {

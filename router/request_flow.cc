@@ -277,6 +277,7 @@ void RequestFlow::Prefill() {
   if (context == nullptr) return Fail(absl::CancelledError("request cancelled by the client"));
   env_.pool->NotePrefillStarted(*address);
   prefill_ = env_.clients->Get(*address);
+  prefill_context_ = context;
   *prefill_request_.mutable_request() = ToWorkerRequest(request_);
   *prefill_request_.mutable_destination() = reservation_;
   prefill_request_.set_decode_worker(decode_->address);
@@ -299,26 +300,44 @@ void RequestFlow::OnPrefilled(const std::string& address, const grpc::Status& st
     Fail(error);
     return;
   }
-  if (error.code() == absl::StatusCode::kUnavailable && Disconnected(*prefill_)) {
-    env_.pool->MarkUnhealthy(WorkerRole::kPrefill, address);
+  // The prefill worker says whether its decode worker's KV receiver failed it; then that decode
+  // worker is the one to avoid, and the same prefill worker may compute the retry.
+  const auto& trailers = prefill_context_->GetServerTrailingMetadata();
+  const bool decode_failed = trailers.find(rpc::kKvDestinationFailedKey) != trailers.end();
+  if (decode_failed) {
+    failed_decode_.insert(decode_->address);
+  } else {
+    if (error.code() == absl::StatusCode::kUnavailable && Disconnected(*prefill_)) {
+      env_.pool->MarkUnhealthy(WorkerRole::kPrefill, address);
+    }
+    failed_prefill_.insert(address);
   }
-  failed_prefill_.insert(address);
   prefill_errors_.emplace_back(error.message());
   const std::span<const int32_t> prompt(request_.prompt_token_ids().data(),
                                         request_.prompt_token_ids_size());
-  const bool can_retry =
-      failed_prefill_.size() < 2 && env_.pool->PickPrefill(prompt, failed_prefill_).has_value();
-  if (!can_retry) {
-    Fail(absl::UnavailableError(absl::StrCat(
-        absl::StrJoin(prefill_errors_, "; "),
-        failed_prefill_.size() < 2 ? "; no other healthy prefill worker to retry on" : "",
-        "; retry later")));
+  // One retry, on whichever side did not fail.
+  const bool other_worker = decode_failed
+                                ? HasOtherDecodeWorker()
+                                : env_.pool->PickPrefill(prompt, failed_prefill_).has_value();
+  if (prefill_errors_.size() >= 2 || !other_worker) {
+    Fail(absl::UnavailableError(absl::StrCat(absl::StrJoin(prefill_errors_, "; "),
+                                             prefill_errors_.size() >= 2 ? ""
+                                             : decode_failed
+                                                 ? "; no other healthy decode worker to retry on"
+                                                 : "; no other healthy prefill worker to retry on",
+                                             "; retry later")));
     return;
   }
-  spdlog::warn("request {}: {}; retrying on another prefill worker", request_id(),
-               std::string(error.message()));
+  spdlog::warn("request {}: {}; retrying on another {} worker", request_id(),
+               std::string(error.message()), decode_failed ? "decode" : "prefill");
   // A fresh reservation: the failed push may have written part of the old one.
   ReleaseThen([self = shared_from_this()] { self->Start(); });
+}
+
+bool RequestFlow::HasOtherDecodeWorker() const {
+  const std::vector<std::string> candidates = env_.pool->DecodeCandidates();
+  return std::any_of(candidates.begin(), candidates.end(),
+                     [this](const std::string& a) { return !failed_decode_.contains(a); });
 }
 
 void RequestFlow::StartDecode() {

@@ -130,6 +130,8 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
 
   // A context with the request's deadline, registered for Cancel; null once cancelled.
   grpc::ClientContext* NewContext();
+  // Whether a healthy decode worker this request has not failed on is left.
+  bool HasOtherDecodeWorker() const;
   bool cancelled() const;
   // The status for a failed worker call: cancellation and deadline say so plainly.
   absl::Status CallError(const grpc::Status& status, WorkerRole role, const std::string& address,
@@ -159,6 +161,7 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   std::shared_ptr<const WorkerStubs> prefill_;
   v1::PrefillRequest prefill_request_;
   v1::PrefillResponse prefill_response_;
+  grpc::ClientContext* prefill_context_ = nullptr;
   absl::flat_hash_set<std::string> failed_prefill_;
   std::vector<std::string> prefill_errors_;
   // Migration.

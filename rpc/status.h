@@ -18,6 +18,11 @@ absl::Status FromGrpc(const grpc::Status& status);
 // How much of a caller's string a log line or an error message shows (LoggableText).
 inline constexpr size_t kMaxLoggedTextBytes = 64;
 
+// Trailing metadata a prefill worker adds to a failed Prefill whose KV receiver could not be
+// reached or dropped the transfer (UNAVAILABLE): the decode worker failed, not the prefill
+// worker, so the router retries with another decode worker rather than another prefill worker.
+inline constexpr char kKvDestinationFailedKey[] = "pdserve-kv-destination-failed";
+
 // `text` from a caller as it may appear in a log line or an error message: printable ASCII
 // kept, a backslash doubled, every other byte (newline, escape, non-ASCII) written as \xNN so
 // that no caller can forge a log line or reach an operator's terminal; cut after `max_bytes`
