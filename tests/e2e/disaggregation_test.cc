@@ -229,23 +229,26 @@ TEST(Disaggregation, CancelAndDeadlineFreeEveryBlock) {
 }
 
 TEST(Disaggregation, PrefillWorkerKilledMidRequestFailsFastAndFreesTheReservation) {
-  // Big enough that a 900-token prompt keeps the prefill busy for a while.
-  const std::string path = MidSizeModel("e2e_kill");
-  Cluster cluster({.model = path});
+  // The only prefill worker stops itself once layer 2's KV is queued (serving/fault_points.h):
+  // killed there, mid-transfer, it leaves a half-filled reservation and nowhere to retry.
+  launch::LocalClusterOptions options{.model = MidSizeModel("e2e_kill")};
+  options.processes["prefill0"].env.push_back("PDSERVE_STOP_AT=prefill.layer_queued@2");
+  options.first_request = false;  // the readiness request would reach the stop point
+  Cluster cluster(std::move(options));
   ASSERT_EQ(cluster.Start(), absl::OkStatus());
-  const auto start = std::chrono::steady_clock::now();
   auto pending = std::async(std::launch::async,
-                            [&] { return Complete(cluster, Greedy(Prompt(900, 3, 300), 8)); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                            [&] { return Complete(cluster, Greedy(Prompt(300, 3, 300), 8)); });
+  const absl::StatusOr<bool> stopped =
+      cluster.prefill_process(0).WaitStopped(std::chrono::seconds(30));
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  ASSERT_TRUE(*stopped) << cluster.prefill_process(0).ExitDescription();
   cluster.prefill_process(0).Signal(SIGKILL);
+  const auto killed = std::chrono::steady_clock::now();
   auto result = pending.get();
   const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  // Done before the kill is possible on a fast machine; otherwise UNAVAILABLE, and fast.
-  if (!result.ok()) {
-    EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
-  }
-  EXPECT_LT(seconds, 15.0);
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  EXPECT_LT(seconds, 5.0) << "the request should fail fast once its prefill worker is gone";
   std::string detail;
   EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
 }
