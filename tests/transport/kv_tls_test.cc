@@ -130,8 +130,10 @@ TEST_F(KvTls, PeersWithoutTheClustersCertificateAreRefused) {
     EXPECT_EQ(dst.sink.WaitComplete(dest.reservation_id, Clock::now()).code(),
               absl::StatusCode::kDeadlineExceeded);
     EXPECT_TRUE(dst.sink.Release(dest.reservation_id, dest.secret).ok());
+    // At least this refusal: a sender that refused the receiver first is counted whenever the
+    // receiver reads its alert, which may land after the next case began.
     if (c.receiver_refuses) {
-      EXPECT_EQ(dst.receiver->stats().tls_handshakes_failed, failed_before + 1);
+      EXPECT_GE(dst.receiver->stats().tls_handshakes_failed, failed_before + 1);
     }
   }
   EXPECT_EQ(dst.receiver->stats().frames_accepted, 0u);
