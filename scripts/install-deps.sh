@@ -2,7 +2,9 @@
 # Installs pdserve's build and test dependencies from Debian 12 packages: the compilers and
 # libraries, Python's venv (the tests' gRPC client and the model fetch use pip), clang-14 with
 # libFuzzer and OpenMP (the fuzz build), qemu-user (the test that runs the portable build as
-# an older CPU) and openssl (the mutual-TLS test makes its certificates with it).
+# an older CPU), openssl (the mutual-TLS test makes its certificates with it) and dpkg-dev
+# (dpkg-source unpacks Debian's Abseil source for the ThreadSanitizer build:
+# scripts/tsan-abseil.sh).
 # Idempotent: does nothing when every package is already present.
 set -euo pipefail
 
@@ -14,7 +16,7 @@ PACKAGES=(
   libssl-dev
   python3-venv ca-certificates
   clang-14 libclang-rt-14-dev libomp-14-dev
-  qemu-user openssl
+  qemu-user openssl dpkg-dev
 )
 
 missing=()
