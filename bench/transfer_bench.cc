@@ -46,6 +46,7 @@
 #include "engine/model_config.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "prefill_worker/kv_layer_sender.h"
+#include "rpc/tls.h"
 #include "transport/kv_receiver.h"
 #include "transport/socket_io.h"
 #include "transport/tcp_kv_transport.h"
@@ -273,20 +274,13 @@ MakeTlsContexts() {
   const char* dir = ::mkdtemp(dir_template);
   if (dir == nullptr) Die("mkdtemp");
   const std::string d = dir;
-  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-  const std::string script =
-      "set -e; cd " + d + "; openssl req -x509 " + key +
-      " -keyout ca.key -out ca.pem -days 1 -subj /CN=bench-ca 2>/dev/null; openssl req " + key +
-      " -keyout node.key -out node.csr -subj /CN=bench 2>/dev/null; printf "
-      "'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > node.ext; "
-      "openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out node.pem "
-      "-days 1 -extfile node.ext 2>/dev/null";
-  if (std::system(("bash -c \"" + script + "\"").c_str()) != 0) {
-    Die("making TLS certificates with the openssl tool failed (scripts/install-deps.sh "
-        "installs it; --no-tls skips the TLS runs)");
+  absl::StatusOr<rpc::TlsFiles> files = rpc::MakeThrowawayCertificates(d, "node", "IP:127.0.0.1");
+  if (!files.ok()) {
+    Die(std::string(files.status().message()) +
+        " (scripts/install-deps.sh installs openssl; --no-tls skips the TLS runs)");
   }
   auto context = [&](net::TlsContext::Role role) {
-    auto c = net::TlsContext::FromFiles(d + "/node.pem", d + "/node.key", d + "/ca.pem", role);
+    auto c = net::TlsContext::FromFiles(files->cert, files->key, files->ca, role);
     if (!c.ok()) Die(std::string(c.status().message()));
     return *c;
   };

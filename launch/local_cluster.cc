@@ -2,7 +2,6 @@
 
 #include <filesystem>
 #include <system_error>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -103,27 +102,22 @@ absl::Status LocalCluster::Start() {
   if (!address.ok()) return address.status();
   router_address_ = *std::move(address);
   router_ = v1::Generation::NewStub(Channel(router_address_));
-  return options_.first_request ? WaitUntilRouterAnswers() : absl::OkStatus();
+  return options_.first_request ? RouterAnswers() : absl::OkStatus();
 }
 
-absl::Status LocalCluster::WaitUntilRouterAnswers() {
-  // The router learns its workers' health within a few hundred milliseconds and answers
-  // UNAVAILABLE until then.
-  const auto deadline = std::chrono::steady_clock::now() + options_.start_timeout;
-  grpc::Status last;
-  while (std::chrono::steady_clock::now() < deadline && router_process_->running()) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::GenerateRequest req;
-    req.add_prompt_token_ids(1);
-    req.set_max_tokens(1);
-    v1::CompleteResponse resp;
-    last = router_->Complete(&ctx, req, &resp);
-    if (last.ok()) return absl::OkStatus();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+absl::Status LocalCluster::RouterAnswers() {
+  // Nothing to wait for: the router polls every worker once (load and model) before it writes
+  // its port file, and the workers all listened before it started.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + options_.start_timeout);
+  v1::GenerateRequest req;
+  req.add_prompt_token_ids(1);
+  req.set_max_tokens(1);
+  v1::CompleteResponse resp;
+  const grpc::Status status = router_->Complete(&ctx, req, &resp);
+  if (status.ok()) return absl::OkStatus();
   return absl::UnavailableError(absl::StrCat(
-      "the router never answered a request (last error: ", last.error_message(), "; ", "it ",
+      "the router did not answer a one-token request (", status.error_message(), "; it ",
       router_process_->running() ? "is still running" : router_process_->ExitDescription(),
       ")\nits log (", router_process_->log_path(), ") ends with:\n", router_process_->LogTail()));
 }

@@ -94,7 +94,8 @@ class LocalCluster {
   const ProcessOptions& For(const std::string& name) const;
   // The flags of the worker `name`, of either role.
   std::vector<std::string> WorkerArgs(const std::string& name) const;
-  absl::Status WaitUntilRouterAnswers();
+  // A one-token request through the router, end to end.
+  absl::Status RouterAnswers();
 
   LocalClusterOptions options_;
   std::shared_ptr<grpc::ChannelCredentials> credentials_;

@@ -345,7 +345,8 @@ void RequestFlow::StartDecode() {
   if (context == nullptr) return Fail(absl::CancelledError("request cancelled by the client"));
   holds_reservation_ = false;  // Decode owns it now: ending the stream frees it
   v1::DecodeRequest request;
-  *request.mutable_request() = ToWorkerRequest(request_);
+  // The very request the prefill worker computed: both workers must see the same one.
+  *request.mutable_request() = prefill_request_.request();
   request.set_reservation_id(reservation_.reservation_id());
   request.set_secret(reservation_.secret());
   request.set_first_token(prefill_response_.first_token());

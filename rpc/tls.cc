@@ -1,5 +1,6 @@
 #include "rpc/tls.h"
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -62,6 +63,25 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
   options.pem_private_key = pems->key;
   options.pem_cert_chain = pems->cert;
   return grpc::SslCredentials(options);
+}
+
+absl::StatusOr<TlsFiles> MakeThrowawayCertificates(const std::string& dir, const std::string& name,
+                                                   const std::string& subject_alt_name) {
+  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  const std::string script = absl::StrCat(
+      "set -e; cd '", dir, "'; openssl req -x509 ", key, " -keyout ", name, "-ca.key -out ", name,
+      "-ca.pem -days 2 -subj /CN=", name, "-ca 2>/dev/null; openssl req ", key, " -keyout ", name,
+      ".key -out ", name, ".csr -subj /CN=", name,
+      " 2>/dev/null; printf 'subjectAltName=", subject_alt_name,
+      "\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ", name, ".ext; openssl x509 -req -in ",
+      name, ".csr -CA ", name, "-ca.pem -CAkey ", name, "-ca.key -CAcreateserial -out ", name,
+      ".pem -days 2 -extfile ", name, ".ext 2>/dev/null");
+  if (std::system(absl::StrCat("bash -c \"", script, "\"").c_str()) != 0) {
+    return absl::InternalError(
+        absl::StrCat("making certificates with the openssl tool failed: ", script));
+  }
+  const std::string p = absl::StrCat(dir, "/", name);
+  return TlsFiles{.cert = p + ".pem", .key = p + ".key", .ca = p + "-ca.pem"};
 }
 
 }  // namespace pdserve::rpc

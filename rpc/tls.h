@@ -30,4 +30,12 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
     const TlsFiles& files);
 
+// A throwaway CA and one certificate it signed (usable by servers and clients, naming
+// `subject_alt_name` in openssl's syntax), written as `name`.pem, `name`.key and `name`-ca.pem
+// into `dir` with the openssl command-line tool: for tests and benchmarks, never production.
+// INTERNAL, with the command, when openssl fails (scripts/install-deps.sh installs it).
+absl::StatusOr<TlsFiles> MakeThrowawayCertificates(
+    const std::string& dir, const std::string& name,
+    const std::string& subject_alt_name = "DNS:localhost,IP:127.0.0.1");
+
 }  // namespace pdserve::rpc

@@ -50,29 +50,6 @@ inline std::string FreshDir(const std::string& name) {
   return dir.string();
 }
 
-// PEM files of a fresh CA and of one certificate it signed, usable by servers and clients
-// (mutual TLS), made with the openssl command-line tool (installed by install-deps.sh).
-struct TestCertificates {
-  std::string cert, key, ca;
-};
-// `name`'s files in `dir`; the certificate names `subject_alt_name` (openssl syntax).
-inline TestCertificates MakeCertificates(
-    const std::string& dir, const std::string& name,
-    const std::string& subject_alt_name = "DNS:localhost,IP:127.0.0.1") {
-  const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-  const std::string script =
-      "set -e; cd '" + dir + "'; openssl req -x509 " + key + " -keyout " + name + "-ca.key -out " +
-      name + "-ca.pem -days 2 -subj /CN=" + name + "-ca 2>/dev/null; openssl req " + key +
-      " -keyout " + name + ".key -out " + name + ".csr -subj /CN=" + name +
-      " 2>/dev/null; printf 'subjectAltName=" + subject_alt_name +
-      "\\nextendedKeyUsage=serverAuth,clientAuth\\n' > " + name + ".ext; openssl x509 -req -in " +
-      name + ".csr -CA " + name + "-ca.pem -CAkey " + name + "-ca.key -CAcreateserial -out " +
-      name + ".pem -days 2 -extfile " + name + ".ext 2>/dev/null";
-  EXPECT_EQ(std::system(("bash -c \"" + script + "\"").c_str()), 0) << script;
-  const std::string p = dir + "/" + name;
-  return TestCertificates{.cert = p + ".pem", .key = p + ".key", .ca = p + "-ca.pem"};
-}
-
 // A KV store for `model` with `blocks` blocks (64 of 16 tokens: plenty for the unit tests).
 inline std::unique_ptr<KvStore> StoreFor(Model& model, int64_t blocks = 64) {
   return std::make_unique<KvStore>(model.backend(), model.kv_format(), blocks);

@@ -374,10 +374,15 @@ net::IoResult KvReceiver::ReadPlain(Connection& c, void* data, size_t size) {
     if (!r.error.ok()) return net::IoResult{.bytes = 0, .peer_closed = false, .error = r.error};
     if (r.peer_closed) return net::IoResult{.bytes = 0, .peer_closed = true, .error = {}};
     if (r.bytes > 0) return net::IoResult{.bytes = r.bytes, .peer_closed = false, .error = {}};
-    const net::IoResult in = net::ReadSome(c.fd.get(), ciphertext_.data(), ciphertext_.size());
+    const net::IoResult in = ReceiveCiphertext(c);
     if (!in.ok() || in.bytes == 0) return in;
-    c.tls->Received(ciphertext_.data(), in.bytes);
   }
+}
+
+net::IoResult KvReceiver::ReceiveCiphertext(Connection& c) {
+  const net::IoResult in = net::ReadSome(c.fd.get(), ciphertext_.data(), ciphertext_.size());
+  if (in.ok() && in.bytes > 0) c.tls->Received(ciphertext_.data(), in.bytes);
+  return in;
 }
 
 net::IoResult KvReceiver::ReadPayload(Connection& c, size_t max_bytes) {
@@ -393,7 +398,7 @@ net::IoResult KvReceiver::ReadPayload(Connection& c, size_t max_bytes) {
 }
 
 void KvReceiver::ReadHandshake(Connection& c, Clock::time_point now, size_t& budget) {
-  const net::IoResult in = net::ReadSome(c.fd.get(), ciphertext_.data(), ciphertext_.size());
+  const net::IoResult in = ReceiveCiphertext(c);
   if (!in.ok()) {
     spdlog::warn("KV connection from {} ended during the TLS handshake: {}", c.peer,
                  in.peer_closed ? "peer closed the connection" : std::string(in.error.message()));
@@ -402,7 +407,6 @@ void KvReceiver::ReadHandshake(Connection& c, Clock::time_point now, size_t& bud
   }
   if (in.bytes == 0) return;
   budget -= std::min(budget, in.bytes);
-  c.tls->Received(ciphertext_.data(), in.bytes);
   const absl::StatusOr<bool> done = c.tls->Handshake();
   if (!done.ok()) {
     {

@@ -108,6 +108,8 @@ class KvReceiver {
   // One non-blocking read of up to `size` plaintext bytes: from the socket, or through c's TLS
   // session (which reads the socket's ciphertext as it needs it).
   net::IoResult ReadPlain(Connection& c, void* data, size_t size);
+  // One non-blocking read of ciphertext from c's socket into its TLS session.
+  net::IoResult ReceiveCiphertext(Connection& c);
   // ReadPlain into the frame's spans at c.cursor, hashing what lands.
   net::IoResult ReadPayload(Connection& c, size_t max_bytes);
   // Advances c's handshake with what the socket has.

@@ -89,6 +89,11 @@ struct TcpKvTransport::Connection {
   // tls_mu, which is never held across a system call.
   absl::Mutex tls_mu;
   std::unique_ptr<net::TlsSession> tls ABSL_PT_GUARDED_BY(tls_mu);  // set before the threads start
+  // Each thread's own buffers, reused frame after frame: the writer's iovecs and ciphertext,
+  // the reader's ciphertext.
+  std::vector<iovec> write_iov;
+  std::vector<std::byte> write_ciphertext;
+  std::vector<std::byte> read_ciphertext;
 };
 
 TcpKvTransport::TcpKvTransport(Options options) : options_(options) {}
@@ -376,13 +381,13 @@ absl::Status TcpKvTransport::WriteFrame(Connection& c, const KvFrameHeaderBytes&
                                         std::span<const std::span<const std::byte>> payload) {
   if (c.tls == nullptr) {
     // One gathering sendmsg: the header and the pool rows themselves, no staging copy.
-    std::vector<iovec> iov;
-    iov.reserve(payload.size() + 1);
+    std::vector<iovec>& iov = c.write_iov;
+    iov.clear();
     iov.push_back({const_cast<uint8_t*>(header.data()), header.size()});
     for (const auto& s : payload) iov.push_back({const_cast<std::byte*>(s.data()), s.size()});
     return net::WriteAll(c.fd.get(), iov);
   }
-  std::vector<std::byte> ciphertext;
+  std::vector<std::byte>& ciphertext = c.write_ciphertext;
   auto send = [&](const std::byte* data, size_t size) -> absl::Status {
     for (size_t done = 0; done < size;) {
       const size_t n = std::min(size - done, kTlsWriteBytes);
@@ -411,7 +416,8 @@ absl::Status TcpKvTransport::WriteFrame(Connection& c, const KvFrameHeaderBytes&
 
 absl::Status TcpKvTransport::ReadAck(Connection& c, KvAckBytes& ack) {
   if (c.tls == nullptr) return net::ReadFull(c.fd.get(), ack.data(), ack.size());
-  std::vector<std::byte> ciphertext(kTlsReadBytes);
+  std::vector<std::byte>& ciphertext = c.read_ciphertext;
+  ciphertext.resize(kTlsReadBytes);  // once: later acks find it sized
   for (size_t have = 0; have < ack.size();) {
     net::TlsSession::ReadResult r;
     {

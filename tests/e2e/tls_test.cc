@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "tests/certificates.h"
 #include "tests/e2e/cluster.h"
 #include "tests/test_util.h"
 
@@ -15,11 +16,7 @@ namespace pdserve {
 namespace {
 
 using testing_util::Cluster;
-
-rpc::TlsFiles MakeCertificates(const std::string& dir, const std::string& name) {
-  const testing_util::TestCertificates c = testing_util::MakeCertificates(dir, name);
-  return rpc::TlsFiles{.cert = c.cert, .key = c.key, .ca = c.ca};
-}
+using testing_util::MakeCertificates;
 
 grpc::Status Complete(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = v1::Generation::NewStub(channel);

@@ -8,6 +8,7 @@
 
 #include "decode_worker/reserved_blocks_sink.h"
 #include "prefill_worker/kv_layer_sender.h"
+#include "tests/certificates.h"
 #include "tests/transport/transport_test_util.h"
 #include "transport/kv_receiver.h"
 #include "transport/tcp_kv_transport.h"
@@ -18,11 +19,10 @@ namespace {
 
 using testing_util::DecodeSide;
 using testing_util::PrefillSide;
-using testing_util::TestCertificates;
 using Clock = std::chrono::steady_clock;
 using Role = net::TlsContext::Role;
 
-std::shared_ptr<const net::TlsContext> Context(const TestCertificates& c, Role role) {
+std::shared_ptr<const net::TlsContext> Context(const rpc::TlsFiles& c, Role role) {
   auto ctx = net::TlsContext::FromFiles(c.cert, c.key, c.ca, role);
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   return ctx.ok() ? *ctx : nullptr;
@@ -32,17 +32,17 @@ class KvTls : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string(testing_util::FreshDir("kv_tls"));
-    cluster_ = new TestCertificates(testing_util::MakeCertificates(*dir_, "cluster"));
+    cluster_ = new rpc::TlsFiles(testing_util::MakeCertificates(*dir_, "cluster"));
   }
   static void TearDownTestSuite() {
     delete cluster_;
     delete dir_;
   }
   static std::string* dir_;
-  static TestCertificates* cluster_;
+  static rpc::TlsFiles* cluster_;
 };
 std::string* KvTls::dir_ = nullptr;
-TestCertificates* KvTls::cluster_ = nullptr;
+rpc::TlsFiles* KvTls::cluster_ = nullptr;
 
 // Sends every layer of `tokens` tokens and flushes; the transfer's outcome.
 absl::StatusOr<KvTransferStats> Push(TcpKvTransport& transport, const KvDestination& dest,
@@ -99,7 +99,7 @@ TEST_F(KvTls, PeersWithoutTheClustersCertificateAreRefused) {
   DecodeSide dst(f, 64, 0xAB, Context(*cluster_, Role::kServer));
   ASSERT_NE(dst.receiver, nullptr);
 
-  const TestCertificates stranger = testing_util::MakeCertificates(*dir_, "stranger");
+  const rpc::TlsFiles stranger = testing_util::MakeCertificates(*dir_, "stranger");
   struct Case {
     const char* name;
     std::shared_ptr<const net::TlsContext> tls;
@@ -150,7 +150,7 @@ TEST_F(KvTls, SenderChecksTheReceiversNameAndRefusesPlaintextReceivers) {
   const KvFormat f = testing_util::GqaFormat();
   PrefillSide src(f, 8, 3);
   // A receiver whose certificate (from the right CA) names another host.
-  const TestCertificates elsewhere =
+  const rpc::TlsFiles elsewhere =
       testing_util::MakeCertificates(*dir_, "elsewhere", "DNS:kv.elsewhere.example");
   {
     DecodeSide dst(f, 64, 0xAB, Context(elsewhere, Role::kServer));
@@ -178,8 +178,8 @@ TEST_F(KvTls, SenderChecksTheReceiversNameAndRefusesPlaintextReceivers) {
 
 TEST(KvTlsContext, MissingOrMismatchedFilesSayWhichFlagToFix) {
   const std::string dir = testing_util::FreshDir("kv_tls_files");
-  const TestCertificates a = testing_util::MakeCertificates(dir, "a");
-  const TestCertificates b = testing_util::MakeCertificates(dir, "b");
+  const rpc::TlsFiles a = testing_util::MakeCertificates(dir, "a");
+  const rpc::TlsFiles b = testing_util::MakeCertificates(dir, "b");
   auto missing = net::TlsContext::FromFiles(a.cert, "", a.ca, Role::kServer);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
   auto unreadable = net::TlsContext::FromFiles(a.cert, dir + "/nope.key", a.ca, Role::kServer);
