@@ -99,6 +99,7 @@ std::shared_ptr<DecodeStream> DecodeScheduler::Submit(DecodeJob job) {
     incoming_.push_back(std::move(r));
     ++waiting_count_;
   }
+  load_observer_.Notify();
   return stream;
 }
 
@@ -160,11 +161,19 @@ void DecodeScheduler::Loop() {
       Fail(*r, absl::CancelledError("request cancelled"));
       return true;
     });
-    running_count_ = static_cast<int>(running.size());
+    UpdateCounts(static_cast<int>(running.size()));
     if (!running.empty()) Step(running);
-    running_count_ = static_cast<int>(running.size());
+    UpdateCounts(static_cast<int>(running.size()));
   }
   for (auto& r : running) Fail(*r, absl::UnavailableError("decode worker shutting down"));
+}
+
+void DecodeScheduler::UpdateCounts(int running) {
+  // Only the loop thread writes running_count_ and lowers waiting_count_.
+  const int waiting = waiting_count_;
+  if (running_count_.exchange(running) == running && waiting == last_waiting_) return;
+  last_waiting_ = waiting;
+  load_observer_.Notify();
 }
 
 void DecodeScheduler::Step(std::vector<std::unique_ptr<Running>>& running) {

@@ -16,6 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/change_notifier.h"
 #include "engine/generate.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
@@ -108,6 +109,9 @@ class DecodeScheduler {
 
   int running() const { return running_count_; }
   int waiting() const { return waiting_count_; }
+  // `callback` runs after running() or waiting() changes (a worker's load watch listens here).
+  // Null clears it.
+  void SetLoadObserver(std::function<void()> callback) { load_observer_.Set(std::move(callback)); }
 
  private:
   struct Running {
@@ -126,6 +130,8 @@ class DecodeScheduler {
   // Releases r's blocks, then reports `status`.
   static void Fail(Running& r, absl::Status status);
   void Step(std::vector<std::unique_ptr<Running>>& batch);
+  // Publishes the batch size as running(), telling the observer when it or waiting() moved.
+  void UpdateCounts(int running);
 
   bool HasWorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stop_ || !incoming_.empty();
@@ -137,6 +143,8 @@ class DecodeScheduler {
   std::deque<std::unique_ptr<Running>> incoming_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<int> running_count_{0}, waiting_count_{0};
+  int last_waiting_ = 0;  // waiting() at the last UpdateCounts; the loop thread's own
+  ChangeNotifier load_observer_;
   std::thread thread_;
 };
 

@@ -234,7 +234,19 @@ DecodeService::DecodeService(Model& model, KvStore& store, ReservedBlocksSink& r
       reservations_(reservations),
       scheduler_(scheduler),
       options_(std::move(options)),
-      info_(serving::MakeModelInfo(model, options_.fingerprint)) {}
+      info_(serving::MakeModelInfo(model, options_.fingerprint)),
+      load_watch_([this] {
+        return serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(),
+                                       draining_);
+      }) {
+  store_.pool().SetObserver([this] { load_watch_.Changed(); });
+  scheduler_.SetLoadObserver([this] { load_watch_.Changed(); });
+}
+
+DecodeService::~DecodeService() {
+  store_.pool().SetObserver(nullptr);
+  scheduler_.SetLoadObserver(nullptr);
+}
 
 grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* context,
                                                  const grpc::ByteBuffer* request,
@@ -330,6 +342,16 @@ grpc::ServerUnaryReactor* DecodeService::GetLoad(grpc::CallbackServerContext* co
   *response =
       serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(), draining_);
   return Done(context, grpc::Status::OK);
+}
+
+grpc::ServerWriteReactor<v1::WorkerLoad>* DecodeService::WatchLoad(
+    grpc::CallbackServerContext* context, const v1::WatchLoadRequest*) {
+  return load_watch_.Watch(context);
+}
+
+void DecodeService::set_draining(bool draining) {
+  draining_ = draining;
+  load_watch_.Changed();
 }
 
 grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContext* context,

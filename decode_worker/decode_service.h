@@ -13,15 +13,16 @@
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "pdserve/v1/worker.grpc.pb.h"
+#include "serving/load_watch.h"
 
 namespace pdserve {
 
 // Reserve, Release and Decode parse their own request bytes (rpc/raw_message.h): a request that
 // does not parse is INVALID_ARGUMENT saying so, not gRPC's empty UNIMPLEMENTED.
-using DecodeServiceBase =
-    v1::DecodeWorker::WithRawCallbackMethod_Reserve<v1::DecodeWorker::WithRawCallbackMethod_Release<
-        v1::DecodeWorker::WithRawCallbackMethod_Decode<v1::DecodeWorker::WithCallbackMethod_GetLoad<
-            v1::DecodeWorker::WithCallbackMethod_GetModelInfo<v1::DecodeWorker::Service>>>>>;
+using DecodeServiceBase = v1::DecodeWorker::WithRawCallbackMethod_Reserve<
+    v1::DecodeWorker::WithRawCallbackMethod_Release<v1::DecodeWorker::WithRawCallbackMethod_Decode<
+        v1::DecodeWorker::WithCallbackMethod_GetLoad<v1::DecodeWorker::WithCallbackMethod_WatchLoad<
+            v1::DecodeWorker::WithCallbackMethod_GetModelInfo<v1::DecodeWorker::Service>>>>>>;
 
 class DecodeService final : public DecodeServiceBase {
  public:
@@ -36,6 +37,7 @@ class DecodeService final : public DecodeServiceBase {
 
   DecodeService(Model& model, KvStore& store, ReservedBlocksSink& reservations,
                 DecodeScheduler& scheduler, Options options);
+  ~DecodeService() override;  // stops the load watch
 
   // Bytes of a ReserveRequest; answers a Reservation.
   grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* context,
@@ -51,11 +53,14 @@ class DecodeService final : public DecodeServiceBase {
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
                                     const v1::GetLoadRequest* request,
                                     v1::WorkerLoad* response) override;
+  grpc::ServerWriteReactor<v1::WorkerLoad>* WatchLoad(grpc::CallbackServerContext* context,
+                                                      const v1::WatchLoadRequest* request) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
 
-  void set_draining(bool draining) { draining_ = draining; }
+  // Draining refuses new requests; watchers get the draining load as their last message.
+  void set_draining(bool draining);
 
  private:
   class DecodeCall;
@@ -70,6 +75,8 @@ class DecodeService final : public DecodeServiceBase {
   const Options options_;
   const v1::ModelInfo info_;
   std::atomic<bool> draining_{false};
+  // Last: its thread reads the members above and stops first.
+  serving::LoadWatch load_watch_;
 };
 
 }  // namespace pdserve

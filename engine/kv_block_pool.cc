@@ -56,6 +56,7 @@ void KvBlockPool::DropRefLocked(int32_t id) {
 
 absl::StatusOr<std::vector<int32_t>> KvBlockPool::Allocate(int64_t n) {
   if (n < 0) return absl::InvalidArgumentError(absl::StrCat("cannot allocate ", n, " KV blocks"));
+  const NotifyAfterUnlock notify{observer_};
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t available = static_cast<int64_t>(free_.size() + lru_.size());
   if (n > available) {
@@ -88,6 +89,7 @@ absl::StatusOr<std::vector<int32_t>> KvBlockPool::Allocate(int64_t n) {
 }
 
 absl::Status KvBlockPool::Release(std::span<const int32_t> blocks) {
+  const NotifyAfterUnlock notify{observer_};
   std::lock_guard<std::mutex> lock(mu_);
   // Validate everything before changing anything, counting repeated ids: releasing a block more
   // times than it is held is a caller bug that must not corrupt the pool.
@@ -109,6 +111,7 @@ absl::Status KvBlockPool::Release(std::span<const int32_t> blocks) {
 
 std::vector<int32_t> KvBlockPool::MatchPrefix(std::span<const int32_t> tokens) {
   const std::vector<uint64_t> hashes = PrefixHashes(tokens, format_.tokens_per_block);
+  const NotifyAfterUnlock notify{observer_};
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<int32_t> out;
   for (uint64_t h : hashes) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <mutex>
 #include <span>
@@ -13,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/change_notifier.h"
 #include "engine/kv_format.h"
 
 namespace pdserve {
@@ -113,6 +115,9 @@ class KvBlockPool {
   absl::Status CommitFullBlocks(std::span<const int32_t> blocks, std::span<const int32_t> tokens);
 
   KvPoolStats Stats() const;
+  // `callback` runs after every Allocate, Release and MatchPrefix (outside the pool's lock, so it
+  // may read Stats); a worker's load watch listens here. Null clears it.
+  void SetObserver(std::function<void()> callback) { observer_.Set(std::move(callback)); }
   // Current reference count of `block` (0 for an unheld or out-of-range id); for tests and
   // debugging.
   int32_t ref_count(int32_t block) const;
@@ -131,6 +136,12 @@ class KvBlockPool {
     std::list<int32_t>::iterator lru;  // valid iff cached (ref == 0 && hashed)
   };
 
+  // Declared before the lock in each mutator, so the observer hears after the lock is released.
+  struct NotifyAfterUnlock {
+    ChangeNotifier& observer;
+    ~NotifyAfterUnlock() { observer.Notify(); }
+  };
+
   // Both require mu_ held.
   void AddRefLocked(int32_t id);
   void DropRefLocked(int32_t id);
@@ -144,6 +155,7 @@ class KvBlockPool {
   std::list<int32_t> lru_;                         // cached blocks, least recently used first
   std::unordered_map<uint64_t, int32_t> by_hash_;  // registered prefix hash -> block
   int64_t used_ = 0;                               // blocks with ref > 0
+  ChangeNotifier observer_;
 };
 
 // References on blocks of one KvBlockPool that their holder owns: released when the handle is

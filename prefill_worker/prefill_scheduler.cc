@@ -29,6 +29,7 @@ void PrefillScheduler::Stop() {
     left.swap(queue_);
     waiting_count_ = 0;
   }
+  load_observer_.Notify();
   for (auto& p : left) p->done(absl::UnavailableError("prefill worker shutting down"));
 }
 
@@ -58,6 +59,7 @@ void PrefillScheduler::Submit(PrefillJob job, Done done) {
     queue_.push_back(std::move(p));
     ++waiting_count_;
   }
+  load_observer_.Notify();
 }
 
 namespace {
@@ -82,6 +84,8 @@ void PrefillScheduler::DropAbandoned() {
       }
     }
   }
+  if (dropped.empty()) return;
+  load_observer_.Notify();
   for (auto& [p, status] : dropped) p->done(std::move(status));
 }
 
@@ -127,10 +131,12 @@ void PrefillScheduler::Loop() {
       if (!s.ok()) p->done(std::move(s));
       return !s.ok();
     });
-    if (batch.empty()) continue;
     running_count_ = static_cast<int>(batch.size());
+    load_observer_.Notify();  // waiting() fell, running() rose
+    if (batch.empty()) continue;
     RunBatch(batch);
     running_count_ = 0;
+    load_observer_.Notify();
   }
 }
 

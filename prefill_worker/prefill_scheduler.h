@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/change_notifier.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
@@ -85,6 +86,9 @@ class PrefillScheduler {
 
   int waiting() const { return waiting_count_; }
   int running() const { return running_count_; }
+  // `callback` runs after waiting() or running() changes (a worker's load watch listens here).
+  // Null clears it.
+  void SetLoadObserver(std::function<void()> callback) { load_observer_.Set(std::move(callback)); }
 
  private:
   struct Pending {
@@ -109,6 +113,7 @@ class PrefillScheduler {
   // Blocks may have come back since the last look at the queue (start: look).
   bool blocks_freed_ ABSL_GUARDED_BY(mu_) = true;
   std::atomic<int> waiting_count_{0}, running_count_{0};
+  ChangeNotifier load_observer_;
   std::thread thread_;
 };
 

@@ -265,9 +265,18 @@ PrefillService::PrefillService(Model& model, KvStore& store, PrefillScheduler& s
       transport_(transport),
       options_(std::move(options)),
       info_(serving::MakeModelInfo(model, options_.fingerprint)),
-      keepalive_thread_([this] { KeepaliveLoop(); }) {}
+      keepalive_thread_([this] { KeepaliveLoop(); }),
+      load_watch_([this] {
+        return serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(),
+                                       draining_);
+      }) {
+  store_.pool().SetObserver([this] { load_watch_.Changed(); });
+  scheduler_.SetLoadObserver([this] { load_watch_.Changed(); });
+}
 
 PrefillService::~PrefillService() {
+  store_.pool().SetObserver(nullptr);
+  scheduler_.SetLoadObserver(nullptr);
   {
     absl::MutexLock lock(&keepalive_mu_);
     stopping_ = true;
@@ -364,6 +373,16 @@ grpc::ServerUnaryReactor* PrefillService::GetLoad(grpc::CallbackServerContext* c
   *response =
       serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(), draining_);
   return Done(context, grpc::Status::OK);
+}
+
+grpc::ServerWriteReactor<v1::WorkerLoad>* PrefillService::WatchLoad(
+    grpc::CallbackServerContext* context, const v1::WatchLoadRequest*) {
+  return load_watch_.Watch(context);
+}
+
+void PrefillService::set_draining(bool draining) {
+  draining_ = draining;
+  load_watch_.Changed();
 }
 
 grpc::ServerUnaryReactor* PrefillService::GetModelInfo(grpc::CallbackServerContext* context,

@@ -19,15 +19,16 @@
 #include "engine/model.h"
 #include "pdserve/v1/worker.grpc.pb.h"
 #include "prefill_worker/prefill_scheduler.h"
+#include "serving/load_watch.h"
 #include "transport/kv_transport.h"
 
 namespace pdserve {
 
 // Prefill parses its own request bytes (rpc/raw_message.h): a request that does not parse is
 // INVALID_ARGUMENT saying so, not gRPC's empty UNIMPLEMENTED.
-using PrefillServiceBase =
-    v1::PrefillWorker::WithRawCallbackMethod_Prefill<v1::PrefillWorker::WithCallbackMethod_GetLoad<
-        v1::PrefillWorker::WithCallbackMethod_GetModelInfo<v1::PrefillWorker::Service>>>;
+using PrefillServiceBase = v1::PrefillWorker::WithRawCallbackMethod_Prefill<
+    v1::PrefillWorker::WithCallbackMethod_GetLoad<v1::PrefillWorker::WithCallbackMethod_WatchLoad<
+        v1::PrefillWorker::WithCallbackMethod_GetModelInfo<v1::PrefillWorker::Service>>>>;
 
 class PrefillService final : public PrefillServiceBase {
  public:
@@ -41,7 +42,7 @@ class PrefillService final : public PrefillServiceBase {
 
   PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler, KvTransport& transport,
                  Options options);
-  ~PrefillService() override;  // stops the keepalive thread
+  ~PrefillService() override;  // stops the keepalive thread and the load watch
 
   // Bytes of a PrefillRequest; answers a PrefillResponse.
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
@@ -50,11 +51,14 @@ class PrefillService final : public PrefillServiceBase {
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
                                     const v1::GetLoadRequest* request,
                                     v1::WorkerLoad* response) override;
+  grpc::ServerWriteReactor<v1::WorkerLoad>* WatchLoad(grpc::CallbackServerContext* context,
+                                                      const v1::WatchLoadRequest* request) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
 
-  void set_draining(bool draining) { draining_ = draining; }
+  // Draining refuses new requests; watchers get the draining load as their last message.
+  void set_draining(bool draining);
 
  private:
   class PrefillCall;
@@ -87,6 +91,8 @@ class PrefillService final : public PrefillServiceBase {
       transfer_deadlines_ ABSL_GUARDED_BY(keepalive_mu_);
   bool stopping_ ABSL_GUARDED_BY(keepalive_mu_) = false;
   std::thread keepalive_thread_;
+  // Last: its thread reads the members above and stops first.
+  serving::LoadWatch load_watch_;
 };
 
 }  // namespace pdserve

@@ -1,6 +1,7 @@
 #include "tests/e2e/cluster.h"
 
-#include <thread>
+#include <algorithm>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "engine/synth.h"
@@ -45,6 +46,35 @@ absl::StatusOr<v1::WorkerLoad> LoadOf(std::shared_ptr<grpc::Channel> channel,
   return load;
 }
 
+// Reads the worker's WatchLoad stream until a load satisfies `done`.
+template <typename Service>
+absl::StatusOr<v1::WorkerLoad> AwaitLoad(std::shared_ptr<grpc::Channel> channel,
+                                         const Cluster::LoadCondition& done,
+                                         std::chrono::milliseconds limit) {
+  auto stub = Service::NewStub(std::move(channel));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + limit);
+  auto reader = stub->WatchLoad(&ctx, v1::WatchLoadRequest());
+  v1::WorkerLoad load;
+  bool seen = false;
+  while (reader->Read(&load)) {
+    seen = true;
+    if (done(load)) {
+      ctx.TryCancel();
+      (void)reader->Finish();
+      return load;
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && seen) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "after ", limit.count(), " ms the worker's load is still ", load.ShortDebugString()));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("WatchLoad ended (", status.error_code(), "): ", status.error_message(),
+                   seen ? absl::StrCat("; last load ", load.ShortDebugString()) : ""));
+}
+
 constexpr std::chrono::seconds kLoadTimeout{5};
 
 }  // namespace
@@ -63,42 +93,46 @@ v1::WorkerLoad Cluster::DecodeLoad(int i) {
       .value_or(v1::WorkerLoad());
 }
 
+absl::StatusOr<v1::WorkerLoad> Cluster::AwaitPrefillLoad(int i, const LoadCondition& done,
+                                                         std::chrono::milliseconds limit) {
+  return AwaitLoad<v1::PrefillWorker>(Channel(prefill_addresses()[static_cast<size_t>(i)]), done,
+                                      limit);
+}
+
+absl::StatusOr<v1::WorkerLoad> Cluster::AwaitDecodeLoad(int i, const LoadCondition& done,
+                                                        std::chrono::milliseconds limit) {
+  return AwaitLoad<v1::DecodeWorker>(Channel(decode_addresses()[static_cast<size_t>(i)]), done,
+                                     limit);
+}
+
 bool Cluster::WaitAllBlocksFree(std::string* detail) {
+  using std::chrono::milliseconds;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (true) {
-    // What each worker still holds; one that does not answer counts as holding blocks.
-    std::string used;
-    const auto note = [&used](const std::string& name, const absl::StatusOr<v1::WorkerLoad>& load,
-                              bool count_running) {
-      if (!load.ok()) {
-        absl::StrAppend(&used, " ", name, ": ", load.status().message(), ";");
-      } else if (load->kv_blocks_used() != 0 || (count_running && load->running_requests() != 0)) {
-        absl::StrAppend(&used, " ", name, ": ", load->kv_blocks_used(), " blocks, ",
-                        load->running_requests(), " running;");
-      }
-    };
-    // Workers the test killed are reaped by running() and skipped.
-    for (int i = 0; i < static_cast<int>(decode_addresses().size()); ++i) {
-      if (!decode_process(i).running()) continue;
-      note(absl::StrCat("decode", i),
-           LoadOf<v1::DecodeWorker>(Channel(decode_addresses()[static_cast<size_t>(i)]),
-                                    kLoadTimeout),
-           /*count_running=*/true);
-    }
-    for (int i = 0; i < static_cast<int>(prefill_addresses().size()); ++i) {
-      if (!prefill_process(i).running()) continue;
-      note(absl::StrCat("prefill", i),
-           LoadOf<v1::PrefillWorker>(Channel(prefill_addresses()[static_cast<size_t>(i)]),
-                                     kLoadTimeout),
-           /*count_running=*/false);
-    }
-    if (used.empty()) return true;
-    if (std::chrono::steady_clock::now() > deadline) {
-      *detail = used;
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto left = [&deadline] {
+    return std::max(milliseconds(1), std::chrono::duration_cast<milliseconds>(
+                                         deadline - std::chrono::steady_clock::now()));
+  };
+  // What each worker still holds (or why it did not say); workers the test killed are reaped by
+  // running() and skipped.
+  std::string used;
+  for (int i = 0; i < static_cast<int>(decode_addresses().size()); ++i) {
+    if (!decode_process(i).running()) continue;
+    const auto load = AwaitDecodeLoad(
+        i,
+        [](const v1::WorkerLoad& l) {
+          return l.kv_blocks_used() == 0 && l.running_requests() == 0;
+        },
+        left());
+    if (!load.ok()) absl::StrAppend(&used, " decode", i, ": ", load.status().message(), ";");
   }
+  for (int i = 0; i < static_cast<int>(prefill_addresses().size()); ++i) {
+    if (!prefill_process(i).running()) continue;
+    const auto load = AwaitPrefillLoad(
+        i, [](const v1::WorkerLoad& l) { return l.kv_blocks_used() == 0; }, left());
+    if (!load.ok()) absl::StrAppend(&used, " prefill", i, ": ", load.status().message(), ";");
+  }
+  *detail = used;
+  return used.empty();
 }
 
 }  // namespace pdserve::testing_util

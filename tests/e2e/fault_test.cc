@@ -167,14 +167,9 @@ void KillTheFirstDecodeWorkerToStop(Cluster& cluster, const v1::GenerateRequest&
                   absl::StrCat("decode worker ", *victim, " killed ", where));
 }
 
-// Waits (bounded) until `condition` holds; the workers' load reports are the events observed.
-bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds limit) {
-  const auto end = Clock::now() + limit;
-  while (Clock::now() < end) {
-    if (condition()) return true;
-    std::this_thread::yield();
-  }
-  return condition();
+bool NoBlocksUsed(const v1::WorkerLoad& load) { return load.kv_blocks_used() == 0; }
+bool Idle(const v1::WorkerLoad& load) {
+  return load.kv_blocks_used() == 0 && load.running_requests() == 0 && load.queue_depth() == 0;
 }
 
 TEST(Faults, StalledPrefillWorkerEndsTheStreamWithinFiveSecondsAndFreesTheReservation) {
@@ -184,9 +179,10 @@ TEST(Faults, StalledPrefillWorkerEndsTheStreamWithinFiveSecondsAndFreesTheReserv
     v1::CompleteResponse resp;
     return Complete(cluster, Request(1500, 1, 8), std::chrono::seconds(60), &resp);
   });
-  ASSERT_TRUE(WaitFor([&] { return cluster.PrefillLoad(0).running_requests() > 0; },
-                      std::chrono::seconds(20)))
-      << "the prefill never started";
+  const auto started = cluster.AwaitPrefillLoad(
+      0, [](const v1::WorkerLoad& load) { return load.running_requests() > 0; },
+      std::chrono::seconds(20));
+  ASSERT_TRUE(started.ok()) << "the prefill never started: " << started.status();
   cluster.prefill_process(0).Signal(SIGSTOP);  // alive to the kernel, silent to everyone
   const auto stopped = Clock::now();
   const grpc::Status status = pending.get();
@@ -195,9 +191,8 @@ TEST(Faults, StalledPrefillWorkerEndsTheStreamWithinFiveSecondsAndFreesTheReserv
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_LT(seconds, 5.0) << "the stream waited for its deadline instead of noticing";
   // The decode worker reclaimed the reservation on its own (its lease ran out).
-  ASSERT_TRUE(
-      WaitFor([&] { return cluster.DecodeLoad(0).kv_blocks_used() == 0; }, std::chrono::seconds(5)))
-      << "decode worker still holds " << cluster.DecodeLoad(0).kv_blocks_used() << " blocks";
+  const auto freed = cluster.AwaitDecodeLoad(0, NoBlocksUsed, std::chrono::seconds(5));
+  ASSERT_TRUE(freed.ok()) << freed.status();
   // Woken up, the prefill worker learns its request is gone and frees its blocks too.
   cluster.prefill_process(0).Signal(SIGCONT);
   std::string detail;
@@ -219,12 +214,13 @@ TEST(Faults, ClientDeadlineStopsARunningPrefillBetweenLayers) {
   start = Clock::now();
   const grpc::Status status = Complete(cluster, Request(3000, 3, 1), give_up, &resp);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        const v1::WorkerLoad load = cluster.PrefillLoad(0);
+  const auto idle = cluster.AwaitPrefillLoad(
+      0,
+      [](const v1::WorkerLoad& load) {
         return load.running_requests() == 0 && load.queue_depth() == 0;
       },
-      std::chrono::seconds(10)));
+      std::chrono::seconds(10));
+  ASSERT_TRUE(idle.ok()) << idle.status();
   const double stopped = SecondsSince(start);
   std::printf(
       "full prefill %.2f s; given up after %.2f s, the prefill worker was idle %.2f s "
@@ -245,13 +241,9 @@ TEST(Faults, RouterKilledMidStreamLeavesNoBlockHeldOnAnyWorker) {
   ASSERT_GT(cluster.DecodeLoad(0).kv_blocks_used(), 0) << "the stream holds its blocks";
   cluster.router_process().Signal(SIGKILL);
   const auto killed = Clock::now();
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        const v1::WorkerLoad load = cluster.DecodeLoad(0);
-        return load.kv_blocks_used() == 0 && load.running_requests() == 0;
-      },
-      std::chrono::seconds(5)))
-      << "the decode worker kept generating for a router that is gone";
+  const auto idle = cluster.AwaitDecodeLoad(0, Idle, std::chrono::seconds(5));
+  ASSERT_TRUE(idle.ok()) << "the decode worker kept generating for a router that is gone: "
+                         << idle.status();
   std::printf("router killed: the decode worker freed the stream's blocks %.2f s later\n",
               SecondsSince(killed));
   std::string detail;
@@ -505,9 +497,8 @@ TEST(Faults, CutLinkBetweenPrefillAndDecodeEndsTheStreamAndFreesEverything) {
   cluster.prefill_process(0).Signal(SIGCONT);
   // No frame or keepalive gets through: the lease frees the reservation, if the router has not
   // released it first.
-  ASSERT_TRUE(
-      WaitFor([&] { return cluster.DecodeLoad(0).kv_blocks_used() == 0; }, std::chrono::seconds(5)))
-      << "decode worker still holds " << cluster.DecodeLoad(0).kv_blocks_used() << " blocks";
+  const auto freed = cluster.AwaitDecodeLoad(0, NoBlocksUsed, std::chrono::seconds(5));
+  ASSERT_TRUE(freed.ok()) << freed.status();
   const double decode_freed = SecondsSince(cut);
   const Outcome out = pending.get();
   const double seconds = Seconds(out.ended - cut);
