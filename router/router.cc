@@ -43,6 +43,12 @@ void Router::UpdateHealth() {
   }
 }
 
+bool Router::AwaitServing(bool serving, std::chrono::milliseconds limit) {
+  const auto reached = [this, serving] { return serving_ == serving; };
+  absl::MutexLock lock(&health_mu_);
+  return health_mu_.AwaitWithTimeout(absl::Condition(&reached), absl::FromChrono(limit));
+}
+
 void Router::Shutdown(std::chrono::milliseconds grace) {
   {
     absl::MutexLock lock(&health_mu_);

@@ -47,6 +47,8 @@ class Router {
   const rpc::Server& server() const { return *server_; }
   WorkerPool& pool() { return pool_; }
   bool serving() const { return serving_; }
+  // Waits until serving() == `serving` (true) or `limit` passes (false).
+  bool AwaitServing(bool serving, std::chrono::milliseconds limit);
 
   // Drains: NOT_SERVING at once, no new calls, in-flight requests get up to `grace` to finish
   // before they are cancelled (which frees their KV on the workers). Idempotent.
@@ -65,7 +67,7 @@ class Router {
   std::unique_ptr<WorkerMonitor> monitor_;
   absl::Mutex health_mu_;
   std::atomic<bool> draining_ = false;
-  std::atomic<bool> serving_ = false;
+  std::atomic<bool> serving_ = false;  // written under health_mu_, so AwaitServing wakes
 };
 
 }  // namespace pdserve::router

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "pdserve/v1/generation.grpc.pb.h"
 #include "pdserve/v1/worker.grpc.pb.h"
@@ -50,94 +51,152 @@ v1::WorkerLoad FakeLoad(int64_t free_blocks) {
   return load;
 }
 
-// Polls `done` until it holds or `timeout` passes.
-bool WaitFor(const std::function<bool()>& done, milliseconds timeout = milliseconds(2000)) {
-  const auto end = Clock::now() + timeout;
-  while (!done()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(milliseconds(2));
-  }
-  return true;
+// Waits until `done` holds or `limit` passes. `done` reads state that its writers change while
+// holding `mu`: each release of `mu` wakes the wait (no polling).
+template <typename Predicate>
+bool Await(absl::Mutex& mu, Predicate done, milliseconds limit = milliseconds(5000)) {
+  absl::MutexLock lock(&mu);
+  return mu.AwaitWithTimeout(absl::Condition(&done), absl::FromChrono(limit));
 }
 
-// Blocks a handler until its call is cancelled (or 5 s pass, so a broken test cannot hang).
-bool AwaitCancellation(grpc::ServerContext* context) {
-  return WaitFor([context] { return context->IsCancelled(); }, milliseconds(5000));
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, grpc::Status status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(std::move(status));
+  return reactor;
 }
 
-class FakeDecode final : public v1::DecodeWorker::Service {
+// Fake workers on the callback API, like the real ones: a call that waits (for a cancel, or for
+// the test to resume it) holds no thread. Counters the tests wait on change under `mu`.
+class FakeDecode final : public v1::DecodeWorker::CallbackService {
  public:
   // Decode streams the first token, then 100, 101, ... one per message, up to max_tokens.
-  // With `hang_after` > 0, it stops after that many messages and waits to be cancelled.
+  // With `pause_after` > 0, a stream pauses after that many messages until ResumeStreams (or
+  // its cancellation).
   std::atomic<bool> full{false};
-  std::atomic<int> hang_after{0};
-  std::atomic<int> token_delay_ms{0};
+  std::atomic<int> pause_after{0};
   std::atomic<int> reserves{0}, releases{0}, decodes{0};
   std::atomic<bool> decode_cancelled{false};
   absl::Mutex mu;
   std::vector<uint64_t> released_ids ABSL_GUARDED_BY(mu);
   v1::DecodeRequest last_decode ABSL_GUARDED_BY(mu);
 
-  grpc::Status Reserve(grpc::ServerContext*, const v1::ReserveRequest* request,
-                       v1::Reservation* reservation) override {
+  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* context,
+                                    const v1::ReserveRequest* request,
+                                    v1::Reservation* reservation) override {
+    absl::MutexLock lock(&mu);
     ++reserves;
-    if (full) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no free KV blocks");
+    if (full) return Answer(context, {grpc::StatusCode::RESOURCE_EXHAUSTED, "no free KV blocks"});
     if (request->model_fingerprint() != "fake-fp") {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "fingerprint");
+      return Answer(context, {grpc::StatusCode::FAILED_PRECONDITION, "fingerprint"});
     }
     reservation->set_reservation_id(static_cast<uint64_t>(reserves.load()));
     reservation->set_secret("secret");
     reservation->set_reserved_tokens(request->prompt_tokens() + request->max_tokens());
-    return grpc::Status::OK;
+    return Answer(context, grpc::Status::OK);
   }
-  grpc::Status Release(grpc::ServerContext*, const v1::ReleaseRequest* request,
-                       v1::ReleaseResponse*) override {
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
+                                    const v1::ReleaseRequest* request,
+                                    v1::ReleaseResponse*) override {
     absl::MutexLock lock(&mu);
     released_ids.push_back(request->reservation_id());
     ++releases;
-    return grpc::Status::OK;
+    return Answer(context, grpc::Status::OK);
   }
-  grpc::Status Decode(grpc::ServerContext* context, const v1::DecodeRequest* request,
-                      grpc::ServerWriter<v1::DecodeResponse>* writer) override {
-    {
-      absl::MutexLock lock(&mu);
-      last_decode = *request;
-    }
+  grpc::ServerWriteReactor<v1::DecodeResponse>* Decode(grpc::CallbackServerContext*,
+                                                       const v1::DecodeRequest* request) override {
+    absl::MutexLock lock(&mu);
+    last_decode = *request;
     ++decodes;
-    const int n = request->request().max_tokens();
-    for (int i = 0; i < n; ++i) {
-      std::this_thread::sleep_for(milliseconds(token_delay_ms.load()));
-      if (hang_after > 0 && i == hang_after) {
-        decode_cancelled = AwaitCancellation(context);
-        return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-      }
-      v1::DecodeResponse response;
-      response.add_token_ids(i == 0 ? request->first_token() : 100 + i - 1);
-      if (i == n - 1) {
-        response.set_finish_reason("length");
-        response.set_decode_ms(1.0);
-      }
-      if (!writer->Write(response)) {
-        // The stream was cancelled while this message was on its way.
-        decode_cancelled = context->IsCancelled();
-        return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
-      }
-    }
-    return grpc::Status::OK;
+    auto* stream = new Stream(*this, *request);
+    streams_.insert(stream);
+    stream->NextLocked();
+    return stream;
   }
-  grpc::Status GetLoad(grpc::ServerContext*, const v1::GetLoadRequest*,
-                       v1::WorkerLoad* load) override {
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const v1::GetLoadRequest*,
+                                    v1::WorkerLoad* load) override {
     *load = FakeLoad(full ? 0 : 50);
-    return grpc::Status::OK;
+    return Answer(context, grpc::Status::OK);
   }
-  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
-                            v1::ModelInfo* info) override {
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest*,
+                                         v1::ModelInfo* info) override {
     *info = FakeModel();
-    return grpc::Status::OK;
+    return Answer(context, grpc::Status::OK);
   }
+
+  // Lets every paused stream (and any about to pause) run to its end.
+  void ResumeStreams() {
+    absl::MutexLock lock(&mu);
+    for (Stream* stream : streams_) stream->ResumeLocked();
+  }
+
+ private:
+  // One Decode stream; its state is guarded by the fake's `mu`.
+  class Stream final : public grpc::ServerWriteReactor<v1::DecodeResponse> {
+   public:
+    Stream(FakeDecode& fake, const v1::DecodeRequest& request)
+        : fake_(fake), request_(request), pause_after_(fake.pause_after) {}
+
+    void NextLocked() {
+      if (ended_ || writing_) return;
+      const int n = request_.request().max_tokens();
+      if (sent_ >= n) return EndLocked(grpc::Status::OK);
+      if (pause_after_ > 0 && sent_ == pause_after_) return;  // until ResumeLocked
+      out_.Clear();
+      out_.add_token_ids(sent_ == 0 ? request_.first_token() : 100 + sent_ - 1);
+      if (++sent_ == n) {
+        out_.set_finish_reason("length");
+        out_.set_decode_ms(1.0);
+        ended_ = true;
+        StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+        return;
+      }
+      writing_ = true;
+      StartWrite(&out_);
+    }
+    void ResumeLocked() {
+      pause_after_ = 0;
+      NextLocked();
+    }
+    void OnWriteDone(bool ok) override {
+      absl::MutexLock lock(&fake_.mu);
+      writing_ = false;
+      if (!ok || cancelled_) return EndLocked({grpc::StatusCode::CANCELLED, "gone"});
+      NextLocked();
+    }
+    void OnCancel() override {
+      absl::MutexLock lock(&fake_.mu);
+      cancelled_ = true;
+      fake_.decode_cancelled = true;
+      if (!writing_) EndLocked({grpc::StatusCode::CANCELLED, "cancelled"});
+    }
+    void OnDone() override {
+      {
+        absl::MutexLock lock(&fake_.mu);
+        fake_.streams_.erase(this);
+      }
+      delete this;
+    }
+
+   private:
+    void EndLocked(const grpc::Status& status) {
+      if (ended_) return;
+      ended_ = true;
+      Finish(status);
+    }
+
+    FakeDecode& fake_;
+    const v1::DecodeRequest request_;
+    int pause_after_;
+    int sent_ = 0;
+    bool writing_ = false, cancelled_ = false, ended_ = false;
+    v1::DecodeResponse out_;
+  };
+
+  absl::flat_hash_set<Stream*> streams_ ABSL_GUARDED_BY(mu);
 };
 
-class FakePrefill final : public v1::PrefillWorker::Service {
+class FakePrefill final : public v1::PrefillWorker::CallbackService {
  public:
   // Answers UNAVAILABLE while the shared `*failures_left` is positive (decrementing it).
   std::atomic<int>* failures_left = nullptr;
@@ -148,21 +207,19 @@ class FakePrefill final : public v1::PrefillWorker::Service {
   std::chrono::system_clock::time_point deadline ABSL_GUARDED_BY(mu);
   v1::PrefillRequest last ABSL_GUARDED_BY(mu);
 
-  grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
-                       v1::PrefillResponse* response) override {
-    ++prefills;
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
+                                    const v1::PrefillRequest* request,
+                                    v1::PrefillResponse* response) override {
     {
       absl::MutexLock lock(&mu);
+      ++prefills;
       deadline = context->deadline();
       last = *request;
     }
     if (failures_left != nullptr && failures_left->fetch_sub(1) > 0) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "worker is going away");
+      return Answer(context, {grpc::StatusCode::UNAVAILABLE, "worker is going away"});
     }
-    if (hang) {
-      cancelled = AwaitCancellation(context);
-      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-    }
+    if (hang) return new HangingCall(*this);
     response->set_first_token(kFirstToken);
     response->set_prefill_ms(3.0);
     response->set_queue_ms(0.5);
@@ -170,18 +227,37 @@ class FakePrefill final : public v1::PrefillWorker::Service {
     response->set_kv_transfer_bytes(kKvBytes);
     response->set_cached_prompt_tokens(0);
     response->set_kv_format("GQA, fake");
-    return grpc::Status::OK;
+    return Answer(context, grpc::Status::OK);
   }
-  grpc::Status GetLoad(grpc::ServerContext*, const v1::GetLoadRequest*,
-                       v1::WorkerLoad* load) override {
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const v1::GetLoadRequest*,
+                                    v1::WorkerLoad* load) override {
     *load = FakeLoad(50);
-    return grpc::Status::OK;
+    return Answer(context, grpc::Status::OK);
   }
-  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
-                            v1::ModelInfo* info) override {
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest*,
+                                         v1::ModelInfo* info) override {
     *info = FakeModel();
-    return grpc::Status::OK;
+    return Answer(context, grpc::Status::OK);
   }
+
+ private:
+  // A Prefill that answers only its cancellation.
+  class HangingCall final : public grpc::ServerUnaryReactor {
+   public:
+    explicit HangingCall(FakePrefill& fake) : fake_(fake) {}
+    void OnCancel() override {
+      {
+        absl::MutexLock lock(&fake_.mu);
+        fake_.cancelled = true;
+      }
+      Finish({grpc::StatusCode::CANCELLED, "cancelled"});
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    FakePrefill& fake_;
+  };
 };
 
 // Sends `bytes` unserialized as the request of `method` (unary or server-streaming: on the wire
@@ -260,7 +336,7 @@ class RouterTest : public ::testing::Test {
     ASSERT_TRUE(router.ok()) << router.status();
     router_ = *std::move(router);
     // Start polled the workers once already; the wait is for slow (sanitizer) builds.
-    ASSERT_TRUE(WaitFor([&] { return router_->serving(); }, milliseconds(10000)));
+    ASSERT_TRUE(router_->AwaitServing(true, milliseconds(10000)));
     stub_ = v1::Generation::NewStub(
         grpc::CreateChannel(router_->address(), grpc::InsecureChannelCredentials()));
   }
@@ -484,22 +560,22 @@ TEST_F(RouterTest, FullDecodeWorkerIsSkippedAndAllFullIsResourceExhausted) {
 TEST_F(RouterTest, RequestWaitsForKvBlocksWhenEveryDecodeWorkerIsFull) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
   decode_[0].full = true;
-  std::thread free_blocks([&] {
-    std::this_thread::sleep_for(milliseconds(60));
-    decode_[0].full = false;
-  });
   grpc::ClientContext context;
   v1::CompleteResponse response;
-  const grpc::Status status = stub_->Complete(&context, Request(2), &response);
-  free_blocks.join();
+  auto call = std::async(std::launch::async,
+                         [&] { return stub_->Complete(&context, Request(2), &response); });
+  // Three refusals: the router has backed off twice (10 ms, then 20 ms) and tries again.
+  ASSERT_TRUE(Await(decode_[0].mu, [&] { return decode_[0].reserves.load() >= 3; }));
+  decode_[0].full = false;
+  const grpc::Status status = call.get();
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_GT(decode_[0].reserves, 1);
-  EXPECT_GE(response.final().timings().queue_ms(), 40.0);  // the router's wait is queue time
+  EXPECT_GT(decode_[0].reserves, 3);
+  EXPECT_GE(response.final().timings().queue_ms(), 30.0);  // the router's wait is queue time
 }
 
 TEST_F(RouterTest, ClientCancelMidStreamCancelsTheDecodeStream) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  decode_[0].hang_after = 1;  // the first token, then wait for the cancel
+  decode_[0].pause_after = 1;  // the first token, then wait for the cancel
   grpc::ClientContext context;
   v1::GenerateResponse message;
   auto reader = GenerateFirst(&context, 10, &message);
@@ -509,7 +585,7 @@ TEST_F(RouterTest, ClientCancelMidStreamCancelsTheDecodeStream) {
   while (reader->Read(&message)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  EXPECT_TRUE(WaitFor([&] { return decode_[0].decode_cancelled.load(); }));
+  EXPECT_TRUE(Await(decode_[0].mu, [&] { return decode_[0].decode_cancelled.load(); }));
 }
 
 TEST_F(RouterTest, ClientDeadlineReachesTheWorkersAndFreesTheReservation) {
@@ -524,13 +600,13 @@ TEST_F(RouterTest, ClientDeadlineReachesTheWorkersAndFreesTheReservation) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_LT(Clock::now() - start, milliseconds(1500));
   // The prefill call carried the client's deadline and was cancelled when it passed.
-  EXPECT_TRUE(WaitFor([&] { return prefill_[0].cancelled.load(); }));
+  EXPECT_TRUE(Await(prefill_[0].mu, [&] { return prefill_[0].cancelled.load(); }));
   {
     absl::MutexLock lock(&prefill_[0].mu);
     // Not the router's 5 s default (the margin covers the relative timeouts' transit).
     EXPECT_LE(prefill_[0].deadline, deadline + milliseconds(100));
   }
-  EXPECT_TRUE(WaitFor([&] { return decode_[0].releases.load() == 1; }));
+  EXPECT_TRUE(Await(decode_[0].mu, [&] { return decode_[0].releases.load() == 1; }));
 }
 
 TEST_F(RouterTest, RouterDeadlineAppliesWhenTheClientSetsNone) {
@@ -547,12 +623,13 @@ TEST_F(RouterTest, RouterDeadlineAppliesWhenTheClientSetsNone) {
 
 TEST_F(RouterTest, ShutdownLetsInFlightRequestsFinishAndRefusesNewOnes) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  decode_[0].token_delay_ms = 20;
+  decode_[0].pause_after = 1;
   grpc::ClientContext context;
   v1::GenerateResponse message;
-  auto reader = GenerateFirst(&context, 10, &message);  // in flight
+  auto reader = GenerateFirst(&context, 10, &message);  // in flight, paused after one token
   std::thread drain([&] { router_->Shutdown(milliseconds(5000)); });
-  ASSERT_TRUE(WaitFor([&] { return !router_->serving(); }));
+  ASSERT_TRUE(router_->AwaitServing(false, milliseconds(5000)));
+  decode_[0].ResumeStreams();  // the rest of the stream comes while the router drains
   int tokens = message.token_ids_size();
   while (reader->Read(&message)) tokens += message.token_ids_size();
   EXPECT_TRUE(reader->Finish().ok());
@@ -570,7 +647,7 @@ TEST_F(RouterTest, DeadWorkerMakesTheRouterNotServing) {
   ASSERT_NO_FATAL_FAILURE(StartAll(/*prefill_workers=*/1));
   EXPECT_TRUE(router_->serving());
   prefill_servers_[0]->Shutdown(milliseconds(0));
-  EXPECT_TRUE(WaitFor([&] { return !router_->serving(); }));
+  EXPECT_TRUE(router_->AwaitServing(false, milliseconds(5000)));
   grpc::ClientContext context;
   v1::CompleteResponse response;
   EXPECT_EQ(stub_->Complete(&context, Request(2), &response).error_code(),
