@@ -1,7 +1,9 @@
 #include "rpc/server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
+#include <grpcpp/impl/server_initializer.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -11,12 +13,45 @@
 #include "absl/strings/str_cat.h"
 
 namespace pdserve::rpc {
+namespace {
+
+// Copies the names of the services a server serves once BuildAndStart has registered them all
+// (the reflection plugin's included): gRPC exposes the list only to builder plugins.
+class ServiceNamesPlugin final : public grpc::ServerBuilderPlugin {
+ public:
+  explicit ServiceNamesPlugin(std::vector<std::string>* out) : out_(out) {}
+  std::string name() override { return "pdserve_service_names"; }
+  void InitServer(grpc::ServerInitializer*) override {}
+  void Finish(grpc::ServerInitializer* initializer) override {
+    *out_ = *initializer->GetServiceList();
+  }
+  void ChangeArguments(const std::string&, void*) override {}
+
+ private:
+  std::vector<std::string>* out_;
+};
+
+class ServiceNamesOption final : public grpc::ServerBuilderOption {
+ public:
+  explicit ServiceNamesOption(std::vector<std::string>* out) : out_(out) {}
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->push_back(std::make_unique<ServiceNamesPlugin>(out_));
+  }
+
+ private:
+  std::vector<std::string>* out_;
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(
     const std::string& address, const std::vector<grpc::Service*>& services,
     std::shared_ptr<grpc::ServerCredentials> credentials) {
   if (credentials == nullptr) credentials = grpc::InsecureServerCredentials();
-  grpc::EnableDefaultHealthCheckService(true);
+  // Our own health service: gRPC's default one knows no service names and is not described by
+  // reflection.
+  grpc::EnableDefaultHealthCheckService(false);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::unique_ptr<Server> s(new Server());
   grpc::ServerBuilder builder;
@@ -28,6 +63,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   for (grpc::Service* service : services) builder.RegisterService(service);
+  builder.RegisterService(&s->health_);
+  builder.RegisterService(&s->reflection_);
+  builder.SetOption(std::make_unique<ServiceNamesOption>(&s->service_names_));
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(
@@ -35,7 +73,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   }
   const size_t colon = address.rfind(':');
   s->address_ = absl::StrCat(address.substr(0, colon), ":", s->port_);
-  s->SetServing(false);
+  s->health_.SetServiceNames(s->service_names_);
+  s->reflection_.SetServiceNames(s->service_names_);
   return s;
 }
 
@@ -64,13 +103,10 @@ absl::Status Server::WritePortFile(const std::string& path) const {
   return absl::OkStatus();
 }
 
-void Server::SetServing(bool serving) {
-  if (server_ == nullptr) return;
-  if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(serving);
-}
+void Server::SetServing(bool serving) { health_.SetServing(serving); }
 
 void Server::Shutdown(std::chrono::milliseconds grace) {
-  SetServing(false);
+  health_.Shutdown();
   server_->Shutdown(std::chrono::system_clock::now() + grace);
 }
 

@@ -1,6 +1,7 @@
-// Starting a pdserve gRPC server the same way everywhere: grpc.health.v1 health (NOT_SERVING
-// until the process says it is ready, and again while draining), server reflection (so grpcurl
-// and ghz need no .proto files), and a clean, bounded shutdown on SIGINT/SIGTERM.
+// Starting a pdserve gRPC server the same way everywhere: grpc.health.v1 health for "" and every
+// served service name (NOT_SERVING until the process says it is ready, and again while
+// draining), server reflection v1 and v1alpha that also describe health (so grpcurl and ghz need
+// no .proto files), and a clean, bounded shutdown on SIGINT/SIGTERM.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -11,6 +12,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "rpc/health_service.h"
+#include "rpc/reflection_service.h"
 #include "rpc/tls.h"
 
 namespace pdserve::rpc {
@@ -39,13 +42,20 @@ class Server {
   absl::Status WritePortFile(const std::string& path) const;
   // Flips the health status of the server and all its services.
   void SetServing(bool serving);
-  // NOT_SERVING, then waits up to `grace` for in-flight calls before cancelling them.
+  // The services health and reflection answer for, these two included.
+  const std::vector<std::string>& service_names() const { return service_names_; }
+  // NOT_SERVING (health watchers get it, then their stream ends), then waits up to `grace` for
+  // in-flight calls before cancelling them.
   void Shutdown(std::chrono::milliseconds grace);
   // Blocks until Shutdown has run.
   void Wait();
 
  private:
   Server() = default;
+  // Before server_: they outlive it.
+  HealthService health_;
+  ReflectionService reflection_;
+  std::vector<std::string> service_names_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
   int port_ = 0;

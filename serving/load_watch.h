@@ -10,15 +10,16 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "pdserve/v1/worker.pb.h"
+#include "rpc/latest_value_writer.h"
 
 namespace pdserve::serving {
 
 // Every WatchLoad stream gets the load at once, then whenever it changes. Changed() only marks
 // the load dirty and wakes the watch's one thread, which takes a snapshot and offers it to every
-// stream; a stream whose previous write is still in flight keeps just the latest load, and one
-// that already sent an equal load sends nothing. So a change costs its maker a lock and a signal,
-// memory is two loads per stream, and writes follow each reader's pace. A load with `draining`
-// set is a stream's last message (the stream then ends OK), so watchers never hold up a drain.
+// stream (rpc::LatestValueWriter: a stream with a write in flight keeps just the latest load,
+// and an equal load is not resent). So a change costs its maker a lock and a signal, memory is
+// two loads per stream, and writes follow each reader's pace. A load with `draining` set is a
+// stream's last message (the stream then ends OK), so watchers never hold up a drain.
 // Thread-safety: Changed and Watch from any thread. Destroy it after its gRPC server has shut
 // down (which ends every stream).
 class LoadWatch {
@@ -38,7 +39,7 @@ class LoadWatch {
   int streams() const;
 
  private:
-  class Stream;
+  using Stream = rpc::LatestValueWriter<v1::WorkerLoad>;
 
   void Run();
   bool HasWorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

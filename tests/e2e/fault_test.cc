@@ -26,6 +26,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc/child_process.h"
 #include "tests/default_model.h"
 #include "tests/e2e/cluster.h"
@@ -229,6 +230,44 @@ TEST(Faults, ClientDeadlineStopsARunningPrefillBetweenLayers) {
   EXPECT_LT(stopped, full * 0.8) << "the prefill ran to the end for a client that had left";
   std::string detail;
   EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
+// A worker deep in a long prompt (its one compute thread busy) is alive: health answers from
+// gRPC's threads, so a Kubernetes liveness probe with a 1 s timeout never kills it for working.
+TEST(Health, EveryServerAnswersItsProbeWhileThePrefillWorkerComputes) {
+  Cluster cluster({.model = MidSizeModel("health_busy", 4096)});
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
+  auto pending = CompleteInBackground(cluster, Request(3000, 9, 2));
+  const auto busy = cluster.AwaitPrefillLoad(
+      0, [](const v1::WorkerLoad& load) { return load.running_requests() > 0; },
+      std::chrono::seconds(20));
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  struct Probe {
+    const char* role;
+    std::string address;
+    const char* service;  // its own, as a probe names it
+  };
+  const Probe servers[] = {{"prefill", cluster.prefill_addresses()[0], "pdserve.v1.PrefillWorker"},
+                           {"decode", cluster.decode_addresses()[0], "pdserve.v1.DecodeWorker"},
+                           {"router", cluster.router_address(), "pdserve.v1.Generation"}};
+  for (const auto& [role, address, own] : servers) {
+    for (const char* service : {"", own}) {
+      auto stub = grpc::health::v1::Health::NewStub(cluster.Channel(address));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      grpc::health::v1::HealthCheckRequest request;
+      request.set_service(service);
+      grpc::health::v1::HealthCheckResponse response;
+      const auto start = Clock::now();
+      const grpc::Status status = stub->Check(&ctx, request, &response);
+      ASSERT_TRUE(status.ok()) << role << " '" << service << "': " << status.error_message();
+      EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING) << role;
+      std::printf("%s health '%s' answered in %.1f ms while the prefill computes\n", role, service,
+                  SecondsSince(start) * 1000);
+    }
+  }
+  const Outcome out = pending.get();
+  EXPECT_TRUE(out.status.ok()) << out.status.error_message();
 }
 
 TEST(Faults, RouterKilledMidStreamLeavesNoBlockHeldOnAnyWorker) {

@@ -6,7 +6,10 @@ Starts a decode worker, a prefill worker and a router (the real binaries), then:
     pdserve.v1.Generation.Generate (ghz's lookup) to file descriptors;
   - builds the request/response classes from those descriptors alone (no .proto files, as the
     tools do) and calls Complete and Generate with them;
-  - asks grpc.health.v1 for every server's status.
+  - asks grpc.health.v1 for every server's status, for "" and for every service name each
+    server lists (what a Kubernetes gRPC probe names), and gets NOT_FOUND for unknown names;
+  - resolves grpc.health.v1.Health through reflection and calls it from those descriptors;
+  - asks the same over reflection v1 (what newer grpcurl and ghz try first).
 
 Usage: reflection_test.py --bin-dir build/bin --model ../shared/models/stories260K.bin
 """
@@ -118,6 +121,67 @@ class ReflectionAndHealth(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as caught:
             call(bad, timeout=10)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+    def services_of(self, channel):
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        [resp] = list(stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        return sorted(s.name for s in resp.list_services_response.service)
+
+    def test_health_answers_for_every_service_name_and_refuses_unknown_ones(self):
+        own = {self.router: "pdserve.v1.Generation", self.prefill: "pdserve.v1.PrefillWorker",
+               self.decode: "pdserve.v1.DecodeWorker"}
+        for address, service in own.items():
+            with grpc.insecure_channel(address) as ch:
+                names = self.services_of(ch)
+                self.assertIn(service, names, address)
+                for name in ["", *names]:
+                    status = health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(service=name), timeout=5)
+                    self.assertEqual(status.status, health_pb2.HealthCheckResponse.SERVING,
+                                     f"{address} {name!r}")
+                with self.assertRaises(grpc.RpcError) as caught:
+                    health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(service="pdserve.v1.Nope"), timeout=5)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
+                self.assertIn(service, caught.exception.details())
+
+    def test_health_is_described_by_reflection_and_callable_from_it(self):
+        pool = self.pool_for("grpc.health.v1.Health")
+        service = pool.FindServiceByName("grpc.health.v1.Health")
+        self.assertEqual({m.name for m in service.methods}, {"Check", "Watch"})
+        check = pool.FindMethodByName("grpc.health.v1.Health.Check")
+        request_cls = message_factory.GetMessageClass(check.input_type)
+        response_cls = message_factory.GetMessageClass(check.output_type)
+        call = self.channel.unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_cls.FromString)
+        answer = call(request_cls(service="pdserve.v1.Generation"), timeout=5)
+        self.assertEqual(check.output_type.fields_by_name["status"].enum_type
+                         .values_by_number[answer.status].name, "SERVING")
+
+    def test_reflection_v1_answers_like_v1alpha(self):
+        # v1's messages are v1alpha's under another package: the same bytes on the wire.
+        call = self.channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        asks = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="pdserve.v1.Generation.Generate"),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="no.Such"),
+                reflection_pb2.ServerReflectionRequest(
+                    file_by_filename="grpc/health/v1/health.proto")]
+        listed, generate, unknown, health = list(call(iter(asks), timeout=10))
+        self.assertEqual(sorted(s.name for s in listed.list_services_response.service),
+                         self.services_of(self.channel))
+        self.assertIn("grpc.reflection.v1.ServerReflection",
+                      {s.name for s in listed.list_services_response.service})
+        files = {descriptor_pb2.FileDescriptorProto.FromString(raw).name
+                 for raw in generate.file_descriptor_response.file_descriptor_proto}
+        self.assertIn("pdserve/v1/generation.proto", files)
+        self.assertEqual(unknown.error_response.error_code, grpc.StatusCode.NOT_FOUND.value[0])
+        self.assertEqual(len(health.file_descriptor_response.file_descriptor_proto), 1)
 
     def test_every_server_reports_serving(self):
         # setUpClass watched each become SERVING; Check (what ghz and probes call) agrees.
