@@ -61,6 +61,7 @@ class DecodeService final : public DecodeServiceBase {
 
   // Draining refuses new requests; watchers get the draining load as their last message.
   void set_draining(bool draining);
+  serving::LoadWatch& load_watch() { return load_watch_; }
 
  private:
   class DecodeCall;

@@ -3,6 +3,7 @@
 #include "CLI/CLI.hpp"
 #include "decode_worker/decode_service.h"
 #include "rpc/server.h"
+#include "serving/drain.h"
 #include "serving/model_info.h"
 #include "serving/worker_flags.h"
 #include "spdlog/spdlog.h"
@@ -80,9 +81,9 @@ int main(int argc, char** argv) {
                *kv_tls != nullptr ? "mutual TLS" : "plaintext", format.ToString(),
                store.pool().num_blocks());
   rpc::WaitForTerminationSignal();
-  spdlog::info("draining");
-  service.set_draining(true);
-  (*server)->Shutdown(std::chrono::seconds(10));
+  serving::DrainWorker(
+      **server, service.load_watch(), [&service] { service.set_draining(true); },
+      serving::DrainGrace(flags));
   (*receiver)->Stop();
   return 0;
 }

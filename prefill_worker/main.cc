@@ -4,6 +4,7 @@
 #include "CLI/CLI.hpp"
 #include "prefill_worker/prefill_service.h"
 #include "rpc/server.h"
+#include "serving/drain.h"
 #include "serving/model_info.h"
 #include "serving/worker_flags.h"
 #include "spdlog/spdlog.h"
@@ -72,9 +73,9 @@ int main(int argc, char** argv) {
                *kv_tls != nullptr ? "mutual TLS" : "plaintext TCP", format.ToString(),
                store.pool().num_blocks());
   rpc::WaitForTerminationSignal();
-  spdlog::info("draining");
-  service.set_draining(true);
-  (*server)->Shutdown(std::chrono::seconds(10));
+  serving::DrainWorker(
+      **server, service.load_watch(), [&service] { service.set_draining(true); },
+      serving::DrainGrace(flags));
   scheduler.Stop();  // its callbacks use the service, destroyed next
   return 0;
 }

@@ -59,6 +59,7 @@ class PrefillService final : public PrefillServiceBase {
 
   // Draining refuses new requests; watchers get the draining load as their last message.
   void set_draining(bool draining);
+  serving::LoadWatch& load_watch() { return load_watch_; }
 
  private:
   class PrefillCall;

@@ -28,9 +28,11 @@ absl::StatusOr<v1::GenerateRequest> ParseRequest(const grpc::ByteBuffer& bytes, 
 // caller stores the flow before starting it: its callbacks may reach the sink at once.
 std::shared_ptr<RequestFlow> CreateFlow(const FlowEnv& env, const PromptOptions& prompt_options,
                                         grpc::CallbackServerContext* context,
-                                        const grpc::ByteBuffer& bytes, ResponseSink* sink) {
+                                        const grpc::ByteBuffer& bytes, const absl::Status& admitted,
+                                        ResponseSink* sink) {
   std::string log_id;
-  absl::StatusOr<v1::GenerateRequest> request = ParseRequest(bytes, env, prompt_options, &log_id);
+  absl::StatusOr<v1::GenerateRequest> request =
+      admitted.ok() ? ParseRequest(bytes, env, prompt_options, &log_id) : admitted;
   absl::StatusOr<std::shared_ptr<RequestFlow>> flow =
       request.ok() ? RequestFlow::Create(env, *request, context->deadline(), sink)
                    : request.status();
@@ -46,9 +48,10 @@ std::shared_ptr<RequestFlow> CreateFlow(const FlowEnv& env, const PromptOptions&
 class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                               public ResponseSink {
  public:
-  GenerateReactor(const FlowEnv& env, const PromptOptions& prompt_options,
-                  grpc::CallbackServerContext* context, const grpc::ByteBuffer& request) {
-    flow_ = CreateFlow(env, prompt_options, context, request, this);
+  GenerateReactor(const FlowEnv& env, const PromptOptions& prompt_options, Admission& admission,
+                  grpc::CallbackServerContext* context, const grpc::ByteBuffer& request)
+      : admission_(admission), admitted_(admission.Enter()) {
+    flow_ = CreateFlow(env, prompt_options, context, request, admitted_, this);
     if (flow_ != nullptr) flow_->Start();
   }
 
@@ -83,9 +86,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   void OnCancel() override {
     if (flow_ != nullptr) flow_->Cancel();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (admitted_.ok()) admission_.Leave();
+    delete this;
+  }
 
  private:
+  Admission& admission_;
+  const absl::Status admitted_;
   std::shared_ptr<RequestFlow> flow_;
   grpc::ByteBuffer buffer_;  // the message being written
   std::function<void(bool)> sent_;
@@ -94,11 +102,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
 // One Complete call: every token in one response.
 class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSink {
  public:
-  CompleteReactor(const FlowEnv& env, const PromptOptions& prompt_options,
+  CompleteReactor(const FlowEnv& env, const PromptOptions& prompt_options, Admission& admission,
                   grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
                   grpc::ByteBuffer* response)
-      : response_bytes_(response) {
-    flow_ = CreateFlow(env, prompt_options, context, request, this);
+      : admission_(admission), admitted_(admission.Enter()), response_bytes_(response) {
+    flow_ = CreateFlow(env, prompt_options, context, request, admitted_, this);
     if (flow_ != nullptr) flow_->Start();
   }
 
@@ -125,9 +133,14 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
   void OnCancel() override {
     if (flow_ != nullptr) flow_->Cancel();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (admitted_.ok()) admission_.Leave();
+    delete this;
+  }
 
  private:
+  Admission& admission_;
+  const absl::Status admitted_;
   grpc::ByteBuffer* const response_bytes_;
   v1::CompleteResponse response_;  // gathered here, serialized at the end
   std::shared_ptr<RequestFlow> flow_;
@@ -135,15 +148,38 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
 
 }  // namespace
 
+absl::Status Admission::Enter() {
+  absl::MutexLock lock(&mu_);
+  if (draining_) {
+    return absl::UnavailableError("the router is draining: retry on another router replica");
+  }
+  ++in_flight_;
+  return absl::OkStatus();
+}
+
+void Admission::Leave() {
+  absl::MutexLock lock(&mu_);
+  --in_flight_;
+}
+
+bool Admission::Drain(std::chrono::milliseconds limit) {
+  const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), absl::FromChrono(limit));
+}
+
+bool GenerationService::Drain(std::chrono::milliseconds grace) { return admission_.Drain(grace); }
+
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  return new GenerateReactor(env_, prompt_options_, context, *request);
+  return new GenerateReactor(env_, prompt_options_, admission_, context, *request);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* context,
                                                       const grpc::ByteBuffer* request,
                                                       grpc::ByteBuffer* response) {
-  return new CompleteReactor(env_, prompt_options_, context, *request, response);
+  return new CompleteReactor(env_, prompt_options_, admission_, context, *request, response);
 }
 
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* context,

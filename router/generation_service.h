@@ -3,11 +3,32 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include <chrono>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "pdserve/v1/generation.grpc.pb.h"
 #include "router/request_flow.h"
 #include "router/text_io.h"
 
 namespace pdserve::router {
+
+// The requests a router has let in: counted so that a drain can wait for them to end.
+// Thread-safety: every method from any thread.
+class Admission {
+ public:
+  // One more request in flight (OK), or UNAVAILABLE once draining.
+  absl::Status Enter();
+  // A request that Enter let in has ended.
+  void Leave();
+  // Refuses every later Enter; waits until none is in flight (true) or `limit` passes (false).
+  bool Drain(std::chrono::milliseconds limit);
+
+ private:
+  absl::Mutex mu_;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 // Generate and Complete take their request as bytes and parse it themselves: for a request that
 // does not parse, gRPC's generated handlers answer UNIMPLEMENTED (or INTERNAL) with an empty
@@ -28,6 +49,12 @@ class GenerationService final : public GenerationServiceBase {
   GenerationService(FlowEnv env, PromptOptions prompt_options)
       : env_(env), prompt_options_(prompt_options) {}
 
+  // Answers every later Generate and Complete UNAVAILABLE (a client retries on another router
+  // replica) and waits until the requests in flight have ended (true) or `grace` passes (false).
+  // The server keeps running meanwhile, so refusals are UNAVAILABLE with a message, not the
+  // CANCELLED a shutting-down gRPC server gives new calls.
+  bool Drain(std::chrono::milliseconds grace);
+
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
@@ -40,6 +67,7 @@ class GenerationService final : public GenerationServiceBase {
  private:
   const FlowEnv env_;
   const PromptOptions prompt_options_;
+  Admission admission_;
 };
 
 }  // namespace pdserve::router

@@ -56,7 +56,13 @@ void Router::Shutdown(std::chrono::milliseconds grace) {
     serving_ = false;
     server_->SetServing(false);
   }
-  server_->Shutdown(grace);  // waits for in-flight calls, cancels what is left at `grace`
+  // New requests are refused UNAVAILABLE while the ones in flight finish; then the server stops
+  // (cutting what is left once the grace is over).
+  const bool idle = service_.Drain(grace);
+  if (!idle)
+    spdlog::warn("drain grace of {} ms is over with requests in flight: cutting them",
+                 grace.count());
+  server_->Shutdown(std::chrono::milliseconds(idle ? 1000 : 0));
   // After the server: in-flight requests use the pool and channels until they finish.
   monitor_->Stop();
 }

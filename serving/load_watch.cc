@@ -18,6 +18,24 @@ LoadWatch::~LoadWatch() {
 void LoadWatch::Changed() {
   absl::MutexLock lock(&mu_);
   dirty_ = true;
+  ++changes_;
+}
+
+bool LoadWatch::AwaitLoad(const std::function<bool(const v1::WorkerLoad&)>& done,
+                          std::chrono::milliseconds limit) {
+  const absl::Time deadline = absl::Now() + absl::FromChrono(limit);
+  while (true) {
+    uint64_t seen;
+    {
+      absl::MutexLock lock(&mu_);
+      seen = changes_;
+    }
+    if (done(snapshot_())) return true;
+    const auto changed = [this, seen]()
+                             ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return changes_ != seen; };
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) return false;
+  }
 }
 
 grpc::ServerWriteReactor<v1::WorkerLoad>* LoadWatch::Watch(grpc::CallbackServerContext*) {

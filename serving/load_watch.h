@@ -3,6 +3,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <thread>
 
@@ -35,6 +37,11 @@ class LoadWatch {
   // A WatchLoad handler's reactor.
   grpc::ServerWriteReactor<v1::WorkerLoad>* Watch(grpc::CallbackServerContext* context);
 
+  // Waits until a snapshot satisfies `done` (true) or `limit` passes (false), taking a fresh
+  // snapshot after each change: how a draining worker waits for its work to finish.
+  bool AwaitLoad(const std::function<bool(const v1::WorkerLoad&)>& done,
+                 std::chrono::milliseconds limit);
+
   // Open streams (tests).
   int streams() const;
 
@@ -49,6 +56,7 @@ class LoadWatch {
   const std::function<v1::WorkerLoad()> snapshot_;
   mutable absl::Mutex mu_;
   bool dirty_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t changes_ ABSL_GUARDED_BY(mu_) = 0;  // Changed() calls so far
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_set<Stream*> streams_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;

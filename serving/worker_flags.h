@@ -2,12 +2,14 @@
 // stay the same in pdserve-prefill and pdserve-decode.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "rpc/tls_flags.h"
 #include "transport/tls_session.h"
 
@@ -23,12 +25,20 @@ struct WorkerFlags {
   std::string log_level = "info";
   std::string cpu_isa{};  // "" = the best this CPU supports
   rpc::TlsFiles tls{};
-  bool kv_plaintext = false;  // KV transfers stay plaintext even with TLS files
+  bool kv_plaintext = false;        // KV transfers stay plaintext even with TLS files
+  std::string drain_grace = "30s";  // see DrainGrace
 };
 
-// Declares --model, --listen, --threads, --kv-blocks, --kv-cache-mb, --port-file, --log-level and
-// --cpu-isa
-// on `app`, writing into `flags` (whose current values are the defaults shown).
+// --drain-grace as a duration (AddWorkerFlags has checked it parses).
+inline std::chrono::milliseconds DrainGrace(const WorkerFlags& flags) {
+  absl::Duration grace;
+  if (!absl::ParseDuration(flags.drain_grace, &grace)) return std::chrono::milliseconds(0);
+  return absl::ToChronoMilliseconds(grace);
+}
+
+// Declares the flags above on `app` (--model, --listen, --threads, --kv-blocks, --kv-cache-mb,
+// --port-file, --log-level, --cpu-isa, --tls-*, --drain-grace, --kv-plaintext), writing into
+// `flags` (whose current values are the defaults shown).
 inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--model", flags.model_path,
                  "Model: Hugging Face directory, GGUF file or llama2.c .bin")
@@ -47,6 +57,17 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
                  "CPU kernels: x86-64-v2 (SSE4.2), x86-64-v3 (AVX2) or x86-64-v4 (AVX-512); "
                  "default: the best this CPU supports");
   rpc::AddTlsFlags(app, flags.tls);
+  app.add_option("--drain-grace", flags.drain_grace,
+                 "On SIGTERM, how long requests in flight may take to finish before they are cut "
+                 "(a duration: 500ms, 30s, 2m); keep it under the pod's "
+                 "terminationGracePeriodSeconds")
+      ->capture_default_str()
+      ->check([](const std::string& text) {
+        absl::Duration d;
+        return absl::ParseDuration(text, &d) && d >= absl::ZeroDuration()
+                   ? std::string()
+                   : std::string("give a non-negative duration such as 500ms, 30s or 2m");
+      });
   app.add_flag("--kv-plaintext", flags.kv_plaintext,
                "With --tls-*, still send KV caches without TLS: only on a private network you "
                "trust, to save the encryption cost (pdserve-bench-transfer prints it)");

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -268,6 +269,87 @@ TEST(Health, EveryServerAnswersItsProbeWhileThePrefillWorkerComputes) {
   }
   const Outcome out = pending.get();
   EXPECT_TRUE(out.status.ok()) << out.status.error_message();
+}
+
+// SIGTERM (what Kubernetes sends a pod it removes) to the decode worker generating a stream: it
+// finishes that stream itself, takes no new request (those complete on the other decode
+// worker), frees every block and exits 0.
+TEST(Drain, SigtermedDecodeWorkerFinishesItsStreamTakesNoNewOneAndExitsZero) {
+  Cluster cluster({.model = MidSizeModel("drain_decode", 4096), .decode_workers = 2});
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = cluster.router().Generate(&ctx, Request(40, 10, 400));
+  v1::GenerateResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  int tokens = msg.token_ids_size();
+  int victim = -1;
+  for (int i = 0; i < 2 && victim < 0; ++i) {
+    if (cluster.DecodeLoad(i).running_requests() > 0) victim = i;
+  }
+  ASSERT_GE(victim, 0) << "no decode worker was generating the stream";
+  const int survivor = 1 - victim;
+  cluster.decode_process(victim).Signal(SIGTERM);
+  const auto term = Clock::now();
+  // New requests right after the signal: none fails, none lands on the draining worker.
+  for (int i = 0; i < 6; ++i) {
+    v1::CompleteResponse resp;
+    const grpc::Status status =
+        Complete(cluster, Request(30, 20 + i, 4), std::chrono::seconds(30), &resp);
+    ASSERT_TRUE(status.ok()) << "request " << i << ": " << status.error_message();
+    EXPECT_EQ(resp.final().decode_worker(), cluster.decode_addresses()[survivor]) << i;
+  }
+  v1::FinalInfo final_info;
+  while (reader->Read(&msg)) {
+    tokens += msg.token_ids_size();
+    if (msg.has_final()) final_info = msg.final();
+  }
+  const grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(tokens, 400);
+  EXPECT_EQ(final_info.migrations(), 0) << "the draining worker should finish its own stream";
+  EXPECT_EQ(final_info.decode_worker(), cluster.decode_addresses()[victim]);
+  const int wait_status = cluster.decode_process(victim).Wait(std::chrono::seconds(20));
+  ASSERT_NE(wait_status, -1) << "the drained decode worker did not exit";
+  EXPECT_TRUE(WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0)
+      << cluster.decode_process(victim).ExitDescription();
+  std::printf("decode worker drained: exited %.2f s after SIGTERM, its stream complete\n",
+              SecondsSince(term));
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
+// SIGTERM to a prefill worker while prompts stream through both: no request is lost (the one it
+// computes finishes, later ones go to the other worker) and it exits 0.
+TEST(Drain, SigtermedPrefillWorkerLosesNoRequestAndExitsZero) {
+  Cluster cluster({.model = MidSizeModel("drain_prefill", 4096), .prefill_workers = 2});
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
+  std::vector<std::future<Outcome>> pending;
+  for (int i = 0; i < 8; ++i)
+    pending.push_back(CompleteInBackground(cluster, Request(600, 30 + i, 2)));
+  const auto busy = cluster.AwaitPrefillLoad(
+      0, [](const v1::WorkerLoad& load) { return load.running_requests() > 0; },
+      std::chrono::seconds(30));
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  cluster.prefill_process(0).Signal(SIGTERM);
+  const auto term = Clock::now();
+  int on_drained = 0;
+  for (auto& p : pending) {
+    const Outcome out = p.get();
+    ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+    on_drained += out.response.final().prefill_worker() == cluster.prefill_addresses()[0];
+  }
+  EXPECT_GE(on_drained, 1) << "the prompt it was computing should finish there";
+  const int wait_status = cluster.prefill_process(0).Wait(std::chrono::seconds(20));
+  ASSERT_NE(wait_status, -1) << "the drained prefill worker did not exit";
+  EXPECT_TRUE(WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0)
+      << cluster.prefill_process(0).ExitDescription();
+  std::printf(
+      "prefill worker drained: exited %.2f s after SIGTERM; %d of 8 requests finished "
+      "there, none failed\n",
+      SecondsSince(term), on_drained);
+  std::string detail;
+  EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
 }
 
 TEST(Faults, RouterKilledMidStreamLeavesNoBlockHeldOnAnyWorker) {

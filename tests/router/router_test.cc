@@ -629,17 +629,18 @@ TEST_F(RouterTest, ShutdownLetsInFlightRequestsFinishAndRefusesNewOnes) {
   auto reader = GenerateFirst(&context, 10, &message);  // in flight, paused after one token
   std::thread drain([&] { router_->Shutdown(milliseconds(5000)); });
   ASSERT_TRUE(router_->AwaitServing(false, milliseconds(5000)));
-  decode_[0].ResumeStreams();  // the rest of the stream comes while the router drains
-  int tokens = message.token_ids_size();
-  while (reader->Read(&message)) tokens += message.token_ids_size();
-  EXPECT_TRUE(reader->Finish().ok());
-  EXPECT_EQ(tokens, 10);
   {
+    // While the stream is still open, a new request is refused.
     grpc::ClientContext late;
     v1::CompleteResponse response;
     EXPECT_EQ(stub_->Complete(&late, Request(2), &response).error_code(),
               grpc::StatusCode::UNAVAILABLE);
   }
+  decode_[0].ResumeStreams();  // the rest of the stream comes while the router drains
+  int tokens = message.token_ids_size();
+  while (reader->Read(&message)) tokens += message.token_ids_size();
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, 10);
   drain.join();
 }
 

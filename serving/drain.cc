@@ -1,0 +1,31 @@
+#include "serving/drain.h"
+
+#include "spdlog/spdlog.h"
+
+namespace pdserve::serving {
+
+bool DrainWorker(rpc::Server& server, LoadWatch& load, const std::function<void()>& start_draining,
+                 std::chrono::milliseconds grace) {
+  server.SetServing(false);
+  start_draining();
+  spdlog::info("draining: up to {} ms for the requests in flight", grace.count());
+  const auto start = std::chrono::steady_clock::now();
+  const bool idle = load.AwaitLoad(
+      [](const v1::WorkerLoad& l) {
+        return l.queue_depth() == 0 && l.running_requests() == 0 && l.kv_blocks_used() == 0;
+      },
+      grace);
+  const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - start);
+  if (idle) {
+    spdlog::info("drained in {} ms: nothing in flight", waited.count());
+  } else {
+    spdlog::warn("drain grace of {} ms is over with requests still in flight: cutting them",
+                 grace.count());
+  }
+  // Idle, only health and load watchers are left (they end at once); otherwise cut what is left.
+  server.Shutdown(std::chrono::milliseconds(idle ? 1000 : 0));
+  return idle;
+}
+
+}  // namespace pdserve::serving
