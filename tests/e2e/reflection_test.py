@@ -9,13 +9,17 @@ Starts a decode worker, a prefill worker and a router (the real binaries), then:
   - asks grpc.health.v1 for every server's status, for "" and for every service name each
     server lists (what a Kubernetes gRPC probe names), and gets NOT_FOUND for unknown names;
   - resolves grpc.health.v1.Health through reflection and calls it from those descriptors;
-  - asks the same over reflection v1 (what newer grpcurl and ghz try first).
+  - asks the same over reflection v1 (what newer grpcurl and ghz try first);
+  - runs ghz (from the PATH or ../shared/tools) against health and Complete over reflection.
 
 Usage: reflection_test.py --bin-dir build/bin --model ../shared/models/stories260K.bin
 """
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
 import unittest
 
@@ -182,6 +186,28 @@ class ReflectionAndHealth(unittest.TestCase):
         self.assertIn("pdserve/v1/generation.proto", files)
         self.assertEqual(unknown.error_response.error_code, grpc.StatusCode.NOT_FOUND.value[0])
         self.assertEqual(len(health.file_descriptor_response.file_descriptor_proto), 1)
+
+    def ghz(self, *args):
+        tool = shutil.which("ghz") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "tools", "ghz")
+        if not os.access(tool, os.X_OK):
+            self.skipTest("no ghz on the PATH or in ../shared/tools")
+        out = subprocess.run([tool, "--insecure", "--format", "json", *args], check=True,
+                             capture_output=True, text=True, timeout=120)
+        return json.loads(out.stdout)
+
+    def test_ghz_calls_health_and_complete_through_reflection(self):
+        report = self.ghz("--call", "grpc.health.v1.Health.Check", "-d",
+                          '{"service":"pdserve.v1.Generation"}', "-n", "200", "-c", "4",
+                          self.router)
+        self.assertEqual(report["statusCodeDistribution"], {"OK": 200}, report)
+        report = self.ghz("--call", "pdserve.v1.Generation.Complete", "-d",
+                          '{"prompt_token_ids":[1,400,300],"max_tokens":4}', "-n", "20", "-c", "2",
+                          self.router)
+        self.assertEqual(report["statusCodeDistribution"], {"OK": 20}, report)
+        report = self.ghz("--call", "grpc.health.v1.Health.Check", "-d", '{"service":"nope"}',
+                          "-n", "3", self.router)
+        self.assertEqual(report["statusCodeDistribution"], {"NotFound": 3}, report)
 
     def test_every_server_reports_serving(self):
         # setUpClass watched each become SERVING; Check (what ghz and probes call) agrees.
