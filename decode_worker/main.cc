@@ -32,6 +32,15 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
 
+  // Health and reflection only, NOT_SERVING, while the model loads: a readiness probe gets an
+  // answer rather than a refused connection, and a bad --listen fails before a long load.
+  auto loading = rpc::Server::Start(flags.listen, {}, flags.tls);
+  if (!loading.ok()) {
+    spdlog::error("{}", loading.status().ToString());
+    return 1;
+  }
+  spdlog::info("loading {}; health on {} says NOT_SERVING until it is ready", flags.model_path,
+               (*loading)->address());
   absl::StatusOr<serving::ServedModel> served =
       serving::LoadServedModel(flags.model_path, flags.threads, flags.cpu_isa);
   if (!served.ok()) {
@@ -66,7 +75,7 @@ int main(int argc, char** argv) {
        .transfer_endpoint = advertise_host + ":" + std::to_string((*receiver)->port()),
        .kv_lease = std::chrono::milliseconds(kv_lease_ms),
        .transfer_tls = *kv_tls != nullptr});
-  auto server = rpc::Server::Start(flags.listen, {&service}, flags.tls);
+  auto server = (*loading)->HandOver({&service}, flags.tls);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;

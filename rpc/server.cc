@@ -62,6 +62,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(
   // without these the server would answer such frequent pings with GOAWAY.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  // HandOver binds a second server to the port before the first lets go.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 1);
   for (grpc::Service* service : services) builder.RegisterService(service);
   builder.RegisterService(&s->health_);
   builder.RegisterService(&s->reflection_);
@@ -84,6 +86,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const std::string& address
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(tls);
   if (!credentials.ok()) return credentials.status();
   return Start(address, services, *std::move(credentials));
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::HandOver(
+    const std::vector<grpc::Service*>& services, const TlsFiles& tls) {
+  absl::StatusOr<std::unique_ptr<Server>> next = Start(address_, services, tls);
+  if (next.ok()) Shutdown(std::chrono::milliseconds(0));
+  return next;
 }
 
 Server::~Server() {

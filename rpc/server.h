@@ -37,6 +37,12 @@ class Server {
   static absl::StatusOr<std::unique_ptr<Server>> Start(const std::string& address,
                                                        const std::vector<grpc::Service*>& services,
                                                        const TlsFiles& tls);
+  // Starts the server that takes over this one's address and port with `services` (both listen
+  // with SO_REUSEPORT meanwhile, so the port never closes), then shuts this one down: how a
+  // worker goes from health-only (NOT_SERVING, so readiness probes get an answer while the model
+  // loads) to serving.
+  absl::StatusOr<std::unique_ptr<Server>> HandOver(const std::vector<grpc::Service*>& services,
+                                                   const TlsFiles& tls);
   // Writes the bound port to `path` (atomically: a reader never sees a partial number), for
   // launchers that start servers on port 0.
   absl::Status WritePortFile(const std::string& path) const;

@@ -7,10 +7,13 @@
 // The chosen points are serving/fault_points.h's: a worker started with PDSERVE_STOP_AT stops
 // itself there (SIGSTOP); the test waits for the stop (ChildProcess::WaitStopped, event-driven),
 // then kills it or cuts its link. No test sleeps.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -350,6 +353,78 @@ TEST(Drain, SigtermedPrefillWorkerLosesNoRequestAndExitsZero) {
       SecondsSince(term), on_drained);
   std::string detail;
   EXPECT_TRUE(cluster.WaitAllBlocksFree(&detail)) << detail;
+}
+
+// A port nobody listens on now (bound and released by the kernel's choice).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  close(fd);
+  return ok ? ntohs(addr.sin_port) : 0;
+}
+
+// While a worker loads its model, its port answers health NOT_SERVING (a readiness probe gets an
+// answer, not a refused connection); once it serves, the same port says SERVING.
+TEST(Health, WorkerIsNotServingWhileItsModelLoadsThenServesOnTheSamePort) {
+  const std::string model = testing_util::DefaultGgufPath();
+  PDSERVE_SKIP_WITHOUT_DEFAULT_MODEL(model);
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  const std::string dir = testing_util::FreshDir("health_loading");
+  ChildProcess worker(
+      {rpc::BinaryPath("pdserve-prefill"), "--model=" + model, "--listen=" + address, "--threads=1",
+       "--kv-blocks=64", "--port-file=" + dir + "/port"},
+      dir + "/prefill.log");
+  // Redial every few ms while the port is closed (gRPC's default first backoff is 1 s, longer
+  // than the model's load here).
+  grpc::ChannelArguments redial;
+  redial.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 10);
+  redial.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 10);
+  redial.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 20);
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), redial));
+  grpc::health::v1::HealthCheckRequest request;  // "": the whole server, as a probe asks
+  grpc::health::v1::HealthCheckResponse response;
+  {
+    // Connects as soon as the port listens (wait_for_ready), which is before the model loads.
+    grpc::ClientContext ctx;
+    ctx.set_wait_for_ready(true);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto reader = health->Watch(&ctx, request);
+    ASSERT_TRUE(reader->Read(&response)) << worker.LogTail();
+    EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+    // The loading server's stream ends (OK) when it hands the port over, never saying SERVING.
+    while (reader->Read(&response)) {
+      EXPECT_NE(response.status(), grpc::health::v1::HealthCheckResponse::SERVING)
+          << "the first connection reached the serving worker: the model loaded too fast?";
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+  }
+  // A watch that still reaches the loading server in its last moments ends at once; the next
+  // one reaches the worker that serves.
+  bool serving = false;
+  for (int attempt = 0; attempt < 5 && !serving; ++attempt) {
+    grpc::ClientContext ctx;
+    ctx.set_wait_for_ready(true);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto reader = health->Watch(&ctx, request);
+    while (!serving && reader->Read(&response)) {
+      serving = response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    }
+    ctx.TryCancel();
+    (void)reader->Finish();
+  }
+  EXPECT_TRUE(serving) << worker.LogTail();
+  const absl::StatusOr<int> served_port =
+      rpc::WaitForPortFile(dir + "/port", worker, std::chrono::seconds(10));
+  ASSERT_TRUE(served_port.ok()) << served_port.status();
+  EXPECT_EQ(*served_port, port);
 }
 
 TEST(Faults, RouterKilledMidStreamLeavesNoBlockHeldOnAnyWorker) {

@@ -144,5 +144,27 @@ TEST_F(ServerTest, ReflectionV1DescribesHealthAndTheServiceWithTheirImports) {
   EXPECT_TRUE(stream->Finish().ok());
 }
 
+// A worker's start: health only while the model loads, then the real services on that port.
+TEST(ServerHandOver, TheNextServerTakesOverThePortAndTheFirstLetsGo) {
+  auto loading = Server::Start("127.0.0.1:0", {});
+  ASSERT_TRUE(loading.ok()) << loading.status();
+  const std::vector<std::string>& before = (*loading)->service_names();
+  EXPECT_EQ(std::find(before.begin(), before.end(), "pdserve.v1.Generation"), before.end());
+  NamedOnly service;
+  auto next = (*loading)->HandOver({&service}, TlsFiles{});
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ((*next)->port(), (*loading)->port());
+  (*next)->SetServing(true);
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel((*next)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  HealthCheckRequest request;
+  request.set_service("pdserve.v1.Generation");  // unknown to the loading server
+  HealthCheckResponse response;
+  const grpc::Status status = health->Check(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+}
+
 }  // namespace
 }  // namespace pdserve::rpc
