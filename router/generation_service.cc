@@ -162,14 +162,16 @@ void Admission::Leave() {
   --in_flight_;
 }
 
-bool Admission::Drain(std::chrono::milliseconds limit) {
-  const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
+void Admission::Close() {
   absl::MutexLock lock(&mu_);
   draining_ = true;
-  return mu_.AwaitWithTimeout(absl::Condition(&idle), absl::FromChrono(limit));
 }
 
-bool GenerationService::Drain(std::chrono::milliseconds grace) { return admission_.Drain(grace); }
+bool Admission::AwaitIdle(std::chrono::milliseconds limit) {
+  const auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; };
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), absl::FromChrono(limit));
+}
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {

@@ -21,8 +21,10 @@ class Admission {
   absl::Status Enter();
   // A request that Enter let in has ended.
   void Leave();
-  // Refuses every later Enter; waits until none is in flight (true) or `limit` passes (false).
-  bool Drain(std::chrono::milliseconds limit);
+  // Refuses every later Enter.
+  void Close();
+  // Waits until none is in flight (true) or `limit` passes (false).
+  bool AwaitIdle(std::chrono::milliseconds limit);
 
  private:
   absl::Mutex mu_;
@@ -50,10 +52,11 @@ class GenerationService final : public GenerationServiceBase {
       : env_(env), prompt_options_(prompt_options) {}
 
   // Answers every later Generate and Complete UNAVAILABLE (a client retries on another router
-  // replica) and waits until the requests in flight have ended (true) or `grace` passes (false).
-  // The server keeps running meanwhile, so refusals are UNAVAILABLE with a message, not the
-  // CANCELLED a shutting-down gRPC server gives new calls.
-  bool Drain(std::chrono::milliseconds grace);
+  // replica). The server keeps running meanwhile, so refusals are UNAVAILABLE with a message,
+  // not the CANCELLED a shutting-down gRPC server gives new calls.
+  void StopAccepting() { admission_.Close(); }
+  // Waits until the requests in flight have ended (true) or `limit` passes (false).
+  bool AwaitIdle(std::chrono::milliseconds limit) { return admission_.AwaitIdle(limit); }
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;

@@ -53,12 +53,14 @@ void Router::Shutdown(std::chrono::milliseconds grace) {
   {
     absl::MutexLock lock(&health_mu_);
     if (draining_.exchange(true) || server_ == nullptr) return;
+    // Refusing starts before anyone can see NOT_SERVING: a request sent after that is refused.
+    service_.StopAccepting();
     serving_ = false;
     server_->SetServing(false);
   }
   // New requests are refused UNAVAILABLE while the ones in flight finish; then the server stops
   // (cutting what is left once the grace is over).
-  const bool idle = service_.Drain(grace);
+  const bool idle = service_.AwaitIdle(grace);
   if (!idle)
     spdlog::warn("drain grace of {} ms is over with requests in flight: cutting them",
                  grace.count());
