@@ -30,3 +30,5 @@ find_package(gRPC CONFIG REQUIRED)
 find_package(OpenSSL 3 REQUIRED)
 find_program(PROTOC_EXECUTABLE protoc REQUIRED)
 find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+# prometheus-cpp (prometheus-cpp-dev): every process's /metrics endpoint (metrics/).
+find_package(prometheus-cpp CONFIG REQUIRED)

@@ -184,6 +184,9 @@ class DecodeService::DecodeCall : public grpc::ServerWriteReactor<grpc::ByteBuff
     out_.Clear();
     out_.mutable_token_ids()->Add(update.tokens.begin(), update.tokens.end());
     generated_ += static_cast<int>(update.tokens.size());
+    if (service_.options_.metrics != nullptr) {
+      service_.options_.metrics->AddGeneratedTokens(static_cast<int64_t>(update.tokens.size()));
+    }
     if (update.done) {
       if (!update.status.ok()) return EndLocked(update.status);
       out_.set_finish_reason(std::string(FinishReasonName(update.finish_reason)));
@@ -235,18 +238,7 @@ DecodeService::DecodeService(Model& model, KvStore& store, ReservedBlocksSink& r
       scheduler_(scheduler),
       options_(std::move(options)),
       info_(serving::MakeModelInfo(model, options_.fingerprint)),
-      load_watch_([this] {
-        return serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(),
-                                       draining_);
-      }) {
-  store_.pool().SetObserver([this] { load_watch_.Changed(); });
-  scheduler_.SetLoadObserver([this] { load_watch_.Changed(); });
-}
-
-DecodeService::~DecodeService() {
-  store_.pool().SetObserver(nullptr);
-  scheduler_.SetLoadObserver(nullptr);
-}
+      load_(store_, scheduler_) {}
 
 grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* context,
                                                  const grpc::ByteBuffer* request,
@@ -261,7 +253,8 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* co
 
 grpc::Status DecodeService::DoReserve(const v1::ReserveRequest& request,
                                       v1::Reservation& response) {
-  if (draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "decode worker is draining");
+  if (load_.draining())
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "decode worker is draining");
   if (request.model_fingerprint() != info_.fingerprint()) {
     return grpc::Status(
         grpc::StatusCode::FAILED_PRECONDITION,
@@ -339,19 +332,13 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DecodeService::Decode(grpc::Callback
 grpc::ServerUnaryReactor* DecodeService::GetLoad(grpc::CallbackServerContext* context,
                                                  const v1::GetLoadRequest*,
                                                  v1::WorkerLoad* response) {
-  *response =
-      serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(), draining_);
+  *response = load_.Snapshot();
   return Done(context, grpc::Status::OK);
 }
 
 grpc::ServerWriteReactor<v1::WorkerLoad>* DecodeService::WatchLoad(
     grpc::CallbackServerContext* context, const v1::WatchLoadRequest*) {
-  return load_watch_.Watch(context);
-}
-
-void DecodeService::set_draining(bool draining) {
-  draining_ = draining;
-  load_watch_.Changed();
+  return load_.watch().Watch(context);
 }
 
 grpc::ServerUnaryReactor* DecodeService::GetModelInfo(grpc::CallbackServerContext* context,

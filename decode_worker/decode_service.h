@@ -13,7 +13,8 @@
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "pdserve/v1/worker.grpc.pb.h"
-#include "serving/load_watch.h"
+#include "serving/worker_load.h"
+#include "serving/worker_metrics.h"
 
 namespace pdserve {
 
@@ -32,12 +33,12 @@ class DecodeService final : public DecodeServiceBase {
     // A reservation that hears nothing (no KV frame, no keepalive, no Decode) for this long is
     // reclaimed (SPEC: stranded KV comes back within about a second).
     std::chrono::milliseconds kv_lease{1000};
-    bool transfer_tls = false;  // whether the KV receiver requires mutual TLS
+    bool transfer_tls = false;                  // whether the KV receiver requires mutual TLS
+    serving::WorkerMetrics* metrics = nullptr;  // where generated tokens are counted, if set
   };
 
   DecodeService(Model& model, KvStore& store, ReservedBlocksSink& reservations,
                 DecodeScheduler& scheduler, Options options);
-  ~DecodeService() override;  // stops the load watch
 
   // Bytes of a ReserveRequest; answers a Reservation.
   grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* context,
@@ -60,8 +61,10 @@ class DecodeService final : public DecodeServiceBase {
                                          v1::ModelInfo* response) override;
 
   // Draining refuses new requests; watchers get the draining load as their last message.
-  void set_draining(bool draining);
-  serving::LoadWatch& load_watch() { return load_watch_; }
+  void set_draining(bool draining) { load_.set_draining(draining); }
+  serving::LoadWatch& load_watch() { return load_.watch(); }
+  // The load GetLoad answers and /metrics reads.
+  v1::WorkerLoad load() const { return load_.Snapshot(); }
 
  private:
   class DecodeCall;
@@ -75,9 +78,8 @@ class DecodeService final : public DecodeServiceBase {
   DecodeScheduler& scheduler_;
   const Options options_;
   const v1::ModelInfo info_;
-  std::atomic<bool> draining_{false};
-  // Last: its thread reads the members above and stops first.
-  serving::LoadWatch load_watch_;
+  // Last: its watch thread reads the members above and stops first.
+  serving::WorkerLoadSource<DecodeScheduler> load_;
 };
 
 }  // namespace pdserve

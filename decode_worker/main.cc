@@ -1,12 +1,16 @@
 // pdserve-decode: the decode worker. Reserves KV blocks for requests, receives their prompt KV
 // from prefill workers over TCP, and streams generated tokens with continuous batching.
 #include "CLI/CLI.hpp"
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/ascii.h"
 #include "decode_worker/decode_service.h"
 #include "rpc/server.h"
-#include "serving/drain.h"
 #include "serving/model_info.h"
 #include "serving/worker_flags.h"
+#include "serving/worker_lifecycle.h"
+#include "serving/worker_metrics.h"
 #include "spdlog/spdlog.h"
+#include "transport/kv_frame.h"
 #include "transport/kv_receiver.h"
 
 int main(int argc, char** argv) {
@@ -32,21 +36,21 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
 
-  // Health and reflection only, NOT_SERVING, while the model loads: a readiness probe gets an
-  // answer rather than a refused connection, and a bad --listen fails before a long load.
-  auto loading = rpc::Server::Start(flags.listen, {}, flags.tls);
-  if (!loading.ok()) {
-    spdlog::error("{}", loading.status().ToString());
+  // /metrics answers from the start (a bad address fails before the model loads); the load
+  // gauges join once the service exists.
+  serving::WorkerMetrics metrics(serving::WorkerMetrics::Stage::kDecode);
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
+      metrics::ServeMetrics(flags.metrics, metrics.collectables());
+  if (!metrics_server.ok()) {
+    spdlog::error("{}", metrics_server.status().ToString());
     return 1;
   }
-  spdlog::info("loading {}; health on {} says NOT_SERVING until it is ready", flags.model_path,
-               (*loading)->address());
-  absl::StatusOr<serving::ServedModel> served =
-      serving::LoadServedModel(flags.model_path, flags.threads, flags.cpu_isa);
-  if (!served.ok()) {
-    spdlog::error("{}", served.status().ToString());
+  absl::StatusOr<serving::LoadedWorker> loaded = serving::LoadWorker(flags);
+  if (!loaded.ok()) {
+    spdlog::error("{}", loaded.status().ToString());
     return 1;
   }
+  serving::ServedModel* served = &loaded->served;
   Model& model = *served->model;
   const KvFormat format = model.kv_format();
   KvStore store(*served->backend, format,
@@ -74,8 +78,41 @@ int main(int argc, char** argv) {
       {.fingerprint = served->fingerprint,
        .transfer_endpoint = advertise_host + ":" + std::to_string((*receiver)->port()),
        .kv_lease = std::chrono::milliseconds(kv_lease_ms),
-       .transfer_tls = *kv_tls != nullptr});
-  auto server = (*loading)->HandOver({&service}, flags.tls);
+       .transfer_tls = *kv_tls != nullptr,
+       .metrics = &metrics});
+  metrics.AddLoadGauges([&service] { return service.load(); });
+  const KvReceiver* kv_receiver = receiver->get();
+  metrics.scraped().AddCounter(
+      "pdserve_kv_transfer_bytes_total",
+      "KV cache bytes received from prefill workers (wire bytes of accepted frames, headers "
+      "included)",
+      [kv_receiver, labels = metrics::ScrapedMetrics::Labels{
+                        {"kv_format", absl::AsciiStrToLower(format.KindName())},
+                        {"transport", *kv_tls != nullptr ? "tls" : "tcp"}}] {
+        const KvReceiver::Stats stats = kv_receiver->stats();
+        return std::vector<metrics::ScrapedMetrics::Sample>{
+            {labels, static_cast<double>(stats.payload_bytes +
+                                         stats.frames_accepted * kKvFrameHeaderBytes)}};
+      });
+  metrics.scraped().AddCounter(
+      "pdserve_kv_reservations_total",
+      "KV reservations by outcome: granted, refused (no room), released unused, expired (lease "
+      "ran out; blocks reclaimed), consumed by Decode",
+      [&reservations] {
+        const ReservedBlocksSink::Outcomes o = reservations.outcomes();
+        std::vector<metrics::ScrapedMetrics::Sample> samples;
+        for (const auto& [outcome, n] : {std::pair{"granted", o.granted},
+                                         {"refused", o.refused},
+                                         {"released", o.released},
+                                         {"expired", o.expired},
+                                         {"consumed", o.consumed}}) {
+          samples.push_back({{{"outcome", outcome}}, static_cast<double>(n)});
+        }
+        return samples;
+      });
+  // Scrapes read the service: the endpoint stops before it is destroyed, whatever the exit.
+  absl::Cleanup stop_metrics = [&metrics_server] { metrics_server->reset(); };
+  auto server = loaded->loading_server->HandOver({&service}, flags.tls);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;

@@ -105,7 +105,11 @@ absl::StatusOr<ReservedBlocksSink::Ticket> ReservedBlocksSink::Reserve(uint64_t 
   }
   const int64_t n = KvStore::BlocksFor(store_->format(), capacity_tokens);
   absl::StatusOr<ReservedBlocks> blocks = ReservedBlocks::Allocate(store_->pool(), n);
-  if (!blocks.ok()) return blocks.status();
+  if (!blocks.ok()) {
+    absl::MutexLock lock(&mu_);
+    ++outcomes_.refused;
+    return blocks.status();
+  }
   auto r = std::make_shared<Reservation>();
   r->secret = ReservationSecret::Random();
   r->request_hash = request_hash;
@@ -119,6 +123,7 @@ absl::StatusOr<ReservedBlocksSink::Ticket> ReservedBlocksSink::Reserve(uint64_t 
   if (kv_tokens == 0) r->state = State::kComplete;  // everything was cached already
   absl::MutexLock lock(&mu_);
   r->id = next_id_++;
+  ++outcomes_.granted;
   RenewLocked(*r);
   reservations_.emplace(r->id, r);
   reaper_cv_.SignalAll();  // its expiry may be the earliest
@@ -178,6 +183,7 @@ absl::StatusOr<ReservedBlocksSink::Taken> ReservedBlocksSink::Take(
   Taken taken{std::move(r.blocks), r.kv_tokens, r.capacity_tokens};
   r.state = State::kGone;
   reservations_.erase(it);
+  ++outcomes_.consumed;
   return taken;
 }
 
@@ -190,9 +196,15 @@ absl::Status ReservedBlocksSink::Release(uint64_t id, const ReservationSecret& s
     if (!(it->second->secret == secret)) return WrongSecret(id);
     EndLocked(it, absl::CancelledError(absl::StrCat("KV reservation ", id, " was released")),
               settled);
+    ++outcomes_.released;
   }
   Run(settled);
   return absl::OkStatus();
+}
+
+ReservedBlocksSink::Outcomes ReservedBlocksSink::outcomes() const {
+  absl::MutexLock lock(&mu_);
+  return outcomes_;
 }
 
 int ReservedBlocksSink::ExpireOlderThan(Clock::time_point now) {
@@ -215,6 +227,7 @@ int ReservedBlocksSink::ExpireOlderThan(Clock::time_point now) {
                       " layers arrived) or Decode never came; retry the request")),
                   settled);
         ++expired;
+        ++outcomes_.expired;
       }
       it = next;
     }

@@ -110,6 +110,18 @@ class ReservedBlocksSink final : public KvFrameSink {
   // in-flight frame before their blocks are freed).
   size_t size() const;
 
+  // How reservations have ended so far (for /metrics): granted by Reserve, refused by it for want
+  // of blocks, released unused, expired (the lease ran out; blocks reclaimed), consumed by
+  // Decode (Take).
+  struct Outcomes {
+    uint64_t granted = 0;
+    uint64_t refused = 0;
+    uint64_t released = 0;
+    uint64_t expired = 0;
+    uint64_t consumed = 0;
+  };
+  Outcomes outcomes() const;
+
   // A keepalive frame renews the lease and carries no payload (empty spans).
   absl::StatusOr<std::vector<std::span<std::byte>>> Admit(const KvFrameHeader& header) override;
   absl::Status Complete(const KvFrameHeader& header, absl::Status status) override;
@@ -142,6 +154,7 @@ class ReservedBlocksSink final : public KvFrameSink {
   // Shared with waiters, who read the final state after removal.
   Map reservations_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  Outcomes outcomes_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread reaper_;
 };

@@ -2,11 +2,13 @@
 // pushes each layer's KV to the decode worker's reservation as soon as it is computed, and
 // returns the first token.
 #include "CLI/CLI.hpp"
+#include "absl/cleanup/cleanup.h"
 #include "prefill_worker/prefill_service.h"
 #include "rpc/server.h"
-#include "serving/drain.h"
 #include "serving/model_info.h"
 #include "serving/worker_flags.h"
+#include "serving/worker_lifecycle.h"
+#include "serving/worker_metrics.h"
 #include "spdlog/spdlog.h"
 #include "transport/tcp_kv_transport.h"
 
@@ -33,21 +35,21 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
 
-  // Health and reflection only, NOT_SERVING, while the model loads: a readiness probe gets an
-  // answer rather than a refused connection, and a bad --listen fails before a long load.
-  auto loading = rpc::Server::Start(flags.listen, {}, flags.tls);
-  if (!loading.ok()) {
-    spdlog::error("{}", loading.status().ToString());
+  // /metrics answers from the start (a bad address fails before the model loads); the load
+  // gauges join once the service exists.
+  serving::WorkerMetrics metrics(serving::WorkerMetrics::Stage::kPrefill);
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
+      metrics::ServeMetrics(flags.metrics, metrics.collectables());
+  if (!metrics_server.ok()) {
+    spdlog::error("{}", metrics_server.status().ToString());
     return 1;
   }
-  spdlog::info("loading {}; health on {} says NOT_SERVING until it is ready", flags.model_path,
-               (*loading)->address());
-  absl::StatusOr<serving::ServedModel> served =
-      serving::LoadServedModel(flags.model_path, flags.threads, flags.cpu_isa);
-  if (!served.ok()) {
-    spdlog::error("{}", served.status().ToString());
+  absl::StatusOr<serving::LoadedWorker> loaded = serving::LoadWorker(flags);
+  if (!loaded.ok()) {
+    spdlog::error("{}", loaded.status().ToString());
     return 1;
   }
+  serving::ServedModel* served = &loaded->served;
   Model& model = *served->model;
   const KvFormat format = model.kv_format();
   KvStore store(*served->backend, format,
@@ -65,8 +67,13 @@ int main(int argc, char** argv) {
   PrefillService service(model, store, scheduler, transport,
                          {.fingerprint = served->fingerprint,
                           .transfer_timeout = std::chrono::milliseconds(transfer_timeout_ms),
-                          .keepalive_period = std::chrono::milliseconds(keepalive_ms)});
-  auto server = (*loading)->HandOver({&service}, flags.tls);
+                          .keepalive_period = std::chrono::milliseconds(keepalive_ms),
+                          .metrics = &metrics,
+                          .transport = *kv_tls != nullptr ? "tls" : "tcp"});
+  metrics.AddLoadGauges([&service] { return service.load(); });
+  // Scrapes read the service: the endpoint stops before it is destroyed, whatever the exit.
+  absl::Cleanup stop_metrics = [&metrics_server] { metrics_server->reset(); };
+  auto server = loaded->loading_server->HandOver({&service}, flags.tls);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;

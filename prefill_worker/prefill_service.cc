@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "prefill_worker/kv_layer_sender.h"
 #include "rpc/raw_message.h"
@@ -102,7 +103,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
 
  private:
   absl::Status Validate() {
-    if (service_.draining_) return absl::UnavailableError("prefill worker is draining");
+    if (service_.load_.draining()) return absl::UnavailableError("prefill worker is draining");
     if (request_.model_fingerprint() != service_.info_.fingerprint()) {
       return absl::FailedPreconditionError(
           absl::StrCat("model fingerprint ", rpc::LoggableText(request_.model_fingerprint()),
@@ -213,6 +214,12 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
         "request {}: prefilled {} tokens ({} cached) in {:.1f} ms, {} KV bytes to {} in {:.1f} ms",
         id, req_.prompt.size(), cached, result.prefill_ms, transfer->wire_bytes,
         destination_.endpoint, transfer->seconds * 1e3);
+    if (service_.options_.metrics != nullptr) {
+      service_.options_.metrics->RecordPrefill(
+          result.queue_ms / 1e3, static_cast<int64_t>(req_.prompt.size()) - cached,
+          {absl::AsciiStrToLower(service_.store_.format().KindName()), service_.options_.transport},
+          transfer->wire_bytes, transfer->seconds);
+    }
     rpc::SerializeMessage(response_, response_bytes_);
     End(absl::OkStatus());
   }
@@ -266,17 +273,9 @@ PrefillService::PrefillService(Model& model, KvStore& store, PrefillScheduler& s
       options_(std::move(options)),
       info_(serving::MakeModelInfo(model, options_.fingerprint)),
       keepalive_thread_([this] { KeepaliveLoop(); }),
-      load_watch_([this] {
-        return serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(),
-                                       draining_);
-      }) {
-  store_.pool().SetObserver([this] { load_watch_.Changed(); });
-  scheduler_.SetLoadObserver([this] { load_watch_.Changed(); });
-}
+      load_(store_, scheduler_) {}
 
 PrefillService::~PrefillService() {
-  store_.pool().SetObserver(nullptr);
-  scheduler_.SetLoadObserver(nullptr);
   {
     absl::MutexLock lock(&keepalive_mu_);
     stopping_ = true;
@@ -370,19 +369,13 @@ grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* PrefillService::GetLoad(grpc::CallbackServerContext* context,
                                                   const v1::GetLoadRequest*,
                                                   v1::WorkerLoad* response) {
-  *response =
-      serving::MakeWorkerLoad(store_, scheduler_.waiting(), scheduler_.running(), draining_);
+  *response = load_.Snapshot();
   return Done(context, grpc::Status::OK);
 }
 
 grpc::ServerWriteReactor<v1::WorkerLoad>* PrefillService::WatchLoad(
     grpc::CallbackServerContext* context, const v1::WatchLoadRequest*) {
-  return load_watch_.Watch(context);
-}
-
-void PrefillService::set_draining(bool draining) {
-  draining_ = draining;
-  load_watch_.Changed();
+  return load_.watch().Watch(context);
 }
 
 grpc::ServerUnaryReactor* PrefillService::GetModelInfo(grpc::CallbackServerContext* context,

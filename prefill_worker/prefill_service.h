@@ -19,7 +19,8 @@
 #include "engine/model.h"
 #include "pdserve/v1/worker.grpc.pb.h"
 #include "prefill_worker/prefill_scheduler.h"
-#include "serving/load_watch.h"
+#include "serving/worker_load.h"
+#include "serving/worker_metrics.h"
 #include "transport/kv_transport.h"
 
 namespace pdserve {
@@ -38,6 +39,8 @@ class PrefillService final : public PrefillServiceBase {
     // Well inside the decode worker's lease (1 s by default), so a busy prefill worker's
     // reservations never lapse.
     std::chrono::milliseconds keepalive_period{200};
+    serving::WorkerMetrics* metrics = nullptr;  // where each prefill is recorded, if set
+    std::string transport = "tcp";              // the KV transfer's label in the metrics
   };
 
   PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler, KvTransport& transport,
@@ -58,8 +61,10 @@ class PrefillService final : public PrefillServiceBase {
                                          v1::ModelInfo* response) override;
 
   // Draining refuses new requests; watchers get the draining load as their last message.
-  void set_draining(bool draining);
-  serving::LoadWatch& load_watch() { return load_watch_; }
+  void set_draining(bool draining) { load_.set_draining(draining); }
+  serving::LoadWatch& load_watch() { return load_.watch(); }
+  // The load GetLoad answers and /metrics reads.
+  v1::WorkerLoad load() const { return load_.Snapshot(); }
 
  private:
   class PrefillCall;
@@ -81,7 +86,6 @@ class PrefillService final : public PrefillServiceBase {
   KvTransport& transport_;
   const Options options_;
   const v1::ModelInfo info_;
-  std::atomic<bool> draining_{false};
 
   absl::Mutex keepalive_mu_;
   absl::CondVar keepalive_cv_;
@@ -92,8 +96,8 @@ class PrefillService final : public PrefillServiceBase {
       transfer_deadlines_ ABSL_GUARDED_BY(keepalive_mu_);
   bool stopping_ ABSL_GUARDED_BY(keepalive_mu_) = false;
   std::thread keepalive_thread_;
-  // Last: its thread reads the members above and stops first.
-  serving::LoadWatch load_watch_;
+  // Last: its watch thread reads the members above and stops first.
+  serving::WorkerLoadSource<PrefillScheduler> load_;
 };
 
 }  // namespace pdserve

@@ -50,7 +50,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
  public:
   GenerateReactor(const FlowEnv& env, const PromptOptions& prompt_options, Admission& admission,
                   grpc::CallbackServerContext* context, const grpc::ByteBuffer& request)
-      : admission_(admission), admitted_(admission.Enter()) {
+      : admission_(admission), admitted_(admission.Enter()), metrics_(env.metrics) {
     flow_ = CreateFlow(env, prompt_options, context, request, admitted_, this);
     if (flow_ != nullptr) flow_->Start();
   }
@@ -67,6 +67,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   }
   void Finish(const absl::Status& status, std::span<const int32_t> tokens, std::string text,
               const v1::FinalInfo& final_info) override {
+    if (metrics_ != nullptr) metrics_->RequestEnded(status, final_info);
     if (!status.ok()) {
       grpc::ServerWriteReactor<grpc::ByteBuffer>::Finish(rpc::ToGrpc(status));
       return;
@@ -94,6 +95,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
  private:
   Admission& admission_;
   const absl::Status admitted_;
+  RouterMetrics* const metrics_;
   std::shared_ptr<RequestFlow> flow_;
   grpc::ByteBuffer buffer_;  // the message being written
   std::function<void(bool)> sent_;
@@ -105,7 +107,10 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
   CompleteReactor(const FlowEnv& env, const PromptOptions& prompt_options, Admission& admission,
                   grpc::CallbackServerContext* context, const grpc::ByteBuffer& request,
                   grpc::ByteBuffer* response)
-      : admission_(admission), admitted_(admission.Enter()), response_bytes_(response) {
+      : admission_(admission),
+        admitted_(admission.Enter()),
+        metrics_(env.metrics),
+        response_bytes_(response) {
     flow_ = CreateFlow(env, prompt_options, context, request, admitted_, this);
     if (flow_ != nullptr) flow_->Start();
   }
@@ -118,6 +123,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
   }
   void Finish(const absl::Status& status, std::span<const int32_t> tokens, std::string text,
               const v1::FinalInfo& final_info) override {
+    if (metrics_ != nullptr) metrics_->RequestEnded(status, final_info);
     if (!status.ok()) {
       grpc::ServerUnaryReactor::Finish(rpc::ToGrpc(status));
       return;
@@ -141,6 +147,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
  private:
   Admission& admission_;
   const absl::Status admitted_;
+  RouterMetrics* const metrics_;
   grpc::ByteBuffer* const response_bytes_;
   v1::CompleteResponse response_;  // gathered here, serialized at the end
   std::shared_ptr<RequestFlow> flow_;
@@ -160,6 +167,11 @@ absl::Status Admission::Enter() {
 void Admission::Leave() {
   absl::MutexLock lock(&mu_);
   --in_flight_;
+}
+
+int Admission::in_flight() const {
+  absl::MutexLock lock(&mu_);
+  return in_flight_;
 }
 
 void Admission::Close() {

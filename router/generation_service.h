@@ -25,9 +25,10 @@ class Admission {
   void Close();
   // Waits until none is in flight (true) or `limit` passes (false).
   bool AwaitIdle(std::chrono::milliseconds limit);
+  int in_flight() const;
 
  private:
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -57,6 +58,8 @@ class GenerationService final : public GenerationServiceBase {
   void StopAccepting() { admission_.Close(); }
   // Waits until the requests in flight have ended (true) or `limit` passes (false).
   bool AwaitIdle(std::chrono::milliseconds limit) { return admission_.AwaitIdle(limit); }
+  // Requests admitted and not yet answered.
+  int in_flight() const { return admission_.in_flight(); }
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;

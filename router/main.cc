@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   rpc::TlsFiles tls;
   rpc::AddTlsFlags(app, tls);
+  metrics::AddMetricsFlags(app, config.metrics);
   app.add_option("--tokenizer", tokenizer,
                  "The model's tokenizer, for text prompts, chat messages, stop strings and text in "
                  "responses: the model's GGUF file, its tokenizer.json, or its directory "

@@ -223,6 +223,7 @@ bool RequestFlow::WaitForRoom() {
     alarms_.push_back(std::make_unique<grpc::Alarm>());
     alarm = alarms_.back().get();
   }
+  SetWaitingForKv(true);
   const Clock::time_point start = Clock::now();
   // A weak reference: the alarm keeps its callback until the flow destroys it, so a strong one
   // would be a cycle. The sink's owner keeps the flow alive until it finishes.
@@ -240,8 +241,15 @@ bool RequestFlow::WaitForRoom() {
   return true;
 }
 
+void RequestFlow::SetWaitingForKv(bool waiting) {
+  if (waiting_for_kv_ == waiting) return;
+  waiting_for_kv_ = waiting;
+  if (env_.metrics != nullptr) env_.metrics->WaitingForKv(waiting);
+}
+
 void RequestFlow::OnReserved(const std::string& address, const grpc::Status& status) {
   if (status.ok()) {
+    SetWaitingForKv(false);
     holds_reservation_ = true;
     env_.pool->NoteReserved(address, request_.prompt_token_ids_size() + request_.max_tokens());
     Prefill();
@@ -368,7 +376,17 @@ void RequestFlow::OnDecodeMessage(const v1::DecodeResponse& response) {
     text = std::move(delta.text);
     stopped_by_text_ = delta.stopped;
   }
-  if (!ids.empty() && completion_tokens_ == 0) first_token_at_ = Clock::now();
+  if (!ids.empty()) {
+    const Clock::time_point now = Clock::now();
+    if (completion_tokens_ == 0) {
+      first_token_at_ = now;
+    } else if (env_.metrics != nullptr) {
+      env_.metrics->ObserveInterTokenLatency(
+          std::chrono::duration<double>(now - last_token_at_).count(),
+          static_cast<int>(ids.size()));
+    }
+    last_token_at_ = now;
+  }
   completion_tokens_ += static_cast<int32_t>(ids.size());
   // The last message's tokens go out with FinalInfo, once the stream has ended well.
   if (stopped_by_text_ || !finish_reason_.empty() || !response.finish_reason().empty()) {
@@ -484,6 +502,7 @@ void RequestFlow::Fail(absl::Status status) {
 void RequestFlow::Finish(const absl::Status& status) {
   if (finished_) return;
   finished_ = true;
+  SetWaitingForKv(false);
   const Clock::time_point end = Clock::now();
   v1::FinalInfo info;
   if (status.ok()) {

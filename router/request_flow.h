@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "pdserve/v1/worker.grpc.pb.h"
+#include "router/router_metrics.h"
 #include "router/text_io.h"
 #include "router/worker_clients.h"
 #include "router/worker_pool.h"
@@ -44,6 +45,7 @@ struct FlowEnv {
   // The model's tokenizer: text prompts, chat messages, stop strings, text in responses. Null:
   // token ids only.
   const Tokenizer* tokenizer = nullptr;
+  RouterMetrics* metrics = nullptr;  // inter-token latency and KV waits are recorded here, if set
 };
 
 // Where a flow's results go: a Generate stream or a Complete response.
@@ -115,6 +117,8 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   void Reserve();
   // Schedules another round of Reserve after a backoff; false when the queue time is up.
   bool WaitForRoom();
+  // Counts the request as waiting for KV room, or not, in the metrics.
+  void SetWaitingForKv(bool waiting);
   void OnReserved(const std::string& address, const grpc::Status& status);
   void Prefill();
   void OnPrefilled(const std::string& address, const grpc::Status& status);
@@ -179,6 +183,8 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   std::string finish_reason_;
   int32_t completion_tokens_ = 0;
   Clock::time_point first_token_at_{};
+  Clock::time_point last_token_at_{};
+  bool waiting_for_kv_ = false;  // counted in the metrics' waiting requests
   bool finished_ = false;
 
   mutable absl::Mutex mu_;

@@ -12,8 +12,11 @@ Router::Router(const RouterConfig& config, Resolver resolver)
       service_(FlowEnv{.pool = &pool_,
                        .clients = &clients_,
                        .options = config.flow,
-                       .tokenizer = tokenizer_.get()},
-               config.prompt) {}
+                       .tokenizer = tokenizer_.get(),
+                       .metrics = &metrics_},
+               config.prompt) {
+  metrics_.AddScrapedGauges([this] { return service_.in_flight(); }, pool_);
+}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Start(const RouterConfig& config,
                                                       Resolver resolver) {
@@ -22,6 +25,10 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Start(const RouterConfig& config
       rpc::Server::Start(config.listen, {&router->service_}, config.server_credentials);
   if (!server.ok()) return server.status();
   router->server_ = *std::move(server);
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
+      metrics::ServeMetrics(config.metrics, router->metrics_.collectables());
+  if (!metrics_server.ok()) return metrics_server.status();
+  router->metrics_server_ = *std::move(metrics_server);
   router->monitor_ =
       std::make_unique<WorkerMonitor>(&router->pool_, &router->clients_, &router->discovery_,
                                       config.monitor, [r = router.get()] { r->UpdateHealth(); });

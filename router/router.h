@@ -8,7 +8,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "metrics/metrics_flags.h"
 #include "router/generation_service.h"
+#include "router/router_metrics.h"
 #include "router/worker_clients.h"
 #include "router/worker_discovery.h"
 #include "router/worker_monitor.h"
@@ -28,6 +30,7 @@ struct RouterConfig {
   // Mutual TLS: the router's own server, and its channels to the workers (null: plaintext).
   std::shared_ptr<grpc::ServerCredentials> server_credentials;
   std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
+  metrics::MetricsFlags metrics;  // --metrics-listen: /metrics served when set
 };
 
 // One router. Health is SERVING while at least one eligible prefill and one eligible decode
@@ -37,7 +40,7 @@ class Router {
   // Listens, learns the workers (one discovery and poll round before returning, so a router
   // whose workers are up serves at once), and keeps learning in the background.
   static absl::StatusOr<std::unique_ptr<Router>> Start(const RouterConfig& config,
-                                                       Resolver resolver = ResolveWithGetaddrinfo);
+                                                       Resolver resolver = ResolveTarget);
   ~Router();
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
@@ -46,6 +49,8 @@ class Router {
   int port() const { return server_->port(); }
   const rpc::Server& server() const { return *server_; }
   WorkerPool& pool() { return pool_; }
+  // Null unless --metrics-listen asked for the endpoint.
+  const metrics::MetricsServer* metrics_server() const { return metrics_server_.get(); }
   bool serving() const { return serving_; }
   // Waits until serving() == `serving` (true) or `limit` passes (false).
   bool AwaitServing(bool serving, std::chrono::milliseconds limit);
@@ -62,12 +67,15 @@ class Router {
   WorkerPool pool_;
   WorkerClients clients_;
   WorkerDiscovery discovery_;
+  RouterMetrics metrics_;
   GenerationService service_;
   std::unique_ptr<rpc::Server> server_;
   std::unique_ptr<WorkerMonitor> monitor_;
   absl::Mutex health_mu_;
   std::atomic<bool> draining_ = false;
   std::atomic<bool> serving_ = false;  // written under health_mu_, so AwaitServing wakes
+  // Last: scrapes read the members above, so it stops first.
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
 };
 
 }  // namespace pdserve::router

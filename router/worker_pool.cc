@@ -129,6 +129,20 @@ bool WorkerPool::NeedsModelInfo(WorkerRole role, const std::string& address) con
   return it != Map(role).end() && it->second.info == nullptr;
 }
 
+WorkerPool::StageSummary WorkerPool::Summarize(WorkerRole role) const {
+  absl::ReaderMutexLock lock(&mu_);
+  StageSummary summary;
+  for (const auto& [address, w] : Map(role)) {
+    if (!w.healthy || !w.load.has_value()) {
+      ++summary.down;
+      continue;
+    }
+    ++(w.load->draining() ? summary.draining : summary.serving);
+    summary.queued += w.load->queue_depth();
+  }
+  return summary;
+}
+
 bool WorkerPool::Eligible(const Worker& w) const {
   return w.healthy && w.load.has_value() && !w.load->draining() && w.info != nullptr &&
          reference_ != nullptr && w.info->fingerprint() == reference_->fingerprint();

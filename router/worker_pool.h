@@ -83,6 +83,16 @@ class WorkerPool {
   // At least one eligible prefill and one eligible decode worker.
   bool Ready() const;
 
+  // A stage at a glance (for /metrics): members by state, and the requests queued on them by
+  // their latest load reports. Serving: healthy and not draining (whatever model it serves).
+  struct StageSummary {
+    int serving = 0;
+    int draining = 0;
+    int down = 0;  // polls failing, or not yet answered
+    int64_t queued = 0;
+  };
+  StageSummary Summarize(WorkerRole role) const;
+
  private:
   struct Worker {
     uint64_t joined = 0;  // membership order, for the reference model

@@ -100,10 +100,14 @@ Server::~Server() {
 }
 
 absl::Status Server::WritePortFile(const std::string& path) const {
+  return rpc::WritePortFile(path, port_);
+}
+
+absl::Status WritePortFile(const std::string& path, int port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
-    out << port_ << "\n";
+    out << port << "\n";
     if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write port file ", tmp));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {

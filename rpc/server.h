@@ -67,6 +67,10 @@ class Server {
   int port_ = 0;
 };
 
+// Writes `port` to `path` atomically (a reader never sees a partial number): how launchers learn
+// the port of a server started on port 0.
+absl::Status WritePortFile(const std::string& path, int port);
+
 // For mains: call BlockTerminationSignals first thing (before any thread starts, so every
 // thread inherits the mask), then WaitForTerminationSignal blocks until SIGINT or SIGTERM.
 void BlockTerminationSignals();

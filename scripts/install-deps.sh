@@ -4,7 +4,8 @@
 # libFuzzer and OpenMP (the fuzz build), qemu-user (the test that runs the portable build as
 # an older CPU), openssl (the mutual-TLS test makes its certificates with it) and dpkg-dev
 # (dpkg-source unpacks Debian's Abseil source for the ThreadSanitizer build:
-# scripts/tsan-abseil.sh).
+# scripts/tsan-abseil.sh), and dnsmasq-base (the deploy conformance test serves the headless
+# Services' DNS names with it).
 # Idempotent: does nothing when every package is already present.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ PACKAGES=(
   python3-venv ca-certificates
   clang-14 libclang-rt-14-dev libomp-14-dev
   qemu-user openssl dpkg-dev
+  dnsmasq-base
 )
 
 missing=()

@@ -10,6 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "metrics/metrics_flags.h"
 #include "rpc/tls_flags.h"
 #include "transport/tls_session.h"
 
@@ -27,6 +28,7 @@ struct WorkerFlags {
   rpc::TlsFiles tls{};
   bool kv_plaintext = false;        // KV transfers stay plaintext even with TLS files
   std::string drain_grace = "30s";  // see DrainGrace
+  metrics::MetricsFlags metrics{};
 };
 
 // --drain-grace as a duration (AddWorkerFlags has checked it parses).
@@ -37,8 +39,8 @@ inline std::chrono::milliseconds DrainGrace(const WorkerFlags& flags) {
 }
 
 // Declares the flags above on `app` (--model, --listen, --threads, --kv-blocks, --kv-cache-mb,
-// --port-file, --log-level, --cpu-isa, --tls-*, --drain-grace, --kv-plaintext), writing into
-// `flags` (whose current values are the defaults shown).
+// --port-file, --log-level, --cpu-isa, --tls-*, --drain-grace, --kv-plaintext, --metrics-*),
+// writing into `flags` (whose current values are the defaults shown).
 inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--model", flags.model_path,
                  "Model: Hugging Face directory, GGUF file or llama2.c .bin")
@@ -71,6 +73,7 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_flag("--kv-plaintext", flags.kv_plaintext,
                "With --tls-*, still send KV caches without TLS: only on a private network you "
                "trust, to save the encryption cost (pdserve-bench-transfer prints it)");
+  metrics::AddMetricsFlags(app, flags.metrics);
 }
 
 // The KV transport's mutual-TLS context: from the gRPC certificates (--tls-*), or none (null)

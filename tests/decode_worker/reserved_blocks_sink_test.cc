@@ -148,6 +148,28 @@ TEST(KvSinkReaper, ReclaimsAStalledReservationWithinItsLeaseAndTellsTheWaiter) {
   EXPECT_EQ(h.store.pool().Stats().used_blocks, 0);
 }
 
+// What /metrics reports as pdserve_kv_reservations_total{outcome}.
+TEST_F(KvSink, CountsEveryOutcome) {
+  const auto consumed = Reserve(4, 4);
+  for (uint32_t layer = 0; layer < 3; ++layer)
+    ASSERT_TRUE(Deliver(Header(consumed, layer, 0, 4)).ok());
+  ASSERT_TRUE(sink_.Take(consumed.id, consumed.secret).ok());
+  const auto released = Reserve(4, 4);
+  ASSERT_TRUE(sink_.Release(released.id, released.secret).ok());
+  EXPECT_FALSE(sink_.Release(released.id, released.secret).ok())
+      << "a second release is not counted";
+  Reserve(4, 4, std::chrono::milliseconds(1));
+  EXPECT_EQ(sink_.ExpireOlderThan(Clock::now() + std::chrono::seconds(1)), 1);
+  EXPECT_EQ(sink_.Reserve(kHash, 4, 16 * 4 + 1, std::chrono::minutes(1)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  const ReservedBlocksSink::Outcomes o = sink_.outcomes();
+  EXPECT_EQ(o.granted, 3u);
+  EXPECT_EQ(o.refused, 1u);
+  EXPECT_EQ(o.released, 1u);
+  EXPECT_EQ(o.expired, 1u);
+  EXPECT_EQ(o.consumed, 1u);
+}
+
 TEST_F(KvSink, RejectsBadHeadersBeforeWritingAnything) {
   const auto t = Reserve(8, 8);
   KvFrameHeader forged = Header(t, 0, 0, 4);

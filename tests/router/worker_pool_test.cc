@@ -291,5 +291,20 @@ TEST(WorkerDiscoveryTest, GetaddrinfoResolvesLocalhost) {
   EXPECT_EQ(ResolveWithGetaddrinfo("no-port").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// gRPC's target syntax: no scheme or an empty authority is the system resolver; a bad DNS server
+// address is INVALID_ARGUMENT before anything is sent. (A real DNS server answering through
+// dns://IP:PORT/ is exercised by tests/deploy/conformance_test.py, with dnsmasq.)
+TEST(WorkerDiscoveryTest, ResolveTargetReadsGrpcStyleTargets) {
+  for (const char* target : {"127.0.0.1:5000", "dns:///127.0.0.1:5000"}) {
+    absl::StatusOr<std::vector<std::string>> r = ResolveTarget(target);
+    ASSERT_TRUE(r.ok()) << target << ": " << r.status();
+    EXPECT_EQ(*r, std::vector<std::string>{"127.0.0.1:5000"}) << target;
+  }
+  for (const char* target : {"dns://", "dns://10.0.0.1", "dns://not-an-ip/a:1",
+                             "dns://10.0.0.1:99999/a:1", "dns://10.0.0.1:53/no-port"}) {
+    EXPECT_EQ(ResolveTarget(target).status().code(), absl::StatusCode::kInvalidArgument) << target;
+  }
+}
+
 }  // namespace
 }  // namespace pdserve::router

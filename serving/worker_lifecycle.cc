@@ -1,8 +1,20 @@
-#include "serving/drain.h"
+#include "serving/worker_lifecycle.h"
 
 #include "spdlog/spdlog.h"
 
 namespace pdserve::serving {
+
+absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags) {
+  absl::StatusOr<std::unique_ptr<rpc::Server>> loading =
+      rpc::Server::Start(flags.listen, {}, flags.tls);
+  if (!loading.ok()) return loading.status();
+  spdlog::info("loading {}; health on {} says NOT_SERVING until it is ready", flags.model_path,
+               (*loading)->address());
+  absl::StatusOr<ServedModel> served =
+      LoadServedModel(flags.model_path, flags.threads, flags.cpu_isa);
+  if (!served.ok()) return served.status();
+  return LoadedWorker{*std::move(loading), *std::move(served)};
+}
 
 bool DrainWorker(rpc::Server& server, LoadWatch& load, const std::function<void()>& start_draining,
                  std::chrono::milliseconds grace) {

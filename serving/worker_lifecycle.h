@@ -1,13 +1,29 @@
-// A worker's answer to SIGTERM (what Kubernetes sends a pod it removes), the same in both workers.
+// A worker's start (health answers while the model loads) and its answer to SIGTERM (what
+// Kubernetes sends a pod it removes), the same in both workers.
 #pragma once
 
 #include <chrono>
 #include <functional>
+#include <memory>
 
+#include "absl/status/statusor.h"
 #include "rpc/server.h"
 #include "serving/load_watch.h"
+#include "serving/model_info.h"
+#include "serving/worker_flags.h"
 
 namespace pdserve::serving {
+
+// A worker whose model is loaded, and its health-only server (NOT_SERVING) on --listen, which
+// rpc::Server::HandOver replaces by the serving one.
+struct LoadedWorker {
+  std::unique_ptr<rpc::Server> loading_server;
+  ServedModel served;
+};
+// Starts the health-only server first, so a readiness probe gets NOT_SERVING rather than a
+// refused connection during a long load and a bad --listen fails before it, then loads
+// --model. Errors: the server's (bad address, port in use) or LoadServedModel's.
+absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags);
 
 // Takes no new work, lets the work the worker holds finish, then stops serving:
 //   1. health NOT_SERVING (probes and routers see it at once), then `start_draining`: the service

@@ -1,0 +1,63 @@
+// What a worker exports on /metrics (docs/metrics.md lists every name): the gauges its load
+// snapshot gives (running, waiting, KV usage), and per stage what it measures itself. Names,
+// units and buckets follow vLLM's, with the pdserve_ prefix.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "metrics/scraped_metrics.h"
+#include "pdserve/v1/worker.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace pdserve::serving {
+
+// The label values of the KV transfer metrics: kv_format is the format's kind in lower case
+// (mha, gqa, mqa, mla), transport the wire ("tcp", or "tls" for mutual TLS).
+struct KvTransferLabels {
+  std::string kv_format;
+  std::string transport;
+};
+
+// Thread-safety: every method from any thread.
+class WorkerMetrics {
+ public:
+  enum class Stage { kPrefill, kDecode };
+  explicit WorkerMetrics(Stage stage);
+
+  // pdserve_num_requests_running / _waiting and pdserve_kv_cache_usage_perc, read from
+  // `snapshot` at each scrape.
+  void AddLoadGauges(std::function<v1::WorkerLoad()> snapshot);
+  // For stage-specific metrics that something else already counts.
+  metrics::ScrapedMetrics& scraped() { return *scraped_; }
+  // What the MetricsServer serves.
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables() const {
+    return {registry_, scraped_};
+  }
+
+  // Prefill: a prompt is computed and its KV delivered. `computed_tokens` excludes the tokens
+  // the prefix cache held.
+  void RecordPrefill(double queue_seconds, int64_t computed_tokens, const KvTransferLabels& labels,
+                     uint64_t wire_bytes, double transfer_seconds);
+  // Decode: `n` tokens went out to the router.
+  void AddGeneratedTokens(int64_t n);
+
+ private:
+  const std::shared_ptr<prometheus::Registry> registry_ = std::make_shared<prometheus::Registry>();
+  const std::shared_ptr<metrics::ScrapedMetrics> scraped_ =
+      std::make_shared<metrics::ScrapedMetrics>();
+  // Prefill.
+  prometheus::Histogram* queue_time_ = nullptr;
+  prometheus::Counter* prompt_tokens_ = nullptr;
+  prometheus::Family<prometheus::Counter>* kv_bytes_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* kv_seconds_ = nullptr;
+  // Decode.
+  prometheus::Counter* generation_tokens_ = nullptr;
+};
+
+}  // namespace pdserve::serving
