@@ -56,7 +56,17 @@ RouterMetrics::RouterMetrics()
                    .Name("pdserve_num_requests_waiting")
                    .Help("Requests waiting for KV room on the decode workers")
                    .Register(*registry_)
-                   .Add({})) {}
+                   .Add({})) {
+  // Label values that exist from the start, at 0, so rate() and alerts see the first one.
+  for (const char* reason : {"stop", "length"}) success_.Add({{"finish_reason", reason}});
+  for (const absl::StatusCode code :
+       {absl::StatusCode::kInvalidArgument, absl::StatusCode::kFailedPrecondition,
+        absl::StatusCode::kResourceExhausted, absl::StatusCode::kUnavailable,
+        absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kCancelled,
+        absl::StatusCode::kInternal}) {
+    failure_.Add({{"code", absl::StatusCodeToString(code)}});
+  }
+}
 
 void RouterMetrics::RequestEnded(const absl::Status& status, const v1::FinalInfo& info) {
   if (!status.ok()) {

@@ -23,6 +23,15 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 "$PYTHON" tests/e2e/bad_input_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 "$PYTHON" tests/e2e/soak_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 
+# deploy/: every kustomize overlay renders and validates offline (Kubernetes schemas, yamllint,
+# the KEDA and Prometheus Operator resources' structure); the images' Dockerfile is consistent
+# with the binaries; and the cpu-demo manifests' containers, run as local processes behind a
+# dnsmasq that plays the headless Services' DNS, scale out and in under load without losing a
+# request, with /metrics agreeing with the requests sent.
+"$PYTHON" tests/deploy/validate_manifests_test.py
+"$PYTHON" tests/deploy/conformance_test.py --bin-dir build/bin \
+  --model-dir "$(dirname "$(scripts/fetch-model.sh)")"
+
 scripts/build.sh asan pdserve_unit_tests  # only the unit tests run under the sanitizers
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -L unit -j "$(nproc)"
