@@ -29,6 +29,7 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 # dnsmasq that plays the headless Services' DNS, scale out and in under load without losing a
 # request, with /metrics agreeing with the requests sent.
 "$PYTHON" tests/deploy/validate_manifests_test.py
+"$PYTHON" tests/deploy/image_test.py --bin-dir build/bin
 "$PYTHON" tests/deploy/conformance_test.py --bin-dir build/bin \
   --model-dir "$(dirname "$(scripts/fetch-model.sh)")"
 

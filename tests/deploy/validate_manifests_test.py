@@ -921,8 +921,8 @@ def check_shutdown_timing(variant):
         drain = parse_duration_s(flags["--drain-grace"])
         pre_stop = (container.get("lifecycle") or {}).get("preStop") or {}
         if pre_stop and "sleep" not in pre_stop:
-            problems.append(f"{name}: preStop must be the native sleep action (no shell in the "
-                            "image)")
+            problems.append(f"{name}: preStop must be the native sleep action (it needs nothing "
+                            "in the image; the runtime image runs no shell)")
         sleep = (pre_stop.get("sleep") or {}).get("seconds", 0)
         grace = pod.get("terminationGracePeriodSeconds", 30)
         if not grace > sleep + drain:
@@ -1380,10 +1380,13 @@ def documented_metrics():
 
 
 def referenced_metrics():
-    """{metric name (histogram suffix stripped): {files}} over every text file under deploy/."""
+    """{metric name (histogram suffix stripped): {files}} over the manifests and dashboards under
+    deploy/ (YAML and JSON: what Prometheus, KEDA, the adapter and Grafana read; prose may name
+    binaries such as pdserve_unit_tests)."""
     refs = {}
     for path in sorted(DEPLOY.rglob("*")):
-        if not path.is_file() or path.stat().st_size > 4 << 20:
+        if not path.is_file() or path.suffix not in (".yaml", ".yml", ".json") or \
+                path.stat().st_size > 4 << 20:
             continue
         try:
             text = path.read_text()
