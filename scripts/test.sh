@@ -33,7 +33,7 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 "$PYTHON" tests/deploy/conformance_test.py --bin-dir build/bin \
   --model-dir "$(dirname "$(scripts/fetch-model.sh)")"
 
-scripts/build.sh asan pdserve_unit_tests  # only the unit tests run under the sanitizers
+scripts/build.sh asan pdserve_unit_tests pdserve_metrics_tests  # only the unit tests run under the sanitizers
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -L unit -j "$(nproc)"
 
@@ -43,7 +43,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 # Archer tool (libgomp's barriers are invisible to TSan). One Abseil in the process, the
 # instrumented one, also for Debian's gRPC: checked here, since a Debian
 # libabsl_synchronization would make TSan blind to every absl::Mutex and report false races.
-scripts/build.sh tsan pdserve_unit_tests
+scripts/build.sh tsan pdserve_unit_tests pdserve_metrics_tests
 if ldd build-tsan/bin/pdserve_unit_tests | grep 'libabsl_' | grep -v build-tsan/_deps/absl/; then
   echo "error: the TSan unit tests load the Abseil libraries above from outside build-tsan" >&2
   exit 1
