@@ -67,7 +67,27 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, grpc::Sta
 
 // Fake workers on the callback API, like the real ones: a call that waits (for a cancel, or for
 // the test to resume it) holds no thread. Counters the tests wait on change under `mu`.
-class FakeDecode final : public v1::DecodeWorker::CallbackService {
+// What both fake workers answer alike: their load (FreeBlocks free KV blocks) and the model.
+template <typename Service>
+class FakeWorker : public Service {
+ public:
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const v1::GetLoadRequest*,
+                                    v1::WorkerLoad* load) override {
+    *load = FakeLoad(FreeBlocks());
+    return Answer(context, grpc::Status::OK);
+  }
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest*,
+                                         v1::ModelInfo* info) override {
+    *info = FakeModel();
+    return Answer(context, grpc::Status::OK);
+  }
+
+ protected:
+  virtual int64_t FreeBlocks() const { return 50; }
+};
+
+class FakeDecode final : public FakeWorker<v1::DecodeWorker::CallbackService> {
  public:
   // Decode streams the first token, then 100, 101, ... one per message, up to max_tokens.
   // With `pause_after` > 0, a stream pauses after that many messages until ResumeStreams (or
@@ -112,17 +132,7 @@ class FakeDecode final : public v1::DecodeWorker::CallbackService {
     stream->NextLocked();
     return stream;
   }
-  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const v1::GetLoadRequest*,
-                                    v1::WorkerLoad* load) override {
-    *load = FakeLoad(full ? 0 : 50);
-    return Answer(context, grpc::Status::OK);
-  }
-  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetModelInfoRequest*,
-                                         v1::ModelInfo* info) override {
-    *info = FakeModel();
-    return Answer(context, grpc::Status::OK);
-  }
+  int64_t FreeBlocks() const override { return full ? 0 : 50; }
 
   // Lets every paused stream (and any about to pause) run to its end.
   void ResumeStreams() {
@@ -196,7 +206,7 @@ class FakeDecode final : public v1::DecodeWorker::CallbackService {
   absl::flat_hash_set<Stream*> streams_ ABSL_GUARDED_BY(mu);
 };
 
-class FakePrefill final : public v1::PrefillWorker::CallbackService {
+class FakePrefill final : public FakeWorker<v1::PrefillWorker::CallbackService> {
  public:
   // Answers UNAVAILABLE while the shared `*failures_left` is positive (decrementing it).
   std::atomic<int>* failures_left = nullptr;
@@ -227,17 +237,6 @@ class FakePrefill final : public v1::PrefillWorker::CallbackService {
     response->set_kv_transfer_bytes(kKvBytes);
     response->set_cached_prompt_tokens(0);
     response->set_kv_format("GQA, fake");
-    return Answer(context, grpc::Status::OK);
-  }
-  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const v1::GetLoadRequest*,
-                                    v1::WorkerLoad* load) override {
-    *load = FakeLoad(50);
-    return Answer(context, grpc::Status::OK);
-  }
-  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetModelInfoRequest*,
-                                         v1::ModelInfo* info) override {
-    *info = FakeModel();
     return Answer(context, grpc::Status::OK);
   }
 
