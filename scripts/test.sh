@@ -20,6 +20,9 @@ ctest --test-dir build --output-on-failure -j "$(nproc)"
 PYTHON=$(scripts/python-env.sh)
 MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 "$PYTHON" tests/e2e/reflection_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
+# deploy/ghz's configs: checked against build/pdserve.protoset, and run with a real ghz.
+"$PYTHON" tests/e2e/ghz_configs_test.py --bin-dir build/bin --model "$(scripts/fetch-model.sh)" \
+  --protoset build/pdserve.protoset
 "$PYTHON" tests/e2e/bad_input_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 "$PYTHON" tests/e2e/soak_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 
