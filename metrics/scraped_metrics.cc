@@ -2,17 +2,20 @@
 
 namespace pdserve::metrics {
 
-void ScrapedMetrics::Add(Family family) {
+void ScrapedMetrics::AddGroup(std::vector<Header> headers,
+                              std::function<std::vector<std::vector<Sample>>()> read) {
   absl::MutexLock lock(&mu_);
-  families_.push_back(std::move(family));
+  groups_.push_back({std::move(headers), std::move(read)});
 }
 
 void ScrapedMetrics::AddGauge(std::string name, std::string help, Reader read) {
-  Add({std::move(name), std::move(help), prometheus::MetricType::Gauge, std::move(read)});
+  AddGroup({{std::move(name), std::move(help), prometheus::MetricType::Gauge}},
+           [read = std::move(read)] { return std::vector<std::vector<Sample>>{read()}; });
 }
 
 void ScrapedMetrics::AddCounter(std::string name, std::string help, Reader read) {
-  Add({std::move(name), std::move(help), prometheus::MetricType::Counter, std::move(read)});
+  AddGroup({{std::move(name), std::move(help), prometheus::MetricType::Counter}},
+           [read = std::move(read)] { return std::vector<std::vector<Sample>>{read()}; });
 }
 
 void ScrapedMetrics::AddGauge(std::string name, std::string help, std::function<double()> read) {
@@ -22,25 +25,29 @@ void ScrapedMetrics::AddGauge(std::string name, std::string help, std::function<
 }
 
 std::vector<prometheus::MetricFamily> ScrapedMetrics::Collect() const {
-  std::vector<Family> families;
+  std::vector<Group> groups;
   {
     absl::MutexLock lock(&mu_);
-    families = families_;
+    groups = groups_;
   }
   std::vector<prometheus::MetricFamily> out;
-  out.reserve(families.size());
-  for (const Family& family : families) {
-    prometheus::MetricFamily& f = out.emplace_back();
-    f.name = family.name;
-    f.help = family.help;
-    f.type = family.type;
-    for (const auto& [labels, value] : family.read()) {
-      prometheus::ClientMetric& metric = f.metric.emplace_back();
-      for (const auto& [name, label_value] : labels) metric.label.push_back({name, label_value});
-      if (family.type == prometheus::MetricType::Counter) {
-        metric.counter.value = value;
-      } else {
-        metric.gauge.value = value;
+  for (const Group& group : groups) {
+    const std::vector<std::vector<Sample>> samples = group.read();
+    for (size_t i = 0; i < group.headers.size(); ++i) {
+      const Header& header = group.headers[i];
+      prometheus::MetricFamily& f = out.emplace_back();
+      f.name = header.name;
+      f.help = header.help;
+      f.type = header.type;
+      if (i >= samples.size()) continue;  // a reader that returned too few: an empty family
+      for (const auto& [labels, value] : samples[i]) {
+        prometheus::ClientMetric& metric = f.metric.emplace_back();
+        for (const auto& [name, label_value] : labels) metric.label.push_back({name, label_value});
+        if (header.type == prometheus::MetricType::Counter) {
+          metric.counter.value = value;
+        } else {
+          metric.gauge.value = value;
+        }
       }
     }
   }

@@ -31,20 +31,26 @@ class ScrapedMetrics : public prometheus::Collectable {
   void AddCounter(std::string name, std::string help, Reader read);
   // One unlabelled gauge.
   void AddGauge(std::string name, std::string help, std::function<double()> read);
+  // Families read together, so that one snapshot serves them all: `read` returns each header's
+  // samples, in the headers' order.
+  struct Header {
+    std::string name;
+    std::string help;
+    prometheus::MetricType type;
+  };
+  void AddGroup(std::vector<Header> headers,
+                std::function<std::vector<std::vector<Sample>>()> read);
 
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
-  struct Family {
-    std::string name;
-    std::string help;
-    prometheus::MetricType type;
-    Reader read;
+  struct Group {
+    std::vector<Header> headers;
+    std::function<std::vector<std::vector<Sample>>()> read;
   };
-  void Add(Family family);
 
   mutable absl::Mutex mu_;
-  std::vector<Family> families_ ABSL_GUARDED_BY(mu_);
+  std::vector<Group> groups_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pdserve::metrics

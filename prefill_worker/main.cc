@@ -3,6 +3,7 @@
 // returns the first token.
 #include "CLI/CLI.hpp"
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/ascii.h"
 #include "prefill_worker/prefill_service.h"
 #include "rpc/server.h"
 #include "serving/model_info.h"
@@ -63,13 +64,14 @@ int main(int argc, char** argv) {
   TcpKvTransport::Options transport_options;
   transport_options.tls = *kv_tls;
   TcpKvTransport transport(transport_options);
+  metrics.SetKvTransferLabels(
+      {absl::AsciiStrToLower(format.KindName()), *kv_tls != nullptr ? "tls" : "tcp"});
   PrefillScheduler scheduler(model, store, {.token_budget = token_budget});
   PrefillService service(model, store, scheduler, transport,
                          {.fingerprint = served->fingerprint,
                           .transfer_timeout = std::chrono::milliseconds(transfer_timeout_ms),
                           .keepalive_period = std::chrono::milliseconds(keepalive_ms),
-                          .metrics = &metrics,
-                          .transport = *kv_tls != nullptr ? "tls" : "tcp"});
+                          .metrics = &metrics});
   metrics.AddLoadGauges([&service] { return service.load(); });
   // Scrapes read the service: the endpoint stops before it is destroyed, whatever the exit.
   absl::Cleanup stop_metrics = [&metrics_server] { metrics_server->reset(); };

@@ -4,7 +4,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "prefill_worker/kv_layer_sender.h"
 #include "rpc/raw_message.h"
@@ -215,10 +214,9 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
         id, req_.prompt.size(), cached, result.prefill_ms, transfer->wire_bytes,
         destination_.endpoint, transfer->seconds * 1e3);
     if (service_.options_.metrics != nullptr) {
-      service_.options_.metrics->RecordPrefill(
-          result.queue_ms / 1e3, static_cast<int64_t>(req_.prompt.size()) - cached,
-          {absl::AsciiStrToLower(service_.store_.format().KindName()), service_.options_.transport},
-          transfer->wire_bytes, transfer->seconds);
+      service_.options_.metrics->RecordPrefill(result.queue_ms / 1e3,
+                                               static_cast<int64_t>(req_.prompt.size()) - cached,
+                                               transfer->wire_bytes, transfer->seconds);
     }
     rpc::SerializeMessage(response_, response_bytes_);
     End(absl::OkStatus());

@@ -40,7 +40,6 @@ class PrefillService final : public PrefillServiceBase {
     // reservations never lapse.
     std::chrono::milliseconds keepalive_period{200};
     serving::WorkerMetrics* metrics = nullptr;  // where each prefill is recorded, if set
-    std::string transport = "tcp";              // the KV transfer's label in the metrics
   };
 
   PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler, KvTransport& transport,

@@ -102,30 +102,28 @@ void RouterMetrics::AddScrapedGauges(std::function<int()> in_flight, const Worke
       "pdserve_num_requests_running",
       "Requests in flight on this router (admitted, not yet answered)",
       [in_flight = std::move(in_flight)] { return static_cast<double>(in_flight()); });
-  scraped_->AddGauge(
-      "pdserve_stage_queue_depth",
-      "Requests queued on each stage's workers, summed from their latest load reports", [&pool] {
-        std::vector<metrics::ScrapedMetrics::Sample> samples;
-        for (WorkerRole role : {WorkerRole::kPrefill, WorkerRole::kDecode}) {
-          samples.push_back({{{"stage_queue", RoleName(role)}},
-                             static_cast<double>(pool.Summarize(role).queued)});
-        }
-        return samples;
-      });
-  scraped_->AddGauge(
-      "pdserve_workers",
-      "Workers the router knows, by pool and state: serving, draining, or down (polls failing)",
+  // Both families from one summary of each pool per scrape.
+  scraped_->AddGroup(
+      {{"pdserve_stage_queue_depth",
+        "Requests queued on each stage's workers, summed from their latest load reports",
+        prometheus::MetricType::Gauge},
+       {"pdserve_workers",
+        "Workers the router knows, by pool and state: serving, draining, or down (polls failing)",
+        prometheus::MetricType::Gauge}},
       [&pool] {
-        std::vector<metrics::ScrapedMetrics::Sample> samples;
+        std::vector<metrics::ScrapedMetrics::Sample> queues;
+        std::vector<metrics::ScrapedMetrics::Sample> workers;
         for (WorkerRole role : {WorkerRole::kPrefill, WorkerRole::kDecode}) {
           const WorkerPool::StageSummary s = pool.Summarize(role);
+          queues.push_back({{{"stage_queue", RoleName(role)}}, static_cast<double>(s.queued)});
           for (const auto& [state, n] :
                {std::pair{"serving", s.serving}, {"draining", s.draining}, {"down", s.down}}) {
-            samples.push_back(
+            workers.push_back(
                 {{{"pool", RoleName(role)}, {"state", state}}, static_cast<double>(n)});
           }
         }
-        return samples;
+        return std::vector<std::vector<metrics::ScrapedMetrics::Sample>>{std::move(queues),
+                                                                         std::move(workers)};
       });
 }
 

@@ -19,17 +19,32 @@
 
 namespace pdserve::router {
 
-absl::StatusOr<std::vector<std::string>> ResolveWithGetaddrinfo(const std::string& host_port) {
+namespace {
+
+struct HostPort {
+  std::string host;  // without an IPv6 literal's brackets
+  std::string port;
+};
+
+absl::StatusOr<HostPort> SplitHostPort(const std::string& host_port) {
   const size_t colon = host_port.rfind(':');
-  if (colon == std::string::npos || colon + 1 == host_port.size()) {
+  if (colon == std::string::npos || colon == 0 || colon + 1 == host_port.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", host_port, "' is not host:port (e.g. decode.pdserve.svc:50061)"));
   }
-  std::string host = host_port.substr(0, colon);
-  const std::string port = host_port.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
+  HostPort out{host_port.substr(0, colon), host_port.substr(colon + 1)};
+  if (out.host.size() >= 2 && out.host.front() == '[' && out.host.back() == ']') {
+    out.host = out.host.substr(1, out.host.size() - 2);
   }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ResolveWithGetaddrinfo(const std::string& host_port) {
+  absl::StatusOr<HostPort> split = SplitHostPort(host_port);
+  if (!split.ok()) return split.status();
+  const auto& [host, port] = *split;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -80,13 +95,9 @@ void AppendAnswers(const unsigned char* answer, int length, int type, const std:
 
 absl::StatusOr<std::vector<std::string>> ResolveWithDnsServer(const std::string& server,
                                                               const std::string& host_port) {
-  const size_t colon = host_port.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == host_port.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", host_port, "' is not host:port (e.g. pdserve-decode:50061)"));
-  }
-  const std::string host = host_port.substr(0, colon);
-  const std::string port = host_port.substr(colon + 1);
+  absl::StatusOr<HostPort> split = SplitHostPort(host_port);
+  if (!split.ok()) return split.status();
+  const auto& [host, port] = *split;
   const size_t server_colon = server.rfind(':');
   const std::string server_ip = server.substr(0, server_colon);
   int server_port = 53;

@@ -40,10 +40,13 @@ class WorkerMetrics {
     return {registry_, scraped_};
   }
 
+  // Prefill: the labels of this worker's KV transfers, fixed once its model is loaded. Call it
+  // before the first RecordPrefill.
+  void SetKvTransferLabels(const KvTransferLabels& labels);
   // Prefill: a prompt is computed and its KV delivered. `computed_tokens` excludes the tokens
   // the prefix cache held.
-  void RecordPrefill(double queue_seconds, int64_t computed_tokens, const KvTransferLabels& labels,
-                     uint64_t wire_bytes, double transfer_seconds);
+  void RecordPrefill(double queue_seconds, int64_t computed_tokens, uint64_t wire_bytes,
+                     double transfer_seconds);
   // Decode: `n` tokens went out to the router.
   void AddGeneratedTokens(int64_t n);
 
@@ -54,8 +57,10 @@ class WorkerMetrics {
   // Prefill.
   prometheus::Histogram* queue_time_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
-  prometheus::Family<prometheus::Counter>* kv_bytes_ = nullptr;
-  prometheus::Family<prometheus::Histogram>* kv_seconds_ = nullptr;
+  prometheus::Family<prometheus::Counter>* kv_bytes_family_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* kv_seconds_family_ = nullptr;
+  prometheus::Counter* kv_bytes_ = nullptr;  // the children SetKvTransferLabels picks
+  prometheus::Histogram* kv_seconds_ = nullptr;
   // Decode.
   prometheus::Counter* generation_tokens_ = nullptr;
 };

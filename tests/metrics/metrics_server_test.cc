@@ -66,6 +66,29 @@ TEST(MetricsServer, ServesRegistryAndScrapeTimeMetrics) {
   EXPECT_NE(Scrape((*server)->port()).find("pdserve_test_depth 2"), std::string::npos);
 }
 
+TEST(ScrapedMetrics, AGroupReadsOneSnapshotForAllItsFamilies) {
+  ScrapedMetrics scraped;
+  int reads = 0;
+  scraped.AddGroup({{"pdserve_test_running", "running", prometheus::MetricType::Gauge},
+                    {"pdserve_test_done_total", "done", prometheus::MetricType::Counter}},
+                   [&reads] {
+                     ++reads;
+                     return std::vector<std::vector<ScrapedMetrics::Sample>>{
+                         {{{}, 2.0}}, {{{{"stage", "decode"}}, 7.0}}};
+                   });
+  const std::vector<prometheus::MetricFamily> families = scraped.Collect();
+  EXPECT_EQ(reads, 1);
+  ASSERT_EQ(families.size(), 2u);
+  EXPECT_EQ(families[0].name, "pdserve_test_running");
+  ASSERT_EQ(families[0].metric.size(), 1u);
+  EXPECT_EQ(families[0].metric[0].gauge.value, 2.0);
+  EXPECT_EQ(families[1].type, prometheus::MetricType::Counter);
+  ASSERT_EQ(families[1].metric.size(), 1u);
+  EXPECT_EQ(families[1].metric[0].counter.value, 7.0);
+  ASSERT_EQ(families[1].metric[0].label.size(), 1u);
+  EXPECT_EQ(families[1].metric[0].label[0].value, "decode");
+}
+
 TEST(MetricsServer, RefusesABadOrTakenAddress) {
   for (const char* listen : {"", "9400", "127.0.0.1:", "127.0.0.1:http", "127.0.0.1:70000"}) {
     EXPECT_EQ(MetricsServer::Start(listen, {}).status().code(), absl::StatusCode::kInvalidArgument)
