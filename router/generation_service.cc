@@ -10,38 +10,14 @@ namespace {
 
 using rpc::SerializeMessage;
 
-// The request in `bytes` with its id checked and its prompt encoded, ready for RequestFlow.
-// `log_id` is the id as log lines may show it (escaped and cut: it may be what is wrong).
-absl::StatusOr<v1::GenerateRequest> ParseRequest(const grpc::ByteBuffer& bytes, const FlowEnv& env,
-                                                 const PromptOptions& prompt_options,
-                                                 std::string* log_id) {
-  *log_id = "(unparsed)";
-  absl::StatusOr<v1::GenerateRequest> parsed = rpc::ParseMessage<v1::GenerateRequest>(bytes);
-  if (!parsed.ok()) return parsed.status();
-  v1::GenerateRequest request = *std::move(parsed);
-  *log_id = request.request_id().empty() ? "(no id)" : LoggableText(request.request_id());
-  if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
-  return EncodePrompt(env.tokenizer, std::move(request), prompt_options);
-}
-
-// The flow for the request in `bytes`, or null after answering the error through `sink`. The
-// caller stores the flow before starting it: its callbacks may reach the sink at once.
+// The flow for the request in `bytes`, or null after answering the error through `sink`.
 std::shared_ptr<RequestFlow> CreateFlow(const FlowEnv& env, const PromptOptions& prompt_options,
                                         grpc::CallbackServerContext* context,
                                         const grpc::ByteBuffer& bytes, const absl::Status& admitted,
                                         ResponseSink* sink) {
-  std::string log_id;
   absl::StatusOr<v1::GenerateRequest> request =
-      admitted.ok() ? ParseRequest(bytes, env, prompt_options, &log_id) : admitted;
-  absl::StatusOr<std::shared_ptr<RequestFlow>> flow =
-      request.ok() ? RequestFlow::Create(env, *request, context->deadline(), sink)
-                   : request.status();
-  if (!flow.ok()) {
-    spdlog::warn("request {}: rejected: {}", log_id, flow.status().ToString());
-    sink->Finish(flow.status(), {}, "", v1::FinalInfo());
-    return nullptr;
-  }
-  return *std::move(flow);
+      admitted.ok() ? rpc::ParseMessage<v1::GenerateRequest>(bytes) : admitted;
+  return CreateRequestFlow(env, prompt_options, std::move(request), context->deadline(), sink);
 }
 
 // One Generate call: a message per decode message, then the last tokens with FinalInfo.
@@ -154,6 +130,31 @@ class CompleteReactor final : public grpc::ServerUnaryReactor, public ResponseSi
 };
 
 }  // namespace
+
+std::shared_ptr<RequestFlow> CreateRequestFlow(const FlowEnv& env,
+                                               const PromptOptions& prompt_options,
+                                               absl::StatusOr<v1::GenerateRequest> request,
+                                               std::chrono::system_clock::time_point deadline,
+                                               ResponseSink* sink) {
+  // The id as log lines may show it (escaped and cut: it may be what is wrong).
+  std::string log_id = "(unparsed)";
+  if (request.ok()) {
+    log_id = request->request_id().empty() ? "(no id)" : LoggableText(request->request_id());
+    if (absl::Status s = CheckRequestId(request->request_id()); !s.ok()) {
+      request = s;
+    } else {
+      request = EncodePrompt(env.tokenizer, *std::move(request), prompt_options);
+    }
+  }
+  absl::StatusOr<std::shared_ptr<RequestFlow>> flow =
+      request.ok() ? RequestFlow::Create(env, *request, deadline, sink) : request.status();
+  if (!flow.ok()) {
+    spdlog::warn("request {}: rejected: {}", log_id, flow.status().ToString());
+    sink->Finish(flow.status(), {}, "", v1::FinalInfo());
+    return nullptr;
+  }
+  return *std::move(flow);
+}
 
 absl::Status Admission::Enter() {
   absl::MutexLock lock(&mu_);

@@ -33,6 +33,18 @@ class Admission {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// Every public front (this gRPC service, the OpenAI-compatible HTTP one) starts a request here:
+// `request` (or the error that stopped it being read) has its id checked (CheckRequestId,
+// before anything can log or echo it) and its prompt encoded (EncodePrompt), then RequestFlow
+// validates the rest. Returns the flow, not yet started, or null after answering the error
+// through `sink`. The caller stores the flow before starting it: its callbacks may reach the
+// sink at once.
+std::shared_ptr<RequestFlow> CreateRequestFlow(const FlowEnv& env,
+                                               const PromptOptions& prompt_options,
+                                               absl::StatusOr<v1::GenerateRequest> request,
+                                               std::chrono::system_clock::time_point deadline,
+                                               ResponseSink* sink);
+
 // Generate and Complete take their request as bytes and parse it themselves: for a request that
 // does not parse, gRPC's generated handlers answer UNIMPLEMENTED (or INTERNAL) with an empty
 // message (grpc 1.51, server_callback_handlers.h), which tells the client nothing. Here it is
@@ -43,10 +55,8 @@ using GenerationServiceBase =
         v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>>;
 
 // Generate streams each decode message's tokens as they arrive; Complete gathers them. Both end
-// with FinalInfo. Each request is checked in this order: it parses, its request_id is valid
-// (CheckRequestId, before anything can log or echo it), its prompt encodes (EncodePrompt with
-// `prompt_options`), then RequestFlow validates the rest. Thread-safe (gRPC calls it from many
-// threads); `env` must outlive the server.
+// with FinalInfo. A request that parses goes to CreateRequestFlow. Thread-safe (gRPC calls it from
+// many threads); `env` must outlive the server.
 class GenerationService final : public GenerationServiceBase {
  public:
   GenerationService(FlowEnv env, PromptOptions prompt_options)
@@ -60,6 +70,11 @@ class GenerationService final : public GenerationServiceBase {
   bool AwaitIdle(std::chrono::milliseconds limit) { return admission_.AwaitIdle(limit); }
   // Requests admitted and not yet answered.
   int in_flight() const { return admission_.in_flight(); }
+  // What another front (openai/) needs to start requests the same way: it shares the admission,
+  // so a drain refuses and waits for its requests too.
+  const FlowEnv& env() const { return env_; }
+  const PromptOptions& prompt_options() const { return prompt_options_; }
+  Admission& admission() { return admission_; }
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;

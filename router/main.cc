@@ -2,9 +2,13 @@
 // worker, has a prefill worker compute the prompt into it, and streams the decode worker's
 // tokens back to the client.
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
 #include "absl/time/time.h"
+#include "openai/openai_server.h"
 #include "router/router.h"
 #include "rpc/tls_flags.h"
 #include "spdlog/spdlog.h"
@@ -103,6 +107,26 @@ int main(int argc, char** argv) {
                "turns; off, content is plain text")
       ->envname("PDSERVE_ROUTER_ALLOW_SPECIAL_TOKENS_IN_MESSAGES");
   app.add_option("--port-file", port_file, "Write the bound gRPC port here once listening");
+  openai::OpenAiOptions openai_options;
+  openai_options.served_model_name.clear();
+  std::string openai_port_file;
+  app.add_option("--openai-listen", openai_options.listen,
+                 "Also serve the OpenAI-compatible HTTP API (/v1/models, /v1/completions, "
+                 "/v1/chat/completions; streaming as server-sent events) on HOST:PORT, e.g. "
+                 "0.0.0.0:8000 (port 0: any free port); unset: gRPC only")
+      ->envname("PDSERVE_ROUTER_OPENAI_LISTEN");
+  app.add_option("--served-model-name", openai_options.served_model_name,
+                 "The model's name in the OpenAI API (requests naming another get 404); default: "
+                 "the --tokenizer file's or directory's name, else \"default\"")
+      ->envname("PDSERVE_ROUTER_SERVED_MODEL_NAME");
+  app.add_option("--openai-threads", openai_options.threads,
+                 "HTTP connections the OpenAI API serves at once (each holds a thread while its "
+                 "request, stream or keep-alive lasts)")
+      ->envname("PDSERVE_ROUTER_OPENAI_THREADS")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--openai-port-file", openai_port_file,
+                 "Write the OpenAI API's bound port here once listening");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->envname("PDSERVE_LOG_LEVEL")
       ->capture_default_str();
@@ -154,10 +178,40 @@ int main(int argc, char** argv) {
     config.tokenizer = *std::move(loaded);
   }
 
+  if (openai_options.served_model_name.empty()) {
+    // "SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct.Q4_1"; a directory's name.
+    std::filesystem::path path(tokenizer);
+    while (!path.empty() && !path.has_filename()) path = path.parent_path();
+    std::string name = path.filename().string();
+    if (name == "tokenizer.json") name = path.parent_path().filename().string();
+    for (const char* ext : {".gguf", ".json", ".bin"}) {
+      if (absl::EndsWith(name, ext)) name.resize(name.size() - std::strlen(ext));
+    }
+    openai_options.served_model_name = name.empty() ? "default" : name;
+  }
+
   absl::StatusOr<std::unique_ptr<router::Router>> router = router::Router::Start(config);
   if (!router.ok()) {
     spdlog::error("{}", router.status().ToString());
     return 1;
+  }
+  std::unique_ptr<openai::OpenAiServer> openai_server;
+  if (!openai_options.listen.empty()) {
+    absl::StatusOr<std::unique_ptr<openai::OpenAiServer>> started =
+        openai::OpenAiServer::Start(openai_options, (*router)->service());
+    if (!started.ok()) {
+      spdlog::error("{}", started.status().ToString());
+      return 1;
+    }
+    openai_server = *std::move(started);
+    spdlog::info("OpenAI API on port {} (model '{}')", openai_server->port(),
+                 openai_options.served_model_name);
+    if (!openai_port_file.empty()) {
+      if (absl::Status s = rpc::WritePortFile(openai_port_file, openai_server->port()); !s.ok()) {
+        spdlog::error("{}", s.ToString());
+        return 1;
+      }
+    }
   }
   if (!port_file.empty()) {
     if (absl::Status s = (*router)->server().WritePortFile(port_file); !s.ok()) {
@@ -168,6 +222,9 @@ int main(int argc, char** argv) {
   spdlog::info("router listening on {}", (*router)->address());
   rpc::WaitForTerminationSignal();
   spdlog::info("draining: up to {} ms for in-flight requests", grace.count());
+  // Both fronts share the router's admission: the drain refuses and waits for HTTP requests too;
+  // what is left of them once the grace is over is cancelled here.
   (*router)->Shutdown(grace);
+  if (openai_server != nullptr) openai_server->Stop();
   return 0;
 }

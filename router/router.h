@@ -49,6 +49,7 @@ class Router {
   int port() const { return server_->port(); }
   const rpc::Server& server() const { return *server_; }
   WorkerPool& pool() { return pool_; }
+  GenerationService& service() { return service_; }
   // Null unless --metrics-listen asked for the endpoint.
   const metrics::MetricsServer* metrics_server() const { return metrics_server_.get(); }
   bool serving() const { return serving_; }

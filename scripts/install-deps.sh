@@ -5,7 +5,7 @@
 # an older CPU), openssl (the mutual-TLS test makes its certificates with it) and dpkg-dev
 # (dpkg-source unpacks Debian's Abseil source for the ThreadSanitizer build:
 # scripts/tsan-abseil.sh), and dnsmasq-base (the deploy conformance test serves the headless
-# Services' DNS names with it).
+# Services' DNS names with it). The router's OpenAI-compatible HTTP front uses cpp-httplib.
 # Idempotent: does nothing when every package is already present.
 set -euo pipefail
 
@@ -14,7 +14,7 @@ PACKAGES=(
   libopenblas-openmp-dev libabsl-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev libpcre2-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
-  libssl-dev
+  libssl-dev libcpp-httplib-dev
   python3-venv ca-certificates
   clang-14 libclang-rt-14-dev libomp-14-dev
   qemu-user openssl dpkg-dev

@@ -23,6 +23,8 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 # deploy/ghz's configs: checked against build/pdserve.protoset, and run with a real ghz.
 "$PYTHON" tests/e2e/ghz_configs_test.py --bin-dir build/bin --model "$(scripts/fetch-model.sh)" \
   --protoset build/pdserve.protoset
+# The router's OpenAI-compatible HTTP API, with the OpenAI Python SDK.
+"$PYTHON" tests/e2e/openai_sdk_test.py --bin-dir build/bin --model "$(scripts/fetch-model.sh)"
 "$PYTHON" tests/e2e/bad_input_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 "$PYTHON" tests/e2e/soak_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 
