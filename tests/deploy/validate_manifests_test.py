@@ -63,7 +63,7 @@ STAGES = {
         "container": "router",
         "command": ["/usr/local/bin/pdserve-router"],
         "health": "pdserve.v1.Generation",
-        "ports": {"grpc": 50051, "metrics": 9400},
+        "ports": {"grpc": 50051, "metrics": 9400, "http": 8000},
         "args": {
             "--listen": "0.0.0.0:50051",
             "--prefill-dns": "dns:///pdserve-prefill:50071",
@@ -71,6 +71,7 @@ STAGES = {
             "--dns-refresh": "2s",
             "--tokenizer": "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
             "--metrics-listen": "$(POD_IP):9400",
+            "--openai-listen": "0.0.0.0:8000",
             "--drain-grace": "20s",
         },
     },
@@ -109,7 +110,8 @@ STAGES = {
 }
 LABELS = {"app.kubernetes.io/name": "pdserve", "app.kubernetes.io/part-of": "pdserve"}
 # Which listen flag binds which named containerPort.
-LISTEN_FLAG_PORT = {"--listen": "grpc", "--kv-listen": "kv", "--metrics-listen": "metrics"}
+LISTEN_FLAG_PORT = {"--listen": "grpc", "--kv-listen": "kv", "--metrics-listen": "metrics",
+                    "--openai-listen": "http"}
 MODEL_IMAGE = "pdserve-model-smollm2:0.1.2"
 MODEL_FILE = "/model/SmolLM2-135M-Instruct.Q4_1.gguf"
 FETCH_MODEL_COMMAND = ["cp", MODEL_FILE, "/models/"]
@@ -839,7 +841,7 @@ def check_env_references(variant):
 
 
 def check_bind_addresses(variant):
-    """Listen flags bind $(POD_IP) (the router's gRPC port 0.0.0.0) on the named containerPort."""
+    """Listen flags bind $(POD_IP) (the router's gRPC and OpenAI ports 0.0.0.0) on the named containerPort."""
     problems = []
     for stage, dep in stage_deployments(variant).items():
         name = dep["metadata"]["name"]
@@ -854,7 +856,8 @@ def check_bind_addresses(variant):
             if flag not in flags:
                 continue
             host, _, port = flags[flag].rpartition(":")
-            want_host = "0.0.0.0" if (stage == "router" and flag == "--listen") else "$(POD_IP)"
+            public = stage == "router" and flag in ("--listen", "--openai-listen")
+            want_host = "0.0.0.0" if public else "$(POD_IP)"
             if host != want_host:
                 problems.append(f"{name}: {flag} must bind {want_host}, not {host!r}")
             if not port.isdigit() or int(port) != ports.get(port_name):
