@@ -266,40 +266,10 @@ def chat_goldens(tok, template, special_tokens):
 
 
 def rebuild_smollm2(gguf_path):
-    """The SmolLM2 tokenizer from the GGUF's tokenizer.ggml.* metadata, as tokenizer.json."""
-    from gguf import GGUFReader
-    reader = GGUFReader(gguf_path)
-    fields = reader.fields
-
-    def strings(key):
-        f = fields[key]
-        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
-
-    def scalar(key):
-        return fields[key].contents()
-
-    assert scalar("tokenizer.ggml.model") == "gpt2", scalar("tokenizer.ggml.model")
-    assert scalar("tokenizer.ggml.pre") == "smollm", scalar("tokenizer.ggml.pre")
-    tokens = strings("tokenizer.ggml.tokens")
-    merges = strings("tokenizer.ggml.merges")
-    f = fields["tokenizer.ggml.token_type"]
-    types = [int(f.parts[i][0]) for i in f.data]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges]))
-    # llama.cpp's "smollm" pre-type: regexes "\p{N}" then the GPT-2 pattern, i.e. HF's
-    # Sequence[Digits(individual_digits=True), ByteLevel(use_regex=True)].
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == 3])
-    template = scalar("tokenizer.chat_template")
-    special = {"bos_token": tokens[scalar("tokenizer.ggml.bos_token_id")],
-               "eos_token": tokens[scalar("tokenizer.ggml.eos_token_id")]}
-    return tok, template, special
+    """The SmolLM2 tokenizer from the GGUF's tokenizer.ggml.* metadata (scripts/gguf_tokenizer.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gguf_tokenizer
+    return gguf_tokenizer.rebuild(gguf_path)
 
 
 def main():
