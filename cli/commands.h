@@ -1,4 +1,5 @@
 // The `pdserve` tool's subcommands. Each takes parsed options and returns a process exit code.
+// `pdserve bench` lives in its own component: loadgen/bench_command.h.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +41,11 @@ struct DemoOptions {
   std::string prompt = "What is the capital of France?";  // sent as a chat message
   int max_tokens = 64;
   int threads = 0;
+  // Keep serving until SIGINT/SIGTERM instead of answering one prompt: the router's gRPC API on
+  // router_port and its OpenAI-compatible API on openai_port (0: any free port).
+  bool serve = false;
+  int router_port = 50051;
+  int openai_port = 8000;
 };
 int RunDemo(const DemoOptions& options);
 

@@ -1,7 +1,13 @@
 // `pdserve demo`: the whole system on localhost. Starts a decode worker, a prefill worker and a
-// router as separate processes, streams one answer through the router, and stops everything.
+// router as separate processes, streams one answer through the router, and stops everything;
+// or, with --serve, keeps them serving until SIGINT or SIGTERM (e.g. for `pdserve bench`).
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 
@@ -11,6 +17,8 @@
 #include "engine/synth.h"
 #include "launch/local_cluster.h"
 #include "pdserve/v1/generation.grpc.pb.h"
+#include "rpc/child_process.h"
+#include "rpc/server.h"
 
 namespace pdserve::cli {
 namespace {
@@ -58,9 +66,56 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
+// gRPC servers bind with SO_REUSEPORT, so a router started on a port another server holds would
+// share it and take only some of its connections; a probe bound without that option fails there.
+absl::Status CheckPortFree(int port) {
+  const int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) return absl::OkStatus();  // nothing to tell: the router's own bind decides
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool taken =
+      bind(probe, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0 &&
+      errno == EADDRINUSE;
+  close(probe);
+  if (!taken) return absl::OkStatus();
+  return absl::AlreadyExistsError(
+      absl::StrCat("port ", port,
+                   " on 127.0.0.1 is taken (another router?): pick another with --router-port, "
+                   "or 0 for any free port"));
+}
+
+// Serves until SIGINT or SIGTERM (blocked since RunDemo began), then stops the cluster.
+int ServeUntilSignal(launch::LocalCluster& cluster, const std::string& openai_port_file) {
+  absl::StatusOr<int> openai_port =
+      rpc::WaitForPortFile(openai_port_file, cluster.router_process(), std::chrono::seconds(10));
+  if (!openai_port.ok()) return Fail(openai_port.status());
+  std::printf(
+      "serving until Ctrl-C (SIGINT) or SIGTERM: gRPC on %s, the OpenAI API on "
+      "http://127.0.0.1:%d/v1. Load it with:\n  %s bench --router %s --concurrency 4 "
+      "--num-requests 50 --input-len 128 --output-len 64\n",
+      cluster.router_address().c_str(), *openai_port, rpc::BinaryPath("pdserve").c_str(),
+      cluster.router_address().c_str());
+  std::fflush(stdout);
+  rpc::WaitForTerminationSignal();
+  std::printf("stopping\n");
+  std::fflush(stdout);
+  cluster.Stop(std::chrono::seconds(15));  // SIGTERM: each server drains
+  return 0;
+}
+
 }  // namespace
 
 int RunDemo(const DemoOptions& options) {
+  // Before any thread starts, so that every thread inherits the mask and the signal waits for
+  // ServeUntilSignal (the servers, which inherit it too, wait for theirs the same way).
+  if (options.serve) rpc::BlockTerminationSignals();
+  if (options.serve && options.router_port != 0) {
+    if (absl::Status free_port = CheckPortFree(options.router_port); !free_port.ok()) {
+      return Fail(free_port);
+    }
+  }
   absl::StatusOr<std::string> model = options.model.empty() ? DefaultModel() : options.model;
   if (!model.ok()) return Fail(model.status());
   const std::string dir =
@@ -69,14 +124,22 @@ int RunDemo(const DemoOptions& options) {
   std::fflush(stdout);
   // A model with a tokenizer (GGUF, or a directory with tokenizer.json) is talked to in text.
   const bool text = model->ends_with(".gguf") || fs::exists(fs::path(*model) / "tokenizer.json");
-  launch::LocalCluster cluster({
+  launch::LocalClusterOptions cluster_options{
       .model = *model,
       // One thread each by default: the three processes share this machine's cores.
       .threads = options.threads > 0 ? options.threads : 1,
       .tokenizer = text ? *model : "",
       .log_level = "warn",
       .run_dir = dir,
-  });
+  };
+  const std::string openai_port_file = dir + "/router-openai.port";
+  if (options.serve) {
+    launch::ProcessOptions& router = cluster_options.processes["router"];
+    router.port = options.router_port;
+    router.args = {absl::StrCat("--openai-listen=127.0.0.1:", options.openai_port),
+                   "--openai-port-file=" + openai_port_file};
+  }
+  launch::LocalCluster cluster(std::move(cluster_options));
   if (absl::Status started = cluster.Start(); !started.ok()) return Fail(started);
   const auto print = [](const char* binary, const std::string& address,
                         const rpc::ChildProcess& process) {
@@ -85,6 +148,12 @@ int RunDemo(const DemoOptions& options) {
   print("pdserve-decode", cluster.decode_addresses()[0], cluster.decode_process(0));
   print("pdserve-prefill", cluster.prefill_addresses()[0], cluster.prefill_process(0));
   print("pdserve-router", cluster.router_address(), cluster.router_process());
+  if (options.serve) {
+    const int rc = ServeUntilSignal(cluster, openai_port_file);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    return rc;
+  }
 
   v1::GenerateRequest request;
   if (text) {

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "loadgen/bench_command.h"
 #include "rpc/tls_flags.h"
 
 int main(int argc, char** argv) {
@@ -64,6 +65,19 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--max-tokens", demo.max_tokens, "Maximum new tokens")->default_val(64);
   demo_cmd->add_option("--threads", demo.threads, "Compute threads per worker (0 = 1 each)")
       ->default_val(0);
+  demo_cmd->add_flag("--serve", demo.serve,
+                     "Keep serving until Ctrl-C (SIGINT) or SIGTERM instead of answering a prompt");
+  demo_cmd
+      ->add_option("--router-port", demo.router_port,
+                   "With --serve: the router's port on 127.0.0.1 (0 = any free port)")
+      ->default_val(50051)
+      ->check(CLI::Range(0, 65535));
+  demo_cmd
+      ->add_option("--openai-port", demo.openai_port,
+                   "With --serve: the router's OpenAI-compatible API's port on 127.0.0.1 (0 = any "
+                   "free port)")
+      ->default_val(8000)
+      ->check(CLI::Range(0, 65535));
 
   KvInfoOptions kv;
   CLI::App* kv_cmd = app.add_subcommand(
@@ -116,7 +130,62 @@ int main(int argc, char** argv) {
   client_cmd->add_flag("--unary", client.unary, "Call Complete instead of Generate");
   client_cmd->add_option("--timeout", client.timeout_s, "Deadline in seconds")->default_val(120);
 
+  pdserve::loadgen::BenchOptions bench;
+  bool bench_no_plots = false;
+  CLI::App* bench_cmd = app.add_subcommand(
+      "bench",
+      "Load a router with Generate streams; report TTFT, TPOT/ITL, throughput, goodput under SLOs "
+      "and the server's time split (printed, report.json, requests.jsonl, plots)");
+  pdserve::rpc::AddTlsFlags(*bench_cmd, bench.tls);
+  bench_cmd->add_option("--router", bench.router, "Router address")->default_val("localhost:50051");
+  bench_cmd->add_option("--dataset", bench.dataset,
+                        "ShareGPT JSON, or JSONL of {\"prompt\": text or [ids], \"output_len\": N} "
+                        "(default: synthetic prompts of random ids that ignore EOS)");
+  bench_cmd->add_option("--input-len", bench.input_len,
+                        "Synthetic prompts' tokens: N, or MIN:MAX drawn uniformly (default 128)");
+  bench_cmd->add_option("--output-len", bench.output_len,
+                        "New tokens a request: N or MIN:MAX (default 128; with --dataset, "
+                        "overrides the file's lengths)");
+  bench_cmd->add_option("--num-requests", bench.num_requests, "Measured requests per run")
+      ->default_val(100);
+  bench_cmd->add_option("--concurrency", bench.concurrency,
+                        "Closed loop: requests in flight (the default, at 1)");
+  bench_cmd->add_option("--rate", bench.rate,
+                        "Open loop: requests a second, gamma-distributed gaps (inf: all at once)");
+  bench_cmd
+      ->add_option("--burstiness", bench.burstiness,
+                   "Open loop: the gaps' gamma shape (1 = Poisson, < 1 burstier)")
+      ->default_val(1.0);
+  bench_cmd->add_option("--seed", bench.seed, "Seed of prompts, lengths and arrivals")
+      ->default_val(0);
+  bench_cmd->add_option("--warmup", bench.warmup, "Requests sent first and left out of the report")
+      ->default_val(1);
+  bench_cmd->add_option(
+      "--slo", bench.slo,
+      "Objectives for goodput, e.g. ttft=200ms,tpot=50ms[,e2e=2s] (ms if no unit)");
+  bench_cmd
+      ->add_option("--slo-attainment", bench.slo_attainment,
+                   "Fraction of a sweep level's requests that must meet every SLO")
+      ->default_val(0.9);
+  bench_cmd->add_option("--sweep", bench.sweep,
+                        "Run each level and report the highest meeting the SLOs: "
+                        "concurrency=1,2,4,8 or rate=1,2,4");
+  bench_cmd->add_option("--out", bench.out_dir,
+                        "Output directory (default: pdserve-bench-YYYYmmdd-HHMMSS here)");
+  bench_cmd->add_option("--python", bench.python,
+                        "Python with matplotlib for the plots (default: $PDSERVE_PYTHON, else "
+                        "the source tree's .venv, else python3)");
+  bench_cmd->add_flag("--no-plots", bench_no_plots, "Write no plots");
+  bench_cmd->add_option("--request-timeout", bench.request_timeout_s, "Each stream's deadline (s)")
+      ->default_val(600);
+  bench_cmd->add_option("--temperature", bench.temperature, "Sampling temperature (0 = greedy)")
+      ->default_val(0.0);
+  bench_cmd->add_flag("--ignore-eos", bench.ignore_eos,
+                      "Dataset requests ignore EOS too (synthetic ones always do)");
+
   CLI11_PARSE(app, argc, argv);
+  bench.plots = !bench_no_plots;
+  bench.command_line.assign(argv, argv + argc);
   gen.sampling.seed = seed;
   client.sampling.seed = client_seed;
   client.temperature_set = c_temp->count() > 0;
@@ -130,5 +199,6 @@ int main(int argc, char** argv) {
   if (synth_cmd->parsed()) return RunSynth(synth);
   if (demo_cmd->parsed()) return RunDemo(demo);
   if (kv_cmd->parsed()) return RunKvInfo(kv);
+  if (bench_cmd->parsed()) return pdserve::loadgen::RunBench(bench);
   return 1;
 }

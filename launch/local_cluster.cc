@@ -24,9 +24,10 @@ const ProcessOptions& LocalCluster::For(const std::string& name) const {
 }
 
 std::vector<std::string> LocalCluster::WorkerArgs(const std::string& name) const {
-  std::vector<std::string> args = {"--model=" + options_.model,
-                                   absl::StrCat("--listen=", OrLoopback(For(name).host), ":0"),
-                                   absl::StrCat("--threads=", options_.threads)};
+  std::vector<std::string> args = {
+      "--model=" + options_.model,
+      absl::StrCat("--listen=", OrLoopback(For(name).host), ":", For(name).port),
+      absl::StrCat("--threads=", options_.threads)};
   if (options_.kv_blocks > 0) args.push_back(absl::StrCat("--kv-blocks=", options_.kv_blocks));
   return args;
 }
@@ -40,6 +41,7 @@ absl::StatusOr<std::string> LocalCluster::Spawn(const std::string& binary, const
   const ProcessOptions& own = For(name);
   args.insert(args.begin(), rpc::BinaryPath(binary));
   args.insert(args.begin(), own.wrapper.begin(), own.wrapper.end());
+  args.insert(args.end(), own.args.begin(), own.args.end());
   args.push_back("--port-file=" + port_file);
   if (!options_.log_level.empty()) args.push_back("--log-level=" + options_.log_level);
   if (options_.tls.enabled()) {
@@ -93,9 +95,10 @@ absl::Status LocalCluster::Start() {
     if (!address.ok()) return address.status();
     prefill_addresses_.push_back(*std::move(address));
   }
-  std::vector<std::string> router_args = {"--listen=" + OrLoopback(For("router").host) + ":0",
-                                          "--prefill=" + absl::StrJoin(prefill_addresses_, ","),
-                                          "--decode=" + absl::StrJoin(decode_addresses_, ",")};
+  std::vector<std::string> router_args = {
+      absl::StrCat("--listen=", OrLoopback(For("router").host), ":", For("router").port),
+      "--prefill=" + absl::StrJoin(prefill_addresses_, ","),
+      "--decode=" + absl::StrJoin(decode_addresses_, ",")};
   if (!options_.tokenizer.empty()) router_args.push_back("--tokenizer=" + options_.tokenizer);
   absl::StatusOr<std::string> address =
       Spawn("pdserve-router", "router", std::move(router_args), router_process_);

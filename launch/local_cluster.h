@@ -26,8 +26,12 @@ struct ProcessOptions {
   // A command the binary runs under, e.g. {"/usr/sbin/ip", "netns", "exec", "ns1"}; it must exec
   // the binary in place, so that signals and waits reach the server itself.
   std::vector<std::string> wrapper;
-  // The address it listens on and is reached at (empty: 127.0.0.1).
+  // The address it listens on and is reached at (empty: 127.0.0.1), and its port (0: any free
+  // one).
   std::string host;
+  int port = 0;
+  // More flags for its command line, e.g. the router's --openai-listen.
+  std::vector<std::string> args;
   // Decode workers: where the KV receiver listens and what it advertises to prefill workers
   // (empty: 127.0.0.1).
   std::string kv_host;

@@ -27,6 +27,7 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 "$PYTHON" tests/e2e/openai_sdk_test.py --bin-dir build/bin --model "$(scripts/fetch-model.sh)"
 "$PYTHON" tests/e2e/bad_input_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 "$PYTHON" tests/e2e/soak_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
+"$PYTHON" tests/e2e/bench_test.py --bin-dir build/bin --model "$MODELS/stories260K.bin"
 
 # deploy/: every kustomize overlay renders and validates offline (Kubernetes schemas, yamllint,
 # the KEDA and Prometheus Operator resources' structure); the images' Dockerfile is consistent
