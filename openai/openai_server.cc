@@ -207,6 +207,11 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(
     return absl::InvalidArgumentError("--openai-threads must be at least 1");
   }
   std::unique_ptr<OpenAiServer> server(new OpenAiServer(options, service));
+  if (!server->http_->is_valid()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the OpenAI API cannot use the TLS files --tls-cert ", options.tls.cert,
+                     ", --tls-key ", options.tls.key, ", --tls-ca ", options.tls.ca));
+  }
   server->Route();
   httplib::Server& http = *server->http_;
   server->port_ =
@@ -223,7 +228,11 @@ OpenAiServer::OpenAiServer(const OpenAiOptions& options, router::GenerationServi
     : options_(options),
       service_(service),
       created_(UnixSeconds()),
-      http_(std::make_unique<httplib::Server>()) {}
+      // With a client CA, httplib's SSLServer requires and verifies client certificates.
+      http_(options.tls.enabled()
+                ? std::make_unique<httplib::SSLServer>(
+                      options.tls.cert.c_str(), options.tls.key.c_str(), options.tls.ca.c_str())
+                : std::make_unique<httplib::Server>()) {}
 
 OpenAiServer::~OpenAiServer() { Stop(); }
 

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "openai/openai_protocol.h"
 #include "router/generation_service.h"
+#include "rpc/tls.h"
 
 namespace httplib {
 class Server;
@@ -32,6 +33,9 @@ struct OpenAiOptions {
   // HTTP connections served at once: each holds a thread for its request (a stream's whole
   // life) and its keep-alive. More wait in the kernel's accept queue.
   int threads = 64;
+  // The router's --tls-* files: HTTPS that requires a client certificate from the CA, as the
+  // gRPC port does (none: plain HTTP).
+  rpc::TlsFiles tls;
 };
 
 // Thread-safe. Stop (or the destructor) cancels the requests still being answered, stops

@@ -167,6 +167,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   config.server_credentials = *server_credentials;
+  openai_options.tls = tls;
   config.worker_credentials = *worker_credentials;
   if (!tokenizer.empty()) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = LoadTokenizer(tokenizer);

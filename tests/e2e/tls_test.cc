@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "httplib.h"
 #include "tests/certificates.h"
 #include "tests/e2e/cluster.h"
 #include "tests/test_util.h"
@@ -122,6 +123,47 @@ TEST(MutualTls, KvTransferIsEncryptedAndAPlaintextReceiverIsRefused) {
   EXPECT_TRUE(decode->Release(&release_ctx, release, &released).ok());
   // And the whole path works over TLS end to end.
   EXPECT_TRUE(Complete(cluster.Channel(cluster.router_address())).ok());
+}
+
+// The router's OpenAI-compatible API follows its --tls-* flags: HTTPS that requires a client
+// certificate from the cluster's CA, like the gRPC port.
+TEST(MutualTls, TheOpenAiApiServesHttpsOnlyToClientsWithACertificate) {
+  const std::string dir = testing_util::FreshDir("tls_openai");
+  const rpc::TlsFiles ours = MakeCertificates(dir, "node");
+  const rpc::TlsFiles rogue = MakeCertificates(dir, "rogue");
+  const std::string port_file = dir + "/openai.port";
+  launch::LocalClusterOptions options{.model = testing_util::ModelsDir() + "/stories260K.bin",
+                                      .tls = ours};
+  options.processes["router"].args = {"--openai-listen=127.0.0.1:0",
+                                      "--openai-port-file=" + port_file};
+  Cluster cluster(std::move(options));
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
+  const absl::StatusOr<int> port =
+      rpc::WaitForPortFile(port_file, cluster.router_process(), std::chrono::seconds(10));
+  ASSERT_TRUE(port.ok()) << port.status();
+
+  const std::string body = R"({"prompt": [1, 2], "max_tokens": 4, "ignore_eos": true})";
+  const auto post = [&](auto& client) {
+    client.set_connection_timeout(10);
+    client.set_read_timeout(30);
+    return client.Post("/v1/completions", body, "application/json");
+  };
+  const auto https = [&](const rpc::TlsFiles& presents, const std::string& trusts) {
+    httplib::SSLClient client("127.0.0.1", *port, presents.cert, presents.key);
+    client.set_ca_cert_path(trusts.c_str());
+    client.enable_server_certificate_verification(true);
+    return post(client);
+  };
+  const httplib::Result ok = https(ours, ours.ca);
+  ASSERT_TRUE(ok) << httplib::to_string(ok.error());
+  EXPECT_EQ(ok->status, 200) << ok->body;
+  EXPECT_NE(ok->body.find("\"completion_tokens\":4"), std::string::npos) << ok->body;
+
+  EXPECT_FALSE(https(rogue, ours.ca)) << "a certificate from another CA is refused";
+  EXPECT_FALSE(https({}, ours.ca)) << "a client without a certificate is refused";
+  httplib::Client plain("127.0.0.1", *port);
+  const httplib::Result plaintext = post(plain);
+  EXPECT_TRUE(!plaintext || plaintext->status != 200) << "plain HTTP gets no answer";
 }
 
 TEST(MutualTls, PartialFlagsAndMissingFilesAreClearErrors) {
