@@ -39,7 +39,12 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 "$PYTHON" tests/deploy/conformance_test.py --bin-dir build/bin \
   --model-dir "$(dirname "$(scripts/fetch-model.sh)")"
 
-scripts/build.sh asan pdserve_unit_tests pdserve_metrics_tests  # only the unit tests run under the sanitizers
+# The SIMT emulator's tests (CUDA kernel sources run on the CPU) are built wherever the CUDA
+# headers are (simt/CMakeLists.txt); its fibers tell ASan and TSan about every stack switch.
+simt_tests=()
+if [[ -e /usr/local/cuda/include/cuda_bf16.h ]]; then simt_tests=(pdserve_simt_tests); fi
+# Only the unit tests run under the sanitizers.
+scripts/build.sh asan pdserve_unit_tests pdserve_metrics_tests "${simt_tests[@]}"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -L unit -j "$(nproc)"
 
@@ -49,7 +54,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 # Archer tool (libgomp's barriers are invisible to TSan). One Abseil in the process, the
 # instrumented one, also for Debian's gRPC: checked here, since a Debian
 # libabsl_synchronization would make TSan blind to every absl::Mutex and report false races.
-scripts/build.sh tsan pdserve_unit_tests pdserve_metrics_tests
+scripts/build.sh tsan pdserve_unit_tests pdserve_metrics_tests "${simt_tests[@]}"
 if ldd build-tsan/bin/pdserve_unit_tests | grep 'libabsl_' | grep -v build-tsan/_deps/absl/; then
   echo "error: the TSan unit tests load the Abseil libraries above from outside build-tsan" >&2
   exit 1
