@@ -6,23 +6,10 @@
 
 #include <cuda_bf16.h>
 
+#include "kernels/cuda/convert.cuh"
 #include "simt/simt.h"
 
 namespace pdserve::cuda {
-
-__device__ __forceinline__ float ToFloat(float x) { return x; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float x);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 __device__ __forceinline__ float WarpReduceSum(float value) {
   for (int offset = 16; offset > 0; offset /= 2) {
