@@ -1,6 +1,7 @@
 #include "openai/openai_server.h"
 
 #include <chrono>
+#include <csignal>
 #include <functional>
 #include <utility>
 
@@ -206,6 +207,9 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(
   if (options.threads < 1) {
     return absl::InvalidArgumentError("--openai-threads must be at least 1");
   }
+  // httplib writes with send() and SSL_write(), which raise SIGPIPE when a client has gone: the
+  // process must ignore it (httplib does so too, but only once its listening thread runs).
+  std::signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<OpenAiServer> server(new OpenAiServer(options, service));
   if (!server->http_->is_valid()) {
     return absl::InvalidArgumentError(
