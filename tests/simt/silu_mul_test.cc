@@ -12,17 +12,9 @@
 
 namespace {
 
-float ToFloat(float x) { return x; }
-float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-T FromFloat(float x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x;
-  } else {
-    return __float2bfloat16_rn(x);
-  }
-}
+// The kernels' own storage conversions (kernels/cuda/convert.cuh), plain host code here.
+using pdserve::cuda::FromFloat;
+using pdserve::cuda::ToFloat;
 
 // The reference: the same formula in double, from the same stored (possibly bf16) values, with
 // no rounding of the result.
