@@ -438,6 +438,10 @@ json ModelJson(absl::string_view name, int64_t created, int64_t max_context) {
           {"max_model_len", max_context}};
 }
 
+std::string ModelBody(absl::string_view name, int64_t created, int64_t max_context) {
+  return Dump(ModelJson(name, created, max_context));
+}
+
 std::string ModelListBody(absl::string_view name, int64_t created, int64_t max_context) {
   return Dump(
       json{{"object", "list"}, {"data", json::array({ModelJson(name, created, max_context)})}});

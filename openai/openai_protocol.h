@@ -70,5 +70,6 @@ std::string ErrorBody(const absl::Status& status);
 // /v1/models (the list) and /v1/models/{id} (one).
 nlohmann::json ModelJson(absl::string_view name, int64_t created, int64_t max_context);
 std::string ModelListBody(absl::string_view name, int64_t created, int64_t max_context);
+std::string ModelBody(absl::string_view name, int64_t created, int64_t max_context);
 
 }  // namespace pdserve::openai

@@ -311,8 +311,7 @@ void OpenAiServer::Route() {
                    "The model '", rpc::LoggableText(req.matches[1].str()),
                    "' does not exist: this server serves '", options_.served_model_name, "'")));
     } else if (auto info = model_info(res)) {
-      res.set_content(ModelJson(options_.served_model_name, created_, info->max_context()).dump(),
-                      kJson);
+      res.set_content(ModelBody(options_.served_model_name, created_, info->max_context()), kJson);
     }
   });
   http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
