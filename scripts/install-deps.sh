@@ -14,7 +14,7 @@ PACKAGES=(
   libopenblas-openmp-dev libabsl-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev libpcre2-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc prometheus-cpp-dev
-  libssl-dev libcpp-httplib-dev
+  libssl-dev libcpp-httplib-dev libboost-context-dev
   python3-venv ca-certificates
   clang-14 libclang-rt-14-dev libomp-14-dev
   qemu-user openssl dpkg-dev

@@ -39,10 +39,13 @@ MODELS=${PDSERVE_MODELS_DIR:-../shared/models}
 "$PYTHON" tests/deploy/conformance_test.py --bin-dir build/bin \
   --model-dir "$(dirname "$(scripts/fetch-model.sh)")"
 
-# The SIMT emulator's tests (CUDA kernel sources run on the CPU) are built wherever the CUDA
-# headers are (simt/CMakeLists.txt); its fibers tell ASan and TSan about every stack switch.
+# The SIMT emulator's tests (CUDA kernel sources run on the CPU) and CudaBackend run under the
+# emulator are built wherever the CUDA headers are (simt/CMakeLists.txt); its fibers tell ASan and
+# TSan about every stack switch, so the kernels' memory accesses are checked too.
 simt_tests=()
-if [[ -e /usr/local/cuda/include/cuda_bf16.h ]]; then simt_tests=(pdserve_simt_tests); fi
+if [[ -e /usr/local/cuda/include/cuda_bf16.h ]]; then
+  simt_tests=(pdserve_simt_tests pdserve_emulated_cuda_tests)
+fi
 # Only the unit tests run under the sanitizers.
 scripts/build.sh asan pdserve_unit_tests pdserve_metrics_tests "${simt_tests[@]}"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \

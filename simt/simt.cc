@@ -1,7 +1,6 @@
 #include "simt/simt.h"
 
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,10 +10,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <memory>
 #include <new>
 #include <numeric>
 #include <random>
 #include <vector>
+
+// Boost.Context's fcontext switches stacks in a few instructions; ucontext's swapcontext makes
+// a sigprocmask system call on every switch, which made switch-heavy kernels (a warp reduction
+// per key) take a minute.
+#include <boost/context/detail/fcontext.hpp>
 
 // Sanitizers must be told about every stack switch: ASan keeps per-stack fake frames and shadow
 // bounds, TSan keeps a logical thread per fiber (switching with flags 0 makes each switch a
@@ -43,6 +48,11 @@
 
 namespace simt {
 namespace {
+
+using boost::context::detail::fcontext_t;
+using boost::context::detail::jump_fcontext;
+using boost::context::detail::make_fcontext;
+using boost::context::detail::transfer_t;
 
 std::atomic<BlockOrder> g_block_order{BlockOrder::kForward};
 std::atomic<std::uint64_t> g_shuffle_seed{0x5eed};
@@ -89,7 +99,7 @@ const char* OpName(detail::WarpOp op) {
 }
 
 struct Fiber {
-  ucontext_t context;
+  fcontext_t context = nullptr;  // Where the fiber resumes.
   char* stack = nullptr;
   std::size_t stack_bytes = 0;
   FiberState state = FiberState::kRunnable;
@@ -135,11 +145,26 @@ class StackArena {
   std::size_t bytes_ = 0;
 };
 
+// The calling thread's stacks, kept between launches (mapping and guarding them per launch cost
+// hundreds of system calls each); replaced when a launch needs more or larger ones.
+const StackArena& ThreadStacks(int count, std::size_t stack_bytes) {
+  thread_local std::unique_ptr<StackArena> arena;
+  thread_local int arena_count = 0;
+  thread_local std::size_t arena_stack_bytes = 0;
+  if (arena == nullptr || arena_count < count || arena_stack_bytes != stack_bytes) {
+    arena.reset();
+    arena = std::make_unique<StackArena>(count, stack_bytes);
+    arena_count = count;
+    arena_stack_bytes = stack_bytes;
+  }
+  return *arena;
+}
+
 struct LaunchState {
   std::vector<Fiber> fibers;
   int num_threads = 0;
   const std::function<void()>* body = nullptr;
-  ucontext_t scheduler_context;
+  fcontext_t scheduler_context = nullptr;  // Where a blocking fiber returns to.
   std::deque<int> runnable;
   Fiber* current = nullptr;
   int at_barrier = 0;
@@ -184,20 +209,20 @@ void Resume(LaunchState& launch, Fiber& fiber) {
 #if defined(SIMT_TSAN)
   __tsan_switch_to_fiber(fiber.tsan_fiber, 0);
 #endif
-  swapcontext(&launch.scheduler_context, &fiber.context);
+  fiber.context = jump_fcontext(fiber.context, nullptr).fctx;
   FinishSwitch(fake_stack, nullptr, nullptr);
   launch.current = nullptr;
 }
 
 // Fiber -> scheduler, for a fiber whose state says what it waits for; returns once it is
 // released and resumed.
-void Block(LaunchState& launch, Fiber& fiber) {
+void Block(LaunchState& launch) {
   void* fake_stack = nullptr;
   StartSwitch(&fake_stack, launch.scheduler_stack_bottom, launch.scheduler_stack_size);
 #if defined(SIMT_TSAN)
   __tsan_switch_to_fiber(launch.tsan_scheduler_fiber, 0);
 #endif
-  swapcontext(&fiber.context, &launch.scheduler_context);
+  launch.scheduler_context = jump_fcontext(launch.scheduler_context, nullptr).fctx;
   FinishSwitch(fake_stack, nullptr, nullptr);
 }
 
@@ -226,8 +251,9 @@ void OnExit(LaunchState& launch, Fiber& fiber) {
   }
 }
 
-void FiberEntry() {
+void FiberEntry(transfer_t from_scheduler) {
   LaunchState& launch = *t_launch;
+  launch.scheduler_context = from_scheduler.fctx;
   FinishSwitch(nullptr, &launch.scheduler_stack_bottom, &launch.scheduler_stack_size);
   (*launch.body)();
   Fiber& fiber = *launch.current;
@@ -237,8 +263,8 @@ void FiberEntry() {
 #if defined(SIMT_TSAN)
   __tsan_switch_to_fiber(launch.tsan_scheduler_fiber, 0);
 #endif
-  setcontext(&launch.scheduler_context);
-  Fail("setcontext returned");
+  jump_fcontext(launch.scheduler_context, nullptr);
+  Fail("an exited fiber was resumed");
 }
 
 // Computes every mask lane's result of a collective that all of them have reached.
@@ -322,11 +348,7 @@ void RunBlock(LaunchState& launch) {
     __asan_unpoison_memory_region(fiber.stack + fiber.stack_bytes - clear, clear);
 #endif
     fiber.state = FiberState::kRunnable;
-    getcontext(&fiber.context);
-    fiber.context.uc_stack.ss_sp = fiber.stack;
-    fiber.context.uc_stack.ss_size = fiber.stack_bytes;
-    fiber.context.uc_link = nullptr;
-    makecontext(&fiber.context, FiberEntry, 0);
+    fiber.context = make_fcontext(fiber.stack + fiber.stack_bytes, fiber.stack_bytes, FiberEntry);
     launch.runnable.push_back(fiber.linear);
   }
   while (!launch.runnable.empty()) {
@@ -369,7 +391,7 @@ void Launch(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes,
   LaunchState launch;
   launch.num_threads = static_cast<int>(threads);
   launch.body = &body;
-  StackArena stacks(launch.num_threads, g_stack_bytes.load());
+  const StackArena& stacks = ThreadStacks(launch.num_threads, g_stack_bytes.load());
   launch.fibers.resize(threads);
   for (int i = 0; i < launch.num_threads; ++i) {
     Fiber& fiber = launch.fibers[i];
@@ -476,7 +498,7 @@ unsigned WarpCollective(WarpOp op, unsigned mask, const void* value, std::size_t
     }
     fiber.state = FiberState::kRunnable;
   } else {
-    Block(launch, fiber);
+    Block(launch);
   }
   if (result != nullptr && bytes > 0) std::memcpy(result, fiber.op_result, bytes);
   return fiber.op_vote;
@@ -503,5 +525,5 @@ void __syncthreads() {
     fiber.state = simt::FiberState::kRunnable;
     return;
   }
-  simt::Block(launch, fiber);
+  simt::Block(launch);
 }

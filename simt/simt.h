@@ -1,5 +1,5 @@
 // A test-only SIMT emulator: runs CUDA kernel source on the CPU so that kernels execute on every
-// CI run, with or without a GPU. Each CUDA thread is a fiber (ucontext); a launch runs its blocks
+// CI run, with or without a GPU. Each CUDA thread is a fiber (Boost.Context); a launch runs its blocks
 // one after another on the calling OS thread, and a block's fibers switch only at __syncthreads
 // and the warp collectives (__syncwarp, __shfl*_sync, __ballot_sync, __any_sync, __all_sync).
 // Misuse that is undefined or hangs on a GPU aborts here with a message: a __syncthreads that
@@ -52,6 +52,8 @@
 #ifndef __forceinline__
 #define __forceinline__ inline __attribute__((always_inline))
 #endif
+#undef __launch_bounds__
+#define __launch_bounds__(...)
 
 // The built-in variables of the running fiber; the scheduler rewrites them on every switch.
 inline thread_local uint3 threadIdx;

@@ -10,6 +10,7 @@
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "simt/simt.h"
 
 namespace pdserve {
 namespace {
@@ -213,6 +214,7 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
     const float correction = expf(m - m_new);  // 0 on the first key (m = -inf)
     const float e = expf(s - m_new);
     l = l * correction + e;
+    m = m_new;
     const float* vp = pools.v + slot * pools.v_width + v_off;
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) {
@@ -397,8 +399,8 @@ void CudaBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tenso
   PDSERVE_KERNEL_CHECK(rows <= INT_MAX);
   const auto* dev_ids =
       static_cast<const int32_t*>(Upload(ids_scratch_, ids.data(), ids.size_bytes()));
-  EmbedKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(
-      dev_ids, table.data_as<float>(), d, out.data_as<float>());
+  PDSERVE_LAUNCH(EmbedKernel, static_cast<unsigned>(rows), kThreads, 0, stream_)
+  (dev_ids, table.data_as<float>(), d, out.data_as<float>());
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -425,8 +427,8 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   }
   if (bias != nullptr) {
     const int64_t total = m * n;
-    AddBiasKernel<<<GridFor(total), kThreads, 0, stream_>>>(y.data_as<float>(),
-                                                            bias->data_as<float>(), total, n);
+    PDSERVE_LAUNCH(AddBiasKernel, GridFor(total), kThreads, 0, stream_)
+    (y.data_as<float>(), bias->data_as<float>(), total, n);
     PDSERVE_CUDA_CHECK_LAUNCH();
   }
 }
@@ -438,8 +440,8 @@ void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tens
   PDSERVE_KERNEL_CHECK(weight.numel() == d && y.numel() == x.numel());
   PDSERVE_KERNEL_CHECK(rows <= INT_MAX);
   if (rows == 0 || d == 0) return;
-  RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream_>>>(
-      x.data_as<float>(), weight.data_as<float>(), eps, d, y.data_as<float>());
+  PDSERVE_LAUNCH(RmsNormKernel, static_cast<unsigned>(rows), kThreads, 0, stream_)
+  (x.data_as<float>(), weight.data_as<float>(), eps, d, y.data_as<float>());
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -459,9 +461,9 @@ void CudaBackend::Rope(Tensor& x, int n_heads, int head_dim, std::span<const int
       Upload(positions_scratch_, positions.data(), positions.size_bytes()));
   const auto* dev_freq = static_cast<const float*>(
       Upload(freq_scratch_, rope.inv_freq.data(), rope.inv_freq.size() * sizeof(float)));
-  RopeKernel<<<GridFor(rows * n_heads * half), kThreads, 0, stream_>>>(
-      x.data_as<float>(), rows, n_heads, head_dim, half, rope.style == RopeStyle::kInterleaved,
-      dev_pos, dev_freq, rope.attention_factor);
+  PDSERVE_LAUNCH(RopeKernel, GridFor(rows * n_heads * half), kThreads, 0, stream_)
+  (x.data_as<float>(), rows, n_heads, head_dim, half, rope.style == RopeStyle::kInterleaved,
+   dev_pos, dev_freq, rope.attention_factor);
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -471,8 +473,8 @@ void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
   PDSERVE_KERNEL_CHECK(gate.numel() == up.numel() && out.numel() == gate.numel());
   const int64_t n = gate.numel();
   if (n == 0) return;
-  SiluMulKernel<<<GridFor(n), kThreads, 0, stream_>>>(gate.data_as<float>(), up.data_as<float>(), n,
-                                                      out.data_as<float>());
+  PDSERVE_LAUNCH(SiluMulKernel, GridFor(n), kThreads, 0, stream_)
+  (gate.data_as<float>(), up.data_as<float>(), n, out.data_as<float>());
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -481,7 +483,8 @@ void CudaBackend::Add(Tensor& x, const Tensor& y) {
   PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(y) && x.numel() == y.numel());
   const int64_t n = x.numel();
   if (n == 0) return;
-  AddKernel<<<GridFor(n), kThreads, 0, stream_>>>(x.data_as<float>(), y.data_as<float>(), n);
+  PDSERVE_LAUNCH(AddKernel, GridFor(n), kThreads, 0, stream_)
+  (x.data_as<float>(), y.data_as<float>(), n);
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -503,8 +506,8 @@ void CudaBackend::CopyRows(const Tensor& src, std::span<const int64_t> src_rows,
                           ? nullptr
                           : static_cast<const float*>(
                                 Upload(weights_scratch_, weights.data(), weights.size_bytes()));
-  CopyRowsKernel<<<static_cast<unsigned>(n), kThreads, 0, stream_>>>(
-      src.data_as<float>(), dev_src, dst.data_as<float>(), dev_dst, dev_w, Cols(src));
+  PDSERVE_LAUNCH(CopyRowsKernel, static_cast<unsigned>(n), kThreads, 0, stream_)
+  (src.data_as<float>(), dev_src, dst.data_as<float>(), dev_dst, dev_w, Cols(src));
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -637,9 +640,9 @@ void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor&
                          k_pool.dim(2),
                          v_pool.dim(2)};
   const dim3 grid(static_cast<unsigned>(host_rows.size()), static_cast<unsigned>(shape.n_heads));
-  AttentionKernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(q.data_as<float>(), dev_rows, pools,
-                                                            group, hd, vd, q_width, o_width,
-                                                            shape.scale, out.data_as<float>());
+  PDSERVE_LAUNCH(AttentionKernel, grid, kAttnWarps * kWarp, 0, stream_)
+  (q.data_as<float>(), dev_rows, pools, group, hd, vd, q_width, o_width, shape.scale,
+   out.data_as<float>());
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 

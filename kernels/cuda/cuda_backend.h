@@ -14,6 +14,12 @@ struct CUstream_st;
 struct cublasContext;
 
 namespace pdserve {
+// The SIMT-emulated test build of this class (tests/simt/emulated_cuda_backend.cc: the same
+// source on the CPU) gets an inline namespace of its own, so its symbols never meet the real
+// backend's in a link.
+#if defined(PDSERVE_EMULATED_CUDA)
+inline namespace emulated {
+#endif
 
 // Runs every Backend op on one CUDA device through one stream owned by the backend.
 //
@@ -116,4 +122,7 @@ class CudaBackend final : public Backend {
   std::vector<int32_t> tables_host_;  // host staging for Attention's block tables
 };
 
+#if defined(PDSERVE_EMULATED_CUDA)
+}  // namespace emulated
+#endif
 }  // namespace pdserve

@@ -213,7 +213,9 @@ TEST(CudaBackend, WriteCacheAndPagedAttentionMatchCpu) {
       SCOPED_TRACE(testing::Message()
                    << "block=" << block_size << " heads=" << hc.heads << " kv_heads=" << hc.kv_heads
                    << " hd=" << hc.hd << " vd=" << hc.vd);
-      const int64_t num_blocks = 200;
+      // Enough for every sequence at block size 1 (233 blocks); MakePagedBatch hands out distinct
+      // blocks and reads past its id list when there are too few.
+      const int64_t num_blocks = 256;
       testing_util::PagedBatch b =
           testing_util::MakePagedBatch(seq_cases, block_size, num_blocks, rng);
       Tensor k_pool = Random(Shape{num_blocks, block_size, int64_t{hc.kv_heads} * hc.hd}, rng);

@@ -1,6 +1,8 @@
 // Ragged batches over paged KV pools, shared by the backend tests.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <random>
@@ -28,6 +30,11 @@ inline PagedBatch MakePagedBatch(const std::vector<std::pair<int64_t, int64_t>>&
   size_t next = 0;
   for (const auto& [start, len] : start_and_len) {
     const int64_t blocks = (start + len + block_size - 1) / block_size;
+    // Distinct blocks per sequence: the pool must hold them all.
+    if (next + static_cast<size_t>(blocks) > ids.size()) {
+      ADD_FAILURE() << "MakePagedBatch: " << num_blocks << " blocks are too few for the batch";
+      return b;
+    }
     b.tables.emplace_back(ids.begin() + static_cast<int64_t>(next),
                           ids.begin() + static_cast<int64_t>(next) + blocks);
     next += static_cast<size_t>(blocks);
