@@ -184,19 +184,13 @@ struct MlaFloats {
   float x[kN];
 };
 
-// __shfl_xor_sync of kN <= 4 floats over the full warp. On a GPU that is kN shuffles; the
-// emulator moves up to 16 bytes in one collective (the same values land in the same lanes), which
-// makes it switch fibers kN times less.
+// __shfl_xor_sync of kN <= 4 floats over the full warp: kN shuffles.
 template <int kN>
 __device__ __forceinline__ MlaFloats<kN> MlaShuffleXor(MlaFloats<kN> value, int lane_mask) {
   static_assert(kN >= 1 && kN <= 4);
-#if defined(__CUDACC__)
 #pragma unroll
   for (int i = 0; i < kN; ++i) value.x[i] = __shfl_xor_sync(0xffffffffu, value.x[i], lane_mask);
   return value;
-#else
-  return __shfl_xor_sync(0xffffffffu, value, lane_mask);
-#endif
 }
 
 // A warp's 32 partial sums per lane in, the full sum of value `lane` out: at each halving step a
