@@ -330,10 +330,6 @@ MlpWeights LoadMlp(WeightLoader& ld, const std::string& prefix, int64_t hidden, 
 absl::StatusOr<std::unique_ptr<DeepseekModel>> LoadDeepseekFromHf(const std::string& dir,
                                                                   const ModelConfig& c,
                                                                   Backend& backend) {
-  if (backend.device() != Device::kCpu) {
-    return absl::UnimplementedError(absl::StrCat(
-        dir, ": DeepSeek runs on the CPU backend for now; load it with the CPU backend"));
-  }
   if (!c.is_mla()) {
     return absl::InvalidArgumentError(
         absl::StrCat(dir, ": ", c.architecture, " needs the MLA fields (kv_lora_rank, ...)"));

@@ -76,8 +76,8 @@ class DeepseekModel final : public Model {
 };
 
 // Builds a DeepseekModel from a Hugging Face directory whose config.json parsed to `config`
-// (an MLA config). Checks every tensor's name and shape; errors name the tensor. The model
-// runs on the CPU backend only for now (Unimplemented otherwise).
+// (an MLA config). Checks every tensor's name and shape; errors name the tensor. Runs on the CPU
+// and CUDA backends.
 absl::StatusOr<std::unique_ptr<DeepseekModel>> LoadDeepseekFromHf(const std::string& dir,
                                                                   const ModelConfig& config,
                                                                   Backend& backend);

@@ -10,6 +10,10 @@
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/mla_decode.cuh"
+#include "kernels/cuda/prefill_attention.cuh"
 #include "simt/simt.h"
 
 namespace pdserve {
@@ -43,6 +47,11 @@ namespace {
 
 bool IsDeviceF32(const Tensor& t) {
   return t.device() == Device::kCuda && t.dtype() == DType::kF32 && !t.empty();
+}
+
+bool IsDeviceWeight(const Tensor& t) {
+  return t.device() == Device::kCuda && (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16) &&
+         !t.empty();
 }
 
 int64_t Cols(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0); }
@@ -79,14 +88,6 @@ __device__ float BlockSum(float v) {
   }
   __syncthreads();
   return total;
-}
-
-// One block per output row.
-__global__ void EmbedKernel(const int32_t* ids, const float* table, int64_t d, float* out) {
-  const int64_t r = blockIdx.x;
-  const float* src = table + static_cast<int64_t>(ids[r]) * d;
-  float* dst = out + r * d;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
 }
 
 __global__ void AddBiasKernel(float* y, const float* bias, int64_t total, int64_t n) {
@@ -163,7 +164,7 @@ struct AttnRow {
 struct PagedPools {
   const float* k;
   const float* v;
-  const int32_t* tables;  // every sequence's block table, concatenated
+  const int32_t* tables;  // the block tables, [seqs][stride] (UploadBlockTables)
   int block_size;
   int64_t k_width, v_width;
 };
@@ -250,6 +251,32 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
   }
 }
 
+// out[r, h, :] = [a[r, h_a, :] | b[r, h_b, :]], h_a = a_heads == 1 ? 0 : h (likewise h_b): one
+// thread per output element (grid-stride).
+__global__ void ConcatHeadsKernel(const float* a, int64_t a_cols, int da, bool a_shared,
+                                  const float* b, int64_t b_cols, int db, bool b_shared,
+                                  int n_heads, int64_t rows, float* out) {
+  const int width = da + db;
+  const int64_t total = rows * n_heads * width;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(idx % width);
+    const int64_t head_row = idx / width;
+    const int h = static_cast<int>(head_row % n_heads);
+    const int64_t r = head_row / n_heads;
+    out[idx] = c < da ? a[r * a_cols + (a_shared ? 0 : int64_t{h} * da) + c]
+                      : b[r * b_cols + (b_shared ? 0 : int64_t{h} * db) + (c - da)];
+  }
+}
+
+// y = x rounded to bf16, elementwise: the activation operand of a bf16 GEMM.
+__global__ void ToBf16Kernel(const float* x, int64_t n, __nv_bfloat16* y) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = __float2bfloat16_rn(x[i]);
+  }
+}
+
 // dst[dst_rows[i]] (+)= weight[i] * src[src_rows[i]] for each i, one block per i; null row
 // lists mean the identity and null weights a plain copy. Serves the paged cache writes and
 // reads and the MoE gather/scatter.
@@ -284,7 +311,7 @@ bool UsableDevice(int ordinal) {
 
 }  // namespace
 
-bool CudaBackend::DeviceAvailable() { return UsableDevice(0); }
+bool CudaBackend::DeviceAvailable(int device_ordinal) { return UsableDevice(device_ordinal); }
 
 CudaBackend::CudaBackend(int device_ordinal) : ordinal_(device_ordinal) {
   if (!UsableDevice(ordinal_)) return;  // not ready: ops abort with a message, see Activate()
@@ -299,6 +326,8 @@ CudaBackend::CudaBackend(int device_ordinal) : ordinal_(device_ordinal) {
   PDSERVE_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
   // Plain FP32 SGEMM: no TF32 tensor-op shortcut, so logits match the CPU backend closely.
   PDSERVE_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  PDSERVE_CUDA_CHECK(
+      cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_ordinal));
   ready_ = true;
 }
 
@@ -314,6 +343,11 @@ CudaBackend::~CudaBackend() {
   FreeScratch(rows_scratch_);
   FreeScratch(rows2_scratch_);
   FreeScratch(weights_scratch_);
+  FreeScratch(lens_scratch_);
+  FreeScratch(seqs_scratch_);
+  FreeScratch(items_scratch_);
+  FreeScratch(workspace_scratch_);
+  FreeScratch(bf16_scratch_);
   PDSERVE_CUBLAS_CHECK(cublasDestroy(cublas_));
   PDSERVE_CUDA_CHECK(cudaStreamDestroy(stream_));
 }
@@ -329,15 +363,20 @@ void CudaBackend::Activate() const {
   PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
 }
 
-void* CudaBackend::Upload(Scratch& scratch, const void* host, size_t bytes) {
+void* CudaBackend::Reserve(Scratch& scratch, size_t bytes) {
   if (bytes > scratch.capacity) {
     // Kernels issued earlier may still read the old buffer.
     PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    FreeScratch(scratch);
     const size_t capacity = std::max<size_t>({bytes, 2 * scratch.capacity, 4096});
+    FreeScratch(scratch);
     PDSERVE_CUDA_CHECK(cudaMalloc(&scratch.data, capacity));
     scratch.capacity = capacity;
   }
+  return scratch.data;
+}
+
+void* CudaBackend::Upload(Scratch& scratch, const void* host, size_t bytes) {
+  Reserve(scratch, bytes);
   // From pageable memory this returns once the bytes are staged, so `host` may be reused at
   // once; the device-side write is ordered on stream_ after every earlier reader of scratch.
   if (bytes > 0) {
@@ -350,6 +389,10 @@ void CudaBackend::FreeScratch(Scratch& scratch) {
   if (scratch.data != nullptr) PDSERVE_CUDA_CHECK(cudaFree(scratch.data));
   scratch.data = nullptr;
   scratch.capacity = 0;
+}
+
+DType CudaBackend::WeightDType(DType checkpoint_dtype) const {
+  return checkpoint_dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
 }
 
 Tensor CudaBackend::Allocate(DType dtype, Shape shape) {
@@ -388,25 +431,29 @@ void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
 
 void CudaBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tensor& out) {
   Activate();
-  // f32 tables only: WeightDType() is f32, so loaders never hand this backend a bf16 table.
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(table) && table.shape().rank() == 2 && IsDeviceF32(out));
+  PDSERVE_KERNEL_CHECK(IsDeviceWeight(table) && table.shape().rank() == 2 && IsDeviceF32(out));
   const int64_t d = table.dim(1);
   const int64_t rows = static_cast<int64_t>(ids.size());
   PDSERVE_KERNEL_CHECK(out.dim(0) == rows && Cols(out) == d);
   // Checked on the host: an out-of-range id would otherwise be a silent out-of-bounds read.
   for (int32_t id : ids) PDSERVE_KERNEL_CHECK(id >= 0 && id < table.dim(0));
   if (rows == 0 || d == 0) return;
-  PDSERVE_KERNEL_CHECK(rows <= INT_MAX);
+  PDSERVE_KERNEL_CHECK(rows <= INT_MAX && d <= INT_MAX);
   const auto* dev_ids =
       static_cast<const int32_t*>(Upload(ids_scratch_, ids.data(), ids.size_bytes()));
-  PDSERVE_LAUNCH(EmbedKernel, static_cast<unsigned>(rows), kThreads, 0, stream_)
-  (dev_ids, table.data_as<float>(), d, out.data_as<float>());
+  if (table.dtype() == DType::kBF16) {
+    cuda::LaunchEmbedding(dev_ids, static_cast<int>(rows), table.data_as<__nv_bfloat16>(),
+                          static_cast<int>(d), out.data_as<float>(), kThreads, stream_);
+  } else {
+    cuda::LaunchEmbedding(dev_ids, static_cast<int>(rows), table.data_as<float>(),
+                          static_cast<int>(d), out.data_as<float>(), kThreads, stream_);
+  }
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
 void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   Activate();
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(w) && IsDeviceF32(y));
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceWeight(w) && IsDeviceF32(y));
   const int64_t m = x.dim(0), k = Cols(x), n = w.dim(0);
   PDSERVE_KERNEL_CHECK(Cols(w) == k && y.dim(0) == m && Cols(y) == n);
   PDSERVE_KERNEL_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX);
@@ -420,10 +467,20 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     // yᵀ = w · xᵀ. Row-major w[n, k] reads as column-major wᵀ (k x n, ld k), so op(A) = T
     // gives w; row-major x[m, k] reads as column-major xᵀ (k x m, ld k), so op(B) = N.
     const float one = 1.0f, zero = 0.0f;
-    PDSERVE_CUBLAS_CHECK(cublasSgemm(
-        cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-        static_cast<int>(k), &one, w.data_as<float>(), static_cast<int>(k), x.data_as<float>(),
-        static_cast<int>(k), &zero, y.data_as<float>(), static_cast<int>(n)));
+    if (w.dtype() == DType::kBF16) {
+      // cuBLAS multiplies bf16 by bf16 only: x is rounded to bf16 (as bf16 serving stacks do),
+      // products accumulate in fp32 into the f32 y.
+      PDSERVE_CUBLAS_CHECK(
+          cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                       static_cast<int>(k), &one, w.data(), CUDA_R_16BF, static_cast<int>(k),
+                       ToBf16Scratch(x), CUDA_R_16BF, static_cast<int>(k), &zero, y.data(),
+                       CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    } else {
+      PDSERVE_CUBLAS_CHECK(cublasSgemm(
+          cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+          static_cast<int>(k), &one, w.data_as<float>(), static_cast<int>(k), x.data_as<float>(),
+          static_cast<int>(k), &zero, y.data_as<float>(), static_cast<int>(n)));
+    }
   }
   if (bias != nullptr) {
     const int64_t total = m * n;
@@ -431,6 +488,14 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     (y.data_as<float>(), bias->data_as<float>(), total, n);
     PDSERVE_CUDA_CHECK_LAUNCH();
   }
+}
+
+const void* CudaBackend::ToBf16Scratch(const Tensor& x) {
+  const int64_t n = x.numel();
+  auto* out = static_cast<__nv_bfloat16*>(Reserve(bf16_scratch_, static_cast<size_t>(n) * 2));
+  PDSERVE_LAUNCH(ToBf16Kernel, GridFor(n), kThreads, 0, stream_)(x.data_as<float>(), n, out);
+  PDSERVE_CUDA_CHECK_LAUNCH();
+  return out;
 }
 
 void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
@@ -570,25 +635,151 @@ void CudaBackend::ScatterAddRows(const Tensor& x, std::span<const int32_t> rows,
   CopyRows(x, {}, y, dst, weights, x.dim(0));
 }
 
-void CudaBackend::ConcatHeads(const Tensor&, int, const Tensor&, int, int, Tensor&) {
-  NotYetOnCuda("ConcatHeads");
+void CudaBackend::ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int b_heads,
+                              int n_heads, Tensor& out) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(a) && IsDeviceF32(b) && IsDeviceF32(out));
+  PDSERVE_KERNEL_CHECK(n_heads > 0 && (a_heads == 1 || a_heads == n_heads) &&
+                       (b_heads == 1 || b_heads == n_heads));
+  const int64_t rows = a.dim(0);
+  const int64_t da = Cols(a) / a_heads, db = Cols(b) / b_heads;
+  PDSERVE_KERNEL_CHECK(b.dim(0) == rows && out.dim(0) == rows && Cols(a) == a_heads * da &&
+                       Cols(b) == b_heads * db && Cols(out) == n_heads * (da + db));
+  PDSERVE_KERNEL_CHECK(da + db <= INT_MAX);
+  const int64_t total = rows * n_heads * (da + db);
+  if (total == 0) return;
+  PDSERVE_LAUNCH(ConcatHeadsKernel, GridFor(total), kThreads, 0, stream_)
+  (a.data_as<float>(), Cols(a), static_cast<int>(da), a_heads == 1, b.data_as<float>(), Cols(b),
+   static_cast<int>(db), b_heads == 1, n_heads, rows, out.data_as<float>());
+  PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
-void CudaBackend::HeadMatmul(const Tensor&, const Tensor&, int, bool, Tensor&) {
-  NotYetOnCuda("HeadMatmul");
+void CudaBackend::HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
+                             Tensor& y) {
+  Activate();
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(w) && IsDeviceF32(y) && w.shape().rank() == 2);
+  PDSERVE_KERNEL_CHECK(n_heads > 0 && x.dim(0) == y.dim(0));
+  const int64_t in = Cols(x) / n_heads, out = Cols(y) / n_heads;
+  PDSERVE_KERNEL_CHECK(Cols(x) == n_heads * in && Cols(y) == n_heads * out);
+  PDSERVE_KERNEL_CHECK(transpose_w ? (w.dim(0) == n_heads * out && w.dim(1) == in)
+                                   : (w.dim(0) == n_heads * in && w.dim(1) == out));
+  PDSERVE_KERNEL_CHECK(x.dim(0) <= INT_MAX && Cols(x) <= INT_MAX && Cols(y) <= INT_MAX);
+  const int64_t m = x.dim(0);
+  if (m == 0 || out == 0) return;
+  if (in == 0) {
+    PDSERVE_CUDA_CHECK(cudaMemsetAsync(y.data(), 0, y.bytes(), stream_));
+    return;
+  }
+  // One strided-batched GEMM over the heads, column-major as cuBLAS sees row-major data: head h's
+  // yᵀ (out x m, ld Cols(y), at column offset h * out) = W_hᵀ · x_hᵀ, x_hᵀ being (in x m,
+  // ld Cols(x)) at offset h * in. Row-major W_h [in, out] reads as column-major W_hᵀ (op N, ld
+  // out); row-major W_h [out, in] (transpose_w) reads as W_hᵀ's transpose (op T, ld in).
+  const float one = 1.0f, zero = 0.0f;
+  PDSERVE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      cublas_, transpose_w ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(out),
+      static_cast<int>(m), static_cast<int>(in), &one, w.data(), CUDA_R_32F,
+      static_cast<int>(transpose_w ? in : out), in * out, x.data(), CUDA_R_32F,
+      static_cast<int>(Cols(x)), in, &zero, y.data(), CUDA_R_32F, static_cast<int>(Cols(y)), out,
+      n_heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void CudaBackend::MlaAttention(const Tensor&, const Tensor&, const Tensor&,
-                               std::span<const AttentionSeq>, const MlaShape&, Tensor&) {
-  NotYetOnCuda("MlaAttention");
+const int32_t* CudaBackend::UploadBlockTables(std::span<const AttentionSeq> seqs,
+                                              const Tensor& pool, int* stride) {
+  const int64_t block_size = pool.dim(1);
+  int64_t widest = 1;
+  for (const AttentionSeq& s : seqs) {
+    const int64_t blocks = (s.start_pos + s.q_len + block_size - 1) / block_size;
+    PDSERVE_KERNEL_CHECK(blocks <= static_cast<int64_t>(s.block_table.size()));
+    widest = std::max(widest, blocks);
+  }
+  PDSERVE_KERNEL_CHECK(widest <= INT_MAX / std::max<int64_t>(1, int64_t(seqs.size())));
+  tables_host_.assign(seqs.size() * static_cast<size_t>(widest), 0);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const AttentionSeq& s = seqs[i];
+    const int64_t blocks = (s.start_pos + s.q_len + block_size - 1) / block_size;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int32_t id = s.block_table[static_cast<size_t>(b)];
+      // Checked on the host: a bad id would be a silent out-of-bounds access on the device.
+      PDSERVE_KERNEL_CHECK(id >= 0 && id < pool.dim(0));
+      tables_host_[i * static_cast<size_t>(widest) + static_cast<size_t>(b)] = id;
+    }
+  }
+  *stride = static_cast<int>(widest);
+  return static_cast<const int32_t*>(
+      Upload(tables_scratch_, tables_host_.data(), tables_host_.size() * sizeof(int32_t)));
 }
 
-void CudaBackend::NotYetOnCuda(const char* op) const {
-  std::fprintf(stderr,
-               "CudaBackend::%s is not implemented yet (MLA models run on the CPU backend; "
-               "LoadModel refuses them on CUDA)\n",
-               op);
-  std::abort();
+const int32_t* CudaBackend::UploadDecodeLengths(std::span<const AttentionSeq> seqs, int64_t rows,
+                                                int* max_context) {
+  PDSERVE_KERNEL_CHECK(static_cast<int64_t>(seqs.size()) == rows && rows <= 65535);
+  std::vector<int32_t> lengths(seqs.size());
+  int64_t longest = 1;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    PDSERVE_KERNEL_CHECK(seqs[i].q_len == 1 && seqs[i].q_begin == static_cast<int64_t>(i) &&
+                         seqs[i].start_pos >= 0 && seqs[i].start_pos < INT_MAX);
+    lengths[i] = static_cast<int32_t>(seqs[i].start_pos + 1);
+    longest = std::max<int64_t>(longest, lengths[i]);
+  }
+  *max_context = static_cast<int>(longest);
+  return static_cast<const int32_t*>(
+      Upload(lens_scratch_, lengths.data(), lengths.size() * sizeof(int32_t)));
+}
+
+namespace {
+
+// The latent shapes the MLA decode kernel is compiled for: DeepSeek-V2/V3's, and the tiny test
+// models'.
+template <int kRank, int kRope>
+bool LaunchMlaIfShape(const MlaShape& shape, const float* q_lat, const float* q_pe,
+                      const float* latent, const int32_t* tables, int stride, const int32_t* lens,
+                      int batch, int block_size, int num_splits, void* workspace, float* o_lat,
+                      cudaStream_t stream) {
+  if (shape.kv_lora_rank != kRank || shape.rope_dim != kRope) return false;
+  cuda::LaunchMlaDecodeAttention<float, kRank, kRope>(q_lat, q_pe, latent, tables, stride, lens,
+                                                      batch, shape.n_heads, block_size, shape.scale,
+                                                      num_splits, workspace, o_lat, stream);
+  return true;
+}
+
+}  // namespace
+
+void CudaBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Tensor& latent_pool,
+                               std::span<const AttentionSeq> seqs, const MlaShape& shape,
+                               Tensor& o_lat) {
+  Activate();
+  const int64_t rank = shape.kv_lora_rank, rope = shape.rope_dim;
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(q_lat) && IsDeviceF32(q_pe) && IsDeviceF32(latent_pool) &&
+                       IsDeviceF32(o_lat));
+  PDSERVE_KERNEL_CHECK(shape.n_heads > 0 && latent_pool.shape().rank() == 3 &&
+                       latent_pool.dim(2) == rank + rope);
+  PDSERVE_KERNEL_CHECK(Cols(q_lat) == shape.n_heads * rank && Cols(q_pe) == shape.n_heads * rope &&
+                       Cols(o_lat) == shape.n_heads * rank && q_pe.dim(0) == q_lat.dim(0) &&
+                       o_lat.dim(0) == q_lat.dim(0));
+  if (seqs.empty()) return;
+  int max_context = 0;
+  const int32_t* lens = UploadDecodeLengths(seqs, q_lat.dim(0), &max_context);
+  int stride = 0;
+  const int32_t* tables = UploadBlockTables(seqs, latent_pool, &stride);
+  const int batch = static_cast<int>(seqs.size());
+  const int splits = cuda::ChooseMlaSplits(batch, shape.n_heads, max_context, num_sms_);
+  void* workspace =
+      Reserve(workspace_scratch_,
+              cuda::MlaDecodeWorkspaceBytes(batch, shape.n_heads, shape.kv_lora_rank, splits));
+  const int block_size = static_cast<int>(latent_pool.dim(1));
+  const auto launch = [&](auto launcher) {
+    return launcher(shape, q_lat.data_as<float>(), q_pe.data_as<float>(),
+                    latent_pool.data_as<float>(), tables, stride, lens, batch, block_size, splits,
+                    workspace, o_lat.data_as<float>(), stream_);
+  };
+  if (!launch(LaunchMlaIfShape<512, 64>) && !launch(LaunchMlaIfShape<64, 16>) &&
+      !launch(LaunchMlaIfShape<32, 8>)) {
+    std::fprintf(stderr,
+                 "CudaBackend::MlaAttention: no kernel for kv_lora_rank %d, rope_dim %d (compiled: "
+                 "512/64, 64/16, 32/8; add the shape in LaunchMlaIfShape)\n",
+                 shape.kv_lora_rank, shape.rope_dim);
+    std::abort();
+  }
+  PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
 void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
@@ -609,34 +800,76 @@ void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor&
                        k_pool.dim(0) == v_pool.dim(0) && k_pool.dim(1) == v_pool.dim(1));
   PDSERVE_KERNEL_CHECK(k_pool.dim(2) == int64_t{shape.n_kv_heads} * hd &&
                        v_pool.dim(2) == int64_t{shape.n_kv_heads} * vd);
-
-  // One descriptor per query row, so a ragged batch (prefill next to decode) launches exactly
-  // the blocks it needs; the block tables go up once, concatenated.
-  std::vector<AttnRow> host_rows;
-  tables_host_.clear();
-  for (const AttentionSeq& s : seqs) {
+  PDSERVE_KERNEL_CHECK(k_pool.dim(1) <= INT_MAX && q.dim(0) <= INT_MAX);
+  int64_t rows = 0;
+  bool decode_batch = seqs.size() <= 65535;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const AttentionSeq& s = seqs[i];
     PDSERVE_KERNEL_CHECK(s.q_begin >= 0 && s.q_len >= 0 && s.q_begin + s.q_len <= q.dim(0));
-    const int64_t ctx = s.start_pos + s.q_len;
-    const int64_t blocks = (ctx + k_pool.dim(1) - 1) / k_pool.dim(1);
-    PDSERVE_KERNEL_CHECK(blocks <= static_cast<int64_t>(s.block_table.size()));
-    const int64_t table = static_cast<int64_t>(tables_host_.size());
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int32_t id = s.block_table[static_cast<size_t>(b)];
-      PDSERVE_KERNEL_CHECK(id >= 0 && id < k_pool.dim(0));
-      tables_host_.push_back(id);
-    }
-    for (int64_t t = 0; t < s.q_len; ++t)
-      host_rows.push_back({table, s.q_begin + t, s.start_pos + t + 1});
+    PDSERVE_KERNEL_CHECK(s.start_pos >= 0 && s.start_pos + s.q_len < INT_MAX);
+    rows += s.q_len;
+    decode_batch = decode_batch && s.q_len == 1 && s.q_begin == static_cast<int64_t>(i);
   }
-  if (host_rows.empty()) return;
+  if (rows == 0) return;
+  const int block_size = static_cast<int>(k_pool.dim(1));
+  int stride = 0;
+  const int32_t* tables = UploadBlockTables(seqs, k_pool, &stride);
+
+  // Decode: one new token per sequence, row i of q being sequence i.
+  if (decode_batch && hd == vd && (hd == 64 || hd == 128)) {
+    int max_context = 0;
+    const int32_t* lens = UploadDecodeLengths(seqs, q.dim(0), &max_context);
+    const int batch = static_cast<int>(seqs.size());
+    const int splits = cuda::ChooseDecodeSplits(batch, shape.n_kv_heads, max_context, num_sms_);
+    void* workspace = Reserve(
+        workspace_scratch_, cuda::DecodeAttentionWorkspaceBytes(batch, shape.n_heads, hd, splits));
+    auto* launch = hd == 64 ? &cuda::LaunchPagedDecodeAttention<float, float, 64>
+                            : &cuda::LaunchPagedDecodeAttention<float, float, 128>;
+    launch(q.data_as<float>(), k_pool.data_as<float>(), v_pool.data_as<float>(), tables, stride,
+           lens, batch, shape.n_heads, shape.n_kv_heads, block_size, shape.scale, splits, workspace,
+           out.data_as<float>(), stream_);
+    PDSERVE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+
+  // Prefill (and mixed batches): the tiled kernel, for the head dims it is compiled for.
+  if (cuda::PrefillAttentionSupported(hd, vd)) {
+    std::vector<cuda::PrefillSeq> host_seqs;
+    host_seqs.reserve(seqs.size());
+    for (const AttentionSeq& s : seqs) {
+      host_seqs.push_back(
+          {static_cast<int>(s.q_begin), static_cast<int>(s.q_len), static_cast<int>(s.start_pos)});
+    }
+    const std::vector<cuda::PrefillWorkItem> items = cuda::BuildPrefillWorkItems(host_seqs);
+    PDSERVE_KERNEL_CHECK(items.size() <= static_cast<size_t>(INT_MAX));
+    const auto* dev_seqs = static_cast<const cuda::PrefillSeq*>(
+        Upload(seqs_scratch_, host_seqs.data(), host_seqs.size() * sizeof(cuda::PrefillSeq)));
+    const auto* dev_items = static_cast<const cuda::PrefillWorkItem*>(
+        Upload(items_scratch_, items.data(), items.size() * sizeof(cuda::PrefillWorkItem)));
+    cuda::LaunchPrefillAttention(q.data_as<float>(), k_pool.data_as<float>(),
+                                 v_pool.data_as<float>(), dev_seqs, tables, stride, dev_items,
+                                 static_cast<int>(items.size()), shape.n_heads, shape.n_kv_heads,
+                                 hd, vd, block_size, shape.scale, out.data_as<float>(), stream_);
+    PDSERVE_CUDA_CHECK_LAUNCH();
+    return;
+  }
+
+  // Any other head dims: one block per (query row, head).
+  std::vector<AttnRow> host_rows;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const AttentionSeq& s = seqs[i];
+    const int64_t table = static_cast<int64_t>(i) * stride;
+    for (int64_t t = 0; t < s.q_len; ++t) {
+      host_rows.push_back({table, s.q_begin + t, s.start_pos + t + 1});
+    }
+  }
   PDSERVE_KERNEL_CHECK(host_rows.size() <= static_cast<size_t>(INT_MAX));
   const auto* dev_rows = static_cast<const AttnRow*>(
       Upload(attn_scratch_, host_rows.data(), host_rows.size() * sizeof(AttnRow)));
   const PagedPools pools{k_pool.data_as<float>(),
                          v_pool.data_as<float>(),
-                         static_cast<const int32_t*>(Upload(tables_scratch_, tables_host_.data(),
-                                                            tables_host_.size() * sizeof(int32_t))),
-                         static_cast<int>(k_pool.dim(1)),
+                         tables,
+                         block_size,
                          k_pool.dim(2),
                          v_pool.dim(2)};
   const dim3 grid(static_cast<unsigned>(host_rows.size()), static_cast<unsigned>(shape.n_heads));

@@ -1,9 +1,12 @@
-// Backend on one NVIDIA GPU: f32 compute, cuBLAS SGEMM for Linear, hand-written kernels for the
-// rest. Plain C++ header (no CUDA includes) so host-only code and tests can use it.
+// Backend on one NVIDIA GPU: f32 activations, cuBLAS for Linear and MLA's per-head products, the
+// single-source kernels of kernels/cuda/*.cuh for attention (paged decode with split-K, tiled
+// prefill, MLA absorbed decode) and embedding, hand-written kernels for the rest. Plain C++
+// header (no CUDA includes) so host-only code and tests can use it.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -24,9 +27,10 @@ inline namespace emulated {
 // Runs every Backend op on one CUDA device through one stream owned by the backend.
 //
 // Invariants:
-//  - Every tensor handed in lives on this backend's device (Device::kCuda). Compute ops take f32
-//    tensors, weights included (WeightDType() is f32 for every checkpoint dtype until bf16
-//    kernels land); Allocate and the copies take any dtype.
+//  - Every tensor handed in lives on this backend's device (Device::kCuda). Activations and KV
+//    pools are f32; weight matrices are f32 or, from bf16 checkpoints, bf16 (WeightDType), which
+//    Linear multiplies with bf16-rounded activations in fp32 accumulation (cublasGemmEx);
+//    HeadMatmul takes f32 weights. Allocate and the copies take any dtype.
 //  - All work is issued on stream_ in call order, so each call sees the results of the previous
 //    one without host synchronization. Calls whose results the host can observe synchronize:
 //    CopyToHost and CopyFromHost return with the copy complete. Host spans (token ids,
@@ -35,10 +39,14 @@ inline namespace emulated {
 //  - Broken caller invariants (wrong device/dtype/shape) and CUDA/cuBLAS errors abort with
 //    file:line: they are programming errors or a broken device, not recoverable conditions.
 //    An asynchronous kernel fault is reported by the next synchronizing call.
-//  - Linear is full-precision FP32 (TF32 tensor-op math is not enabled), so results track the
-//    CPU backend to f32 rounding.
-//  - Attention supports head_dim <= kMaxHeadDim; any context length (online softmax, no
-//    per-context shared memory).
+//  - f32 Linear is full-precision FP32 (TF32 tensor-op math is not enabled), so results track
+//    the CPU backend to f32 rounding.
+//  - Attention: a batch of single-token sequences with head_dim 64 or 128 (K and V alike) runs
+//    the split-K paged decode kernel; (head_dim, v_head_dim) (64, 64), (128, 128) or (192, 128)
+//    the tiled prefill kernel; any other head_dim <= kMaxHeadDim a plain per-row kernel. Any
+//    context length.
+//  - MlaAttention: (kv_lora_rank, rope_dim) (512, 64) (DeepSeek-V2/V3), (64, 16) or (32, 8)
+//    (the tiny test models); others abort with a message.
 //
 // Constructing a CudaBackend without a usable device (none, or older than compute capability
 // 8.0) does not crash; any later op aborts with a clear message. Check DeviceAvailable() first.
@@ -52,9 +60,9 @@ class CudaBackend final : public Backend {
   // registers).
   static constexpr int kMaxHeadDim = 256;
 
-  // True when the CUDA runtime reports a device 0 (the default ordinal) of compute capability
-  // 8.0 or newer, the oldest this build has kernels for (CUDA_ARCHITECTURES 80;90).
-  static bool DeviceAvailable();
+  // True when the CUDA runtime reports device `device_ordinal` with compute capability 8.0 or
+  // newer, the oldest this build has kernels for (CUDA_ARCHITECTURES 80;90).
+  static bool DeviceAvailable(int device_ordinal = 0);
 
   explicit CudaBackend(int device_ordinal = 0);
   ~CudaBackend() override;
@@ -65,6 +73,7 @@ class CudaBackend final : public Backend {
   // Host threads used: the GPU does the work, driven from the caller's thread.
   int num_threads() const override { return 1; }
 
+  DType WeightDType(DType checkpoint_dtype) const override;
   Tensor Allocate(DType dtype, Shape shape) override;
   void CopyToHost(const Tensor& src, void* host) override;
   void CopyFromHost(const void* host, Tensor& dst) override;
@@ -84,7 +93,6 @@ class CudaBackend final : public Backend {
   void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                  std::span<const AttentionSeq> seqs, const AttentionShape& shape,
                  Tensor& out) override;
-  // MLA's ops are not on the GPU yet: they abort, and LoadModel refuses MLA models on CUDA.
   void ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int b_heads, int n_heads,
                    Tensor& out) override;
   void HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
@@ -106,20 +114,34 @@ class CudaBackend final : public Backend {
   // Copies `bytes` of host memory into `scratch` (growing it) on stream_; returns the device
   // pointer.
   void* Upload(Scratch& scratch, const void* host, size_t bytes);
+  // `scratch` with room for `bytes` (contents undefined); returns the device pointer.
+  void* Reserve(Scratch& scratch, size_t bytes);
+  // Uploads each sequence's block table, padded to the longest, as one [seqs][stride] array
+  // (checked against the pool's num_blocks and block_size); returns the device pointer and
+  // sets *stride.
+  const int32_t* UploadBlockTables(std::span<const AttentionSeq> seqs, const Tensor& pool,
+                                   int* stride);
+  // The context lengths start_pos + 1 of a decode batch (q_len 1 each, row i = sequence i);
+  // aborts when `seqs` is not one; returns the device pointer and sets *max_context.
+  const int32_t* UploadDecodeLengths(std::span<const AttentionSeq> seqs, int64_t rows,
+                                     int* max_context);
+  // Rounds x to bf16 into scratch for a bf16 GEMM; returns the device pointer.
+  const void* ToBf16Scratch(const Tensor& x);
   void FreeScratch(Scratch& scratch);
   // dst[dst_rows[i]] = src[src_rows[i]] (or += weights[i] * ... when weights are given) for
   // i < n; an empty row list means the identity.
   void CopyRows(const Tensor& src, std::span<const int64_t> src_rows, Tensor& dst,
                 std::span<const int64_t> dst_rows, std::span<const float> weights, int64_t n);
-  [[noreturn]] void NotYetOnCuda(const char* op) const;
 
   int ordinal_;
   bool ready_ = false;
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
+  int num_sms_ = 1;  // the device's multiprocessors, for the split-K heuristics
   Scratch ids_scratch_, positions_scratch_, freq_scratch_, attn_scratch_, tables_scratch_;
-  Scratch rows_scratch_, rows2_scratch_, weights_scratch_;
-  std::vector<int32_t> tables_host_;  // host staging for Attention's block tables
+  Scratch rows_scratch_, rows2_scratch_, weights_scratch_, lens_scratch_, seqs_scratch_;
+  Scratch items_scratch_, workspace_scratch_, bf16_scratch_;
+  std::vector<int32_t> tables_host_;  // host staging for the block tables
 };
 
 #if defined(PDSERVE_EMULATED_CUDA)

@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <vector>
 
 #include "engine/model.h"
+#include "engine/model_config.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/kernels/paged_batch.h"
@@ -56,6 +59,12 @@ constexpr float kElementTol = 1e-5f;
 constexpr float kAttentionTol = 2e-5f;
 // Logits are O(1..10) after 3 layers of the tiny model; per-op differences above compound.
 constexpr float kLogitTol = 1e-3f;
+// bf16 checkpoints: the CUDA backend rounds every GEMM's activations to bf16 (relative error up
+// to 2^-9 per element) where the CPU backend keeps them f32. Each GEMM then errs by up to 2^-9
+// of sum |w x|; over 3 layers of 7 GEMMs and the LM head (22, at most 22 * 2^-9 = 0.043 when
+// they all add up) the logits move by up to kBf16LogitRelTol of the row's largest |logit|.
+// Greedy ids must agree wherever the CPU's top two are further apart than twice that.
+constexpr float kBf16LogitRelTol = 0.043f;
 
 TEST(CudaBackend, AllocatesOnDeviceAndRoundTripsCopies) {
   if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
@@ -200,48 +209,114 @@ TEST(CudaBackend, WriteCacheAndPagedAttentionMatchCpu) {
   struct Heads {
     int heads, kv_heads, hd, vd;
   };
+  // Head dims 64/128 (K = V) take the split-K decode kernel for a decode batch; (64, 64),
+  // (128, 128) and (192, 128) the tiled prefill kernel otherwise; the rest the per-row kernel.
   const std::vector<Heads> head_cases = {{4, 4, 16, 16},
                                          {4, 2, 16, 16},
                                          {4, 1, 16, 16},
                                          {8, 2, 128, 128},
+                                         {8, 1, 64, 64},
+                                         {4, 4, 192, 128},
                                          {2, 1, CudaBackend::kMaxHeadDim, 64},
                                          {3, 3, 40, 24}};
-  const std::vector<std::pair<int64_t, int64_t>> seq_cases = {
-      {0, 5}, {9, 1}, {3, 4}, {40, 1}, {100, 70}};
+  // (start_pos, q_len) per sequence: prefill next to decode, and a decode-only batch.
+  const std::vector<std::vector<std::pair<int64_t, int64_t>>> batches = {
+      {{0, 5}, {9, 1}, {3, 4}, {40, 1}, {100, 70}}, {{9, 1}, {0, 1}, {40, 1}, {150, 1}}};
   for (int block_size : {1, 16}) {
-    for (const Heads& hc : head_cases) {
-      SCOPED_TRACE(testing::Message()
-                   << "block=" << block_size << " heads=" << hc.heads << " kv_heads=" << hc.kv_heads
-                   << " hd=" << hc.hd << " vd=" << hc.vd);
-      // Enough for every sequence at block size 1 (233 blocks); MakePagedBatch hands out distinct
-      // blocks and reads past its id list when there are too few.
-      const int64_t num_blocks = 256;
+    for (const auto& seq_cases : batches) {
+      for (const Heads& hc : head_cases) {
+        SCOPED_TRACE(testing::Message() << "block=" << block_size << " heads=" << hc.heads
+                                        << " kv_heads=" << hc.kv_heads << " hd=" << hc.hd << " vd="
+                                        << hc.vd << " decode=" << (seq_cases[0].second == 1));
+        // Enough for every sequence at block size 1 (233 blocks); MakePagedBatch hands out distinct
+        // blocks and reads past its id list when there are too few.
+        const int64_t num_blocks = 256;
+        testing_util::PagedBatch b =
+            testing_util::MakePagedBatch(seq_cases, block_size, num_blocks, rng);
+        Tensor k_pool = Random(Shape{num_blocks, block_size, int64_t{hc.kv_heads} * hc.hd}, rng);
+        Tensor v_pool = Random(Shape{num_blocks, block_size, int64_t{hc.kv_heads} * hc.vd}, rng);
+        Tensor q = Random(Shape{b.rows, int64_t{hc.heads} * hc.hd}, rng);
+        Tensor k = Random(Shape{b.rows, int64_t{hc.kv_heads} * hc.hd}, rng);
+        Tensor v = Random(Shape{b.rows, int64_t{hc.kv_heads} * hc.vd}, rng);
+        const AttentionShape shape{.n_heads = hc.heads,
+                                   .n_kv_heads = hc.kv_heads,
+                                   .head_dim = hc.hd,
+                                   .v_head_dim = hc.vd,
+                                   .scale = 1.0f / std::sqrt(float(hc.hd))};
+        // Device copies first: the CPU side writes into its pools in place.
+        Tensor dk_pool = ToDevice(gpu, k_pool), dv_pool = ToDevice(gpu, v_pool);
+        Tensor dq = ToDevice(gpu, q), dk = ToDevice(gpu, k), dv = ToDevice(gpu, v);
+        Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{b.rows, int64_t{hc.heads} * hc.vd});
+        cpu.WriteCache(k, b.seqs, k_pool);
+        cpu.WriteCache(v, b.seqs, v_pool);
+        cpu.Attention(q, k_pool, v_pool, b.seqs, shape, out);
+        Tensor dout = gpu.Allocate(DType::kF32, Shape{b.rows, int64_t{hc.heads} * hc.vd});
+        gpu.WriteCache(dk, b.seqs, dk_pool);
+        gpu.WriteCache(dv, b.seqs, dv_pool);
+        gpu.Attention(dq, dk_pool, dv_pool, b.seqs, shape, dout);
+        ExpectClose(ToHost(gpu, dk_pool), k_pool, 0.0f);
+        ExpectClose(ToHost(gpu, dv_pool), v_pool, 0.0f);
+        ExpectClose(ToHost(gpu, dout), out, kAttentionTol);
+      }
+    }
+  }
+}
+
+// MLA's three ops against the CPU backend: ConcatHeads (shared and per-head parts), HeadMatmul
+// (both weight layouts: the absorption of W_UK and of W_UV) and the absorbed MlaAttention over
+// a paged latent pool, for the latent shapes the kernel is compiled for.
+TEST(CudaBackend, MlaOpsMatchCpu) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  std::mt19937 rng(31);
+  {
+    Tensor a = Random(Shape{5, 4 * 3}, rng), b = Random(Shape{5, 7}, rng);
+    Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{5, 4 * 10});
+    cpu.ConcatHeads(a, 4, b, 1, 4, out);
+    Tensor dout = gpu.Allocate(DType::kF32, Shape{5, 4 * 10});
+    gpu.ConcatHeads(ToDevice(gpu, a), 4, ToDevice(gpu, b), 1, 4, dout);
+    ExpectClose(ToHost(gpu, dout), out, 0.0f);
+  }
+  for (bool transpose_w : {false, true}) {
+    SCOPED_TRACE(testing::Message() << "transpose_w=" << transpose_w);
+    const int heads = 3, in = 24, out_dim = 40;
+    Tensor x = Random(Shape{6, heads * in}, rng);
+    Tensor w = transpose_w ? Random(Shape{heads * out_dim, in}, rng)
+                           : Random(Shape{heads * in, out_dim}, rng);
+    Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{6, heads * out_dim});
+    cpu.HeadMatmul(x, w, heads, transpose_w, y);
+    Tensor dy = gpu.Allocate(DType::kF32, Shape{6, heads * out_dim});
+    gpu.HeadMatmul(ToDevice(gpu, x), ToDevice(gpu, w), heads, transpose_w, dy);
+    ExpectClose(ToHost(gpu, dy), y, kGemmTol);
+  }
+  struct Latent {
+    int rank, rope, heads;
+  };
+  for (const Latent lc : {Latent{32, 8, 4}, Latent{64, 16, 20}, Latent{512, 64, 16}}) {
+    for (int block_size : {1, 16}) {
+      SCOPED_TRACE(testing::Message() << "rank=" << lc.rank << " rope=" << lc.rope
+                                      << " heads=" << lc.heads << " block=" << block_size);
+      const int64_t num_blocks = 200;
+      // Decode batches: one new token per sequence after its cached context.
+      const std::vector<std::pair<int64_t, int64_t>> seq_cases =
+          lc.rank == 512 ? std::vector<std::pair<int64_t, int64_t>>{{37, 1}, {0, 1}}
+                         : std::vector<std::pair<int64_t, int64_t>>{{9, 1}, {0, 1}, {130, 1}};
       testing_util::PagedBatch b =
           testing_util::MakePagedBatch(seq_cases, block_size, num_blocks, rng);
-      Tensor k_pool = Random(Shape{num_blocks, block_size, int64_t{hc.kv_heads} * hc.hd}, rng);
-      Tensor v_pool = Random(Shape{num_blocks, block_size, int64_t{hc.kv_heads} * hc.vd}, rng);
-      Tensor q = Random(Shape{b.rows, int64_t{hc.heads} * hc.hd}, rng);
-      Tensor k = Random(Shape{b.rows, int64_t{hc.kv_heads} * hc.hd}, rng);
-      Tensor v = Random(Shape{b.rows, int64_t{hc.kv_heads} * hc.vd}, rng);
-      const AttentionShape shape{.n_heads = hc.heads,
-                                 .n_kv_heads = hc.kv_heads,
-                                 .head_dim = hc.hd,
-                                 .v_head_dim = hc.vd,
-                                 .scale = 1.0f / std::sqrt(float(hc.hd))};
-      // Device copies first: the CPU side writes into its pools in place.
-      Tensor dk_pool = ToDevice(gpu, k_pool), dv_pool = ToDevice(gpu, v_pool);
-      Tensor dq = ToDevice(gpu, q), dk = ToDevice(gpu, k), dv = ToDevice(gpu, v);
-      Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{b.rows, int64_t{hc.heads} * hc.vd});
-      cpu.WriteCache(k, b.seqs, k_pool);
-      cpu.WriteCache(v, b.seqs, v_pool);
-      cpu.Attention(q, k_pool, v_pool, b.seqs, shape, out);
-      Tensor dout = gpu.Allocate(DType::kF32, Shape{b.rows, int64_t{hc.heads} * hc.vd});
-      gpu.WriteCache(dk, b.seqs, dk_pool);
-      gpu.WriteCache(dv, b.seqs, dv_pool);
-      gpu.Attention(dq, dk_pool, dv_pool, b.seqs, shape, dout);
-      ExpectClose(ToHost(gpu, dk_pool), k_pool, 0.0f);
-      ExpectClose(ToHost(gpu, dv_pool), v_pool, 0.0f);
-      ExpectClose(ToHost(gpu, dout), out, kAttentionTol);
+      Tensor pool = Random(Shape{num_blocks, block_size, lc.rank + lc.rope}, rng);
+      Tensor q_lat = Random(Shape{b.rows, int64_t{lc.heads} * lc.rank}, rng);
+      Tensor q_pe = Random(Shape{b.rows, int64_t{lc.heads} * lc.rope}, rng);
+      const MlaShape shape{.n_heads = lc.heads,
+                           .kv_lora_rank = lc.rank,
+                           .rope_dim = lc.rope,
+                           .scale = 1.0f / std::sqrt(float(lc.rank))};
+      Tensor o = Tensor::EmptyCpu(DType::kF32, Shape{b.rows, int64_t{lc.heads} * lc.rank});
+      cpu.MlaAttention(q_lat, q_pe, pool, b.seqs, shape, o);
+      Tensor dout = gpu.Allocate(DType::kF32, Shape{b.rows, int64_t{lc.heads} * lc.rank});
+      gpu.MlaAttention(ToDevice(gpu, q_lat), ToDevice(gpu, q_pe), ToDevice(gpu, pool), b.seqs,
+                       shape, dout);
+      ExpectClose(ToHost(gpu, dout), o, kAttentionTol);
     }
   }
 }
@@ -285,6 +360,31 @@ void ExpectLogitsClose(const std::vector<float>& gpu, const std::vector<float>& 
   for (size_t i = 0; i < cpu.size(); ++i) ASSERT_NEAR(gpu[i], cpu[i], kLogitTol) << "logit " << i;
 }
 
+// The bf16 bound above, row by row (rows of `vocab` logits), and the greedy ids.
+void ExpectBf16LogitsClose(const std::vector<float>& gpu, const std::vector<float>& cpu,
+                           int vocab) {
+  ASSERT_EQ(gpu.size(), cpu.size());
+  double worst = 0.0;
+  for (size_t row = 0; row < cpu.size() / vocab; ++row) {
+    const float* c = cpu.data() + row * vocab;
+    const float* g = gpu.data() + row * vocab;
+    float scale = 1.0f;
+    for (int i = 0; i < vocab; ++i) scale = std::max(scale, std::abs(c[i]));
+    const float tol = kBf16LogitRelTol * scale;
+    for (int i = 0; i < vocab; ++i) {
+      ASSERT_NEAR(g[i], c[i], tol) << "row " << row << " logit " << i;
+      worst = std::max(worst, double{std::abs(g[i] - c[i])} / scale);
+    }
+    std::vector<float> sorted(c, c + vocab);
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    if (sorted[0] - sorted[1] > 2 * tol) {
+      EXPECT_EQ(std::max_element(g, g + vocab) - g, std::max_element(c, c + vocab) - c)
+          << "row " << row;
+    }
+  }
+  std::printf("bf16 logits: worst |gpu - cpu| / max|logit| = %.4f\n", worst);
+}
+
 struct ModelPair {
   std::unique_ptr<Model> cpu, gpu;
 };
@@ -301,8 +401,8 @@ ModelPair LoadBoth(const ModelConfig& config, CpuBackend& cpu, CudaBackend& gpu)
 }
 
 // Prefill of a 10-token prompt (logits for every position), then 5 greedy decode steps fed the
-// same tokens on both backends. MHA, GQA and MQA in f32, and a bf16 checkpoint (the CPU backend
-// keeps bf16 matrices, the CUDA backend widens them to f32 at load: the same values).
+// same tokens on both backends. MHA, GQA and MQA in f32, and a bf16 checkpoint (both backends
+// keep bf16 matrices; the CUDA backend's GEMMs also round activations to bf16: kBf16LogitTol).
 TEST(CudaBackend, TinyModelPrefillAndDecodeLogitsMatchCpu) {
   if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   CudaBackend gpu;
@@ -333,8 +433,60 @@ TEST(CudaBackend, TinyModelPrefillAndDecodeLogitsMatchCpu) {
     ASSERT_TRUE(cl.ok()) << cl.status();
     ASSERT_TRUE(gl.ok()) << gl.status();
     ASSERT_EQ(cl->size(), static_cast<size_t>(10 * vocab));
-    ExpectLogitsClose(*gl, *cl);
+    const auto expect_close = [&](const std::vector<float>& g, const std::vector<float>& c) {
+      if (mc.dtype == DType::kBF16) {
+        ExpectBf16LogitsClose(g, c, vocab);
+      } else {
+        ExpectLogitsClose(g, c);
+      }
+    };
+    expect_close(*gl, *cl);
     std::vector<float> last(cl->end() - vocab, cl->end());
+    for (int step = 0; step < 5; ++step) {
+      SCOPED_TRACE(testing::Message() << "decode step " << step);
+      const int32_t next =
+          static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+      SequenceInput cs{std::span<const int32_t>(&next, 1), cpu_cache.get()};
+      SequenceInput gs{std::span<const int32_t>(&next, 1), gpu_cache.get()};
+      auto c = m.cpu->Forward(std::span<const SequenceInput>(&cs, 1));
+      auto g = m.gpu->Forward(std::span<const SequenceInput>(&gs, 1));
+      ASSERT_TRUE(c.ok()) << c.status();
+      ASSERT_TRUE(g.ok()) << g.status();
+      expect_close(*g, *c);
+      last = *c;
+    }
+    EXPECT_EQ(gpu_cache->length(), 15);
+  }
+}
+
+// DeepSeek MLA end to end: the tiny V2 (dense) and V3 (MoE, noaux_tc routing) models, a 10-token
+// prefill (the expanded form through Attention) then 5 greedy decode steps (the absorbed form:
+// HeadMatmul and MlaAttention), logits against the CPU backend's.
+TEST(CudaBackend, TinyDeepseekPrefillAndDecodeLogitsMatchCpu) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  CpuBackend cpu(2);
+  for (const char* name : {"deepseek-v2-tiny", "deepseek-v3-tiny"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<ModelConfig> config =
+        LoadHfConfig(testing_util::ConfigsDir() + "/" + name + ".json");
+    ASSERT_TRUE(config.ok()) << config.status();
+    ModelPair m = LoadBoth(*config, cpu, gpu);
+    ASSERT_NE(m.cpu, nullptr);
+    ASSERT_NE(m.gpu, nullptr);
+    const int vocab = static_cast<int>(m.cpu->config().vocab_size);
+    auto cpu_store = testing_util::StoreFor(*m.cpu);
+    auto gpu_store = testing_util::StoreFor(*m.gpu);
+    auto cpu_cache = std::make_unique<KvCache>(*cpu_store);
+    auto gpu_cache = std::make_unique<KvCache>(*gpu_store);
+    const std::vector<int32_t> prompt = Prompt(10, vocab);
+    SequenceInput cin{prompt, cpu_cache.get()}, gin{prompt, gpu_cache.get()};
+    auto cl = m.cpu->Forward(std::span<const SequenceInput>(&cin, 1));
+    auto gl = m.gpu->Forward(std::span<const SequenceInput>(&gin, 1));
+    ASSERT_TRUE(cl.ok()) << cl.status();
+    ASSERT_TRUE(gl.ok()) << gl.status();
+    ExpectLogitsClose(*gl, *cl);
+    std::vector<float> last = *cl;
     for (int step = 0; step < 5; ++step) {
       SCOPED_TRACE(testing::Message() << "decode step " << step);
       const int32_t next =
@@ -348,7 +500,6 @@ TEST(CudaBackend, TinyModelPrefillAndDecodeLogitsMatchCpu) {
       ExpectLogitsClose(*g, *c);
       last = *c;
     }
-    EXPECT_EQ(gpu_cache->length(), 15);
   }
 }
 
