@@ -14,6 +14,9 @@
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/mla_decode.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
+#include "kernels/cuda/rmsnorm.cuh"
+#include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/silu_mul.cuh"
 #include "simt/simt.h"
 
 namespace pdserve {
@@ -59,10 +62,13 @@ int64_t Cols(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0);
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 
-// Grid for a grid-stride loop over n elements; capped so huge tensors reuse blocks.
+// Grid-stride kernels use at most this many blocks; huge tensors reuse them.
+constexpr int kMaxBlocks = 1 << 16;
+
+// Grid for a grid-stride loop over n elements.
 int GridFor(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(std::min<int64_t>(blocks, 1 << 16));
+  return static_cast<int>(std::min<int64_t>(blocks, kMaxBlocks));
 }
 
 __device__ float WarpSum(float v) {
@@ -72,77 +78,10 @@ __device__ float WarpSum(float v) {
   return v;
 }
 
-// Sum over the block, returned to every thread. blockDim.x is a multiple of 32, <= 1024.
-__device__ float BlockSum(float v) {
-  __shared__ float partial[kWarp];
-  __shared__ float total;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  v = WarpSum(v);
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    const int n_warps = static_cast<int>(blockDim.x) / kWarp;
-    float s = lane < n_warps ? partial[lane] : 0.0f;
-    s = WarpSum(s);
-    if (lane == 0) total = s;
-  }
-  __syncthreads();
-  return total;
-}
-
 __global__ void AddBiasKernel(float* y, const float* bias, int64_t total, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     y[i] += bias[i % n];
-  }
-}
-
-// One block per row. y may alias x: every thread reads its elements of x for the sum before
-// the block-wide barrier in BlockSum, and afterwards reads x[i] just before writing y[i].
-__global__ void RmsNormKernel(const float* x, const float* weight, float eps, int64_t d, float* y) {
-  const float* xr = x + blockIdx.x * d;
-  float* yr = y + blockIdx.x * d;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
-  ss = BlockSum(ss);
-  // 1/sqrtf (IEEE, not rsqrtf) to match the CPU backend's rounding.
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = xr[i] * inv * weight[i];
-}
-
-// One thread per rotated pair (row, head, i).
-__global__ void RopeKernel(float* x, int64_t rows, int n_heads, int head_dim, int half,
-                           bool interleaved, const int32_t* positions, const float* inv_freq,
-                           float attention_factor) {
-  const int64_t total = rows * n_heads * half;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int i = static_cast<int>(idx % half);
-    const int64_t rest = idx / half;
-    const int h = static_cast<int>(rest % n_heads);
-    const int64_t r = rest / n_heads;
-    // Same f32 angle as the CPU backend; sincosf (not __sincosf) keeps full range reduction,
-    // which matters at large positions.
-    const float angle = static_cast<float>(positions[r]) * inv_freq[i];
-    float s, c;
-    sincosf(angle, &s, &c);
-    c *= attention_factor;
-    s *= attention_factor;
-    float* v = x + r * n_heads * head_dim + static_cast<int64_t>(h) * head_dim;
-    const int a = interleaved ? 2 * i : i;
-    const int b = interleaved ? 2 * i + 1 : i + half;
-    const float x0 = v[a], x1 = v[b];
-    v[a] = x0 * c - x1 * s;
-    v[b] = x0 * s + x1 * c;
-  }
-}
-
-// out may alias gate or up: each element is read before it is written by the same thread.
-__global__ void SiluMulKernel(const float* gate, const float* up, int64_t n, float* out) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
   }
 }
 
@@ -503,10 +442,10 @@ void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tens
   PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(weight) && IsDeviceF32(y));
   const int64_t rows = x.dim(0), d = Cols(x);
   PDSERVE_KERNEL_CHECK(weight.numel() == d && y.numel() == x.numel());
-  PDSERVE_KERNEL_CHECK(rows <= INT_MAX);
+  PDSERVE_KERNEL_CHECK(rows <= INT_MAX && d <= INT_MAX);
   if (rows == 0 || d == 0) return;
-  PDSERVE_LAUNCH(RmsNormKernel, static_cast<unsigned>(rows), kThreads, 0, stream_)
-  (x.data_as<float>(), weight.data_as<float>(), eps, d, y.data_as<float>());
+  cuda::LaunchRmsNorm(x.data_as<float>(), weight.data_as<float>(), y.data_as<float>(),
+                      static_cast<int>(rows), static_cast<int>(d), eps, kThreads, stream_);
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -519,6 +458,7 @@ void CudaBackend::Rope(Tensor& x, int n_heads, int head_dim, std::span<const int
   PDSERVE_KERNEL_CHECK(static_cast<int64_t>(positions.size()) == rows);
   PDSERVE_KERNEL_CHECK(Cols(x) == static_cast<int64_t>(n_heads) * head_dim);
   PDSERVE_KERNEL_CHECK(rope.rotary_dim <= head_dim && rope.inv_freq.size() == size_t(half));
+  PDSERVE_KERNEL_CHECK(rows <= INT_MAX);
   if (rows == 0 || n_heads == 0 || half == 0) return;
   // Both are small (rows and rotary_dim / 2 entries); uploading each call keeps the backend
   // stateless about which model / RopeSpec is in use.
@@ -526,9 +466,11 @@ void CudaBackend::Rope(Tensor& x, int n_heads, int head_dim, std::span<const int
       Upload(positions_scratch_, positions.data(), positions.size_bytes()));
   const auto* dev_freq = static_cast<const float*>(
       Upload(freq_scratch_, rope.inv_freq.data(), rope.inv_freq.size() * sizeof(float)));
-  PDSERVE_LAUNCH(RopeKernel, GridFor(rows * n_heads * half), kThreads, 0, stream_)
-  (x.data_as<float>(), rows, n_heads, head_dim, half, rope.style == RopeStyle::kInterleaved,
-   dev_pos, dev_freq, rope.attention_factor);
+  cuda::LaunchRope(x.data_as<float>(), dev_pos, dev_freq, static_cast<int>(rows), n_heads, head_dim,
+                   rope.rotary_dim,
+                   rope.style == RopeStyle::kInterleaved ? cuda::RopeLayout::kInterleaved
+                                                         : cuda::RopeLayout::kHalfSplit,
+                   rope.attention_factor, kThreads, kMaxBlocks, stream_);
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -537,9 +479,11 @@ void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
   PDSERVE_KERNEL_CHECK(IsDeviceF32(gate) && IsDeviceF32(up) && IsDeviceF32(out));
   PDSERVE_KERNEL_CHECK(gate.numel() == up.numel() && out.numel() == gate.numel());
   const int64_t n = gate.numel();
+  PDSERVE_KERNEL_CHECK(n <= INT_MAX);
   if (n == 0) return;
-  PDSERVE_LAUNCH(SiluMulKernel, GridFor(n), kThreads, 0, stream_)
-  (gate.data_as<float>(), up.data_as<float>(), n, out.data_as<float>());
+  // Elementwise: one row of n.
+  cuda::LaunchSiluMulSplit(gate.data_as<float>(), up.data_as<float>(), n, out.data_as<float>(), 1,
+                           static_cast<int>(n), kThreads, kMaxBlocks, stream_);
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 

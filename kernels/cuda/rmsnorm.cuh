@@ -38,9 +38,11 @@ __device__ __forceinline__ float BlockReduceSum(float value) {
   return block_sum;
 }
 
+// output may alias input (in place; no __restrict__ on them): after the reduction, each thread
+// reads the elements it then writes, and no other thread touches them.
 template <typename InT, typename WeightT, typename OutT>
-__global__ void RmsNormKernel(const InT* __restrict__ input, const WeightT* __restrict__ weight,
-                              OutT* __restrict__ output, int hidden, float eps) {
+__global__ void RmsNormKernel(const InT* input, const WeightT* __restrict__ weight, OutT* output,
+                              int hidden, float eps) {
   const long long row_offset = static_cast<long long>(blockIdx.x) * hidden;
   const InT* row_in = input + row_offset;
   OutT* row_out = output + row_offset;
@@ -50,14 +52,16 @@ __global__ void RmsNormKernel(const InT* __restrict__ input, const WeightT* __re
     sum_squares += x * x;
   }
   sum_squares = BlockReduceSum(sum_squares);
-  const float inv_rms = rsqrtf(sum_squares / static_cast<float>(hidden) + eps);
+  // 1 / sqrtf, both correctly rounded, rather than rsqrtf (2 ulp on the GPU, exact in the
+  // emulator): the emulator then runs the GPU's arithmetic, and the CPU backend's.
+  const float inv_rms = 1.0f / sqrtf(sum_squares / static_cast<float>(hidden) + eps);
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
     row_out[i] = FromFloat<OutT>(ToFloat(row_in[i]) * inv_rms * ToFloat(weight[i]));
   }
 }
 
-// Normalizes `rows` rows of `hidden` elements (device pointers; host pointers in the emulator).
-// block_threads: a multiple of 32, at most 1024.
+// Normalizes `rows` rows of `hidden` elements (device pointers; host pointers in the emulator);
+// output may be input. block_threads: a multiple of 32, at most 1024.
 template <typename InT, typename WeightT, typename OutT>
 void LaunchRmsNorm(const InT* input, const WeightT* weight, OutT* output, int rows, int hidden,
                    float eps, int block_threads, cudaStream_t stream) {

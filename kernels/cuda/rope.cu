@@ -5,9 +5,9 @@
 
 namespace pdserve::cuda {
 
-template void LaunchRope<float>(float*, const int*, const float*, int, int, int, RopeLayout, float,
-                                int, int, cudaStream_t);
+template void LaunchRope<float>(float*, const int*, const float*, int, int, int, int, RopeLayout,
+                                float, int, int, cudaStream_t);
 template void LaunchRope<__nv_bfloat16>(__nv_bfloat16*, const int*, const float*, int, int, int,
-                                        RopeLayout, float, int, int, cudaStream_t);
+                                        int, RopeLayout, float, int, int, cudaStream_t);
 
 }  // namespace pdserve::cuda

@@ -1,11 +1,16 @@
 // Rotary position embedding (RoPE) applied in place, one source for nvcc and for the SIMT
 // emulator (simt/simt.h). x is [tokens][heads][head_dim] (q, or k with its own head count: the
-// same launch with another `heads`); token t sits at positions[t]. For each pair (a, b) of a head
-// and its frequency index i (0 <= i < head_dim / 2), with angle = positions[t] * inv_freq[i]:
-//   a' = (a * cos(angle) - b * sin(angle)) * attention_scale
-//   b' = (b * cos(angle) + a * sin(angle)) * attention_scale
-// Pairs are (i, i + head_dim / 2) in the half-split layout (GPT-NeoX, Llama in HF) and
-// (2i, 2i + 1) in the interleaved one (GPT-J, the rope part of DeepSeek's MLA).
+// same launch with another `heads`); token t sits at positions[t]. The first rotary_dim values
+// of each head rotate (partial rotary when rotary_dim < head_dim; the rest pass through): for each
+// pair (a, b) and its frequency index i (0 <= i < rotary_dim / 2), with
+// angle = fl32(positions[t] * inv_freq[i]), c = fl32(cos(angle) * attention_scale), likewise s:
+//   a' = a * c - b * s
+//   b' = b * c + a * s
+// Pairs are (i, i + rotary_dim / 2) in the half-split layout (GPT-NeoX, Llama in HF) and
+// (2i, 2i + 1) in the interleaved one (GPT-J, the rope part of DeepSeek's MLA). The angle is
+// rounded to fp32 as transformers and the CPU backend compute it: at long positions that is up
+// to half an ulp of the angle away from the exact one, but it is the rotation the checkpoints
+// were trained and evaluated with, and the CUDA and CPU backends then agree.
 // The inverse frequencies (plain, llama3- or YaRN-scaled) and the attention scale come from the
 // host functions below, shared by the launcher's callers and the tests' reference. fp32 math
 // whatever the storage type (float or __nv_bfloat16), a single rounding per output.
@@ -129,30 +134,13 @@ inline RopeFrequencies YarnRopeFrequencies(int head_dim, double theta,
 
 // ---- Device. ----
 
-// cos and sin of position * inv_freq, as if the product were exact. In fp32 the product's
-// rounding alone is up to half an ulp of the angle: 0.004 rad at 100000 rad (HF's fp32 cos/sin
-// cache has that error). fmaf recovers the rounding error `lo` exactly (the TwoProduct trick;
-// position < 2^24 is exact in float), and a second-order Taylor step folds it in, leaving about
-// |lo|^3 / 6 < 1e-8.
-__device__ __forceinline__ void RopeCosSin(int position, float inv_freq, float* cos_out,
-                                           float* sin_out) {
-  const float p = static_cast<float>(position);
-  const float hi = p * inv_freq;
-  const float lo = fmaf(p, inv_freq, -hi);
-  const float s = sinf(hi);
-  const float c = cosf(hi);
-  const float second_order = 1.0f - 0.5f * lo * lo;
-  *cos_out = c * second_order - lo * s;
-  *sin_out = s * second_order + lo * c;
-}
-
-// Grid-stride over tokens * heads * head_dim / 2 rotation pairs, one pair per iteration: every
+// Grid-stride over tokens * heads * rotary_dim / 2 rotation pairs, one pair per iteration: every
 // element is read and written by exactly one thread, so the in-place update needs no barrier.
 template <typename T, RopeLayout kLayout>
 __global__ void RopeKernel(T* __restrict__ x, const int* __restrict__ positions,
                            const float* __restrict__ inv_freq, int tokens, int heads, int head_dim,
-                           float attention_scale) {
-  const int half = head_dim / 2;
+                           int rotary_dim, float attention_scale) {
+  const int half = rotary_dim / 2;
   const long long total = static_cast<long long>(tokens) * heads * half;
   const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
   for (long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
@@ -161,13 +149,12 @@ __global__ void RopeKernel(T* __restrict__ x, const int* __restrict__ positions,
     const int i = static_cast<int>(idx - head_row * half);
     const int token = static_cast<int>(head_row / heads);
     T* head_x = x + head_row * head_dim;
+    // sinf/cosf, not the __sinf/__cosf intrinsics: full range reduction at large angles.
+    const float angle = static_cast<float>(positions[token]) * inv_freq[i];
+    const float c = cosf(angle) * attention_scale;
+    const float s = sinf(angle) * attention_scale;
     const int ia = kLayout == RopeLayout::kHalfSplit ? i : 2 * i;
     const int ib = kLayout == RopeLayout::kHalfSplit ? i + half : 2 * i + 1;
-    float c;
-    float s;
-    RopeCosSin(positions[token], inv_freq[i], &c, &s);
-    c *= attention_scale;
-    s *= attention_scale;
     const float a = ToFloat(head_x[ia]);
     const float b = ToFloat(head_x[ib]);
     head_x[ia] = FromFloat<T>(a * c - b * s);
@@ -175,15 +162,16 @@ __global__ void RopeKernel(T* __restrict__ x, const int* __restrict__ positions,
   }
 }
 
-// Rotates x [tokens][heads][head_dim] in place. positions: `tokens` entries; inv_freq:
-// head_dim / 2 entries (RopeFrequencies::inv_freq), all device pointers (host pointers in the
-// emulator). head_dim even; block_threads at most 1024; max_blocks caps the grid (the loop
-// strides over the rest), <= 0 meaning one pair per thread.
+// Rotates the first rotary_dim values of each head of x [tokens][heads][head_dim] in place.
+// positions: `tokens` entries; inv_freq: rotary_dim / 2 entries (RopeFrequencies::inv_freq of
+// rotary_dim), all device pointers (host pointers in the emulator). rotary_dim even and at most
+// head_dim; block_threads at most 1024; max_blocks caps the grid (the loop strides over the
+// rest), <= 0 meaning one pair per thread.
 template <typename T>
 void LaunchRope(T* x, const int* positions, const float* inv_freq, int tokens, int heads,
-                int head_dim, RopeLayout layout, float attention_scale, int block_threads,
-                int max_blocks, cudaStream_t stream) {
-  const long long total = static_cast<long long>(tokens) * heads * (head_dim / 2);
+                int head_dim, int rotary_dim, RopeLayout layout, float attention_scale,
+                int block_threads, int max_blocks, cudaStream_t stream) {
+  const long long total = static_cast<long long>(tokens) * heads * (rotary_dim / 2);
   if (total == 0) return;  // A zero-block grid is a launch error on a GPU.
   long long blocks = (total + block_threads - 1) / block_threads;
   if (max_blocks > 0 && blocks > max_blocks) blocks = max_blocks;
@@ -192,7 +180,7 @@ void LaunchRope(T* x, const int* positions, const float* inv_freq, int tokens, i
   auto* kernel = layout == RopeLayout::kHalfSplit ? &RopeKernel<T, RopeLayout::kHalfSplit>
                                                   : &RopeKernel<T, RopeLayout::kInterleaved>;
   PDSERVE_LAUNCH(kernel, dim3(static_cast<unsigned>(blocks)), dim3(block_threads), 0, stream)
-  (x, positions, inv_freq, tokens, heads, head_dim, attention_scale);
+  (x, positions, inv_freq, tokens, heads, head_dim, rotary_dim, attention_scale);
 }
 
 }  // namespace pdserve::cuda

@@ -23,21 +23,23 @@ using pdserve::cuda::ToFloat;
 
 // The reference: the rotation in double from the same stored (possibly bf16) values and the same
 // float inverse frequencies the kernel gets (their rounding to float is part of the host
-// functions' output, not of the kernel's error), with an exact-in-double angle and no rounding of
-// the result.
+// functions' output, not of the kernel's error), with the angle rounded to fp32 as transformers
+// rounds it (the kernel's contract), exact cos and sin, and no rounding of the result. Values
+// past rotary_dim pass through.
 template <typename T>
 std::vector<double> RopeReference(const std::vector<T>& x, const std::vector<int>& positions,
                                   const RopeFrequencies& freqs, int heads, int head_dim,
-                                  RopeLayout layout) {
-  const int half = head_dim / 2;
+                                  int rotary_dim, RopeLayout layout) {
+  const int half = rotary_dim / 2;
   std::vector<double> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) out[i] = ToFloat(x[i]);
   for (std::size_t t = 0; t < positions.size(); ++t) {
     for (int h = 0; h < heads; ++h) {
       const std::size_t base = (t * heads + h) * head_dim;
       for (int i = 0; i < half; ++i) {
         const int ia = layout == RopeLayout::kHalfSplit ? i : 2 * i;
         const int ib = layout == RopeLayout::kHalfSplit ? i + half : 2 * i + 1;
-        const double angle = static_cast<double>(positions[t]) * freqs.inv_freq[i];
+        const double angle = static_cast<float>(positions[t]) * freqs.inv_freq[i];
         const double c = std::cos(angle) * freqs.attention_scale;
         const double s = std::sin(angle) * freqs.attention_scale;
         const double a = ToFloat(x[base + ia]);
@@ -78,9 +80,9 @@ RopeFrequencies Yarn(int head_dim) {
 
 // Per element, relative to the magnitude of its input pair (one output of a rotation can cancel
 // to near zero while its error scales with |a| + |b|), times the attention scale.
-// f32: cos/sin at most 2 ulp on CUDA (< 1 ulp in glibc), about 1.2e-7 absolute, plus the angle
-// correction's few roundings and 1e-8 residual; then two products and a sum, each a rounding of
-// at most 2^-24 of (|a| + |b|): about 5e-7 in all; the bound is 1e-6 (|a| + |b|) scale.
+// f32: cos/sin at most 2 ulp on CUDA (< 1 ulp in glibc), about 1.2e-7 absolute, plus their
+// rounding after the scale; then two products and a sum, each a rounding of at most 2^-24 of
+// (|a| + |b|): about 5e-7 in all; the bound is 1e-6 (|a| + |b|) scale.
 // bf16 output: plus half an ulp of the output, 2^-8 |expected|.
 constexpr double kF32Tolerance = 1e-6;
 
@@ -91,22 +93,25 @@ void CheckParity() {
   const int tokens = static_cast<int>(positions.size());
   const Scheme schemes[] = {{"default", &Default}, {"llama3", &Llama3}, {"yarn", &Yarn}};
   for (const Scheme& scheme : schemes) {
-    for (const int head_dim : {64, 128}) {
-      const RopeFrequencies freqs = scheme.make(head_dim);
+    // Full rotary at 64 and 128, and partial: the first 32 of 64 (the rest pass through).
+    for (const auto& [head_dim, rotary_dim] :
+         {std::pair{64, 64}, std::pair{128, 128}, std::pair{64, 32}}) {
+      const RopeFrequencies freqs = scheme.make(rotary_dim);
       for (const RopeLayout layout : {RopeLayout::kHalfSplit, RopeLayout::kInterleaved}) {
         // q with 4 heads and k with 2, each its own launch; the second grid is capped so that the
         // grid-stride loop runs several iterations.
         for (const auto& [heads, block_threads, max_blocks] :
              {std::tuple{4, 128, 0}, std::tuple{2, 64, 3}}) {
           SCOPED_TRACE(testing::Message()
-                       << scheme.name << " head_dim " << head_dim << " layout "
+                       << scheme.name << " head_dim " << head_dim << " rotary_dim " << rotary_dim
+                       << " layout "
                        << (layout == RopeLayout::kHalfSplit ? "half-split" : "interleaved")
                        << " heads " << heads << " blockDim " << block_threads << " max_blocks "
                        << max_blocks);
           const std::vector<T> input =
               RandomValues<T>(static_cast<std::size_t>(tokens) * heads * head_dim, heads);
           const std::vector<double> expected =
-              RopeReference(input, positions, freqs, heads, head_dim, layout);
+              RopeReference(input, positions, freqs, heads, head_dim, rotary_dim, layout);
           std::vector<std::vector<float>> outputs;
           for (const simt::BlockOrder order :
                {simt::BlockOrder::kForward, simt::BlockOrder::kReverse,
@@ -114,8 +119,8 @@ void CheckParity() {
             simt::SetBlockOrder(order, 3);
             std::vector<T> x = input;
             pdserve::cuda::LaunchRope(x.data(), positions.data(), freqs.inv_freq.data(), tokens,
-                                      heads, head_dim, layout, freqs.attention_scale, block_threads,
-                                      max_blocks, nullptr);
+                                      heads, head_dim, rotary_dim, layout, freqs.attention_scale,
+                                      block_threads, max_blocks, nullptr);
             std::vector<float> as_float(x.size());
             for (std::size_t i = 0; i < x.size(); ++i) as_float[i] = ToFloat(x[i]);
             outputs.push_back(std::move(as_float));
@@ -125,10 +130,14 @@ void CheckParity() {
           EXPECT_EQ(outputs[0], outputs[2]);
           // Worst error as a fraction of the tolerance, to report the margin.
           double worst = 0.0;
-          const int half = head_dim / 2;
+          const int half = rotary_dim / 2;
           for (std::size_t e = 0; e < expected.size(); ++e) {
             const std::size_t head_base = e / head_dim * head_dim;
             const int j = static_cast<int>(e % head_dim);
+            if (j >= rotary_dim) {  // Passed through: bit-exact.
+              ASSERT_EQ(outputs[0][e], expected[e]) << "element " << e;
+              continue;
+            }
             const int partner =
                 layout == RopeLayout::kHalfSplit ? (j < half ? j + half : j - half) : (j ^ 1);
             const double pair_magnitude =
@@ -141,10 +150,11 @@ void CheckParity() {
                 << "element " << e << " (position " << positions[e / (heads * head_dim)]
                 << "): " << outputs[0][e] << " vs " << expected[e];
           }
-          std::printf("rope %s %s head_dim %d %s heads %d: worst error %.3g of the tolerance\n",
-                      kIsFloat ? "f32" : "bf16", scheme.name.c_str(), head_dim,
-                      layout == RopeLayout::kHalfSplit ? "half-split" : "interleaved", heads,
-                      worst);
+          std::printf(
+              "rope %s %s head_dim %d rotary_dim %d %s heads %d: worst error %.3g of the "
+              "tolerance\n",
+              kIsFloat ? "f32" : "bf16", scheme.name.c_str(), head_dim, rotary_dim,
+              layout == RopeLayout::kHalfSplit ? "half-split" : "interleaved", heads, worst);
         }
       }
     }
