@@ -14,6 +14,7 @@
 #include "engine/synth.h"
 #include "gguf/gguf_file.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/make_backend.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer_loader.h"
 
@@ -102,11 +103,16 @@ int RunGenerate(const GenerateOptions& options) {
     if (!ids.ok()) return Fail(ids.status());
     prompt = *std::move(ids);
   }
+  absl::StatusOr<DeviceSpec> device = ParseDevice(options.device);
+  if (!device.ok()) return Fail(device.status());
   absl::StatusOr<CpuIsa> isa = ResolveCpuIsa(options.cpu_isa);
   if (!isa.ok()) return Fail(isa.status());
-  if (options.verbose) std::fprintf(stderr, "%s\n", DescribeCpuKernels(*isa).c_str());
-  CpuBackend backend(options.threads, *isa);
-  auto model = LoadModel(options.model, backend);
+  if (options.verbose && device->device == Device::kCpu) {
+    std::fprintf(stderr, "%s\n", DescribeCpuKernels(*isa).c_str());
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(*device, options.threads, *isa);
+  if (!backend.ok()) return Fail(backend.status());
+  auto model = LoadModel(options.model, **backend);
   if (!model.ok()) return Fail(model.status());
   auto result = Generate(**model, prompt, options.sampling, options.stop);
   if (!result.ok()) return Fail(result.status());
@@ -120,11 +126,11 @@ int RunGenerate(const GenerateOptions& options) {
             ? static_cast<double>(result->tokens.size() - 1) / result->decode_seconds
             : 0.0;
     std::fprintf(stderr,
-                 "finish_reason=%s prompt_tokens=%zu generated=%zu threads=%d "
+                 "finish_reason=%s prompt_tokens=%zu generated=%zu device=%s threads=%d "
                  "prefill_ms=%.2f decode_tok_per_s=%.1f\n",
                  std::string(FinishReasonName(result->finish_reason)).c_str(), prompt.size(),
-                 result->tokens.size(), backend.num_threads(), result->prefill_seconds * 1e3,
-                 decode_tps);
+                 result->tokens.size(), options.device.c_str(), (*backend)->num_threads(),
+                 result->prefill_seconds * 1e3, decode_tps);
   }
   return 0;
 }

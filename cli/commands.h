@@ -22,8 +22,9 @@ struct GenerateOptions {
   SamplingParams sampling;
   StopCriteria stop;
   int threads = 0;
-  std::string cpu_isa;   // "" = the best this CPU supports (kernels/cpu/cpu_kernels.h)
-  bool verbose = false;  // the CPU kernels and timings on stderr
+  std::string cpu_isa;         // "" = the best this CPU supports (kernels/cpu/cpu_kernels.h)
+  std::string device = "cpu";  // cpu, cuda or cuda:N (kernels/make_backend.h)
+  bool verbose = false;        // the CPU kernels and timings on stderr
 };
 int RunGenerate(const GenerateOptions& options);
 

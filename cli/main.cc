@@ -43,6 +43,11 @@ int main(int argc, char** argv) {
   generate->add_option("--cpu-isa", gen.cpu_isa,
                        "CPU kernels: x86-64-v2 (SSE4.2), x86-64-v3 (AVX2) or x86-64-v4 "
                        "(AVX-512); default: the best this CPU supports");
+  generate
+      ->add_option("--device", gen.device,
+                   "Where the model runs: cpu, or cuda / cuda:N (CUDA device N, compute "
+                   "capability 8.0+)")
+      ->capture_default_str();
   generate->add_flag("-v,--verbose", gen.verbose, "Print the CPU kernels and timings to stderr");
 
   SynthOptions synth;

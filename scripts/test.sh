@@ -93,4 +93,5 @@ scripts/fuzz.sh 30
 
 # A quick run of the benchmark proves it still builds and runs (figures are not checked).
 build/bin/pdserve-bench-engine --quick
+if [[ -e build/bin/pdserve-bench-gpu ]]; then build/bin/pdserve-bench-gpu --quick; fi  # prints "no GPU" where there is none
 echo "all tests passed"

@@ -10,6 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kernels/make_backend.h"
 #include "metrics/metrics_flags.h"
 #include "rpc/tls_flags.h"
 #include "transport/tls_session.h"
@@ -24,7 +25,8 @@ struct WorkerFlags {
   int64_t kv_cache_mb = 512;
   std::string port_file{};
   std::string log_level = "info";
-  std::string cpu_isa{};  // "" = the best this CPU supports
+  std::string cpu_isa{};       // "" = the best this CPU supports
+  std::string device = "cpu";  // cpu, cuda or cuda:N (kernels/make_backend.h)
   rpc::TlsFiles tls{};
   bool kv_plaintext = false;        // KV transfers stay plaintext even with TLS files
   std::string drain_grace = "30s";  // see DrainGrace
@@ -39,8 +41,8 @@ inline std::chrono::milliseconds DrainGrace(const WorkerFlags& flags) {
 }
 
 // Declares the flags above on `app` (--model, --listen, --threads, --kv-blocks, --kv-cache-mb,
-// --port-file, --log-level, --cpu-isa, --tls-*, --drain-grace, --kv-plaintext, --metrics-*),
-// writing into `flags` (whose current values are the defaults shown).
+// --port-file, --log-level, --cpu-isa, --device, --tls-*, --drain-grace, --kv-plaintext,
+// --metrics-*), writing into `flags` (whose current values are the defaults shown).
 inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--model", flags.model_path,
                  "Model: Hugging Face directory, GGUF file or llama2.c .bin")
@@ -58,6 +60,16 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--cpu-isa", flags.cpu_isa,
                  "CPU kernels: x86-64-v2 (SSE4.2), x86-64-v3 (AVX2) or x86-64-v4 (AVX-512); "
                  "default: the best this CPU supports");
+  app.add_option(
+         "--device", flags.device,
+         "Where the model runs: cpu, or cuda / cuda:N. Workers refuse cuda until the GPU KV "
+         "transports land (they move KV over TCP from host memory); `pdserve generate "
+         "--device cuda` runs a model on a GPU in one process")
+      ->capture_default_str()
+      ->check([](const std::string& text) {
+        absl::StatusOr<DeviceSpec> spec = ParseDevice(text);
+        return spec.ok() ? std::string() : std::string(spec.status().message());
+      });
   rpc::AddTlsFlags(app, flags.tls);
   app.add_option("--drain-grace", flags.drain_grace,
                  "On SIGTERM, how long requests in flight may take to finish before they are cut "
