@@ -257,8 +257,9 @@ def check_concurrent(c, client, model_name):
              f"{[r[2] for r in results]}")
 
 
-def check_disconnect(c, http_port, model_name, decode_address):
-    """A client that leaves mid-stream frees its KV blocks on the decode worker."""
+def check_disconnect(c, client, http_port, model_name, decode_address):
+    """A client that leaves mid-stream frees its KV blocks on the decode worker, and the router
+    serves the next request."""
     channel, watch = decode_load_watch(decode_address)
     conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=TIMEOUT_S)
     body = json.dumps({"model": model_name, "prompt": PROMPT, "max_tokens": 400,
@@ -284,6 +285,10 @@ def check_disconnect(c, http_port, model_name, decode_address):
     channel.close()
     c.expect(held > 0 and freed, f"the decode worker held {held} blocks for the stream and "
              "freed them all once the client left")
+    after = client.completions.create(model=model_name, prompt=PROMPT, max_tokens=4,
+                                      temperature=0)
+    c.expect(after.choices[0].finish_reason == "length" and after.usage.completion_tokens == 4,
+             "the router answers the next request after the client left")
 
 
 def main():
@@ -319,7 +324,7 @@ def main():
         check_errors(c, client, http_port, model_name)
         print("concurrency and disconnects:")
         check_concurrent(c, client, model_name)
-        check_disconnect(c, http_port, model_name, cluster.decode)
+        check_disconnect(c, client, http_port, model_name, cluster.decode)
     elapsed = time.monotonic() - start
     if c.failures:
         print(f"openai_sdk_test FAILED ({len(c.failures)}): " + "; ".join(c.failures))
