@@ -121,8 +121,7 @@ DeepseekModel::DeepseekModel(ModelConfig config, DeepseekWeights weights, Backen
       rope_(config_.MakeRopeSpec()) {}
 
 KvFormat DeepseekModel::kv_format() const {
-  // The CPU kernels compute and cache the latent in f32.
-  return KvFormat::FromConfig(config_, DType::kF32);
+  return KvFormat::FromConfig(config_, backend_.KvCacheDType());
 }
 
 absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const SequenceInput> batch,

@@ -14,8 +14,7 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, Backend& backen
       rope_(config_.MakeRopeSpec()) {}
 
 KvFormat LlamaModel::kv_format() const {
-  // The CPU kernels compute and store K/V in f32.
-  return KvFormat::FromConfig(config_, DType::kF32);
+  return KvFormat::FromConfig(config_, backend_.KvCacheDType());
 }
 
 absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceInput> batch,

@@ -67,6 +67,9 @@ class Backend {
   // The dtype this backend keeps a weight matrix in, given the checkpoint's dtype. Storing
   // bf16 checkpoints as bf16 halves the bytes a decode step streams, losslessly.
   virtual DType WeightDType(DType /*checkpoint_dtype*/) const { return DType::kF32; }
+  // The dtype of the paged KV pools this backend's WriteCache, ReadCache, Attention and
+  // MlaAttention work on (the model's KvFormat carries it); activations stay f32.
+  virtual DType KvCacheDType() const { return DType::kF32; }
 
   // Uninitialized device memory.
   virtual Tensor Allocate(DType dtype, Shape shape) = 0;

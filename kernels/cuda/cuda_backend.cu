@@ -52,6 +52,12 @@ bool IsDeviceF32(const Tensor& t) {
   return t.device() == Device::kCuda && t.dtype() == DType::kF32 && !t.empty();
 }
 
+// A paged KV pool (or the rows written into one): f32 or bf16.
+bool IsDeviceKv(const Tensor& t) {
+  return t.device() == Device::kCuda && (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16) &&
+         !t.empty();
+}
+
 bool IsDeviceWeight(const Tensor& t) {
   return t.device() == Device::kCuda && (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16) &&
          !t.empty();
@@ -99,16 +105,18 @@ struct AttnRow {
   int64_t n_ctx;  // keys visible to this row: start_pos + t + 1
 };
 
-// The paged pools of one layer: [num_blocks, block_size, width] each.
+// The paged pools of one layer: [num_blocks, block_size, width] each, of KvT (float or bf16).
+template <typename KvT>
 struct PagedPools {
-  const float* k;
-  const float* v;
+  const KvT* k;
+  const KvT* v;
   const int32_t* tables;  // the block tables, [seqs][stride] (UploadBlockTables)
   int block_size;
   int64_t k_width, v_width;
 };
 
-__device__ __forceinline__ int64_t PagedRow(const PagedPools& p, int64_t table, int64_t pos) {
+template <typename KvT>
+__device__ __forceinline__ int64_t PagedRow(const PagedPools<KvT>& p, int64_t table, int64_t pos) {
   return static_cast<int64_t>(p.tables[table + pos / p.block_size]) * p.block_size +
          pos % p.block_size;
 }
@@ -121,9 +129,11 @@ constexpr int kDimsPerLane = CudaBackend::kMaxHeadDim / kWarp;
 // unbounded and needs no score buffer; lane j owns dims j, j + 32, ... of the head (of the key
 // for scores, of the value for the output). The warps' partial states are merged through
 // shared memory at the end.
+template <typename KvT>
 __global__ void __launch_bounds__(kAttnWarps* kWarp)
-    AttentionKernel(const float* q, const AttnRow* rows, PagedPools pools, int group, int head_dim,
-                    int v_dim, int64_t q_width, int64_t o_width, float scale, float* out) {
+    AttentionKernel(const float* q, const AttnRow* rows, PagedPools<KvT> pools, int group,
+                    int head_dim, int v_dim, int64_t q_width, int64_t o_width, float scale,
+                    float* out) {
   const AttnRow r = rows[blockIdx.x];
   const int h = blockIdx.y;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
@@ -142,12 +152,12 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
   // The loop bound depends only on the warp, so every lane reaches the shuffles together.
   for (int64_t p = warp; p < r.n_ctx; p += kAttnWarps) {
     const int64_t slot = PagedRow(pools, r.table, p);
-    const float* kp = pools.k + slot * pools.k_width + k_off;
+    const KvT* kp = pools.k + slot * pools.k_width + k_off;
     float dot = 0.0f;
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) {
       const int d = lane + j * kWarp;
-      if (d < head_dim) dot += qv[j] * kp[d];
+      if (d < head_dim) dot += qv[j] * cuda::ToFloat(kp[d]);
     }
     const float s = WarpSum(dot) * scale;
     const float m_new = fmaxf(m, s);
@@ -155,11 +165,11 @@ __global__ void __launch_bounds__(kAttnWarps* kWarp)
     const float e = expf(s - m_new);
     l = l * correction + e;
     m = m_new;
-    const float* vp = pools.v + slot * pools.v_width + v_off;
+    const KvT* vp = pools.v + slot * pools.v_width + v_off;
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) {
       const int d = lane + j * kWarp;
-      if (d < v_dim) acc[j] = acc[j] * correction + e * vp[d];
+      if (d < v_dim) acc[j] = acc[j] * correction + e * cuda::ToFloat(vp[d]);
     }
   }
 
@@ -208,24 +218,29 @@ __global__ void ConcatHeadsKernel(const float* a, int64_t a_cols, int da, bool a
   }
 }
 
-// y = x rounded to bf16, elementwise: the activation operand of a bf16 GEMM.
-__global__ void ToBf16Kernel(const float* x, int64_t n, __nv_bfloat16* y) {
+// y = x converted elementwise (float <-> bf16): a bf16 GEMM's activation operand, MLA's q and
+// output around the bf16 latent cache.
+template <typename SrcT, typename DstT>
+__global__ void ConvertKernel(const SrcT* x, int64_t n, DstT* y) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] = __float2bfloat16_rn(x[i]);
+    y[i] = cuda::FromFloat<DstT>(cuda::ToFloat(x[i]));
   }
 }
 
 // dst[dst_rows[i]] (+)= weight[i] * src[src_rows[i]] for each i, one block per i; null row
 // lists mean the identity and null weights a plain copy. Serves the paged cache writes and
 // reads and the MoE gather/scatter.
-__global__ void CopyRowsKernel(const float* src, const int64_t* src_rows, float* dst,
+// Rows convert between float and bf16 on the way (f32 activations into or out of bf16 pools).
+template <typename SrcT, typename DstT>
+__global__ void CopyRowsKernel(const SrcT* src, const int64_t* src_rows, DstT* dst,
                                const int64_t* dst_rows, const float* weights, int64_t width) {
   const int64_t i = blockIdx.x;
-  const float* s = src + (src_rows ? src_rows[i] : i) * width;
-  float* d = dst + (dst_rows ? dst_rows[i] : i) * width;
+  const SrcT* s = src + (src_rows ? src_rows[i] : i) * width;
+  DstT* d = dst + (dst_rows ? dst_rows[i] : i) * width;
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
-    d[c] = weights ? d[c] + weights[i] * s[c] : s[c];
+    const float value = cuda::ToFloat(s[c]);
+    d[c] = cuda::FromFloat<DstT>(weights ? cuda::ToFloat(d[c]) + weights[i] * value : value);
   }
 }
 
@@ -252,7 +267,9 @@ bool UsableDevice(int ordinal) {
 
 bool CudaBackend::DeviceAvailable(int device_ordinal) { return UsableDevice(device_ordinal); }
 
-CudaBackend::CudaBackend(int device_ordinal) : ordinal_(device_ordinal) {
+CudaBackend::CudaBackend(int device_ordinal, DType kv_cache_dtype)
+    : ordinal_(device_ordinal), kv_cache_dtype_(kv_cache_dtype) {
+  PDSERVE_KERNEL_CHECK(kv_cache_dtype == DType::kBF16 || kv_cache_dtype == DType::kF32);
   if (!UsableDevice(ordinal_)) return;  // not ready: ops abort with a message, see Activate()
   PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
   cudaStream_t stream = nullptr;
@@ -287,6 +304,8 @@ CudaBackend::~CudaBackend() {
   FreeScratch(items_scratch_);
   FreeScratch(workspace_scratch_);
   FreeScratch(bf16_scratch_);
+  FreeScratch(mla_q_pe_scratch_);
+  FreeScratch(mla_out_scratch_);
   PDSERVE_CUBLAS_CHECK(cublasDestroy(cublas_));
   PDSERVE_CUDA_CHECK(cudaStreamDestroy(stream_));
 }
@@ -430,9 +449,14 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
 }
 
 const void* CudaBackend::ToBf16Scratch(const Tensor& x) {
-  const int64_t n = x.numel();
-  auto* out = static_cast<__nv_bfloat16*>(Reserve(bf16_scratch_, static_cast<size_t>(n) * 2));
-  PDSERVE_LAUNCH(ToBf16Kernel, GridFor(n), kThreads, 0, stream_)(x.data_as<float>(), n, out);
+  return ToBf16(x.data_as<float>(), x.numel(), bf16_scratch_);
+}
+
+__nv_bfloat16* CudaBackend::ToBf16(const float* x, int64_t n, Scratch& scratch) {
+  auto* out = static_cast<__nv_bfloat16*>(Reserve(scratch, static_cast<size_t>(n) * 2));
+  if (n == 0) return out;
+  auto* kernel = &ConvertKernel<float, __nv_bfloat16>;
+  PDSERVE_LAUNCH(kernel, GridFor(n), kThreads, 0, stream_)(x, n, out);
   PDSERVE_CUDA_CHECK_LAUNCH();
   return out;
 }
@@ -500,7 +524,9 @@ void CudaBackend::Add(Tensor& x, const Tensor& y) {
 void CudaBackend::CopyRows(const Tensor& src, std::span<const int64_t> src_rows, Tensor& dst,
                            std::span<const int64_t> dst_rows, std::span<const float> weights,
                            int64_t n) {
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(src) && IsDeviceF32(dst) && Cols(src) == Cols(dst));
+  PDSERVE_KERNEL_CHECK(IsDeviceKv(src) && IsDeviceKv(dst) && Cols(src) == Cols(dst));
+  // Weighted adds (MoE) accumulate into f32 activations.
+  PDSERVE_KERNEL_CHECK(weights.empty() || dst.dtype() == DType::kF32);
   if (n == 0) return;
   PDSERVE_KERNEL_CHECK(n <= INT_MAX);
   const auto* dev_src = src_rows.empty()
@@ -515,8 +541,22 @@ void CudaBackend::CopyRows(const Tensor& src, std::span<const int64_t> src_rows,
                           ? nullptr
                           : static_cast<const float*>(
                                 Upload(weights_scratch_, weights.data(), weights.size_bytes()));
-  PDSERVE_LAUNCH(CopyRowsKernel, static_cast<unsigned>(n), kThreads, 0, stream_)
-  (src.data_as<float>(), dev_src, dst.data_as<float>(), dev_dst, dev_w, Cols(src));
+  const auto launch = [&](auto* src_data, auto* dst_data) {
+    auto* kernel = &CopyRowsKernel<std::remove_const_t<std::remove_pointer_t<decltype(src_data)>>,
+                                   std::remove_pointer_t<decltype(dst_data)>>;
+    PDSERVE_LAUNCH(kernel, static_cast<unsigned>(n), kThreads, 0, stream_)
+    (src_data, dev_src, dst_data, dev_dst, dev_w, Cols(src));
+  };
+  const bool src_bf16 = src.dtype() == DType::kBF16, dst_bf16 = dst.dtype() == DType::kBF16;
+  if (src_bf16 && dst_bf16) {
+    launch(src.data_as<__nv_bfloat16>(), dst.data_as<__nv_bfloat16>());
+  } else if (src_bf16) {
+    launch(src.data_as<__nv_bfloat16>(), dst.data_as<float>());
+  } else if (dst_bf16) {
+    launch(src.data_as<float>(), dst.data_as<__nv_bfloat16>());
+  } else {
+    launch(src.data_as<float>(), dst.data_as<float>());
+  }
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 
@@ -673,15 +713,15 @@ namespace {
 
 // The latent shapes the MLA decode kernel is compiled for: DeepSeek-V2/V3's, and the tiny test
 // models'.
-template <int kRank, int kRope>
-bool LaunchMlaIfShape(const MlaShape& shape, const float* q_lat, const float* q_pe,
-                      const float* latent, const int32_t* tables, int stride, const int32_t* lens,
-                      int batch, int block_size, int num_splits, void* workspace, float* o_lat,
+template <int kRank, int kRope, typename T>
+bool LaunchMlaIfShape(const MlaShape& shape, const T* q_lat, const T* q_pe, const T* latent,
+                      const int32_t* tables, int stride, const int32_t* lens, int batch,
+                      int block_size, int num_splits, void* workspace, T* o_lat,
                       cudaStream_t stream) {
   if (shape.kv_lora_rank != kRank || shape.rope_dim != kRope) return false;
-  cuda::LaunchMlaDecodeAttention<float, kRank, kRope>(q_lat, q_pe, latent, tables, stride, lens,
-                                                      batch, shape.n_heads, block_size, shape.scale,
-                                                      num_splits, workspace, o_lat, stream);
+  cuda::LaunchMlaDecodeAttention<T, kRank, kRope>(q_lat, q_pe, latent, tables, stride, lens, batch,
+                                                  shape.n_heads, block_size, shape.scale,
+                                                  num_splits, workspace, o_lat, stream);
   return true;
 }
 
@@ -692,7 +732,7 @@ void CudaBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Te
                                Tensor& o_lat) {
   Activate();
   const int64_t rank = shape.kv_lora_rank, rope = shape.rope_dim;
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(q_lat) && IsDeviceF32(q_pe) && IsDeviceF32(latent_pool) &&
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(q_lat) && IsDeviceF32(q_pe) && IsDeviceKv(latent_pool) &&
                        IsDeviceF32(o_lat));
   PDSERVE_KERNEL_CHECK(shape.n_heads > 0 && latent_pool.shape().rank() == 3 &&
                        latent_pool.dim(2) == rank + rope);
@@ -710,13 +750,29 @@ void CudaBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Te
       Reserve(workspace_scratch_,
               cuda::MlaDecodeWorkspaceBytes(batch, shape.n_heads, shape.kv_lora_rank, splits));
   const int block_size = static_cast<int>(latent_pool.dim(1));
-  const auto launch = [&](auto launcher) {
-    return launcher(shape, q_lat.data_as<float>(), q_pe.data_as<float>(),
-                    latent_pool.data_as<float>(), tables, stride, lens, batch, block_size, splits,
-                    workspace, o_lat.data_as<float>(), stream_);
+  // The kernel reads q and the latent in one storage type: with a bf16 cache, q goes in rounded
+  // to bf16 (as bf16 stacks compute it) and o_lat comes out through a bf16 buffer.
+  const bool bf16 = latent_pool.dtype() == DType::kBF16;
+  const int64_t q_lat_n = q_lat.numel(), q_pe_n = q_pe.numel(), o_n = o_lat.numel();
+  const __nv_bfloat16* q_lat16 =
+      bf16 ? ToBf16(q_lat.data_as<float>(), q_lat_n, bf16_scratch_) : nullptr;
+  const __nv_bfloat16* q_pe16 =
+      bf16 ? ToBf16(q_pe.data_as<float>(), q_pe_n, mla_q_pe_scratch_) : nullptr;
+  auto* o16 =
+      bf16 ? static_cast<__nv_bfloat16*>(Reserve(mla_out_scratch_, static_cast<size_t>(o_n) * 2))
+           : nullptr;
+  const auto launch = [&](auto f32_launcher, auto bf16_launcher) {
+    if (bf16) {
+      return bf16_launcher(shape, q_lat16, q_pe16, latent_pool.data_as<__nv_bfloat16>(), tables,
+                           stride, lens, batch, block_size, splits, workspace, o16, stream_);
+    }
+    return f32_launcher(shape, q_lat.data_as<float>(), q_pe.data_as<float>(),
+                        latent_pool.data_as<float>(), tables, stride, lens, batch, block_size,
+                        splits, workspace, o_lat.data_as<float>(), stream_);
   };
-  if (!launch(LaunchMlaIfShape<512, 64>) && !launch(LaunchMlaIfShape<64, 16>) &&
-      !launch(LaunchMlaIfShape<32, 8>)) {
+  if (!launch(LaunchMlaIfShape<512, 64, float>, LaunchMlaIfShape<512, 64, __nv_bfloat16>) &&
+      !launch(LaunchMlaIfShape<64, 16, float>, LaunchMlaIfShape<64, 16, __nv_bfloat16>) &&
+      !launch(LaunchMlaIfShape<32, 8, float>, LaunchMlaIfShape<32, 8, __nv_bfloat16>)) {
     std::fprintf(stderr,
                  "CudaBackend::MlaAttention: no kernel for kv_lora_rank %d, rope_dim %d (compiled: "
                  "512/64, 64/16, 32/8; add the shape in LaunchMlaIfShape)\n",
@@ -724,6 +780,11 @@ void CudaBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Te
     std::abort();
   }
   PDSERVE_CUDA_CHECK_LAUNCH();
+  if (bf16) {
+    auto* kernel = &ConvertKernel<__nv_bfloat16, float>;
+    PDSERVE_LAUNCH(kernel, GridFor(o_n), kThreads, 0, stream_)(o16, o_n, o_lat.data_as<float>());
+    PDSERVE_CUDA_CHECK_LAUNCH();
+  }
 }
 
 void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
@@ -731,8 +792,8 @@ void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor&
                             Tensor& out) {
   Activate();
   const int hd = shape.head_dim, vd = shape.value_dim();
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(q) && IsDeviceF32(out) && IsDeviceF32(k_pool) &&
-                       IsDeviceF32(v_pool));
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(q) && IsDeviceF32(out) && IsDeviceKv(k_pool) &&
+                       IsDeviceKv(v_pool) && k_pool.dtype() == v_pool.dtype());
   PDSERVE_KERNEL_CHECK(hd > 0 && hd <= kMaxHeadDim && vd > 0 && vd <= kMaxHeadDim);
   PDSERVE_KERNEL_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
   PDSERVE_KERNEL_CHECK(shape.n_heads > 0 && shape.n_heads <= 65535);  // grid.y limit
@@ -759,67 +820,72 @@ void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor&
   int stride = 0;
   const int32_t* tables = UploadBlockTables(seqs, k_pool, &stride);
 
-  // Decode: one new token per sequence, row i of q being sequence i.
-  if (decode_batch && hd == vd && (hd == 64 || hd == 128)) {
-    int max_context = 0;
-    const int32_t* lens = UploadDecodeLengths(seqs, q.dim(0), &max_context);
-    const int batch = static_cast<int>(seqs.size());
-    const int splits = cuda::ChooseDecodeSplits(batch, shape.n_kv_heads, max_context, num_sms_);
-    void* workspace = Reserve(
-        workspace_scratch_, cuda::DecodeAttentionWorkspaceBytes(batch, shape.n_heads, hd, splits));
-    auto* launch = hd == 64 ? &cuda::LaunchPagedDecodeAttention<float, float, 64>
-                            : &cuda::LaunchPagedDecodeAttention<float, float, 128>;
-    launch(q.data_as<float>(), k_pool.data_as<float>(), v_pool.data_as<float>(), tables, stride,
-           lens, batch, shape.n_heads, shape.n_kv_heads, block_size, shape.scale, splits, workspace,
-           out.data_as<float>(), stream_);
-    PDSERVE_CUDA_CHECK_LAUNCH();
-    return;
-  }
+  // The pools' storage type picks each kernel's instantiation; q and out are f32.
+  const auto run = [&](auto kv_type) {
+    using KvT = decltype(kv_type);
+    const KvT* k = k_pool.data_as<KvT>();
+    const KvT* v = v_pool.data_as<KvT>();
 
-  // Prefill (and mixed batches): the tiled kernel, for the head dims it is compiled for.
-  if (cuda::PrefillAttentionSupported(hd, vd)) {
-    std::vector<cuda::PrefillSeq> host_seqs;
-    host_seqs.reserve(seqs.size());
-    for (const AttentionSeq& s : seqs) {
-      host_seqs.push_back(
-          {static_cast<int>(s.q_begin), static_cast<int>(s.q_len), static_cast<int>(s.start_pos)});
+    // Decode: one new token per sequence, row i of q being sequence i.
+    if (decode_batch && hd == vd && (hd == 64 || hd == 128)) {
+      int max_context = 0;
+      const int32_t* lens = UploadDecodeLengths(seqs, q.dim(0), &max_context);
+      const int batch = static_cast<int>(seqs.size());
+      const int splits = cuda::ChooseDecodeSplits(batch, shape.n_kv_heads, max_context, num_sms_);
+      void* workspace = Reserve(workspace_scratch_, cuda::DecodeAttentionWorkspaceBytes(
+                                                        batch, shape.n_heads, hd, splits));
+      auto* launch = hd == 64 ? &cuda::LaunchPagedDecodeAttention<float, KvT, 64>
+                              : &cuda::LaunchPagedDecodeAttention<float, KvT, 128>;
+      launch(q.data_as<float>(), k, v, tables, stride, lens, batch, shape.n_heads, shape.n_kv_heads,
+             block_size, shape.scale, splits, workspace, out.data_as<float>(), stream_);
+      return;
     }
-    const std::vector<cuda::PrefillWorkItem> items = cuda::BuildPrefillWorkItems(host_seqs);
-    PDSERVE_KERNEL_CHECK(items.size() <= static_cast<size_t>(INT_MAX));
-    const auto* dev_seqs = static_cast<const cuda::PrefillSeq*>(
-        Upload(seqs_scratch_, host_seqs.data(), host_seqs.size() * sizeof(cuda::PrefillSeq)));
-    const auto* dev_items = static_cast<const cuda::PrefillWorkItem*>(
-        Upload(items_scratch_, items.data(), items.size() * sizeof(cuda::PrefillWorkItem)));
-    cuda::LaunchPrefillAttention(q.data_as<float>(), k_pool.data_as<float>(),
-                                 v_pool.data_as<float>(), dev_seqs, tables, stride, dev_items,
-                                 static_cast<int>(items.size()), shape.n_heads, shape.n_kv_heads,
-                                 hd, vd, block_size, shape.scale, out.data_as<float>(), stream_);
-    PDSERVE_CUDA_CHECK_LAUNCH();
-    return;
-  }
 
-  // Any other head dims: one block per (query row, head).
-  std::vector<AttnRow> host_rows;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const AttentionSeq& s = seqs[i];
-    const int64_t table = static_cast<int64_t>(i) * stride;
-    for (int64_t t = 0; t < s.q_len; ++t) {
-      host_rows.push_back({table, s.q_begin + t, s.start_pos + t + 1});
+    // Prefill (and mixed batches): the tiled kernel, for the head dims it is compiled for.
+    if (cuda::PrefillAttentionSupported(hd, vd)) {
+      std::vector<cuda::PrefillSeq> host_seqs;
+      host_seqs.reserve(seqs.size());
+      for (const AttentionSeq& s : seqs) {
+        host_seqs.push_back({static_cast<int>(s.q_begin), static_cast<int>(s.q_len),
+                             static_cast<int>(s.start_pos)});
+      }
+      const std::vector<cuda::PrefillWorkItem> items = cuda::BuildPrefillWorkItems(host_seqs);
+      PDSERVE_KERNEL_CHECK(items.size() <= static_cast<size_t>(INT_MAX));
+      const auto* dev_seqs = static_cast<const cuda::PrefillSeq*>(
+          Upload(seqs_scratch_, host_seqs.data(), host_seqs.size() * sizeof(cuda::PrefillSeq)));
+      const auto* dev_items = static_cast<const cuda::PrefillWorkItem*>(
+          Upload(items_scratch_, items.data(), items.size() * sizeof(cuda::PrefillWorkItem)));
+      cuda::LaunchPrefillAttention<float, KvT>(q.data_as<float>(), k, v, dev_seqs, tables, stride,
+                                               dev_items, static_cast<int>(items.size()),
+                                               shape.n_heads, shape.n_kv_heads, hd, vd, block_size,
+                                               shape.scale, out.data_as<float>(), stream_);
+      return;
     }
+
+    // Any other head dims: one block per (query row, head).
+    std::vector<AttnRow> host_rows;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const AttentionSeq& s = seqs[i];
+      const int64_t table = static_cast<int64_t>(i) * stride;
+      for (int64_t t = 0; t < s.q_len; ++t) {
+        host_rows.push_back({table, s.q_begin + t, s.start_pos + t + 1});
+      }
+    }
+    PDSERVE_KERNEL_CHECK(host_rows.size() <= static_cast<size_t>(INT_MAX));
+    const auto* dev_rows = static_cast<const AttnRow*>(
+        Upload(attn_scratch_, host_rows.data(), host_rows.size() * sizeof(AttnRow)));
+    const PagedPools<KvT> pools{k, v, tables, block_size, k_pool.dim(2), v_pool.dim(2)};
+    const dim3 grid(static_cast<unsigned>(host_rows.size()), static_cast<unsigned>(shape.n_heads));
+    auto* kernel = &AttentionKernel<KvT>;
+    PDSERVE_LAUNCH(kernel, grid, kAttnWarps * kWarp, 0, stream_)
+    (q.data_as<float>(), dev_rows, pools, group, hd, vd, q_width, o_width, shape.scale,
+     out.data_as<float>());
+  };
+  if (k_pool.dtype() == DType::kBF16) {
+    run(__nv_bfloat16{});
+  } else {
+    run(float{});
   }
-  PDSERVE_KERNEL_CHECK(host_rows.size() <= static_cast<size_t>(INT_MAX));
-  const auto* dev_rows = static_cast<const AttnRow*>(
-      Upload(attn_scratch_, host_rows.data(), host_rows.size() * sizeof(AttnRow)));
-  const PagedPools pools{k_pool.data_as<float>(),
-                         v_pool.data_as<float>(),
-                         tables,
-                         block_size,
-                         k_pool.dim(2),
-                         v_pool.dim(2)};
-  const dim3 grid(static_cast<unsigned>(host_rows.size()), static_cast<unsigned>(shape.n_heads));
-  PDSERVE_LAUNCH(AttentionKernel, grid, kAttnWarps * kWarp, 0, stream_)
-  (q.data_as<float>(), dev_rows, pools, group, hd, vd, q_width, o_width, shape.scale,
-   out.data_as<float>());
   PDSERVE_CUDA_CHECK_LAUNCH();
 }
 

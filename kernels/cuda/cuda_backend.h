@@ -15,6 +15,7 @@
 // declared here so this header does not pull CUDA headers into every includer.
 struct CUstream_st;
 struct cublasContext;
+struct __nv_bfloat16;
 
 namespace pdserve {
 // The SIMT-emulated test build of this class (tests/simt/emulated_cuda_backend.cc: the same
@@ -64,7 +65,9 @@ class CudaBackend final : public Backend {
   // newer, the oldest this build has kernels for (CUDA_ARCHITECTURES 80;90).
   static bool DeviceAvailable(int device_ordinal = 0);
 
-  explicit CudaBackend(int device_ordinal = 0);
+  // kv_cache_dtype: the paged KV pools' storage, kBF16 (the default: half the bytes of f32, as
+  // every GPU serving stack keeps it) or kF32 (matches the CPU backend to f32 rounding).
+  explicit CudaBackend(int device_ordinal = 0, DType kv_cache_dtype = DType::kBF16);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -74,6 +77,7 @@ class CudaBackend final : public Backend {
   int num_threads() const override { return 1; }
 
   DType WeightDType(DType checkpoint_dtype) const override;
+  DType KvCacheDType() const override { return kv_cache_dtype_; }
   Tensor Allocate(DType dtype, Shape shape) override;
   void CopyToHost(const Tensor& src, void* host) override;
   void CopyFromHost(const void* host, Tensor& dst) override;
@@ -127,6 +131,8 @@ class CudaBackend final : public Backend {
                                      int* max_context);
   // Rounds x to bf16 into scratch for a bf16 GEMM; returns the device pointer.
   const void* ToBf16Scratch(const Tensor& x);
+  // n floats at x rounded to bf16 into `scratch`; returns the device pointer.
+  __nv_bfloat16* ToBf16(const float* x, int64_t n, Scratch& scratch);
   void FreeScratch(Scratch& scratch);
   // dst[dst_rows[i]] = src[src_rows[i]] (or += weights[i] * ... when weights are given) for
   // i < n; an empty row list means the identity.
@@ -134,13 +140,14 @@ class CudaBackend final : public Backend {
                 std::span<const int64_t> dst_rows, std::span<const float> weights, int64_t n);
 
   int ordinal_;
+  DType kv_cache_dtype_;
   bool ready_ = false;
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
   int num_sms_ = 1;  // the device's multiprocessors, for the split-K heuristics
   Scratch ids_scratch_, positions_scratch_, freq_scratch_, attn_scratch_, tables_scratch_;
   Scratch rows_scratch_, rows2_scratch_, weights_scratch_, lens_scratch_, seqs_scratch_;
-  Scratch items_scratch_, workspace_scratch_, bf16_scratch_;
+  Scratch items_scratch_, workspace_scratch_, bf16_scratch_, mla_q_pe_scratch_, mla_out_scratch_;
   std::vector<int32_t> tables_host_;  // host staging for the block tables
 };
 

@@ -10,12 +10,14 @@
 // new tokens see, the cached prefix [0, start_pos) and the new tokens themselves. Prefill (many
 // new tokens, with or without a prefix) and decode (q_len 1) alike.
 //
-// Layouts (row-major, element type T = float or __nv_bfloat16, fp32 math throughout, one
-// rounding per output element):
-//   q       [rows][n_heads][head_dim]
-//   k_pool  [num_blocks][block_size][n_kv_heads][head_dim]
-//   v_pool  [num_blocks][block_size][n_kv_heads][v_head_dim]
-//   out     [rows][n_heads][v_head_dim]; rows that belong to no sequence are not written.
+// Layouts (row-major; two storage types, each float or __nv_bfloat16: QT for the activations q
+// and out, KvT for the cache k_pool and v_pool, as in decode_attention.cuh, so that a bf16 cache
+// serves float activations; nvcc builds (QT, KvT) = (float, float), (float, bf16) and (bf16,
+// bf16), see prefill_attention.cu. fp32 math throughout, one rounding per output element, to QT):
+//   q       QT  [rows][n_heads][head_dim]
+//   k_pool  KvT [num_blocks][block_size][n_kv_heads][head_dim]
+//   v_pool  KvT [num_blocks][block_size][n_kv_heads][v_head_dim]
+//   out     QT  [rows][n_heads][v_head_dim]; rows that belong to no sequence are not written.
 //   seqs    PrefillSeq[num_seqs] (device memory): q_begin, q_len, start_pos of each sequence.
 //   block_tables int32 [num_seqs][block_table_stride] (device memory): sequence b's block ids in
 //           row b; only the first ceil((start_pos + q_len) / block_size) entries are read.
@@ -23,7 +25,9 @@
 //           that the grid walks, built on the host by BuildPrefillWorkItems from the same seqs.
 // Supported (head_dim, v_head_dim): (64, 64), (128, 128), (192, 128) (DeepSeek MLA's expanded
 // prefill: q/k are qk_nope + qk_rope = 128 + 64 wide, v 128). q, k_pool and v_pool must be
-// 16-byte aligned (cudaMalloc'd tensors are): their rows are read in 16-byte vectors.
+// 16-byte aligned (cudaMalloc'd tensors are): their rows are read in 16-byte vectors (of
+// 16 / sizeof(QT) elements for q, 16 / sizeof(KvT) for the pools; every row is a multiple of 16
+// bytes, so each row starts 16-byte aligned too). out needs only QT's alignment.
 // Positions and pool slot indices (num_blocks * block_size) must be below 2^31.
 //
 // Design (FlashAttention-2, portable SIMT; no tensor cores): one block of 128 threads (4 warps)
@@ -31,7 +35,8 @@
 // consecutive new tokens of one sequence; blockIdx.y = the query head (the G heads of a kv head
 // read the same K/V rows in G blocks, through L2). The block walks the keys [0, last row's
 // position] in tiles of kPrefillTileKeys = 32 positions; each K and V tile is loaded once into
-// shared memory (16-byte global loads, converted to fp32) and used by all 32 query rows.
+// shared memory (16-byte global loads of KvT, converted to fp32) and used by all 32 query rows;
+// the query tile is loaded the same way (16-byte loads of QT) once per block.
 // Warp w owns rows 8w .. 8w + 7. Scores: lane = 4 * (row in warp) + c computes its row's scores
 // with keys c, c + 4, .., c + 28 (float4 reads of the Q row and of K rows padded by 4 floats: no
 // bank conflicts). Each row keeps an OnlineSoftmax (kernels/cuda/attention_merge.cuh) into which
@@ -51,10 +56,10 @@
 //   32 * v_head_dim          the V tile
 //   4 * 33 * 8               per warp: the tile's weights [key][row], then the rescale factors
 //   32 (int)                 the pool slot of each key of the tile (-1 past the last key)
-// = 29,952 bytes for 64/64, 54,528 for 128/128, 70,912 for 192/128 (the same for bf16: tiles
-// are held in fp32); the launcher raises the kernel's limit above the default 48 KiB when needed
-// (sm_80 allows up to 163 KiB per block, sm_90 227 KiB). Registers: at most 128 per thread
-// (__launch_bounds__(128, 4)), without spills.
+// = 29,952 bytes for 64/64, 54,528 for 128/128, 70,912 for 192/128 (the same for every QT and
+// KvT: tiles are held in fp32); the launcher raises the kernel's limit above the default 48 KiB
+// when needed (sm_80 allows up to 163 KiB per block, sm_90 227 KiB). Registers: at most 128 per
+// thread (__launch_bounds__(128, 4)), without spills, for every instantiation.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -164,13 +169,35 @@ __device__ __forceinline__ void StoreShared(float* dst, const float* values) {
   }
 }
 
+// Copies the query tile's `rows` rows (q [..][n_heads][kDim], head `head`, from row
+// `first_row`) into shared `dst` [kPrefillTileRows][kStride] as fp32, in 16-byte vectors of QT;
+// the tile's rows from `rows` on are filled with zeros (computed on, never stored).
+template <typename QT, int kDim, int kStride>
+__device__ __forceinline__ void LoadQueryTile(const QT* __restrict__ q, long long first_row,
+                                              int rows, int n_heads, int head, float* dst) {
+  constexpr int kVec = 16 / sizeof(QT);
+  constexpr int kChunks = kDim / kVec;
+  for (int idx = threadIdx.x; idx < kPrefillTileRows * kChunks; idx += kPrefillThreads) {
+    const int r = idx / kChunks;
+    const int col = idx % kChunks * kVec;
+    float values[kVec];
+    if (r < rows) {
+      Load16(q + ((first_row + r) * n_heads + head) * kDim + col, values);
+    } else {
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) values[u] = 0.0f;
+    }
+    StoreShared<kVec>(dst + r * kStride + col, values);
+  }
+}
+
 // Copies kBK rows of a paged pool ([..][n_kv_heads][kDim], kv head `kv_head`) into shared
-// `dst` [kBK][kStride] as fp32; a row whose slot is negative is filled with zeros, so that
-// masked keys multiply finite values.
-template <typename T, int kDim, int kStride>
-__device__ __forceinline__ void LoadKvTile(const T* __restrict__ pool, const int* slots,
+// `dst` [kBK][kStride] as fp32, in 16-byte vectors of KvT; a row whose slot is negative is filled
+// with zeros, so that masked keys multiply finite values.
+template <typename KvT, int kDim, int kStride>
+__device__ __forceinline__ void LoadKvTile(const KvT* __restrict__ pool, const int* slots,
                                            int n_kv_heads, int kv_head, float* dst) {
-  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kVec = 16 / sizeof(KvT);
   constexpr int kChunks = kDim / kVec;
 #pragma unroll 4
   for (int idx = threadIdx.x; idx < kPrefillTileKeys * kChunks; idx += kPrefillThreads) {
@@ -209,13 +236,13 @@ __device__ __forceinline__ void LoadRows(const float* src, float* values) {
 
 }  // namespace prefill_detail
 
-template <typename T, int kHeadDim, int kVHeadDim>
+template <typename QT, typename KvT, int kHeadDim, int kVHeadDim>
 __global__ void __launch_bounds__(kPrefillThreads, 4)
-    PrefillAttentionKernel(const T* __restrict__ q, const T* __restrict__ k_pool,
-                           const T* __restrict__ v_pool, const PrefillSeq* __restrict__ seqs,
+    PrefillAttentionKernel(const QT* __restrict__ q, const KvT* __restrict__ k_pool,
+                           const KvT* __restrict__ v_pool, const PrefillSeq* __restrict__ seqs,
                            const int32_t* __restrict__ block_tables, int block_table_stride,
                            const PrefillWorkItem* __restrict__ work_items, int n_heads,
-                           int n_kv_heads, int block_size, float scale, T* __restrict__ out) {
+                           int n_kv_heads, int block_size, float scale, QT* __restrict__ out) {
   using prefill_detail::LoadKvTile;
   using prefill_detail::LoadRows;
   using prefill_detail::PoolSlot;
@@ -223,7 +250,6 @@ __global__ void __launch_bounds__(kPrefillThreads, 4)
   constexpr int kBK = kPrefillTileKeys;
   constexpr int kRows = kPrefillRowsPerWarp;
   constexpr int kStride = kHeadDim + 4;  // of the Q and K tiles
-  constexpr int kVec = 16 / sizeof(T);
   constexpr int kDvPerLane = kVHeadDim / 32;
   constexpr int kLanesPerRow = 32 / kRows;          // 4 lanes share a row's scores
   constexpr int kKeysPerLane = kBK / kLanesPerRow;  // 8 keys each
@@ -251,22 +277,8 @@ __global__ void __launch_bounds__(kPrefillThreads, 4)
 
   // The query tile (rows past the sequence's end are zeros and never stored), and the slots of
   // the first key tile.
-  {
-    constexpr int kChunks = kHeadDim / kVec;
-    for (int idx = threadIdx.x; idx < kBQ * kChunks; idx += kPrefillThreads) {
-      const int r = idx / kChunks;
-      const int col = idx % kChunks * kVec;
-      float values[kVec];
-      if (r < rows) {
-        prefill_detail::Load16(q + ((first_row + r) * n_heads + head) * kHeadDim + col, values);
-      } else {
-#pragma unroll
-        for (int u = 0; u < kVec; ++u) values[u] = 0.0f;
-      }
-      prefill_detail::StoreShared<kVec>(q_s + r * kStride + col, values);
-    }
-    if (warp == 0) slot_s[lane] = PoolSlot(table, block_size, lane, kv_end);
-  }
+  prefill_detail::LoadQueryTile<QT, kHeadDim, kStride>(q, first_row, rows, n_heads, head, q_s);
+  if (warp == 0) slot_s[lane] = PoolSlot(table, block_size, lane, kv_end);
 
   // This lane's row for the scores and softmax: row_in_warp, keys key_lane + kLanesPerRow * i.
   const int row_in_warp = lane / kLanesPerRow;
@@ -288,8 +300,8 @@ __global__ void __launch_bounds__(kPrefillThreads, 4)
     // The previous tile's readers of k_s, v_s and p_s are done; slot_s (written by warp 0 after
     // the previous tile's loads, or before the loop) and the query tile are visible.
     __syncthreads();
-    LoadKvTile<T, kHeadDim, kStride>(k_pool, slot_s, n_kv_heads, kv_head, k_s);
-    LoadKvTile<T, kVHeadDim, kVHeadDim>(v_pool, slot_s, n_kv_heads, kv_head, v_s);
+    LoadKvTile<KvT, kHeadDim, kStride>(k_pool, slot_s, n_kv_heads, kv_head, k_s);
+    LoadKvTile<KvT, kVHeadDim, kVHeadDim>(v_pool, slot_s, n_kv_heads, kv_head, v_s);
     __syncthreads();
     // Every load of this tile has read slot_s: warp 0 prepares the next tile's.
     if (warp == 0 && k0 + kBK < kv_end) {
@@ -389,19 +401,19 @@ __global__ void __launch_bounds__(kPrefillThreads, 4)
     const int out_row = warp * kRows + r;
     if (out_row >= rows) break;               // Rows are in order: the rest are padding too.
     const float l = p_warp[kBK * kRows + r];  // > 0: every row sees key 0
-    T* dst = out + ((first_row + out_row) * n_heads + head) * kVHeadDim;
+    QT* dst = out + ((first_row + out_row) * n_heads + head) * kVHeadDim;
 #pragma unroll
-    for (int j = 0; j < kDvPerLane; ++j) dst[lane + 32 * j] = FromFloat<T>(acc[r][j] / l);
+    for (int j = 0; j < kDvPerLane; ++j) dst[lane + 32 * j] = FromFloat<QT>(acc[r][j] / l);
   }
 }
 
-template <typename T, int kHeadDim, int kVHeadDim>
-void LaunchPrefillAttentionFixed(const T* q, const T* k_pool, const T* v_pool,
+template <typename QT, typename KvT, int kHeadDim, int kVHeadDim>
+void LaunchPrefillAttentionFixed(const QT* q, const KvT* k_pool, const KvT* v_pool,
                                  const PrefillSeq* seqs, const int32_t* block_tables,
                                  int block_table_stride, const PrefillWorkItem* work_items,
                                  int num_work_items, int n_heads, int n_kv_heads, int block_size,
-                                 float scale, T* out, cudaStream_t stream) {
-  auto* kernel = &PrefillAttentionKernel<T, kHeadDim, kVHeadDim>;
+                                 float scale, QT* out, cudaStream_t stream) {
+  auto* kernel = &PrefillAttentionKernel<QT, KvT, kHeadDim, kVHeadDim>;
   constexpr std::size_t kSharedBytes = PrefillAttentionSharedBytes(kHeadDim, kVHeadDim);
 #if defined(__CUDACC__)
   if constexpr (kSharedBytes > 48 * 1024) {
@@ -419,16 +431,17 @@ void LaunchPrefillAttentionFixed(const T* q, const T* k_pool, const T* v_pool,
    block_size, scale, out);
 }
 
-// Runs the attention described in the header comment (device pointers; host pointers in the
-// emulator). work_items: BuildPrefillWorkItems of the host copy of `seqs`, copied to the device.
-// Aborts on an unsupported (head_dim, v_head_dim) or n_heads not a multiple of n_kv_heads; no
-// work items (or no heads) launches nothing.
-template <typename T>
-void LaunchPrefillAttention(const T* q, const T* k_pool, const T* v_pool, const PrefillSeq* seqs,
-                            const int32_t* block_tables, int block_table_stride,
-                            const PrefillWorkItem* work_items, int num_work_items, int n_heads,
-                            int n_kv_heads, int head_dim, int v_head_dim, int block_size,
-                            float scale, T* out, cudaStream_t stream) {
+// Runs the attention described in the header comment, q and out in QT, the pools in KvT (device
+// pointers; host pointers in the emulator). work_items: BuildPrefillWorkItems of the host copy of
+// `seqs`, copied to the device. Aborts on an unsupported (head_dim, v_head_dim) or n_heads not a
+// multiple of n_kv_heads; no work items (or no heads) launches nothing.
+template <typename QT, typename KvT>
+void LaunchPrefillAttention(const QT* q, const KvT* k_pool, const KvT* v_pool,
+                            const PrefillSeq* seqs, const int32_t* block_tables,
+                            int block_table_stride, const PrefillWorkItem* work_items,
+                            int num_work_items, int n_heads, int n_kv_heads, int head_dim,
+                            int v_head_dim, int block_size, float scale, QT* out,
+                            cudaStream_t stream) {
   if (num_work_items == 0 || n_heads == 0) return;  // A zero-block grid is a launch error.
   if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || block_size <= 0) {
     std::fprintf(stderr, "LaunchPrefillAttention: n_heads %d, n_kv_heads %d, block_size %d\n",
@@ -436,17 +449,17 @@ void LaunchPrefillAttention(const T* q, const T* k_pool, const T* v_pool, const 
     std::abort();
   }
   if (head_dim == 64 && v_head_dim == 64) {
-    LaunchPrefillAttentionFixed<T, 64, 64>(q, k_pool, v_pool, seqs, block_tables,
-                                           block_table_stride, work_items, num_work_items, n_heads,
-                                           n_kv_heads, block_size, scale, out, stream);
+    LaunchPrefillAttentionFixed<QT, KvT, 64, 64>(
+        q, k_pool, v_pool, seqs, block_tables, block_table_stride, work_items, num_work_items,
+        n_heads, n_kv_heads, block_size, scale, out, stream);
   } else if (head_dim == 128 && v_head_dim == 128) {
-    LaunchPrefillAttentionFixed<T, 128, 128>(q, k_pool, v_pool, seqs, block_tables,
-                                             block_table_stride, work_items, num_work_items,
-                                             n_heads, n_kv_heads, block_size, scale, out, stream);
+    LaunchPrefillAttentionFixed<QT, KvT, 128, 128>(
+        q, k_pool, v_pool, seqs, block_tables, block_table_stride, work_items, num_work_items,
+        n_heads, n_kv_heads, block_size, scale, out, stream);
   } else if (head_dim == 192 && v_head_dim == 128) {
-    LaunchPrefillAttentionFixed<T, 192, 128>(q, k_pool, v_pool, seqs, block_tables,
-                                             block_table_stride, work_items, num_work_items,
-                                             n_heads, n_kv_heads, block_size, scale, out, stream);
+    LaunchPrefillAttentionFixed<QT, KvT, 192, 128>(
+        q, k_pool, v_pool, seqs, block_tables, block_table_stride, work_items, num_work_items,
+        n_heads, n_kv_heads, block_size, scale, out, stream);
   } else {
     std::fprintf(stderr, "LaunchPrefillAttention: unsupported head_dim %d, v_head_dim %d\n",
                  head_dim, v_head_dim);

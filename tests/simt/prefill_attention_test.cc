@@ -53,7 +53,9 @@ struct Case {
 // 1e-7 more. The worst of ~10^5 elements may be a few times the typical error: 2e-6 leaves room
 // for that. (The worst-case bound, 2^-24 head_dim sum|q k| scale, is far looser and unreachable
 // with such data.) bf16: the inputs are exact in fp32 and the reference gets the same values;
-// the output's rounding adds at most 2^-8 of its magnitude.
+// the output's rounding adds at most 2^-8 of its magnitude. Float q/out with a bf16 cache: the
+// cache values are exact in fp32 and the reference gets them as float, q is float as in the f32
+// test, and the output is float: the same f32 bound, with no output rounding term.
 constexpr double kF32Tolerance = 2e-6;
 
 template <typename T>
@@ -61,10 +63,19 @@ T RandomValue(std::mt19937& random, float bound) {
   return FromFloat<T>(std::uniform_real_distribution<float>(-bound, bound)(random));
 }
 
-template <typename T>
+// The storage types' label: "f32", "bf16" (both), or "f32/bf16kv" (q/out, cache).
+template <typename QT, typename KvT>
+const char* StorageName() {
+  if constexpr (std::is_same_v<QT, KvT>) return std::is_same_v<QT, float> ? "f32" : "bf16";
+  return std::is_same_v<QT, float> ? "f32/bf16kv" : "bf16/f32kv";
+}
+
+// q and out stored as QT, the K/V pools as KvT.
+template <typename QT, typename KvT>
 void CheckCase(const Case& c, std::uint32_t seed) {
-  constexpr bool kIsFloat = std::is_same_v<T, float>;
-  SCOPED_TRACE(testing::Message() << c.name << (kIsFloat ? " f32" : " bf16"));
+  constexpr bool kFloatOut = std::is_same_v<QT, float>;
+  const char* const storage = StorageName<QT, KvT>();
+  SCOPED_TRACE(testing::Message() << c.name << " " << storage);
   std::mt19937 random(seed);
   const int num_seqs = static_cast<int>(c.seqs.size());
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -106,8 +117,8 @@ void CheckCase(const Case& c, std::uint32_t seed) {
   const std::size_t k_row = static_cast<std::size_t>(c.n_kv_heads) * c.head_dim;
   const std::size_t v_row = static_cast<std::size_t>(c.n_kv_heads) * c.v_head_dim;
   const std::size_t slots = static_cast<std::size_t>(num_blocks) * c.block_size;
-  std::vector<T> k_pool(slots * k_row, FromFloat<T>(nan));
-  std::vector<T> v_pool(slots * v_row, FromFloat<T>(nan));
+  std::vector<KvT> k_pool(slots * k_row, FromFloat<KvT>(nan));
+  std::vector<KvT> v_pool(slots * v_row, FromFloat<KvT>(nan));
   for (int b = 0; b < num_seqs; ++b) {
     for (int t = 0; t < c.seqs[b].start_pos + c.seqs[b].q_len; ++t) {
       const std::size_t slot =
@@ -115,18 +126,22 @@ void CheckCase(const Case& c, std::uint32_t seed) {
               tables[static_cast<std::size_t>(b) * stride + t / c.block_size]) *
               c.block_size +
           t % c.block_size;
-      for (std::size_t e = 0; e < k_row; ++e) k_pool[slot * k_row + e] = RandomValue<T>(random, 1);
-      for (std::size_t e = 0; e < v_row; ++e) v_pool[slot * v_row + e] = RandomValue<T>(random, 1);
+      for (std::size_t e = 0; e < k_row; ++e) {
+        k_pool[slot * k_row + e] = RandomValue<KvT>(random, 1);
+      }
+      for (std::size_t e = 0; e < v_row; ++e) {
+        v_pool[slot * v_row + e] = RandomValue<KvT>(random, 1);
+      }
     }
   }
   const std::size_t q_row = static_cast<std::size_t>(c.n_heads) * c.head_dim;
   const std::size_t o_row = static_cast<std::size_t>(c.n_heads) * c.v_head_dim;
-  std::vector<T> q(rows * q_row);
-  for (T& x : q) x = RandomValue<T>(random, 3);
+  std::vector<QT> q(rows * q_row);
+  for (QT& x : q) x = RandomValue<QT>(random, 3);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
-  // The reference, on the same values in float.
-  auto to_float = [](const std::vector<T>& x) {
+  // The reference, on the same values in float (q and the cache each converted from its type).
+  auto to_float = [](const auto& x) {
     std::vector<float> y(x.size());
     for (std::size_t i = 0; i < x.size(); ++i) y[i] = ToFloat(x[i]);
     return y;
@@ -147,13 +162,13 @@ void CheckCase(const Case& c, std::uint32_t seed) {
                                           expected.data());
 
   const std::vector<PrefillWorkItem> items = pdserve::cuda::BuildPrefillWorkItems(seqs);
-  const T sentinel = FromFloat<T>(-1234.5f);
+  const QT sentinel = FromFloat<QT>(-1234.5f);
   std::vector<std::vector<float>> outputs;
   for (const simt::BlockOrder order :
        {simt::BlockOrder::kForward, simt::BlockOrder::kReverse, simt::BlockOrder::kShuffled}) {
     simt::SetBlockOrder(order, seed);
-    std::vector<T> out(rows * o_row, sentinel);
-    pdserve::cuda::LaunchPrefillAttention<T>(
+    std::vector<QT> out(rows * o_row, sentinel);
+    pdserve::cuda::LaunchPrefillAttention<QT, KvT>(
         q.data(), k_pool.data(), v_pool.data(), seqs.data(), tables.data(), stride, items.data(),
         static_cast<int>(items.size()), c.n_heads, c.n_kv_heads, c.head_dim, c.v_head_dim,
         c.block_size, scale, out.data(), nullptr);
@@ -171,7 +186,7 @@ void CheckCase(const Case& c, std::uint32_t seed) {
   double worst_abs = 0.0;
   for (std::size_t e = o_row; e < expected.size(); ++e) {
     double tolerance = kF32Tolerance;
-    if (!kIsFloat) tolerance += (std::abs(expected[e]) + kF32Tolerance) / 256;
+    if (!kFloatOut) tolerance += (std::abs(expected[e]) + kF32Tolerance) / 256;
     const double error = std::abs(static_cast<double>(outputs[0][e]) - expected[e]);
     ASSERT_LE(error, tolerance) << "row " << e / o_row << " head " << e % o_row / c.v_head_dim
                                 << " dim " << e % c.v_head_dim << ": " << outputs[0][e] << " vs "
@@ -179,8 +194,8 @@ void CheckCase(const Case& c, std::uint32_t seed) {
     worst = std::max(worst, error / tolerance);
     worst_abs = std::max(worst_abs, error);
   }
-  std::printf("prefill %-28s %s: %zu work items, worst error %.3g (%.3g of the tolerance)\n",
-              c.name.c_str(), kIsFloat ? "f32 " : "bf16", items.size(), worst_abs, worst);
+  std::printf("prefill %-28s %-10s: %zu work items, worst error %.3g (%.3g of the tolerance)\n",
+              c.name.c_str(), storage, items.size(), worst_abs, worst);
 }
 
 // Tiles are 32 query rows and 32 key positions; the cases put the causal diagonal at various
@@ -211,15 +226,27 @@ const Case kRealistic = {"gqa8/2 d128 bs16 q256+200", 8, 2, 128, 128, 16, {{200,
 
 TEST(PrefillAttentionSimt, Float32MatchesReference) {
   std::uint32_t seed = 1;
-  for (const Case& c : Cases()) CheckCase<float>(c, seed++);
+  for (const Case& c : Cases()) CheckCase<float, float>(c, seed++);
 }
 
-TEST(PrefillAttentionSimt, Float32Realistic) { CheckCase<float>(kRealistic, 99); }
-TEST(PrefillAttentionSimt, Bfloat16Realistic) { CheckCase<__nv_bfloat16>(kRealistic, 199); }
+TEST(PrefillAttentionSimt, Float32Realistic) { CheckCase<float, float>(kRealistic, 99); }
+TEST(PrefillAttentionSimt, Bfloat16Realistic) {
+  CheckCase<__nv_bfloat16, __nv_bfloat16>(kRealistic, 199);
+}
 
 TEST(PrefillAttentionSimt, Bfloat16MatchesReference) {
   std::uint32_t seed = 101;
-  for (const Case& c : Cases()) CheckCase<__nv_bfloat16>(c, seed++);
+  for (const Case& c : Cases()) CheckCase<__nv_bfloat16, __nv_bfloat16>(c, seed++);
+}
+
+// The CUDA backend's configuration: float activations (q, out) with a bf16 KV cache.
+TEST(PrefillAttentionSimt, Float32WithBf16CacheMatchesReference) {
+  std::uint32_t seed = 201;
+  for (const Case& c : Cases()) CheckCase<float, __nv_bfloat16>(c, seed++);
+}
+
+TEST(PrefillAttentionSimt, Float32WithBf16CacheRealistic) {
+  CheckCase<float, __nv_bfloat16>(kRealistic, 299);
 }
 
 // The shared memory sizes that the header documents.
@@ -247,9 +274,12 @@ TEST(PrefillAttentionSimt, WorkItems) {
 
 // No work items launches nothing (and must not fail).
 TEST(PrefillAttentionSimt, EmptyLaunch) {
-  pdserve::cuda::LaunchPrefillAttention<float>(nullptr, nullptr, nullptr, nullptr, nullptr, 0,
-                                               nullptr, 0, 8, 2, 128, 128, 16, 1.0f, nullptr,
-                                               nullptr);
+  pdserve::cuda::LaunchPrefillAttention<float, float>(nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                      0, nullptr, 0, 8, 2, 128, 128, 16, 1.0f,
+                                                      nullptr, nullptr);
+  pdserve::cuda::LaunchPrefillAttention<float, __nv_bfloat16>(nullptr, nullptr, nullptr, nullptr,
+                                                              nullptr, 0, nullptr, 0, 8, 2, 128,
+                                                              128, 16, 1.0f, nullptr, nullptr);
 }
 
 }  // namespace
