@@ -1,7 +1,5 @@
 #include "kernels/make_backend.h"
 
-#include <charconv>
-
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #if PDSERVE_WITH_CUDA
@@ -9,24 +7,6 @@
 #endif
 
 namespace pdserve {
-
-absl::StatusOr<DeviceSpec> ParseDevice(const std::string& flag) {
-  if (flag == "cpu") return DeviceSpec{Device::kCpu, 0};
-  if (flag == "cuda") return DeviceSpec{Device::kCuda, 0};
-  constexpr std::string_view kCudaPrefix = "cuda:";
-  if (flag.starts_with(kCudaPrefix)) {
-    const char* begin = flag.data() + kCudaPrefix.size();
-    const char* end = flag.data() + flag.size();
-    int ordinal = -1;
-    const auto [ptr, ec] = std::from_chars(begin, end, ordinal);
-    if (ec == std::errc() && ptr == end && begin != end && ordinal >= 0) {
-      return DeviceSpec{Device::kCuda, ordinal};
-    }
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--device must be cpu, cuda or cuda:N with N a CUDA device ordinal (0, 1, ...); got '", flag,
-      "'"));
-}
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const DeviceSpec& spec, int threads,
                                                      CpuIsa isa) {

@@ -10,7 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "kernels/make_backend.h"
+#include "kernels/device_spec.h"
 #include "metrics/metrics_flags.h"
 #include "rpc/tls_flags.h"
 #include "transport/tls_session.h"
@@ -26,7 +26,7 @@ struct WorkerFlags {
   std::string port_file{};
   std::string log_level = "info";
   std::string cpu_isa{};       // "" = the best this CPU supports
-  std::string device = "cpu";  // cpu, cuda or cuda:N (kernels/make_backend.h)
+  std::string device = "cpu";  // cpu, cuda or cuda:N (kernels/device_spec.h)
   rpc::TlsFiles tls{};
   bool kv_plaintext = false;        // KV transfers stay plaintext even with TLS files
   std::string drain_grace = "30s";  // see DrainGrace

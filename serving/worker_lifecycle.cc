@@ -1,7 +1,7 @@
 #include "serving/worker_lifecycle.h"
 
 #include "absl/strings/str_cat.h"
-#include "kernels/make_backend.h"
+#include "kernels/device_spec.h"
 #include "spdlog/spdlog.h"
 
 namespace pdserve::serving {

@@ -1,0 +1,22 @@
+// What a --device flag names: "cpu" (the default) or "cuda" / "cuda:N" (CUDA device ordinal N, 0
+// by default). Parsing only: kernels/make_backend.h turns a spec into a backend. Kept apart so
+// that binaries which only check the flag (the workers) do not link the CUDA backend and its
+// libraries (docs/metrics.md: cuBLASLt's thread-local storage stops /metrics' threads).
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/tensor.h"
+
+namespace pdserve {
+
+struct DeviceSpec {
+  Device device = Device::kCpu;
+  int ordinal = 0;  // CUDA device ordinal
+};
+
+// INVALID_ARGUMENT naming the accepted forms for anything but cpu, cuda or cuda:N (N >= 0).
+absl::StatusOr<DeviceSpec> ParseDevice(const std::string& flag);
+
+}  // namespace pdserve
