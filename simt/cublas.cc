@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -52,11 +53,16 @@ void StoreFromFloat(void* data, cudaDataType type, std::int64_t i, float value) 
   }
 }
 
-// The `cols` columns of `ld` elements that a column-major operand spans, widened to f32.
-std::vector<float> Widen(const void* data, cudaDataType type, int ld, int cols) {
-  std::vector<float> out(static_cast<std::size_t>(ld) * cols);
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    out[i] = LoadAsFloat(data, type, static_cast<std::int64_t>(i));
+// The rows x cols column-major operand at `data` (leading dimension ld), widened to a compact f32
+// copy (leading dimension rows). Only the operand's own elements are read: a sub-matrix (one
+// head of a strided batch) ends well before ld * cols elements, as cuBLAS knows.
+std::vector<float> Widen(const void* data, cudaDataType type, int ld, int rows, int cols) {
+  std::vector<float> out(static_cast<std::size_t>(rows) * cols);
+  for (int col = 0; col < cols; ++col) {
+    for (int row = 0; row < rows; ++row) {
+      out[static_cast<std::size_t>(col) * rows + row] =
+          LoadAsFloat(data, type, static_cast<std::int64_t>(col) * ld + row);
+    }
   }
   return out;
 }
@@ -66,19 +72,22 @@ cublasStatus_t GemmThroughF32(cublasOperation_t transa, cublasOperation_t transb
                               int k, float alpha, const void* a, cudaDataType a_type, int lda,
                               const void* b, cudaDataType b_type, int ldb, float beta, void* c,
                               cudaDataType c_type, int ldc) {
+  const int a_rows = transa == CUBLAS_OP_N ? m : k;
   const int a_cols = transa == CUBLAS_OP_N ? k : m;
+  const int b_rows = transb == CUBLAS_OP_N ? k : n;
   const int b_cols = transb == CUBLAS_OP_N ? n : k;
-  const std::vector<float> a32 = Widen(a, a_type, lda, a_cols);
-  const std::vector<float> b32 = Widen(b, b_type, ldb, b_cols);
-  std::vector<float> c32(static_cast<std::size_t>(ldc) * n, 0.0f);
+  const std::vector<float> a32 = Widen(a, a_type, lda, a_rows, a_cols);
+  const std::vector<float> b32 = Widen(b, b_type, ldb, b_rows, b_cols);
+  std::vector<float> c32(static_cast<std::size_t>(m) * n, 0.0f);
   // beta == 0 means C is not read (it may hold NaN), as in BLAS.
-  if (beta != 0.0f) c32 = Widen(c, c_type, ldc, n);
-  cblas_sgemm(CblasColMajor, ToCblas(transa), ToCblas(transb), m, n, k, alpha, a32.data(), lda,
-              b32.data(), ldb, beta, c32.data(), ldc);
+  if (beta != 0.0f) c32 = Widen(c, c_type, ldc, m, n);
+  cblas_sgemm(CblasColMajor, ToCblas(transa), ToCblas(transb), m, n, k, alpha, a32.data(),
+              std::max(a_rows, 1), b32.data(), std::max(b_rows, 1), beta, c32.data(),
+              std::max(m, 1));
   for (int col = 0; col < n; ++col) {
     for (int row = 0; row < m; ++row) {
-      const std::int64_t i = static_cast<std::int64_t>(col) * ldc + row;
-      StoreFromFloat(c, c_type, i, c32[static_cast<std::size_t>(i)]);
+      StoreFromFloat(c, c_type, static_cast<std::int64_t>(col) * ldc + row,
+                     c32[static_cast<std::size_t>(col) * m + row]);
     }
   }
   return CUBLAS_STATUS_SUCCESS;
