@@ -52,13 +52,8 @@ bool IsDeviceF32(const Tensor& t) {
   return t.device() == Device::kCuda && t.dtype() == DType::kF32 && !t.empty();
 }
 
-// A paged KV pool (or the rows written into one): f32 or bf16.
-bool IsDeviceKv(const Tensor& t) {
-  return t.device() == Device::kCuda && (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16) &&
-         !t.empty();
-}
-
-bool IsDeviceWeight(const Tensor& t) {
+// A weight matrix, a paged KV pool or the rows written into one: f32 or bf16.
+bool IsDeviceF32OrBf16(const Tensor& t) {
   return t.device() == Device::kCuda && (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16) &&
          !t.empty();
 }
@@ -389,7 +384,7 @@ void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
 
 void CudaBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tensor& out) {
   Activate();
-  PDSERVE_KERNEL_CHECK(IsDeviceWeight(table) && table.shape().rank() == 2 && IsDeviceF32(out));
+  PDSERVE_KERNEL_CHECK(IsDeviceF32OrBf16(table) && table.shape().rank() == 2 && IsDeviceF32(out));
   const int64_t d = table.dim(1);
   const int64_t rows = static_cast<int64_t>(ids.size());
   PDSERVE_KERNEL_CHECK(out.dim(0) == rows && Cols(out) == d);
@@ -411,7 +406,7 @@ void CudaBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tenso
 
 void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   Activate();
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceWeight(w) && IsDeviceF32(y));
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32OrBf16(w) && IsDeviceF32(y));
   const int64_t m = x.dim(0), k = Cols(x), n = w.dim(0);
   PDSERVE_KERNEL_CHECK(Cols(w) == k && y.dim(0) == m && Cols(y) == n);
   PDSERVE_KERNEL_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX);
@@ -524,7 +519,7 @@ void CudaBackend::Add(Tensor& x, const Tensor& y) {
 void CudaBackend::CopyRows(const Tensor& src, std::span<const int64_t> src_rows, Tensor& dst,
                            std::span<const int64_t> dst_rows, std::span<const float> weights,
                            int64_t n) {
-  PDSERVE_KERNEL_CHECK(IsDeviceKv(src) && IsDeviceKv(dst) && Cols(src) == Cols(dst));
+  PDSERVE_KERNEL_CHECK(IsDeviceF32OrBf16(src) && IsDeviceF32OrBf16(dst) && Cols(src) == Cols(dst));
   // Weighted adds (MoE) accumulate into f32 activations.
   PDSERVE_KERNEL_CHECK(weights.empty() || dst.dtype() == DType::kF32);
   if (n == 0) return;
@@ -732,7 +727,7 @@ void CudaBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Te
                                Tensor& o_lat) {
   Activate();
   const int64_t rank = shape.kv_lora_rank, rope = shape.rope_dim;
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(q_lat) && IsDeviceF32(q_pe) && IsDeviceKv(latent_pool) &&
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(q_lat) && IsDeviceF32(q_pe) && IsDeviceF32OrBf16(latent_pool) &&
                        IsDeviceF32(o_lat));
   PDSERVE_KERNEL_CHECK(shape.n_heads > 0 && latent_pool.shape().rank() == 3 &&
                        latent_pool.dim(2) == rank + rope);
@@ -792,8 +787,8 @@ void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor&
                             Tensor& out) {
   Activate();
   const int hd = shape.head_dim, vd = shape.value_dim();
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(q) && IsDeviceF32(out) && IsDeviceKv(k_pool) &&
-                       IsDeviceKv(v_pool) && k_pool.dtype() == v_pool.dtype());
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(q) && IsDeviceF32(out) && IsDeviceF32OrBf16(k_pool) &&
+                       IsDeviceF32OrBf16(v_pool) && k_pool.dtype() == v_pool.dtype());
   PDSERVE_KERNEL_CHECK(hd > 0 && hd <= kMaxHeadDim && vd > 0 && vd <= kMaxHeadDim);
   PDSERVE_KERNEL_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
   PDSERVE_KERNEL_CHECK(shape.n_heads > 0 && shape.n_heads <= 65535);  // grid.y limit
