@@ -169,6 +169,15 @@ absl::Status RequestFlow::CallError(const grpc::Status& status, WorkerRole role,
         " ms after it arrived, during ", call, " on ", RoleName(role), " worker ", address,
         "; set a longer client deadline or raise the router's --request-timeout"));
   }
+  if (status.error_code() == grpc::StatusCode::CANCELLED) {
+    // Not the client's cancel (that was answered above): the worker's server cut the call, as
+    // a shutting-down server does to calls that race with it. The worker is going away, which
+    // is UNAVAILABLE to the router's retry logic and to the client (CANCELLED would tell the
+    // client that it cancelled).
+    return absl::UnavailableError(
+        absl::StrCat(RoleName(role), " worker ", address, ": ", call,
+                     " was cut by the worker (shutting down?): ", status.error_message()));
+  }
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                       absl::StrCat(RoleName(role), " worker ", address, ": ", call,
                                    " failed: ", status.error_message()));

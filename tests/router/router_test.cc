@@ -208,8 +208,9 @@ class FakeDecode final : public FakeWorker<v1::DecodeWorker::CallbackService> {
 
 class FakePrefill final : public FakeWorker<v1::PrefillWorker::CallbackService> {
  public:
-  // Answers UNAVAILABLE while the shared `*failures_left` is positive (decrementing it).
+  // Answers `failure_code` while the shared `*failures_left` is positive (decrementing it).
   std::atomic<int>* failures_left = nullptr;
+  std::atomic<grpc::StatusCode> failure_code{grpc::StatusCode::UNAVAILABLE};
   std::atomic<bool> hang{false};  // wait for cancellation instead of answering
   std::atomic<int> prefills{0};
   std::atomic<bool> cancelled{false};
@@ -227,7 +228,7 @@ class FakePrefill final : public FakeWorker<v1::PrefillWorker::CallbackService> 
       last = *request;
     }
     if (failures_left != nullptr && failures_left->fetch_sub(1) > 0) {
-      return Answer(context, {grpc::StatusCode::UNAVAILABLE, "worker is going away"});
+      return Answer(context, {failure_code, "worker is going away"});
     }
     if (hang) return new HangingCall(*this);
     response->set_first_token(kFirstToken);
@@ -521,6 +522,36 @@ TEST_F(RouterTest, UnavailablePrefillIsRetriedOnTheOtherWorker) {
   absl::MutexLock lock(&decode_[0].mu);
   EXPECT_EQ(decode_[0].released_ids, std::vector<uint64_t>{1});
   EXPECT_EQ(decode_[0].last_decode.reservation_id(), 2u);
+}
+
+// A server that shuts down cancels the calls racing with it: the client did not cancel, so the
+// request goes to the other worker, as for UNAVAILABLE.
+TEST_F(RouterTest, PrefillCancelledByTheWorkerIsRetriedOnTheOtherWorker) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  for (FakePrefill& fake : prefill_) fake.failure_code = grpc::StatusCode::CANCELLED;
+  prefill_failures_ = 1;
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  ASSERT_TRUE(stub_->Complete(&context, Request(3), &response).ok());
+  EXPECT_EQ(response.token_ids_size(), 3);
+  EXPECT_EQ(TotalPrefills(), 2);
+  EXPECT_EQ(decode_[0].reserves, 2);
+  EXPECT_EQ(decode_[0].releases, 1);
+}
+
+// When both cut the call the client hears UNAVAILABLE (retry later), not CANCELLED, which would
+// say that the client cancelled.
+TEST_F(RouterTest, PrefillCancelledByBothWorkersGivesUnavailable) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  for (FakePrefill& fake : prefill_) fake.failure_code = grpc::StatusCode::CANCELLED;
+  prefill_failures_ = 2;
+  grpc::ClientContext context;
+  v1::CompleteResponse response;
+  const grpc::Status status = stub_->Complete(&context, Request(3), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_NE(status.error_message().find("cut by the worker"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(decode_[0].releases, 2);
 }
 
 TEST_F(RouterTest, BothPrefillWorkersFailingGivesUnavailableAndReleases) {
