@@ -66,7 +66,7 @@ namespace pdserve::cuda {
 extern template void LaunchPagedDecodeAttention<__nv_bfloat16, __nv_bfloat16, 128>(
     const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const int32_t*, int,
     const int32_t*, int, int, int, int, float, int, void*, __nv_bfloat16*, cudaStream_t);
-extern template void LaunchMlaDecodeAttention<__nv_bfloat16, 512, 64>(
+extern template void LaunchMlaDecodeAttention<__nv_bfloat16, __nv_bfloat16, 512, 64>(
     const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const int*, int, const int*,
     int, int, int, float, int, void*, __nv_bfloat16*, cudaStream_t);
 }  // namespace pdserve::cuda
@@ -447,7 +447,7 @@ void RunMla(Timer& timer, const DeviceInfo& dev, bool quick, int warmup, int ite
     BENCH_CUDA(cudaStreamSynchronize(timer.stream()));
     const double ms = timer.MedianMs(
         [&] {
-          cuda::LaunchMlaDecodeAttention<__nv_bfloat16, kRank, kRope>(
+          cuda::LaunchMlaDecodeAttention<__nv_bfloat16, __nv_bfloat16, kRank, kRope>(
               q_lat.ptr, q_pe.ptr, latent.ptr, tables.ptr, per_seq, lens.ptr, c.batch, c.heads,
               kBlock, scale, splits, workspace.ptr, o_lat.ptr, timer.stream());
         },

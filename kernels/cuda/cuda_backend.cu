@@ -299,8 +299,6 @@ CudaBackend::~CudaBackend() {
   FreeScratch(items_scratch_);
   FreeScratch(workspace_scratch_);
   FreeScratch(bf16_scratch_);
-  FreeScratch(mla_q_pe_scratch_);
-  FreeScratch(mla_out_scratch_);
   PDSERVE_CUBLAS_CHECK(cublasDestroy(cublas_));
   PDSERVE_CUDA_CHECK(cudaStreamDestroy(stream_));
 }
@@ -317,6 +315,7 @@ void CudaBackend::Activate() const {
 }
 
 void* CudaBackend::Reserve(Scratch& scratch, size_t bytes) {
+  scratch.uploaded.clear();
   if (bytes > scratch.capacity) {
     // Kernels issued earlier may still read the old buffer.
     PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -329,11 +328,18 @@ void* CudaBackend::Reserve(Scratch& scratch, size_t bytes) {
 }
 
 void* CudaBackend::Upload(Scratch& scratch, const void* host, size_t bytes) {
+  const auto* first = static_cast<const std::byte*>(host);
+  if (bytes > 0 && scratch.uploaded.size() == bytes &&
+      std::equal(first, first + bytes, scratch.uploaded.begin())) {
+    return scratch.data;  // Kernels only read uploads, so the device copy is still these bytes.
+  }
   Reserve(scratch, bytes);
   // From pageable memory this returns once the bytes are staged, so `host` may be reused at
   // once; the device-side write is ordered on stream_ after every earlier reader of scratch.
   if (bytes > 0) {
     PDSERVE_CUDA_CHECK(cudaMemcpyAsync(scratch.data, host, bytes, cudaMemcpyHostToDevice, stream_));
+    scratch.uploaded.assign(first, first + bytes);
+    ++metadata_uploads_;
   }
   return scratch.data;
 }
@@ -342,6 +348,7 @@ void CudaBackend::FreeScratch(Scratch& scratch) {
   if (scratch.data != nullptr) PDSERVE_CUDA_CHECK(cudaFree(scratch.data));
   scratch.data = nullptr;
   scratch.capacity = 0;
+  scratch.uploaded.clear();
 }
 
 DType CudaBackend::WeightDType(DType checkpoint_dtype) const {
@@ -444,14 +451,11 @@ void CudaBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
 }
 
 const void* CudaBackend::ToBf16Scratch(const Tensor& x) {
-  return ToBf16(x.data_as<float>(), x.numel(), bf16_scratch_);
-}
-
-__nv_bfloat16* CudaBackend::ToBf16(const float* x, int64_t n, Scratch& scratch) {
-  auto* out = static_cast<__nv_bfloat16*>(Reserve(scratch, static_cast<size_t>(n) * 2));
+  const int64_t n = x.numel();
+  auto* out = static_cast<__nv_bfloat16*>(Reserve(bf16_scratch_, static_cast<size_t>(n) * 2));
   if (n == 0) return out;
   auto* kernel = &ConvertKernel<float, __nv_bfloat16>;
-  PDSERVE_LAUNCH(kernel, GridFor(n), kThreads, 0, stream_)(x, n, out);
+  PDSERVE_LAUNCH(kernel, GridFor(n), kThreads, 0, stream_)(x.data_as<float>(), n, out);
   PDSERVE_CUDA_CHECK_LAUNCH();
   return out;
 }
@@ -708,15 +712,15 @@ namespace {
 
 // The latent shapes the MLA decode kernel is compiled for: DeepSeek-V2/V3's, and the tiny test
 // models'.
-template <int kRank, int kRope, typename T>
-bool LaunchMlaIfShape(const MlaShape& shape, const T* q_lat, const T* q_pe, const T* latent,
-                      const int32_t* tables, int stride, const int32_t* lens, int batch,
-                      int block_size, int num_splits, void* workspace, T* o_lat,
+template <int kRank, int kRope, typename KvT>
+bool LaunchMlaIfShape(const MlaShape& shape, const float* q_lat, const float* q_pe,
+                      const KvT* latent, const int32_t* tables, int stride, const int32_t* lens,
+                      int batch, int block_size, int num_splits, void* workspace, float* o_lat,
                       cudaStream_t stream) {
   if (shape.kv_lora_rank != kRank || shape.rope_dim != kRope) return false;
-  cuda::LaunchMlaDecodeAttention<T, kRank, kRope>(q_lat, q_pe, latent, tables, stride, lens, batch,
-                                                  shape.n_heads, block_size, shape.scale,
-                                                  num_splits, workspace, o_lat, stream);
+  cuda::LaunchMlaDecodeAttention<float, KvT, kRank, kRope>(
+      q_lat, q_pe, latent, tables, stride, lens, batch, shape.n_heads, block_size, shape.scale,
+      num_splits, workspace, o_lat, stream);
   return true;
 }
 
@@ -745,29 +749,19 @@ void CudaBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Te
       Reserve(workspace_scratch_,
               cuda::MlaDecodeWorkspaceBytes(batch, shape.n_heads, shape.kv_lora_rank, splits));
   const int block_size = static_cast<int>(latent_pool.dim(1));
-  // The kernel reads q and the latent in one storage type: with a bf16 cache, q goes in rounded
-  // to bf16 (as bf16 stacks compute it) and o_lat comes out through a bf16 buffer.
-  const bool bf16 = latent_pool.dtype() == DType::kBF16;
-  const int64_t q_lat_n = q_lat.numel(), q_pe_n = q_pe.numel(), o_n = o_lat.numel();
-  const __nv_bfloat16* q_lat16 =
-      bf16 ? ToBf16(q_lat.data_as<float>(), q_lat_n, bf16_scratch_) : nullptr;
-  const __nv_bfloat16* q_pe16 =
-      bf16 ? ToBf16(q_pe.data_as<float>(), q_pe_n, mla_q_pe_scratch_) : nullptr;
-  auto* o16 =
-      bf16 ? static_cast<__nv_bfloat16*>(Reserve(mla_out_scratch_, static_cast<size_t>(o_n) * 2))
-           : nullptr;
-  const auto launch = [&](auto f32_launcher, auto bf16_launcher) {
-    if (bf16) {
-      return bf16_launcher(shape, q_lat16, q_pe16, latent_pool.data_as<__nv_bfloat16>(), tables,
-                           stride, lens, batch, block_size, splits, workspace, o16, stream_);
-    }
-    return f32_launcher(shape, q_lat.data_as<float>(), q_pe.data_as<float>(),
-                        latent_pool.data_as<float>(), tables, stride, lens, batch, block_size,
-                        splits, workspace, o_lat.data_as<float>(), stream_);
+  // q and o_lat stay f32; the cache's storage type picks the kernel's instantiation.
+  const auto run = [&](auto kv_type) {
+    using KvT = decltype(kv_type);
+    const auto launch = [&](auto launcher) {
+      return launcher(shape, q_lat.data_as<float>(), q_pe.data_as<float>(),
+                      latent_pool.data_as<KvT>(), tables, stride, lens, batch, block_size, splits,
+                      workspace, o_lat.data_as<float>(), stream_);
+    };
+    return launch(LaunchMlaIfShape<512, 64, KvT>) || launch(LaunchMlaIfShape<64, 16, KvT>) ||
+           launch(LaunchMlaIfShape<32, 8, KvT>);
   };
-  if (!launch(LaunchMlaIfShape<512, 64, float>, LaunchMlaIfShape<512, 64, __nv_bfloat16>) &&
-      !launch(LaunchMlaIfShape<64, 16, float>, LaunchMlaIfShape<64, 16, __nv_bfloat16>) &&
-      !launch(LaunchMlaIfShape<32, 8, float>, LaunchMlaIfShape<32, 8, __nv_bfloat16>)) {
+  const bool launched = latent_pool.dtype() == DType::kBF16 ? run(__nv_bfloat16{}) : run(float{});
+  if (!launched) {
     std::fprintf(stderr,
                  "CudaBackend::MlaAttention: no kernel for kv_lora_rank %d, rope_dim %d (compiled: "
                  "512/64, 64/16, 32/8; add the shape in LaunchMlaIfShape)\n",
@@ -775,11 +769,6 @@ void CudaBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Te
     std::abort();
   }
   PDSERVE_CUDA_CHECK_LAUNCH();
-  if (bf16) {
-    auto* kernel = &ConvertKernel<__nv_bfloat16, float>;
-    PDSERVE_LAUNCH(kernel, GridFor(o_n), kThreads, 0, stream_)(o16, o_n, o_lat.data_as<float>());
-    PDSERVE_CUDA_CHECK_LAUNCH();
-  }
 }
 
 void CudaBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,

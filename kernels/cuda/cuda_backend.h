@@ -15,7 +15,6 @@
 // declared here so this header does not pull CUDA headers into every includer.
 struct CUstream_st;
 struct cublasContext;
-struct __nv_bfloat16;
 
 namespace pdserve {
 // The SIMT-emulated test build of this class (tests/simt/emulated_cuda_backend.cc: the same
@@ -65,6 +64,11 @@ class CudaBackend final : public Backend {
   // newer, the oldest this build has kernels for (CUDA_ARCHITECTURES 80;90).
   static bool DeviceAvailable(int device_ordinal = 0);
 
+  // Host-to-device copies of per-call metadata (token ids, positions, block tables, context
+  // lengths, row maps) made so far. Bytes equal to what a scratch buffer already holds are not
+  // copied again, so a decode step copies each kind once, not once per layer.
+  int64_t metadata_uploads() const { return metadata_uploads_; }
+
   // kv_cache_dtype: the paged KV pools' storage, kBF16 (the default: half the bytes of f32, as
   // every GPU serving stack keeps it) or kF32 (matches the CPU backend to f32 rounding).
   explicit CudaBackend(int device_ordinal = 0, DType kv_cache_dtype = DType::kBF16);
@@ -111,14 +115,18 @@ class CudaBackend final : public Backend {
   struct Scratch {
     void* data = nullptr;
     size_t capacity = 0;
+    // The bytes the last Upload put in `data` (empty once Reserve hands it out for writing):
+    // each layer of a forward uploads the same tables and positions, which then stay put.
+    std::vector<std::byte> uploaded;
   };
 
   // Aborts unless the device was initialized; makes it current on this thread.
   void Activate() const;
-  // Copies `bytes` of host memory into `scratch` (growing it) on stream_; returns the device
-  // pointer.
+  // Copies `bytes` of host memory into `scratch` (growing it) on stream_, unless `scratch`
+  // already holds those bytes from the previous Upload; returns the device pointer.
   void* Upload(Scratch& scratch, const void* host, size_t bytes);
-  // `scratch` with room for `bytes` (contents undefined); returns the device pointer.
+  // `scratch` with room for `bytes` (contents undefined: the caller may write them); returns
+  // the device pointer.
   void* Reserve(Scratch& scratch, size_t bytes);
   // Uploads each sequence's block table, padded to the longest, as one [seqs][stride] array
   // (checked against the pool's num_blocks and block_size); returns the device pointer and
@@ -131,8 +139,6 @@ class CudaBackend final : public Backend {
                                      int* max_context);
   // Rounds x to bf16 into scratch for a bf16 GEMM; returns the device pointer.
   const void* ToBf16Scratch(const Tensor& x);
-  // n floats at x rounded to bf16 into `scratch`; returns the device pointer.
-  __nv_bfloat16* ToBf16(const float* x, int64_t n, Scratch& scratch);
   void FreeScratch(Scratch& scratch);
   // dst[dst_rows[i]] = src[src_rows[i]] (or += weights[i] * ... when weights are given) for
   // i < n; an empty row list means the identity.
@@ -145,9 +151,10 @@ class CudaBackend final : public Backend {
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
   int num_sms_ = 1;  // the device's multiprocessors, for the split-K heuristics
+  int64_t metadata_uploads_ = 0;
   Scratch ids_scratch_, positions_scratch_, freq_scratch_, attn_scratch_, tables_scratch_;
   Scratch rows_scratch_, rows2_scratch_, weights_scratch_, lens_scratch_, seqs_scratch_;
-  Scratch items_scratch_, workspace_scratch_, bf16_scratch_, mla_q_pe_scratch_, mla_out_scratch_;
+  Scratch items_scratch_, workspace_scratch_, bf16_scratch_;
   std::vector<int32_t> tables_host_;  // host staging for the block tables
 };
 

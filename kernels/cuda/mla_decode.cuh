@@ -7,13 +7,14 @@
 // "MLA, precisely"): q_lat is q_nope already multiplied by W_UK, and the caller multiplies o_lat
 // by W_UV.
 //
-// Layouts (row-major, T = float or __nv_bfloat16 for q, cache and output alike):
+// Layouts (row-major; QT = float or __nv_bfloat16 for q and the output, KvT the same choice for
+// the cache, each on its own: a bf16 cache serves f32 activations without conversions):
 //   q_lat [batch][n_heads][kRank], q_pe [batch][n_heads][kRope], o_lat [batch][n_heads][kRank];
 //   latent pool [num_blocks][block_size][kRank + kRope]: per token row c_kv (kRank) then k_pe
 //   (kRope), shared by all heads; block_tables int32 [batch][block_table_stride]; context_lens
 //   int32 [batch]. Token t of sequence b is in block block_tables[b][t / block_size], slot
 //   t % block_size.
-// fp32 accumulation and softmax whatever T; o_lat is rounded to T once.
+// fp32 accumulation and softmax whatever the types; o_lat is rounded to QT once.
 //
 // Design (FlashMLA's structure without tensor cores). The latent row is shared by all heads, so
 // a block serves a tile of kMlaHeadTile = 16 heads of one sequence and reads each latent row
@@ -43,7 +44,7 @@
 // __launch_bounds__(256, 2): at most 128 registers a thread (ptxas: 127 on sm_80, 128 on sm_90
 // for (512, 64), no spills), so two blocks (16 warps) per SM on A100 and H100 alike.
 //
-// Limits: (kRank + kRope) * sizeof(T) a multiple of 16 bytes and the latent pool 16-byte aligned
+// Limits: (kRank + kRope) * sizeof(KvT) a multiple of 16 bytes and the latent pool 16-byte aligned
 // (16-byte row loads); kRank a multiple of 64 or one of 16, 32, 48 (the output blocks tile the
 // 16 x kRank output over 256 threads; static_asserts); batch and num_splits at most 65535 (grid
 // z and y); 1 <= context_lens[b] <= block_table_stride * block_size with valid block ids in the
@@ -219,22 +220,22 @@ __device__ __forceinline__ void MlaTransposeReduceStep(float (&v)[32], int lane)
   }
 }
 
-template <typename T, int kRank, int kRope>
+template <typename QT, typename KvT, int kRank, int kRope>
 __global__ void __launch_bounds__(kMlaThreads, 2)
-    MlaDecodeKernel(const T* __restrict__ q_lat, const T* __restrict__ q_pe,
-                    const T* __restrict__ latent, const int* __restrict__ block_tables,
+    MlaDecodeKernel(const QT* __restrict__ q_lat, const QT* __restrict__ q_pe,
+                    const KvT* __restrict__ latent, const int* __restrict__ block_tables,
                     int block_table_stride, const int* __restrict__ context_lens, int n_heads,
                     int block_size, float scale, int num_splits, float* __restrict__ partial_o,
-                    float* __restrict__ partial_lse, T* __restrict__ o_lat) {
+                    float* __restrict__ partial_lse, QT* __restrict__ o_lat) {
   using Traits = MlaDecodeTraits<kRank, kRope>;
   constexpr int kRow = Traits::kRow;
   constexpr int kHeads = Traits::kHeads;
   constexpr int kTokens = Traits::kTokens;
-  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  constexpr int kVec = 16 / static_cast<int>(sizeof(KvT));
   constexpr int kChunks = kRow / kVec;  // 16-byte chunks per latent row.
   constexpr int kStage = Traits::kStageThreadsPerRow;
   constexpr int kStageSteps = (kChunks + kStage - 1) / kStage;
-  static_assert(kRow * sizeof(T) % 16 == 0, "latent rows are loaded in 16-byte chunks");
+  static_assert(kRow * sizeof(KvT) % 16 == 0, "latent rows are loaded in 16-byte chunks");
 
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid % 32;
@@ -258,7 +259,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2)
       if (tid < heads_here) partial_lse[(row0 + tid) * num_splits + split] = -INFINITY;
     } else {  // An empty context (a caller error): zeros rather than a write through null.
       for (int i = tid; i < heads_here * kRank; i += Traits::kThreads) {
-        o_lat[row0 * kRank + i] = FromFloat<T>(0.0f);
+        o_lat[row0 * kRank + i] = FromFloat<QT>(0.0f);
       }
     }
     return;  // Uniform across the block: no barrier is left waiting.
@@ -310,12 +311,12 @@ __global__ void __launch_bounds__(kMlaThreads, 2)
       if (t < end) {
         const long long block =
             block_tables[static_cast<long long>(seq) * block_table_stride + t / block_size];
-        const T* src = latent + (block * block_size + t % block_size) * kRow;
+        const KvT* src = latent + (block * block_size + t % block_size) * kRow;
 #pragma unroll
         for (int step = 0; step < kStageSteps; ++step) {
           const int c = stage_lane + step * kStage;
           if (kChunks % kStage == 0 || c < kChunks) {
-            T values[kVec];
+            KvT values[kVec];
             MlaLoad16(src + c * kVec, values);
 #pragma unroll
             for (int v = 0; v < kVec; ++v) dst[c * kVec + v] = ToFloat(values[v]);
@@ -430,7 +431,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2)
       const int col = out_col + j * Traits::kColGroups;
       const float o = acc[i][j] * inv_sum;
       if (num_splits == 1) {
-        o_lat[(row0 + h) * kRank + col] = FromFloat<T>(o);
+        o_lat[(row0 + h) * kRank + col] = FromFloat<QT>(o);
       } else {
         partial_o[((row0 + h) * num_splits + split) * kRank + col] = o;
       }
@@ -443,11 +444,11 @@ __global__ void __launch_bounds__(kMlaThreads, 2)
 // one); with num_splits > 1, `workspace` holds MlaDecodeWorkspaceBytes(batch, n_heads, kRank,
 // num_splits) bytes, 4-byte aligned, and the merge runs on the same stream (the workspace may be
 // reused once it has run). Zero batch or heads launches nothing.
-template <typename T, int kRank, int kRope>
-void LaunchMlaDecodeAttention(const T* q_lat, const T* q_pe, const T* latent,
+template <typename QT, typename KvT, int kRank, int kRope>
+void LaunchMlaDecodeAttention(const QT* q_lat, const QT* q_pe, const KvT* latent,
                               const int* block_tables, int block_table_stride,
                               const int* context_lens, int batch, int n_heads, int block_size,
-                              float scale, int num_splits, void* workspace, T* o_lat,
+                              float scale, int num_splits, void* workspace, QT* o_lat,
                               cudaStream_t stream) {
   if (batch <= 0 || n_heads <= 0) return;  // A zero-block grid is a launch error on a GPU.
   using Traits = MlaDecodeTraits<kRank, kRope>;
@@ -459,7 +460,7 @@ void LaunchMlaDecodeAttention(const T* q_lat, const T* q_pe, const T* latent,
     partial_o = static_cast<float*>(workspace);
     partial_lse = partial_o + static_cast<std::size_t>(batch) * n_heads * num_splits * kRank;
   }
-  auto* kernel = &MlaDecodeKernel<T, kRank, kRope>;
+  auto* kernel = &MlaDecodeKernel<QT, KvT, kRank, kRope>;
   constexpr std::size_t kShared = Traits::kSharedBytes;
 #if defined(__CUDACC__)
   // Over 48 KiB of dynamic shared memory needs the opt-in (per device, so on every launch).

@@ -587,8 +587,8 @@ TEST(CudaBackend, TinyDeepseekPrefillAndDecodeLogitsMatchCpu) {
 }
 
 // The default bf16 KV cache through whole models (tiny Llama GQA, tiny DeepSeek-V2 MLA): K/V (or
-// the latent) rounded to bf16 once when cached, and MLA's q rounded too; logits within the bf16
-// bound, greedy ids equal where the CPU's top two are apart, over a prefill and 5 decode steps.
+// the latent) rounded to bf16 once when cached; logits within the bf16 bound, greedy ids equal
+// where the CPU's top two are apart, over a prefill and 5 decode steps.
 TEST(CudaBackend, TinyModelsWithBf16KvCacheStayWithinTheBf16Bound) {
   if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   CudaBackend gpu;  // The default: a bf16 KV cache.
@@ -604,6 +604,38 @@ TEST(CudaBackend, TinyModelsWithBf16KvCacheStayWithinTheBf16Bound) {
     EXPECT_EQ(m.gpu->kv_format().dtype, DType::kBF16);
     ExpectSamePrefillAndGreedySteps(m, LogitBound::kBf16, /*all_logits=*/false);
   }
+}
+
+// The per-call metadata (ids, positions, block tables, lengths, cache rows) is the same for every
+// layer of a forward, so a decode step copies it to the device once, not once per layer: a
+// 4-layer model's step makes as many copies as a 2-layer model's.
+TEST(CudaBackend, DecodeStepUploadsMetadataOncePerStepNotPerLayer) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu(0, DType::kF32);
+  int64_t uploads_per_step[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    ModelConfig config = testing_util::TinyConfig(2);
+    config.num_layers = i == 0 ? 2 : 4;
+    const std::string dir = testing_util::FreshDir("cuda_uploads");
+    ASSERT_TRUE(WriteSyntheticModel(config, dir, 7).ok());
+    absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(dir, gpu);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto store = testing_util::StoreFor(**model);
+    KvCache cache(*store);
+    const std::vector<int32_t> prompt = Prompt(10, static_cast<int>(config.vocab_size));
+    SequenceInput prefill{prompt, &cache};
+    ASSERT_TRUE((*model)->Forward(std::span<const SequenceInput>(&prefill, 1)).ok());
+    const int32_t next = 3;
+    SequenceInput step{std::span<const int32_t>(&next, 1), &cache};
+    const int64_t before = gpu.metadata_uploads();
+    ASSERT_TRUE((*model)->Forward(std::span<const SequenceInput>(&step, 1)).ok());
+    uploads_per_step[i] = gpu.metadata_uploads() - before;
+  }
+  std::printf("metadata uploads in one decode step: %lld (2 layers), %lld (4 layers)\n",
+              static_cast<long long>(uploads_per_step[0]),
+              static_cast<long long>(uploads_per_step[1]));
+  EXPECT_GT(uploads_per_step[0], 0);
+  EXPECT_EQ(uploads_per_step[1], uploads_per_step[0]);
 }
 
 // One batched forward with a prefilling sequence next to a decoding one: the ragged batch path

@@ -47,9 +47,9 @@ std::vector<float> AsFloat(const std::vector<T>& values) {
 // tables), every pool row outside the sequences' contexts NaN (a kernel that reads past a
 // context, or an unused table entry, poisons its output), table entries past a sequence's last
 // block -1, outputs and workspace NaN before each launch (unwritten output shows).
-template <typename T, int kRank, int kRope>
+template <typename QT, typename KvT, int kRank, int kRope>
 void RunCase(const Case& c, std::uint32_t seed) {
-  constexpr bool kIsFloat = std::is_same_v<T, float>;
+  constexpr bool kIsFloat = std::is_same_v<QT, float>;  // the output's rounding
   constexpr int kRow = kRank + kRope;
   const int batch = static_cast<int>(c.context_lens.size());
   const int bs = c.block_size;
@@ -70,20 +70,20 @@ void RunCase(const Case& c, std::uint32_t seed) {
   std::iota(ids.begin(), ids.end(), 0);
   std::shuffle(ids.begin(), ids.end(), random);
   std::vector<int> tables(static_cast<std::size_t>(batch) * stride, -1);
-  std::vector<T> pool(static_cast<std::size_t>(num_blocks) * bs * kRow, FromFloat<T>(kNan));
+  std::vector<KvT> pool(static_cast<std::size_t>(num_blocks) * bs * kRow, FromFloat<KvT>(kNan));
   int next_id = 0;
   for (int b = 0; b < batch; ++b) {
     for (int i = 0; i < blocks_needed[b]; ++i) tables[b * stride + i] = ids[next_id++];
     for (int t = 0; t < c.context_lens[b]; ++t) {
       const std::size_t row = static_cast<std::size_t>(tables[b * stride + t / bs]) * bs + t % bs;
-      for (int k = 0; k < kRow; ++k) pool[row * kRow + k] = FromFloat<T>(uniform(random));
+      for (int k = 0; k < kRow; ++k) pool[row * kRow + k] = FromFloat<KvT>(uniform(random));
     }
   }
   const std::size_t rows = static_cast<std::size_t>(batch) * c.n_heads;
-  std::vector<T> q_lat(rows * kRank);
-  std::vector<T> q_pe(rows * kRope);
-  for (T& v : q_lat) v = FromFloat<T>(uniform(random));
-  for (T& v : q_pe) v = FromFloat<T>(uniform(random));
+  std::vector<QT> q_lat(rows * kRank);
+  std::vector<QT> q_pe(rows * kRope);
+  for (QT& v : q_lat) v = FromFloat<QT>(uniform(random));
+  for (QT& v : q_pe) v = FromFloat<QT>(uniform(random));
 
   // The reference, from the same stored values as float.
   const std::vector<float> pool_f = AsFloat(pool);
@@ -134,8 +134,8 @@ void RunCase(const Case& c, std::uint32_t seed) {
          {simt::BlockOrder::kForward, simt::BlockOrder::kReverse, simt::BlockOrder::kShuffled}) {
       simt::SetBlockOrder(order, seed);
       std::vector<float> workspace(workspace_bytes / sizeof(float), kNan);
-      std::vector<T> o_lat(rows * kRank, FromFloat<T>(kNan));
-      pdserve::cuda::LaunchMlaDecodeAttention<T, kRank, kRope>(
+      std::vector<QT> o_lat(rows * kRank, FromFloat<QT>(kNan));
+      pdserve::cuda::LaunchMlaDecodeAttention<QT, KvT, kRank, kRope>(
           q_lat.data(), q_pe.data(), pool.data(), tables.data(), stride, c.context_lens.data(),
           batch, c.n_heads, bs, c.scale, num_splits, workspace.data(), o_lat.data(), nullptr);
       outputs.push_back(AsFloat(o_lat));
@@ -192,8 +192,8 @@ void RunCase(const Case& c, std::uint32_t seed) {
     std::printf(
         "mla_decode %s (%d, %d) %s splits %d: worst error %.3g of the tolerance, %.3g of "
         "max|c_kv| (f32 tolerance up to %.3g of it)\n",
-        kIsFloat ? "f32" : "bf16", kRank, kRope, c.name.c_str(), num_splits, worst,
-        worst_relative_to_values, max_units * kUnit);
+        std::is_same_v<KvT, float> ? "f32" : (kIsFloat ? "f32 q, bf16 cache" : "bf16"), kRank,
+        kRope, c.name.c_str(), num_splits, worst, worst_relative_to_values, max_units * kUnit);
   }
 }
 
@@ -221,12 +221,19 @@ std::vector<Case> SmallCases() {
 
 TEST(MlaDecodeSimt, SmallLatentFloat32) {
   std::uint32_t seed = 1;
-  for (const Case& c : SmallCases()) RunCase<float, 64, 16>(c, seed++);
+  for (const Case& c : SmallCases()) RunCase<float, float, 64, 16>(c, seed++);
 }
 
 TEST(MlaDecodeSimt, SmallLatentBfloat16) {
   std::uint32_t seed = 101;
-  for (const Case& c : SmallCases()) RunCase<__nv_bfloat16, 64, 16>(c, seed++);
+  for (const Case& c : SmallCases()) RunCase<__nv_bfloat16, __nv_bfloat16, 64, 16>(c, seed++);
+}
+
+// CudaBackend's mix: f32 queries and output over a bf16 cache, at the f32 bound (the reference
+// reads the same bf16 values).
+TEST(MlaDecodeSimt, SmallLatentFloat32QueriesBfloat16Cache) {
+  std::uint32_t seed = 201;
+  for (const Case& c : SmallCases()) RunCase<float, __nv_bfloat16, 64, 16>(c, seed++);
 }
 
 // DeepSeek-V2/V3's latent (512, 64) with 16 heads (a rank's share under tensor parallelism) and
@@ -235,14 +242,19 @@ TEST(MlaDecodeSimt, SmallLatentBfloat16) {
 // sequence is what splitting is for). The small latent covers the rest more cheaply.
 constexpr float kDeepSeekV3Scale = 0.135234f;
 
-template <typename T>
+template <typename QT, typename KvT>
 void CheckDeepSeekLatent(std::uint32_t seed) {
-  RunCase<T, 512, 64>({"batch300", 16, 64, {300, 37, 283}, {1, 4}, kDeepSeekV3Scale}, seed);
-  RunCase<T, 512, 64>({"long1000", 16, 64, {1000}, {8}, kDeepSeekV3Scale}, seed + 1);
+  RunCase<QT, KvT, 512, 64>({"batch300", 16, 64, {300, 37, 283}, {1, 4}, kDeepSeekV3Scale}, seed);
+  RunCase<QT, KvT, 512, 64>({"long1000", 16, 64, {1000}, {8}, kDeepSeekV3Scale}, seed + 1);
 }
 
-TEST(MlaDecodeSimt, DeepSeekLatentFloat32) { CheckDeepSeekLatent<float>(7); }
-TEST(MlaDecodeSimt, DeepSeekLatentBfloat16) { CheckDeepSeekLatent<__nv_bfloat16>(9); }
+TEST(MlaDecodeSimt, DeepSeekLatentFloat32) { CheckDeepSeekLatent<float, float>(7); }
+TEST(MlaDecodeSimt, DeepSeekLatentBfloat16) {
+  CheckDeepSeekLatent<__nv_bfloat16, __nv_bfloat16>(9);
+}
+TEST(MlaDecodeSimt, DeepSeekLatentFloat32QueriesBfloat16Cache) {
+  CheckDeepSeekLatent<float, __nv_bfloat16>(11);
+}
 
 // Outside the contract (the reference aborts on it), but defined: an empty context without splits
 // writes zeros, and the other sequences are unaffected.
@@ -254,7 +266,7 @@ TEST(MlaDecodeSimt, EmptyContextWithoutSplitsGivesZeros) {
   std::vector<float> q_lat(2 * kHeads * 64, 0.5f);
   std::vector<float> q_pe(2 * kHeads * 16, 0.5f);
   std::vector<float> o_lat(2 * kHeads * 64, kNan);
-  pdserve::cuda::LaunchMlaDecodeAttention<float, 64, 16>(
+  pdserve::cuda::LaunchMlaDecodeAttention<float, float, 64, 16>(
       q_lat.data(), q_pe.data(), pool.data(), tables.data(), 1, lens.data(), 2, kHeads, 1, 0.1f, 1,
       nullptr, o_lat.data(), nullptr);
   for (int i = 0; i < kHeads * 64; ++i) ASSERT_EQ(o_lat[i], 0.0f) << i;
