@@ -63,6 +63,7 @@
 
 #include "kernels/cuda/attention_merge.cuh"
 #include "kernels/cuda/convert.cuh"
+#include "kernels/cuda/dynamic_shared.cuh"
 #include "simt/simt.h"
 
 namespace pdserve::cuda {
@@ -462,11 +463,8 @@ void LaunchMlaDecodeAttention(const QT* q_lat, const QT* q_pe, const KvT* latent
   }
   auto* kernel = &MlaDecodeKernel<QT, KvT, kRank, kRope>;
   constexpr std::size_t kShared = Traits::kSharedBytes;
-#if defined(__CUDACC__)
-  // Over 48 KiB of dynamic shared memory needs the opt-in (per device, so on every launch).
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(kShared));
-#endif
+  static std::atomic<std::uint64_t> opted_in{0};
+  AllowDynamicShared(kernel, kShared, opted_in, "LaunchMlaDecodeAttention");
   PDSERVE_LAUNCH(kernel, dim3(head_tiles, num_splits, batch), dim3(kMlaThreads), kShared, stream)
   (q_lat, q_pe, latent, block_tables, block_table_stride, context_lens, n_heads, block_size, scale,
    num_splits, partial_o, partial_lse, o_lat);

@@ -76,6 +76,7 @@
 
 #include "kernels/cuda/attention_merge.cuh"
 #include "kernels/cuda/convert.cuh"
+#include "kernels/cuda/dynamic_shared.cuh"
 #include "simt/simt.h"
 
 namespace pdserve::cuda {
@@ -415,17 +416,8 @@ void LaunchPrefillAttentionFixed(const QT* q, const KvT* k_pool, const KvT* v_po
                                  float scale, QT* out, cudaStream_t stream) {
   auto* kernel = &PrefillAttentionKernel<QT, KvT, kHeadDim, kVHeadDim>;
   constexpr std::size_t kSharedBytes = PrefillAttentionSharedBytes(kHeadDim, kVHeadDim);
-#if defined(__CUDACC__)
-  if constexpr (kSharedBytes > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes));
-    if (err != cudaSuccess) {
-      std::fprintf(stderr, "LaunchPrefillAttention: cannot allow %zu bytes of shared memory: %s\n",
-                   kSharedBytes, cudaGetErrorString(err));
-      std::abort();
-    }
-  }
-#endif
+  static std::atomic<std::uint64_t> opted_in{0};
+  AllowDynamicShared(kernel, kSharedBytes, opted_in, "LaunchPrefillAttention");
   PDSERVE_LAUNCH(kernel, dim3(num_work_items, n_heads), dim3(kPrefillThreads), kSharedBytes, stream)
   (q, k_pool, v_pool, seqs, block_tables, block_table_stride, work_items, n_heads, n_kv_heads,
    block_size, scale, out);
