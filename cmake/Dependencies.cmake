@@ -30,5 +30,9 @@ find_package(gRPC CONFIG REQUIRED)
 find_package(OpenSSL 3 REQUIRED)
 find_program(PROTOC_EXECUTABLE protoc REQUIRED)
 find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
-# prometheus-cpp (prometheus-cpp-dev): every process's /metrics endpoint (metrics/).
+# prometheus-cpp (prometheus-cpp-dev): every process's metrics and their text format (metrics/).
 find_package(prometheus-cpp CONFIG REQUIRED)
+# cpp-httplib (libcpp-httplib-dev): the HTTP servers, /metrics in every process and the router's
+# OpenAI API (openai/); the e2e tests use its HTTPS client too.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET GLOBAL cpp-httplib)

@@ -1,7 +1,7 @@
 // What a --device flag names: "cpu" (the default) or "cuda" / "cuda:N" (CUDA device ordinal N, 0
 // by default). Parsing only: kernels/make_backend.h turns a spec into a backend. Kept apart so
-// that binaries which only check the flag (the workers) do not link the CUDA backend and its
-// libraries (docs/metrics.md: cuBLASLt's thread-local storage stops /metrics' threads).
+// that binaries which only check the flag (the workers, until a GPU KV transport exists) do not
+// link the CUDA backend and its libraries.
 #pragma once
 
 #include <string>

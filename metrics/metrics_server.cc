@@ -1,37 +1,22 @@
 #include "metrics/metrics_server.h"
 
-#include <link.h>
-
-#include <exception>
+#include <csignal>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "prometheus/exposer.h"
+#include "httplib.h"
+#include "metrics/http_bind.h"
+#include "prometheus/text_serializer.h"
 #include "rpc/server.h"
 #include "spdlog/spdlog.h"
 
 namespace pdserve::metrics {
 namespace {
 
-// Bytes of static thread-local storage of every object loaded now: glibc puts it on each
-// thread's stack, so a thread with a smaller stack cannot start.
-size_t StaticTlsBytes() {
-  size_t total = 0;
-  dl_iterate_phdr(
-      [](dl_phdr_info* info, size_t, void* data) {
-        for (int i = 0; i < info->dlpi_phnum; ++i) {
-          if (info->dlpi_phdr[i].p_type == PT_TLS) {
-            *static_cast<size_t*>(data) += info->dlpi_phdr[i].p_memsz;
-          }
-        }
-        return 0;
-      },
-      &total);
-  return total;
-}
-
-// Debian's civetweb 1.15 starts its threads with stacks of this size (compiled in; no option).
-constexpr size_t kCivetwebThreadStackBytes = 100 << 10;
+// Two threads: a scrape never waits behind a slow one. httplib's threads are std::threads with
+// the process's default stack, so a process that loads libraries with large static TLS (cuBLASLt
+// has 92 KiB) still serves /metrics; civetweb's fixed 100 KiB stacks could not start there.
+constexpr size_t kScrapeThreads = 2;
 
 }  // namespace
 
@@ -44,39 +29,43 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     return absl::InvalidArgumentError(absl::StrCat(
         "--metrics-listen '", listen, "': give host:port, e.g. 0.0.0.0:9400 (port 0: any free)"));
   }
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    // Two threads: a scrape never waits behind a slow one.
-    exposer = std::make_unique<prometheus::Exposer>(listen, 2);
-  } catch (const std::exception& e) {
-    // civetweb throws when it cannot bind (address in use, not local), or start its threads.
-    const size_t tls = StaticTlsBytes();
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve /metrics on ", listen, ": ", e.what(),
-        tls + (16 << 10) < kCivetwebThreadStackBytes
-            ? ""
-            : absl::StrCat("; or its threads could not start: civetweb gives them ",
-                           kCivetwebThreadStackBytes >> 10, " KiB stacks, and this process has ",
-                           tls >> 10,
-                           " KiB of static thread-local storage, which each stack must hold "
-                           "(libcublasLt alone has 92 KiB)")));
+  // A scraper that hangs up mid-answer must not kill the process (httplib ignores SIGPIPE too,
+  // but only once its thread runs).
+  std::signal(SIGPIPE, SIG_IGN);
+  std::unique_ptr<MetricsServer> server(new MetricsServer(std::move(collectables)));
+  httplib::Server& http = *server->http_;
+  http.new_task_queue = [] { return new httplib::ThreadPool(kScrapeThreads); };
+  const MetricsServer* self = server.get();
+  http.Get("/metrics", [self](const httplib::Request&, httplib::Response& res) {
+    res.set_content(self->Render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  server->port_ = BindHttpServer(http, listen.substr(0, colon), port);
+  if (server->port_ <= 0) {
+    return absl::UnavailableError(absl::StrCat("cannot serve /metrics on ", listen,
+                                               ": the address is taken or not this machine's"));
   }
-  for (const std::shared_ptr<prometheus::Collectable>& c : collectables) {
-    exposer->RegisterCollectable(c);
-  }
-  const std::vector<int> ports = exposer->GetListeningPorts();
-  const int bound = ports.empty() ? port : ports.front();
-  spdlog::info("metrics on http://{}:{}/metrics", listen.substr(0, colon), bound);
-  return std::unique_ptr<MetricsServer>(
-      new MetricsServer(std::move(exposer), std::move(collectables), bound));
+  server->thread_ = std::thread([&http] { http.listen_after_bind(); });
+  spdlog::info("metrics on http://{}:{}/metrics", listen.substr(0, colon), server->port_);
+  return server;
 }
 
-MetricsServer::MetricsServer(std::unique_ptr<prometheus::Exposer> exposer,
-                             std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
-                             int port)
-    : exposer_(std::move(exposer)), collectables_(std::move(collectables)), port_(port) {}
+MetricsServer::MetricsServer(std::vector<std::shared_ptr<prometheus::Collectable>> collectables)
+    : collectables_(std::move(collectables)), http_(std::make_unique<httplib::Server>()) {}
 
-MetricsServer::~MetricsServer() = default;
+MetricsServer::~MetricsServer() {
+  http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string MetricsServer::Render() const {
+  std::vector<prometheus::MetricFamily> families;
+  for (const std::shared_ptr<prometheus::Collectable>& c : collectables_) {
+    std::vector<prometheus::MetricFamily> more = c->Collect();
+    families.insert(families.end(), std::make_move_iterator(more.begin()),
+                    std::make_move_iterator(more.end()));
+  }
+  return prometheus::TextSerializer().Serialize(families);
+}
 
 absl::Status MetricsServer::WritePortFile(const std::string& path) const {
   return rpc::WritePortFile(path, port_);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "httplib.h"
+#include "metrics/http_bind.h"
 #include "openai/openai_protocol.h"
 #include "router/text_io.h"
 #include "rpc/status.h"
@@ -200,10 +201,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(
     return absl::InvalidArgumentError(absl::StrCat("--openai-listen '", options.listen,
                                                    "' is not HOST:PORT (e.g. 0.0.0.0:8000)"));
   }
-  std::string host = options.listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+  const std::string host = options.listen.substr(0, colon);
   if (options.threads < 1) {
     return absl::InvalidArgumentError("--openai-threads must be at least 1");
   }
@@ -218,8 +216,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(
   }
   server->Route();
   httplib::Server& http = *server->http_;
-  server->port_ =
-      port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
+  server->port_ = metrics::BindHttpServer(http, host, port);
   if (server->port_ <= 0) {
     return absl::UnavailableError(absl::StrCat("cannot serve the OpenAI API on ", options.listen,
                                                ": the address is taken or not this machine's"));

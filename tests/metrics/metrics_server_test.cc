@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <link.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -12,7 +13,12 @@
 
 #include "metrics/scraped_metrics.h"
 #include "prometheus/counter.h"
+#include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#if defined(PDSERVE_METRICS_TEST_CUBLASLT)
+#include <cblas.h>
+#include <cublasLt.h>
+#endif
 
 namespace pdserve::metrics {
 namespace {
@@ -64,6 +70,42 @@ TEST(MetricsServer, ServesRegistryAndScrapeTimeMetrics) {
       << first;
   // Each scrape reads the gauge again.
   EXPECT_NE(Scrape((*server)->port()).find("pdserve_test_depth 2"), std::string::npos);
+}
+
+// Bytes of static thread-local storage of every object loaded now: glibc places it on each
+// thread's stack.
+size_t StaticTlsBytes() {
+  size_t total = 0;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          if (info->dlpi_phdr[i].p_type == PT_TLS) {
+            *static_cast<size_t*>(data) += info->dlpi_phdr[i].p_memsz;
+          }
+        }
+        return 0;
+      },
+      &total);
+  return total;
+}
+
+// A GPU worker's process links OpenBLAS and cuBLAS(Lt), whose static TLS took more room than
+// civetweb's 100 KiB thread stacks had: /metrics could not start there. This binary links both
+// the same way (at start-up, not dlopen), so the scrape below runs on threads that carry it.
+TEST(MetricsServer, ServesInAProcessThatLinksCublasLt) {
+#if defined(PDSERVE_METRICS_TEST_CUBLASLT)
+  std::printf("cuBLASLt %zu and OpenBLAS (%d threads) linked; static TLS: %zu KiB\n",
+              cublasLtGetVersion(), openblas_get_num_threads(), StaticTlsBytes() >> 10);
+  EXPECT_GT(StaticTlsBytes(), size_t{100} << 10);
+#else
+  GTEST_SKIP() << "built without CUDA: no cuBLASLt to link";
+#endif
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge().Name("pdserve_test_up").Help("up").Register(*registry).Add({}).Set(1);
+  absl::StatusOr<std::unique_ptr<MetricsServer>> server =
+      MetricsServer::Start("127.0.0.1:0", {registry});
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_NE(Scrape((*server)->port()).find("pdserve_test_up 1"), std::string::npos);
 }
 
 TEST(ScrapedMetrics, AGroupReadsOneSnapshotForAllItsFamilies) {
