@@ -30,6 +30,11 @@ void AppendRows(const Tensor& pool, std::span<const int32_t> table, int64_t begi
 
 }  // namespace
 
+std::vector<Tensor*> KvLayerPools(KvStore& store, int64_t layer) {
+  if (store.format().is_mla()) return {&store.latent(layer)};
+  return {&store.k(layer), &store.v(layer)};
+}
+
 absl::StatusOr<std::vector<std::span<std::byte>>> KvLayerSpans(KvStore& store, int64_t layer,
                                                                std::span<const int32_t> block_table,
                                                                int64_t token_begin,
@@ -59,11 +64,8 @@ absl::StatusOr<std::vector<std::span<std::byte>>> KvLayerSpans(KvStore& store, i
     }
   }
   std::vector<std::span<std::byte>> spans;
-  if (f.is_mla()) {
-    AppendRows(store.latent(layer), block_table, token_begin, token_count, spans);
-  } else {
-    AppendRows(store.k(layer), block_table, token_begin, token_count, spans);
-    AppendRows(store.v(layer), block_table, token_begin, token_count, spans);
+  for (const Tensor* pool : KvLayerPools(store, layer)) {
+    AppendRows(*pool, block_table, token_begin, token_count, spans);
   }
   return spans;
 }

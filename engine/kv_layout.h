@@ -14,6 +14,10 @@
 
 namespace pdserve {
 
+// The pools that hold `layer`'s KV, in payload order: {K, V} for full formats, {latent} for MLA
+// (what Backend::PackKvToHost and UnpackKvFromHost take). `layer` must be in the format.
+std::vector<Tensor*> KvLayerPools(KvStore& store, int64_t layer);
+
 // The bytes of `layer`'s KV for tokens [token_begin, token_begin + token_count) of a sequence
 // whose blocks are `block_table` (block i holds tokens [i * tokens_per_block, ...)), in payload
 // order (the frame payload of transport/kv_frame.h): the K rows then the V rows for full formats,

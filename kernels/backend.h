@@ -113,6 +113,18 @@ class Backend {
   virtual void WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) = 0;
   // out[i, :] = the cached row at position i of one sequence, for i in [0, out.dim(0)).
   virtual void ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) = 0;
+  // KV transfer through host memory: rows of positions [token_begin, token_begin +
+  // token_count) of one sequence in each of a layer's pools ({K, V}, or MLA's {latent}; any
+  // dtype, same num_blocks and block_size) to or from `host`, contiguous in payload order: the
+  // first pool's rows, then the next's (KvLayerSpans' order, what a KV frame carries); `host`
+  // holds token_count * (sum of the pools' row bytes). Unpack writes no other pool byte. Both
+  // return once `host` may be reused.
+  virtual void PackKvToHost(std::span<const Tensor* const> pools,
+                            std::span<const int32_t> block_table, int64_t token_begin,
+                            int64_t token_count, void* host) = 0;
+  virtual void UnpackKvFromHost(const void* host, std::span<Tensor* const> pools,
+                                std::span<const int32_t> block_table, int64_t token_begin,
+                                int64_t token_count) = 0;
   // Causal attention of q [rows, n_heads * head_dim] over each sequence's paged K and V
   // (which already hold the new tokens); out is [rows, n_heads * value_dim()]. Prefill
   // (many new tokens, with or without a cached prefix) and decode (one) alike.
@@ -127,5 +139,13 @@ class Backend {
                             std::span<const AttentionSeq> seqs, const MlaShape& shape,
                             Tensor& o_lat) = 0;
 };
+
+// PackKvToHost/UnpackKvFromHost's preconditions, checked as every op checks its own (aborting
+// with the failed condition): 1 or 2 rank-3 pools of equal num_blocks and block_size, on
+// `device`, a table entry in range for every touched block, positions within int32. Returns the
+// bytes one token takes across the pools (the host buffer holds token_count of them).
+size_t CheckKvPackArgs(std::span<const Tensor* const> pools, Device device,
+                       std::span<const int32_t> block_table, int64_t token_begin,
+                       int64_t token_count);
 
 }  // namespace pdserve

@@ -334,6 +334,48 @@ void CpuBackend::ReadCache(const Tensor& pool, std::span<const int32_t> block_ta
   GatherSequence(view, block_table, out.dim(0), out.data_as<float>());
 }
 
+namespace {
+
+// Calls copy(pool bytes, host bytes, n) for each run of consecutive positions within one block,
+// pool after pool, with `host` (the payload: const to unpack from) advancing through it.
+template <typename HostByte, typename Copy>
+void ForEachKvRun(std::span<const Tensor* const> pools, std::span<const int32_t> table,
+                  int64_t begin, int64_t count, HostByte* host, Copy copy) {
+  for (const Tensor* pool : pools) {
+    const int64_t tpb = pool->dim(1);
+    const size_t row_bytes = static_cast<size_t>(pool->dim(2)) * DTypeSize(pool->dtype());
+    auto* base = static_cast<std::byte*>(pool->data());
+    for (int64_t t = begin; t < begin + count;) {
+      const int64_t block = table[static_cast<size_t>(t / tpb)];
+      const int64_t in_block = t % tpb;
+      const int64_t n = std::min(tpb - in_block, begin + count - t);
+      const size_t bytes = static_cast<size_t>(n) * row_bytes;
+      copy(base + static_cast<size_t>(block * tpb + in_block) * row_bytes, host, bytes);
+      host += bytes;
+      t += n;
+    }
+  }
+}
+
+}  // namespace
+
+void CpuBackend::PackKvToHost(std::span<const Tensor* const> pools,
+                              std::span<const int32_t> block_table, int64_t token_begin,
+                              int64_t token_count, void* host) {
+  CheckKvPackArgs(pools, Device::kCpu, block_table, token_begin, token_count);
+  ForEachKvRun(pools, block_table, token_begin, token_count, static_cast<std::byte*>(host),
+               [](const std::byte* pool, std::byte* h, size_t n) { std::memcpy(h, pool, n); });
+}
+
+void CpuBackend::UnpackKvFromHost(const void* host, std::span<Tensor* const> pools,
+                                  std::span<const int32_t> block_table, int64_t token_begin,
+                                  int64_t token_count) {
+  const std::span<const Tensor* const> view(pools.data(), pools.size());
+  CheckKvPackArgs(view, Device::kCpu, block_table, token_begin, token_count);
+  ForEachKvRun(view, block_table, token_begin, token_count, static_cast<const std::byte*>(host),
+               [](std::byte* pool, const std::byte* h, size_t n) { std::memcpy(pool, h, n); });
+}
+
 void CpuBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Tensor& latent_pool,
                               std::span<const AttentionSeq> seqs, const MlaShape& shape,
                               Tensor& o_lat) {

@@ -44,6 +44,11 @@ class CpuBackend final : public Backend {
                       std::span<const float> weights, Tensor& y) override;
   void WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) override;
   void ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) override;
+  void PackKvToHost(std::span<const Tensor* const> pools, std::span<const int32_t> block_table,
+                    int64_t token_begin, int64_t token_count, void* host) override;
+  void UnpackKvFromHost(const void* host, std::span<Tensor* const> pools,
+                        std::span<const int32_t> block_table, int64_t token_begin,
+                        int64_t token_count) override;
   // Decode batches (one new token each, K and V heads equally wide) use the paged decode kernel
   // of kernels/paged_attention.h; everything else gathers the context and runs GEMMs.
   void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,

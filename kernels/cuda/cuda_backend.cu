@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/kv_pack.cuh"
 #include "kernels/cuda/mla_decode.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
@@ -298,6 +299,8 @@ CudaBackend::~CudaBackend() {
   FreeScratch(seqs_scratch_);
   FreeScratch(items_scratch_);
   FreeScratch(workspace_scratch_);
+  FreeScratch(kv_table_scratch_);
+  FreeScratch(kv_staging_scratch_);
   FreeScratch(bf16_scratch_);
   PDSERVE_CUBLAS_CHECK(cublasDestroy(cublas_));
   PDSERVE_CUDA_CHECK(cudaStreamDestroy(stream_));
@@ -596,6 +599,61 @@ void CudaBackend::ReadCache(const Tensor& pool, std::span<const int32_t> block_t
   std::vector<int64_t> src;
   for (int64_t p = 0; p < out.dim(0); ++p) src.push_back(PoolRow(pool, block_table, p));
   CopyRows(PoolRows(pool), src, out, {}, {}, out.dim(0));
+}
+
+cuda::KvPackArgs CudaBackend::PrepareKvPack(std::span<const Tensor* const> pools,
+                                            std::span<const int32_t> block_table,
+                                            int64_t token_begin, int64_t token_count,
+                                            size_t* bytes) {
+  const size_t token_bytes =
+      CheckKvPackArgs(pools, Device::kCuda, block_table, token_begin, token_count);
+  *bytes = token_bytes * static_cast<size_t>(token_count);
+  cuda::KvPackArgs args;
+  if (*bytes == 0) return args;
+  for (const Tensor* pool : pools) {
+    args.streams[args.num_streams++] = {
+        pool->data(), pool->dim(2) * static_cast<int64_t>(DTypeSize(pool->dtype()))};
+  }
+  // The kernel indexes the table by absolute block: it gets every entry up to the last one.
+  const int64_t block_size = pools[0]->dim(1);
+  const size_t entries =
+      static_cast<size_t>((token_begin + token_count + block_size - 1) / block_size);
+  args.block_table = static_cast<const int32_t*>(
+      Upload(kv_table_scratch_, block_table.data(), entries * sizeof(int32_t)));
+  args.tokens_per_block = static_cast<int>(block_size);
+  args.token_begin = static_cast<int>(token_begin);
+  args.token_count = static_cast<int>(token_count);
+  return args;
+}
+
+void CudaBackend::PackKvToHost(std::span<const Tensor* const> pools,
+                               std::span<const int32_t> block_table, int64_t token_begin,
+                               int64_t token_count, void* host) {
+  Activate();
+  size_t bytes = 0;
+  const cuda::KvPackArgs args = PrepareKvPack(pools, block_table, token_begin, token_count, &bytes);
+  if (bytes == 0) return;
+  void* staging = Reserve(kv_staging_scratch_, bytes);
+  cuda::LaunchKvPack(args, staging, stream_);
+  PDSERVE_CUDA_CHECK_LAUNCH();
+  PDSERVE_CUDA_CHECK(cudaMemcpyAsync(host, staging, bytes, cudaMemcpyDeviceToHost, stream_));
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::UnpackKvFromHost(const void* host, std::span<Tensor* const> pools,
+                                   std::span<const int32_t> block_table, int64_t token_begin,
+                                   int64_t token_count) {
+  Activate();
+  size_t bytes = 0;
+  const cuda::KvPackArgs args =
+      PrepareKvPack({pools.data(), pools.size()}, block_table, token_begin, token_count, &bytes);
+  if (bytes == 0) return;
+  void* staging = Reserve(kv_staging_scratch_, bytes);
+  PDSERVE_CUDA_CHECK(cudaMemcpyAsync(staging, host, bytes, cudaMemcpyHostToDevice, stream_));
+  cuda::LaunchKvUnpack(args, staging, stream_);
+  PDSERVE_CUDA_CHECK_LAUNCH();
+  // The pages are whole when this returns, for whichever stream reads them next.
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {

@@ -17,6 +17,10 @@ struct CUstream_st;
 struct cublasContext;
 
 namespace pdserve {
+namespace cuda {
+struct KvPackArgs;  // kernels/cuda/kv_pack.cuh
+}  // namespace cuda
+
 // The SIMT-emulated test build of this class (tests/simt/emulated_cuda_backend.cc: the same
 // source on the CPU) gets an inline namespace of its own, so its symbols never meet the real
 // backend's in a link.
@@ -98,6 +102,11 @@ class CudaBackend final : public Backend {
                       std::span<const float> weights, Tensor& y) override;
   void WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) override;
   void ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) override;
+  void PackKvToHost(std::span<const Tensor* const> pools, std::span<const int32_t> block_table,
+                    int64_t token_begin, int64_t token_count, void* host) override;
+  void UnpackKvFromHost(const void* host, std::span<Tensor* const> pools,
+                        std::span<const int32_t> block_table, int64_t token_begin,
+                        int64_t token_count) override;
   void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                  std::span<const AttentionSeq> seqs, const AttentionShape& shape,
                  Tensor& out) override;
@@ -137,6 +146,11 @@ class CudaBackend final : public Backend {
   // aborts when `seqs` is not one; returns the device pointer and sets *max_context.
   const int32_t* UploadDecodeLengths(std::span<const AttentionSeq> seqs, int64_t rows,
                                      int* max_context);
+  // The KV pack kernels' arguments for Pack/UnpackKvFromHost (preconditions checked, the block
+  // table copied to the device); sets *bytes to the payload's size (0: nothing to move).
+  cuda::KvPackArgs PrepareKvPack(std::span<const Tensor* const> pools,
+                                 std::span<const int32_t> block_table, int64_t token_begin,
+                                 int64_t token_count, size_t* bytes);
   // Rounds x to bf16 into scratch for a bf16 GEMM; returns the device pointer.
   const void* ToBf16Scratch(const Tensor& x);
   void FreeScratch(Scratch& scratch);
@@ -154,7 +168,7 @@ class CudaBackend final : public Backend {
   int64_t metadata_uploads_ = 0;
   Scratch ids_scratch_, positions_scratch_, freq_scratch_, attn_scratch_, tables_scratch_;
   Scratch rows_scratch_, rows2_scratch_, weights_scratch_, lens_scratch_, seqs_scratch_;
-  Scratch items_scratch_, workspace_scratch_, bf16_scratch_;
+  Scratch items_scratch_, workspace_scratch_, bf16_scratch_, kv_table_scratch_, kv_staging_scratch_;
   std::vector<int32_t> tables_host_;  // host staging for the block tables
 };
 

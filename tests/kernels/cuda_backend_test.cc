@@ -14,6 +14,9 @@
 #include <random>
 #include <vector>
 
+#include "engine/kv_cache.h"
+#include "engine/kv_format.h"
+#include "engine/kv_layout.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
 #include "engine/synth.h"
@@ -447,6 +450,90 @@ TEST(CudaBackend, ReadCacheGatherAndScatterAddMatchCpu) {
   cpu.ScatterAddRows(picked, rows, weights, y);
   gpu.ScatterAddRows(dpicked, rows, weights, dy);
   ExpectClose(ToHost(gpu, dy), y, 1e-6f);
+}
+
+// Bytes of a device tensor.
+std::vector<std::byte> DeviceBytes(CudaBackend& gpu, const Tensor& t) {
+  std::vector<std::byte> out(t.bytes());
+  gpu.CopyToHost(t, out.data());
+  return out;
+}
+
+// KV staged through host memory (the host-staged KV transfer): PackKvToHost gives exactly
+// KvLayerSpans' payload on both backends, and UnpackKvFromHost writes a payload into exactly
+// those rows, leaving every other pool byte as it was. GQA (K and V) and MLA (one latent pool),
+// f32 and bf16 pools, a shuffled block table with unused blocks in between, and a range that
+// starts and ends inside blocks.
+TEST(CudaBackend, KvPackAndUnpackThroughHostMatchKvLayerSpans) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CpuBackend cpu(2);
+  absl::StatusOr<ModelConfig> deepseek =
+      LoadHfConfig(testing_util::ConfigsDir() + "/deepseek-v2-tiny.json");
+  ASSERT_TRUE(deepseek.ok()) << deepseek.status();
+  std::mt19937 random(5);
+  const auto fill = [&random](std::span<std::byte> bytes) {
+    for (std::byte& b : bytes) b = static_cast<std::byte>(random());
+  };
+  for (const DType dtype : {DType::kF32, DType::kBF16}) {
+    CudaBackend gpu(0, dtype);
+    for (const ModelConfig& config : {testing_util::TinyConfig(2), *deepseek}) {
+      const KvFormat format = KvFormat::FromConfig(config, dtype);
+      SCOPED_TRACE(testing::Message() << config.architecture << " " << DTypeName(dtype));
+      KvStore cpu_store(cpu, format, 9), gpu_store(gpu, format, 9);
+      const std::vector<int32_t> table = {6, 1, 8, 3, 0};
+      const int64_t tpb = format.tokens_per_block;
+      const int64_t begin = tpb / 2 + 1, count = 3 * tpb;
+      for (int64_t layer = 0; layer < format.num_layers; ++layer) {
+        const std::vector<Tensor*> cpu_pools = KvLayerPools(cpu_store, layer);
+        const std::vector<Tensor*> gpu_pools = KvLayerPools(gpu_store, layer);
+        for (size_t i = 0; i < cpu_pools.size(); ++i) {
+          fill({cpu_pools[i]->data_as<std::byte>(), cpu_pools[i]->bytes()});
+          gpu.CopyFromHost(cpu_pools[i]->data(), *gpu_pools[i]);
+        }
+        absl::StatusOr<std::vector<std::span<std::byte>>> spans =
+            KvLayerSpans(cpu_store, layer, table, begin, count);
+        ASSERT_TRUE(spans.ok()) << spans.status();
+        std::vector<std::byte> expected;
+        for (std::span<std::byte> s : *spans) expected.insert(expected.end(), s.begin(), s.end());
+        ASSERT_EQ(expected.size(), static_cast<size_t>(format.bytes_per_token_per_layer() * count));
+
+        std::vector<std::byte> packed_cpu(expected.size()), packed_gpu(expected.size());
+        cpu.PackKvToHost({cpu_pools.data(), cpu_pools.size()}, table, begin, count,
+                         packed_cpu.data());
+        gpu.PackKvToHost({gpu_pools.data(), gpu_pools.size()}, table, begin, count,
+                         packed_gpu.data());
+        EXPECT_EQ(packed_cpu, expected);
+        EXPECT_EQ(packed_gpu, expected);
+
+        // The pools as they must be after the unpack: as before, but the range's rows (written
+        // through the spans, the receive path's own mapping) hold the new payload.
+        std::vector<std::byte> payload(expected.size());
+        fill(payload);
+        std::vector<std::vector<std::byte>> want;
+        for (const Tensor* pool : cpu_pools) {
+          const auto* bytes = pool->data_as<std::byte>();
+          want.emplace_back(bytes, bytes + pool->bytes());
+        }
+        cpu.UnpackKvFromHost(payload.data(), cpu_pools, table, begin, count);
+        gpu.UnpackKvFromHost(payload.data(), gpu_pools, table, begin, count);
+        const std::byte* from = payload.data();
+        for (std::span<std::byte> s : *spans) {  // payload order: each span in one pool
+          for (size_t i = 0; i < cpu_pools.size(); ++i) {
+            const auto* base = cpu_pools[i]->data_as<std::byte>();
+            if (s.data() >= base && s.data() < base + want[i].size()) {
+              std::memcpy(want[i].data() + (s.data() - base), from, s.size());
+            }
+          }
+          from += s.size();
+        }
+        for (size_t i = 0; i < cpu_pools.size(); ++i) {
+          const auto* got = cpu_pools[i]->data_as<std::byte>();
+          EXPECT_TRUE(std::equal(want[i].begin(), want[i].end(), got)) << "CPU pool " << i;
+          EXPECT_EQ(DeviceBytes(gpu, *gpu_pools[i]), want[i]) << "CUDA pool " << i;
+        }
+      }
+    }
+  }
 }
 
 std::vector<int32_t> Prompt(int n, int vocab) {
