@@ -31,6 +31,8 @@ struct ReservedBlocksSink::Reservation {
   std::vector<int64_t> arrived;
   int64_t layers_done = 0;
   int in_flight = 0;  // admitted frames not yet completed: their blocks must stay allocated
+  // With staging: the host buffers of admitted frames, by (layer, token_begin).
+  std::map<std::pair<uint32_t, uint32_t>, std::vector<std::byte>> staged;
   std::vector<std::function<void(absl::Status)>> waiters;  // WhenSettled callbacks
 };
 
@@ -48,10 +50,14 @@ absl::Status WrongSecret(uint64_t id) {
 
 }  // namespace
 
-ReservedBlocksSink::ReservedBlocksSink(KvStore& store, Options options) : store_(&store) {
-  // The receiver writes with recv(2): a GPU store needs the NCCL transport instead.
-  if (store.format().num_layers > 0 && store.k(0).device() != Device::kCpu) {
-    spdlog::critical("ReservedBlocksSink needs a host-memory KvStore (CPU backend)");
+ReservedBlocksSink::ReservedBlocksSink(KvStore& store, Options options)
+    : store_(&store), staging_(options.staging) {
+  // The receiver writes with recv(2): a device store is reached through host staging.
+  if (store.format().num_layers > 0 && store.k(0).device() != Device::kCpu &&
+      (staging_ == nullptr || staging_->device() != store.k(0).device())) {
+    spdlog::critical(
+        "ReservedBlocksSink: a KvStore in device memory needs a staging backend of "
+        "its device");
     std::abort();
   }
   if (options.reap_expired) reaper_ = std::thread([this] { ReapLoop(); });
@@ -326,6 +332,11 @@ absl::StatusOr<std::vector<std::span<std::byte>>> ReservedBlocksSink::Admit(
       result = KvLayerSpans(*store_, h.layer, r.blocks.ids(), begin, h.token_count);
       if (!result.ok()) invalid = result.status();
     }
+    if (invalid.ok() && staging_ != nullptr) {  // received into host memory, unpacked later
+      std::vector<std::byte>& buffer = r.staged[{h.layer, h.token_begin}];
+      buffer.resize(h.payload_bytes);
+      result = std::vector<std::span<std::byte>>{std::span<std::byte>(buffer)};
+    }
     if (!invalid.ok()) {
       // The secret was right, so this is the real sender misbehaving: the request cannot
       // complete correctly. Fail it now rather than at expiry (a complete one stays usable).
@@ -341,7 +352,29 @@ absl::StatusOr<std::vector<std::span<std::byte>>> ReservedBlocksSink::Admit(
   return result;
 }
 
+absl::Status ReservedBlocksSink::Unstage(const KvFrameHeader& h, absl::Status status) {
+  std::vector<std::byte> payload;
+  std::vector<int32_t> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = reservations_.find(h.reservation_id);
+    if (it == reservations_.end()) return status;  // Complete reports it
+    Reservation& r = *it->second;
+    auto staged = r.staged.find({h.layer, h.token_begin});
+    if (staged == r.staged.end()) return status;
+    payload = std::move(staged->second);
+    r.staged.erase(staged);
+    if (!status.ok() || r.state != State::kReceiving) return status;
+    ids = r.blocks.ids();
+  }
+  absl::MutexLock lock(&staging_mu_);
+  staging_->UnpackKvFromHost(payload.data(), KvLayerPools(*store_, h.layer), ids, h.token_begin,
+                             h.token_count);
+  return status;
+}
+
 absl::Status ReservedBlocksSink::Complete(const KvFrameHeader& h, absl::Status status) {
+  if (staging_ != nullptr && !h.keepalive()) status = Unstage(h, std::move(status));
   Settled settled;
   absl::Status result;
   {

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/kv_block_pool.h"
 #include "engine/kv_cache.h"
+#include "kernels/backend.h"
 #include "transport/kv_frame.h"
 #include "transport/kv_frame_sink.h"
 
@@ -52,6 +53,12 @@ class ReservedBlocksSink final : public KvFrameSink {
     // Whether a reaper thread frees expired reservations on its own (the decode worker); off,
     // the owner calls ExpireOlderThan (tests).
     bool reap_expired = true;
+    // Host staging, required for a store in device memory (a GPU worker's): frames are received
+    // into host buffers, and each completed frame is written into the reserved rows with
+    // staging->UnpackKvFromHost before it counts as arrived. A backend of the store's device
+    // that no other thread uses (its own stream); the sink serializes its calls. Null: frames
+    // are received straight into the (host) pools.
+    Backend* staging = nullptr;
   };
   struct Ticket {
     uint64_t id = 0;
@@ -66,7 +73,8 @@ class ReservedBlocksSink final : public KvFrameSink {
     int64_t capacity_tokens = 0;
   };
 
-  // The store's tensors must be host memory (a CPU-backend store).
+  // The store's tensors must be host memory (a CPU-backend store) unless Options::staging is
+  // set.
   explicit ReservedBlocksSink(KvStore& store) : ReservedBlocksSink(store, Options()) {}
   ReservedBlocksSink(KvStore& store, Options options);
   // Stops the reaper and releases the blocks of every reservation still held (waiters hear
@@ -144,10 +152,16 @@ class ReservedBlocksSink final : public KvFrameSink {
   // Hands r's callbacks their outcome (r is no longer receiving).
   static void SettleLocked(Reservation& r, Settled& settled);
   void RenewLocked(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With staging: takes the completed frame's host buffer and, when the frame succeeded and its
+  // reservation still receives, writes it into the reserved rows. Runs before Complete's
+  // bookkeeping, while the frame still counts as in flight (so its blocks stay allocated).
+  absl::Status Unstage(const KvFrameHeader& h, absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
   static void Run(Settled& settled);
   void ReapLoop();
 
   KvStore* const store_;
+  Backend* const staging_;
+  absl::Mutex staging_mu_;  // one unpack at a time on staging_; never held with mu_
   mutable absl::Mutex mu_;
   absl::CondVar cv_;         // a reservation stopped receiving
   absl::CondVar reaper_cv_;  // an earlier expiry, or stop

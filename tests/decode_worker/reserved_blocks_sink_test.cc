@@ -9,6 +9,7 @@
 #include <future>
 #include <thread>
 
+#include "engine/kv_layout.h"
 #include "tests/transport/transport_test_util.h"
 
 namespace pdserve {
@@ -17,9 +18,14 @@ namespace {
 using testing_util::HostStore;
 using Clock = ReservedBlocksSink::Clock;
 
-class KvSink : public ::testing::Test {
+// Every KvSink test runs twice: frames received straight into the pools, and through host
+// staging (Options::staging, a GPU worker's path; here a CPU backend plays the device's).
+class KvSink : public ::testing::TestWithParam<bool> {
  protected:
-  KvSink() : h_(testing_util::GqaFormat(), 16), sink_(h_.store, {.reap_expired = false}) {}
+  KvSink()
+      : h_(testing_util::GqaFormat(), 16),
+        sink_(h_.store,
+              {.reap_expired = false, .staging = GetParam() ? &staging_backend_ : nullptr}) {}
 
   ReservedBlocksSink::Ticket Reserve(int64_t kv_tokens, int64_t capacity,
                                      Clock::duration ttl = std::chrono::minutes(1)) {
@@ -50,10 +56,48 @@ class KvSink : public ::testing::Test {
 
   static constexpr uint64_t kHash = 0x1234;
   HostStore h_;
+  CpuBackend staging_backend_{1};
   ReservedBlocksSink sink_;
 };
 
-TEST_F(KvSink, CompletesWhenEveryLayerOfEveryTokenArrivedThenHandsBlocksOver) {
+INSTANTIATE_TEST_SUITE_P(Receive, KvSink, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "HostStaged" : "IntoThePools";
+                         });
+
+// The payload lands in the reserved rows (KvLayerSpans over the blocks handed over); staged, only
+// once the frame completes.
+TEST_P(KvSink, CompletedFramesLandInTheReservedRows) {
+  const auto t = Reserve(6, 8);
+  std::vector<KvFrameHeader> frames;
+  for (uint32_t layer = 0; layer < 3; ++layer) frames.push_back(Header(t, layer, 0, 6));
+  for (size_t i = 0; i < frames.size(); ++i) {
+    auto spans = sink_.Admit(frames[i]);
+    ASSERT_TRUE(spans.ok()) << spans.status();
+    for (auto& span : *spans) std::memset(span.data(), 0x40 + static_cast<int>(i), span.size());
+    if (GetParam()) {
+      for (auto& span : *spans) {
+        for (const Tensor* pool : KvLayerPools(h_.store, frames[i].layer)) {
+          const auto* base = pool->data_as<std::byte>();
+          EXPECT_FALSE(span.data() >= base && span.data() < base + pool->bytes())
+              << "staged frames are received outside the pools";
+        }
+      }
+    }
+    ASSERT_TRUE(sink_.Complete(frames[i], absl::OkStatus()).ok());
+  }
+  auto taken = sink_.Take(t.id, t.secret);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  for (uint32_t layer = 0; layer < 3; ++layer) {
+    auto rows = KvLayerSpans(h_.store, layer, taken->blocks.ids(), 0, 6);
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    for (auto& row : *rows) {
+      for (std::byte b : row) ASSERT_EQ(b, std::byte(0x40 + layer)) << "layer " << layer;
+    }
+  }
+}
+
+TEST_P(KvSink, CompletesWhenEveryLayerOfEveryTokenArrivedThenHandsBlocksOver) {
   const auto t = Reserve(10, 20);  // 5 blocks of 4 tokens
   EXPECT_EQ(t.blocks, 5);
   EXPECT_EQ(used(), 5);
@@ -76,7 +120,7 @@ TEST_F(KvSink, CompletesWhenEveryLayerOfEveryTokenArrivedThenHandsBlocksOver) {
   EXPECT_EQ(used(), 0) << "dropping the handle frees them";
 }
 
-TEST_F(KvSink, WhenSettledRunsOnceWithTheOutcome) {
+TEST_P(KvSink, WhenSettledRunsOnceWithTheOutcome) {
   const auto t = Reserve(4, 4);
   std::vector<absl::Status> heard;
   auto record = [&](absl::Status s) { heard.push_back(std::move(s)); };
@@ -101,7 +145,7 @@ TEST_F(KvSink, WhenSettledRunsOnceWithTheOutcome) {
   EXPECT_EQ(heard[2].code(), absl::StatusCode::kCancelled);
 }
 
-TEST_F(KvSink, LeaseIsRenewedByFramesAndKeepalivesNotByTime) {
+TEST_P(KvSink, LeaseIsRenewedByFramesAndKeepalivesNotByTime) {
   const auto lease = std::chrono::seconds(10);
   const auto quiet = Reserve(8, 8, lease);
   const auto alive = Reserve(8, 8, lease);
@@ -149,7 +193,7 @@ TEST(KvSinkReaper, ReclaimsAStalledReservationWithinItsLeaseAndTellsTheWaiter) {
 }
 
 // What /metrics reports as pdserve_kv_reservations_total{outcome}.
-TEST_F(KvSink, CountsEveryOutcome) {
+TEST_P(KvSink, CountsEveryOutcome) {
   const auto consumed = Reserve(4, 4);
   for (uint32_t layer = 0; layer < 3; ++layer)
     ASSERT_TRUE(Deliver(Header(consumed, layer, 0, 4)).ok());
@@ -170,7 +214,7 @@ TEST_F(KvSink, CountsEveryOutcome) {
   EXPECT_EQ(o.consumed, 1u);
 }
 
-TEST_F(KvSink, RejectsBadHeadersBeforeWritingAnything) {
+TEST_P(KvSink, RejectsBadHeadersBeforeWritingAnything) {
   const auto t = Reserve(8, 8);
   KvFrameHeader forged = Header(t, 0, 0, 4);
   forged.secret = ReservationSecret::Random();
@@ -209,7 +253,7 @@ TEST_F(KvSink, RejectsBadHeadersBeforeWritingAnything) {
   }
 }
 
-TEST_F(KvSink, RangesMayArriveInAnyOrderButNeverOverlap) {
+TEST_P(KvSink, RangesMayArriveInAnyOrderButNeverOverlap) {
   const auto t = Reserve(12, 12);
   for (uint32_t layer = 0; layer < 3; ++layer) {
     ASSERT_TRUE(Deliver(Header(t, layer, 8, 4)).ok());
@@ -228,14 +272,14 @@ TEST_F(KvSink, RangesMayArriveInAnyOrderButNeverOverlap) {
   }
 }
 
-TEST_F(KvSink, OverlappingRangesFailTheReservation) {
+TEST_P(KvSink, OverlappingRangesFailTheReservation) {
   const auto t = Reserve(8, 8);
   ASSERT_TRUE(Deliver(Header(t, 1, 0, 4)).ok());
   EXPECT_EQ(sink_.Admit(Header(t, 1, 2, 4)).status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(sink_.WaitComplete(t.id, Clock::now()).code(), absl::StatusCode::kAlreadyExists);
 }
 
-TEST_F(KvSink, ChecksumFailureFailsTheReservationForGood) {
+TEST_P(KvSink, ChecksumFailureFailsTheReservationForGood) {
   const auto t = Reserve(4, 4);
   EXPECT_EQ(Deliver(Header(t, 0, 0, 4), absl::DataLossError("checksum")).code(),
             absl::StatusCode::kDataLoss);
@@ -247,7 +291,7 @@ TEST_F(KvSink, ChecksumFailureFailsTheReservationForGood) {
   EXPECT_EQ(used(), 0);
 }
 
-TEST_F(KvSink, ExpiryFreesBlocksButWaitsForAFrameBeingWritten) {
+TEST_P(KvSink, ExpiryFreesBlocksButWaitsForAFrameBeingWritten) {
   const auto idle = Reserve(4, 8, std::chrono::milliseconds(0));
   const auto busy = Reserve(4, 8, std::chrono::milliseconds(0));
   const auto fresh = Reserve(4, 8, std::chrono::hours(1));
@@ -277,7 +321,7 @@ TEST_F(KvSink, ExpiryFreesBlocksButWaitsForAFrameBeingWritten) {
   (void)fresh;
 }
 
-TEST_F(KvSink, ReserveValidatesAndReportsExhaustion) {
+TEST_P(KvSink, ReserveValidatesAndReportsExhaustion) {
   EXPECT_EQ(sink_.Reserve(kHash, 5, 4, std::chrono::seconds(1)).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(sink_.Reserve(kHash, 4, 4 * 17, std::chrono::seconds(1)).status().code(),
