@@ -11,13 +11,15 @@ namespace pdserve {
 
 absl::Status SendLayerFromStore(KvTransport& transport, const KvDestination& dest, KvStore& store,
                                 int64_t layer, std::span<const int32_t> block_table,
-                                int64_t token_begin, int64_t token_count) {
+                                int64_t token_begin, int64_t token_count, KvHostStaging* staging) {
   const KvFormat& f = store.format();
-  if (f.num_layers > 0 && store.k(0).device() != transport.device()) {
+  const Device sent_from =
+      staging != nullptr ? Device::kCpu : (f.num_layers > 0 ? store.k(0).device() : Device::kCpu);
+  if (sent_from != transport.device()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "KV store lives in ", std::string(DeviceName(store.k(0).device())),
-        " memory but this transport moves ", std::string(DeviceName(transport.device())),
-        " memory; pick the transport that matches the backend"));
+        "KV is sent from ", std::string(DeviceName(sent_from)), " memory but this transport moves ",
+        std::string(DeviceName(transport.device())),
+        " memory; stage device KV through host memory or pick the transport that matches"));
   }
   if (token_begin < 0 || token_count < 0 || token_begin + token_count > kKvMaxTokenPosition) {
     return absl::InvalidArgumentError(absl::StrCat("KV token range [", token_begin, ", ",
@@ -29,8 +31,16 @@ absl::Status SendLayerFromStore(KvTransport& transport, const KvDestination& des
   for (int64_t begin = token_begin; begin < token_begin + token_count; begin += max_tokens) {
     const int64_t n = std::min(max_tokens, token_begin + token_count - begin);
     absl::StatusOr<std::vector<std::span<std::byte>>> spans =
-        KvLayerSpans(store, layer, block_table, begin, n);
+        KvLayerSpans(store, layer, block_table, begin, n);  // also validates the range
     if (!spans.ok()) return spans.status();
+    if (staging != nullptr) {
+      std::vector<std::byte>& buffer =
+          staging->buffers.emplace_back(static_cast<size_t>(f.bytes_per_token_per_layer() * n));
+      const std::vector<Tensor*> pools = KvLayerPools(store, layer);
+      staging->backend->PackKvToHost({pools.data(), pools.size()}, block_table, begin, n,
+                                     buffer.data());
+      *spans = {std::span<std::byte>(buffer)};
+    }
     if (absl::Status s =
             transport.SendLayer(dest, static_cast<uint32_t>(layer), static_cast<uint32_t>(begin),
                                 static_cast<uint32_t>(n), AsConstSpans(*spans));

@@ -35,28 +35,33 @@ struct FormatCase {
 class TcpKvTransportLoopback : public ::testing::TestWithParam<FormatCase> {};
 
 // Pushes tokens [0, tokens) layer by layer (odd layers in two frames), then checks every byte
-// and the exact wire byte count.
-TEST_P(TcpKvTransportLoopback, DestinationRowsEqualSourceRowsAndWireBytesAreExact) {
-  const KvFormat f = GetParam().format;
+// and the exact wire byte count. `staged`: both sides go through host staging (a GPU worker's
+// path over TCP), with CPU backends playing the devices'.
+void ExpectLoopbackArrivesByteForByte(const KvFormat& f, bool staged) {
   const int64_t tokens = 45;  // 11 full blocks of 4 and a partial one
   PrefillSide src(f, tokens, 7);
-  DecodeSide dst(f);
+  DecodeSide dst(f, 64, 0xAB, nullptr, staged);
   ASSERT_NE(dst.receiver, nullptr);
   const KvDestination dest = dst.Reserve("req-loopback", tokens, tokens + 20);
   TcpKvTransport transport;
+  KvHostStaging staging{.backend = &src.h.backend, .buffers = {}};
+  KvHostStaging* via = staged ? &staging : nullptr;
   int64_t frames = 0;
   for (int64_t layer = 0; layer < f.num_layers; ++layer) {
     if (layer % 2 == 1) {
-      ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, 17).ok());
       ASSERT_TRUE(
-          SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 17, tokens - 17).ok());
+          SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, 17, via).ok());
+      ASSERT_TRUE(
+          SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 17, tokens - 17, via)
+              .ok());
       frames += 2;
     } else {
       ASSERT_TRUE(
-          SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, tokens).ok());
+          SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, tokens, via).ok());
       frames += 1;
     }
   }
+  EXPECT_EQ(staging.buffers.size(), staged ? static_cast<size_t>(frames) : 0u);
   auto stats = transport.Flush(dest, Clock::now() + std::chrono::seconds(10));
   ASSERT_TRUE(stats.ok()) << stats.status();
   const uint64_t kv_bytes = static_cast<uint64_t>(f.bytes_per_token() * tokens);
@@ -84,6 +89,14 @@ TEST_P(TcpKvTransportLoopback, DestinationRowsEqualSourceRowsAndWireBytesAreExac
   // The reserved room past the prompt was not written.
   const auto tail = testing_util::LayerBytes(dst.h.store, 0, blocks, tokens, 20);
   EXPECT_TRUE(std::all_of(tail.begin(), tail.end(), [](uint8_t b) { return b == 0xAB; }));
+}
+
+TEST_P(TcpKvTransportLoopback, DestinationRowsEqualSourceRowsAndWireBytesAreExact) {
+  ExpectLoopbackArrivesByteForByte(GetParam().format, /*staged=*/false);
+}
+
+TEST_P(TcpKvTransportLoopback, HostStagedOnBothSidesSendsTheSameBytesAndWireBytes) {
+  ExpectLoopbackArrivesByteForByte(GetParam().format, /*staged=*/true);
 }
 
 INSTANTIATE_TEST_SUITE_P(

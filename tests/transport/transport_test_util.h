@@ -127,9 +127,11 @@ inline std::string Endpoint(const KvReceiver& r) { return "127.0.0.1:" + std::to
 // The decode side: a destination store (shuffled free list), its sink and a receiver on
 // 127.0.0.1 (with `tls`: a TLS server context, mutual TLS).
 struct DecodeSide {
+  // `staged`: the sink receives through host staging (a CPU backend playing a GPU's).
   explicit DecodeSide(const KvFormat& f, int64_t blocks = 64, uint8_t fill = 0xAB,
-                      std::shared_ptr<const net::TlsContext> tls = nullptr)
-      : h(f, blocks), sink(h.store, {.reap_expired = false}) {
+                      std::shared_ptr<const net::TlsContext> tls = nullptr, bool staged = false)
+      : h(f, blocks),
+        sink(h.store, {.reap_expired = false, .staging = staged ? &staging_backend : nullptr}) {
     ShufflePool(h.store.pool(), 99);
     FillByte(h.store, fill);
     KvReceiver::Options options;
@@ -146,6 +148,7 @@ struct DecodeSide {
                          t.ok() ? t->secret : ReservationSecret{}, RequestIdHash(request)};
   }
   HostStore h;
+  CpuBackend staging_backend{1};
   ReservedBlocksSink sink;
   std::unique_ptr<KvReceiver> receiver;
 };
