@@ -61,7 +61,16 @@ int main(int argc, char** argv) {
     spdlog::error("{}", kv_tls.status().ToString());
     return 1;
   }
-  ReservedBlocksSink reservations(store);
+  absl::StatusOr<std::unique_ptr<Backend>> staging = serving::MakeKvStagingBackend(*served);
+  if (!staging.ok()) {
+    spdlog::error("{}", staging.status().ToString());
+    return 1;
+  }
+  if (*staging != nullptr) {
+    spdlog::info("the KV cache is in {} memory: frames are staged through host memory",
+                 flags.device);
+  }
+  ReservedBlocksSink reservations(store, {.reap_expired = true, .staging = staging->get()});
   const size_t colon = kv_listen.rfind(':');
   KvReceiver::Options receiver_options;
   receiver_options.host = kv_listen.substr(0, colon);

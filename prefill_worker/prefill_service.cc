@@ -40,7 +40,14 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
       : service_(service),
         context_(context),
         request_(std::move(request)),
-        response_bytes_(response) {}
+        response_bytes_(response) {
+    // A store in GPU memory: each layer's frames are packed into host buffers (by the model's
+    // backend, on the scheduler thread that computed the layer) that live until the Flush.
+    if (service_.store_.format().num_layers > 0 &&
+        service_.store_.k(0).device() != service_.transport_.device()) {
+      staging_.backend = &service_.model_.backend();
+    }
+  }
 
   const KvDestination& destination() const { return destination_; }
 
@@ -60,8 +67,9 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     // computed, so the bytes travel while later layers compute.
     const int64_t n = static_cast<int64_t>(req_.prompt.size());
     job.on_layer = [self = shared_from_this(), n](int64_t layer, std::span<const int32_t> table) {
+      KvHostStaging* staging = self->staging_.backend != nullptr ? &self->staging_ : nullptr;
       absl::Status queued = SendLayerFromStore(self->service_.transport_, self->destination_,
-                                               self->service_.store_, layer, table, 0, n);
+                                               self->service_.store_, layer, table, 0, n, staging);
       serving::StopHereIfAsked("prefill.layer_queued", layer);
       return queued;
     };
@@ -254,6 +262,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
   grpc::ByteBuffer* const response_bytes_;  // gRPC's, valid until OnDone
   serving::EngineRequest req_;
   KvDestination destination_;
+  KvHostStaging staging_;  // used from the scheduler thread only, until the Flush
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> ended_{false};
   absl::Mutex mu_;

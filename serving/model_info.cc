@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "engine/generate.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/make_backend.h"
 #include "spdlog/spdlog.h"
 
 namespace pdserve::serving {
@@ -78,12 +79,15 @@ v1::ModelInfo MakeModelInfo(const Model& model, const std::string& fingerprint) 
 }
 
 absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads,
-                                            const std::string& cpu_isa) {
+                                            const std::string& cpu_isa, const DeviceSpec& device) {
   absl::StatusOr<CpuIsa> isa = ResolveCpuIsa(cpu_isa);
   if (!isa.ok()) return isa.status();
   spdlog::info("{}", DescribeCpuKernels(*isa));
   ServedModel served;
-  served.backend = std::make_unique<CpuBackend>(threads, *isa);
+  served.device = device;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(device, threads, *isa);
+  if (!backend.ok()) return backend.status();
+  served.backend = *std::move(backend);
   absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(path, *served.backend);
   if (!model.ok()) return model.status();
   served.model = *std::move(model);
@@ -91,6 +95,12 @@ absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads
   if (!fingerprint.ok()) return fingerprint.status();
   served.fingerprint = *std::move(fingerprint);
   return served;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeKvStagingBackend(const ServedModel& served) {
+  if (served.device.device == Device::kCpu) return std::unique_ptr<Backend>();
+  // The CPU arguments are unused for a CUDA device.
+  return MakeBackend(served.device, 1, CpuIsa::kX86_64_V2);
 }
 
 int64_t KvBlocksFor(const KvFormat& format, int64_t kv_blocks, int64_t kv_cache_mb) {

@@ -12,6 +12,7 @@
 #include "engine/kv_cache.h"
 #include "engine/kv_format.h"
 #include "engine/model.h"
+#include "kernels/device_spec.h"
 #include "pdserve/v1/generation.pb.h"
 #include "pdserve/v1/worker.pb.h"
 
@@ -27,15 +28,22 @@ v1::ModelInfo MakeModelInfo(const Model& model, const std::string& fingerprint);
 
 // A model loaded for a worker: its CPU backend, the model and its fingerprint.
 struct ServedModel {
+  DeviceSpec device;  // where the model and its KV cache live
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Model> model;
   std::string fingerprint;
 };
-// `cpu_isa` is the --cpu-isa flag ("" = the best this CPU supports; see
-// kernels/cpu/cpu_kernels.h); the chosen kernels are logged once. InvalidArgument for an unknown
-// name, FailedPrecondition for a level this CPU lacks.
+// The model at `path` on `device` (MakeBackend). `cpu_isa` is the --cpu-isa flag ("" = the best
+// this CPU supports; see kernels/cpu/cpu_kernels.h); the chosen kernels are logged once.
+// InvalidArgument for an unknown name, FailedPrecondition for a level this CPU lacks or a CUDA
+// device this build or machine lacks.
 absl::StatusOr<ServedModel> LoadServedModel(const std::string& path, int threads,
-                                            const std::string& cpu_isa);
+                                            const std::string& cpu_isa, const DeviceSpec& device);
+
+// For a model whose KV cache lives in GPU memory: a second backend of its device (its own
+// stream), through which the decode worker's KV receiver writes frames into the cache
+// (ReservedBlocksSink's host staging) while the model's backend computes. Null on the CPU.
+absl::StatusOr<std::unique_ptr<Backend>> MakeKvStagingBackend(const ServedModel& served);
 
 // Blocks for a worker's KV store: `kv_blocks` when > 0, else as many as `kv_cache_mb` MiB hold.
 int64_t KvBlocksFor(const KvFormat& format, int64_t kv_blocks, int64_t kv_cache_mb);

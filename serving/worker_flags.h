@@ -62,9 +62,8 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
                  "default: the best this CPU supports");
   app.add_option(
          "--device", flags.device,
-         "Where the model runs: cpu, or cuda / cuda:N. Workers refuse cuda until the GPU KV "
-         "transports land (they move KV over TCP from host memory); `pdserve generate "
-         "--device cuda` runs a model on a GPU in one process")
+         "Where the model and its KV cache live: cpu, or cuda / cuda:N (a GPU's KV moves over "
+         "TCP staged through host memory)")
       ->capture_default_str()
       ->check([](const std::string& text) {
         absl::StatusOr<DeviceSpec> spec = ParseDevice(text);

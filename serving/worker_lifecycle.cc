@@ -9,23 +9,13 @@ namespace pdserve::serving {
 absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags) {
   absl::StatusOr<DeviceSpec> device = ParseDevice(flags.device);
   if (!device.ok()) return device.status();
-  if (device->device != Device::kCpu) {
-    // Before anything starts: the KV cache would live in GPU memory, which the TCP transport
-    // (host memory, recv(2) into the pages) cannot move.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--device ", flags.device,
-        ": workers keep the KV cache where the model runs and move it over TCP from host "
-        "memory; GPU KV transports (NCCL, CUDA IPC, host-staged) are not built yet, so workers "
-        "run with --device cpu. `pdserve generate --device ",
-        flags.device, "` runs a model on the GPU in one process"));
-  }
   absl::StatusOr<std::unique_ptr<rpc::Server>> loading =
       rpc::Server::Start(flags.listen, {}, flags.tls);
   if (!loading.ok()) return loading.status();
   spdlog::info("loading {}; health on {} says NOT_SERVING until it is ready", flags.model_path,
                (*loading)->address());
   absl::StatusOr<ServedModel> served =
-      LoadServedModel(flags.model_path, flags.threads, flags.cpu_isa);
+      LoadServedModel(flags.model_path, flags.threads, flags.cpu_isa, *device);
   if (!served.ok()) return served.status();
   return LoadedWorker{*std::move(loading), *std::move(served)};
 }

@@ -12,6 +12,7 @@
 #include "engine/generate.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/make_backend.h"
 #include "nlohmann/json.hpp"
 #include "tests/e2e/cluster.h"
 #include "tests/test_util.h"
@@ -144,6 +145,47 @@ TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
       auto got = Complete(cluster, req, &info);
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_EQ(*got, LocalGreedy(**model, prompt, 10, {}, /*ignore_eos=*/true));
+      const KvFormat format = (*model)->kv_format();
+      EXPECT_EQ(
+          info.timings().kv_transfer_bytes(),
+          static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
+              static_cast<uint64_t>(format.num_layers) * 80u);
+    }
+  }
+}
+
+// GPU workers (--device cuda on both): the model and its bf16 KV cache live in GPU memory, and
+// the cache crosses over TCP staged through host memory (pack kernel, device-to-host copy, and
+// back on the decode side). Greedy ids equal the CUDA backend's in one process, for GQA and MLA,
+// and the wire carries the bf16 cache's bytes plus one header per layer. Skips without a usable
+// GPU (this test is what a GPU machine runs of it).
+TEST(Disaggregation, GpuWorkersStagingKvThroughHostEqualSingleProcessOnTheGpu) {
+  absl::StatusOr<std::unique_ptr<Backend>> gpu =
+      MakeBackend({.device = Device::kCuda, .ordinal = 0}, 1, CpuIsa::kX86_64_V2);
+  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+  std::ifstream in(testing_util::ConfigsDir() + "/deepseek-v2-tiny.json");
+  ASSERT_TRUE(in);
+  absl::StatusOr<ModelConfig> deepseek = ParseHfConfig(nlohmann::json::parse(in), "deepseek");
+  ASSERT_TRUE(deepseek.ok()) << deepseek.status();
+  const std::string gqa = SynthModel("e2e_gpu_gqa", 2);
+  const std::string mla = testing_util::FreshDir("e2e_gpu_mla");
+  ASSERT_TRUE(WriteSyntheticModel(*deepseek, mla, 4).ok());
+  const launch::ProcessOptions on_gpu{.args = {"--device", "cuda"}};
+  for (const std::string& path : {gqa, mla}) {
+    SCOPED_TRACE(path);
+    auto model = LoadModel(path, **gpu);
+    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_EQ((*model)->kv_format().dtype, DType::kBF16);
+    Cluster cluster({.model = path, .processes = {{"prefill0", on_gpu}, {"decode0", on_gpu}}});
+    ASSERT_EQ(cluster.Start(), absl::OkStatus());
+    for (int i = 0; i < 3; ++i) {
+      const auto prompt = Prompt(5 + 23 * i, i, 300);
+      v1::GenerateRequest req = Greedy(prompt, 12);
+      req.set_ignore_eos(true);
+      v1::FinalInfo info;
+      auto got = Complete(cluster, req, &info);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(*got, LocalGreedy(**model, prompt, 12, {}, /*ignore_eos=*/true));
       const KvFormat format = (*model)->kv_format();
       EXPECT_EQ(
           info.timings().kv_transfer_bytes(),
