@@ -72,6 +72,24 @@ std::vector<int32_t> Prompt(int n, int salt, int vocab) {
   return p;
 }
 
+// One greedy request (EOS ignored) through the cluster: its ids equal `model`'s in this process,
+// and the wire carried exactly the format's KV bytes for the prompt plus one 80-byte header per
+// layer (every layer of these small prompts fits one frame).
+void ExpectSameGreedyIdsAndExactKvBytes(Cluster& cluster, Model& model,
+                                        const std::vector<int32_t>& prompt, int max_tokens) {
+  v1::GenerateRequest req = Greedy(prompt, max_tokens);
+  req.set_ignore_eos(true);
+  v1::FinalInfo info;
+  auto got = Complete(cluster, req, &info);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, LocalGreedy(model, prompt, max_tokens, {}, /*ignore_eos=*/true));
+  const KvFormat format = model.kv_format();
+  EXPECT_EQ(info.timings().kv_transfer_bytes(),
+            static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
+                static_cast<uint64_t>(format.num_layers) * 80u)
+      << "KV bytes + one 80-byte header per layer";
+}
+
 TEST(Disaggregation, Stories260KMatchesLlama2cForAllReferenceCases) {
   const std::string dir = testing_util::ModelsDir();
   std::ifstream in(dir + "/stories260K.reference.json");
@@ -105,17 +123,7 @@ TEST(Disaggregation, SyntheticMhaGqaMqaEqualSingleProcess) {
     Cluster cluster({.model = path});
     ASSERT_EQ(cluster.Start(), absl::OkStatus());
     for (int i = 0; i < 3; ++i) {
-      const auto prompt = Prompt(5 + 17 * i, i, 300);
-      v1::FinalInfo info;
-      auto got = Complete(cluster, Greedy(prompt, 12), &info);
-      ASSERT_TRUE(got.ok()) << got.status();
-      EXPECT_EQ(*got, LocalGreedy(**model, prompt, 12));
-      const KvFormat format = (*model)->kv_format();
-      EXPECT_EQ(
-          info.timings().kv_transfer_bytes(),
-          static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
-              static_cast<uint64_t>(format.num_layers) * 80u)
-          << "KV bytes + one 80-byte header per layer";
+      ExpectSameGreedyIdsAndExactKvBytes(cluster, **model, Prompt(5 + 17 * i, i, 300), 12);
     }
   }
 }
@@ -138,18 +146,7 @@ TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
     ASSERT_EQ(cluster.Start(), absl::OkStatus());
     const int vocab = static_cast<int>(config->vocab_size);
     for (int i = 0; i < 2; ++i) {
-      const auto prompt = Prompt(6 + 40 * i, i, vocab);
-      v1::GenerateRequest req = Greedy(prompt, 10);
-      req.set_ignore_eos(true);
-      v1::FinalInfo info;
-      auto got = Complete(cluster, req, &info);
-      ASSERT_TRUE(got.ok()) << got.status();
-      EXPECT_EQ(*got, LocalGreedy(**model, prompt, 10, {}, /*ignore_eos=*/true));
-      const KvFormat format = (*model)->kv_format();
-      EXPECT_EQ(
-          info.timings().kv_transfer_bytes(),
-          static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
-              static_cast<uint64_t>(format.num_layers) * 80u);
+      ExpectSameGreedyIdsAndExactKvBytes(cluster, **model, Prompt(6 + 40 * i, i, vocab), 10);
     }
   }
 }
@@ -179,18 +176,7 @@ TEST(Disaggregation, GpuWorkersStagingKvThroughHostEqualSingleProcessOnTheGpu) {
     Cluster cluster({.model = path, .processes = {{"prefill0", on_gpu}, {"decode0", on_gpu}}});
     ASSERT_EQ(cluster.Start(), absl::OkStatus());
     for (int i = 0; i < 3; ++i) {
-      const auto prompt = Prompt(5 + 23 * i, i, 300);
-      v1::GenerateRequest req = Greedy(prompt, 12);
-      req.set_ignore_eos(true);
-      v1::FinalInfo info;
-      auto got = Complete(cluster, req, &info);
-      ASSERT_TRUE(got.ok()) << got.status();
-      EXPECT_EQ(*got, LocalGreedy(**model, prompt, 12, {}, /*ignore_eos=*/true));
-      const KvFormat format = (*model)->kv_format();
-      EXPECT_EQ(
-          info.timings().kv_transfer_bytes(),
-          static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
-              static_cast<uint64_t>(format.num_layers) * 80u);
+      ExpectSameGreedyIdsAndExactKvBytes(cluster, **model, Prompt(5 + 23 * i, i, 300), 12);
     }
   }
 }
