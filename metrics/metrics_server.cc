@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot serve /metrics on ", listen,
                                                ": the address is taken or not this machine's"));
   }
-  server->thread_ = std::thread([&http] { http.listen_after_bind(); });
+  server->thread_ = ListenInBackground(http);
   spdlog::info("metrics on http://{}:{}/metrics", listen.substr(0, colon), server->port_);
   return server;
 }

@@ -221,7 +221,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot serve the OpenAI API on ", options.listen,
                                                ": the address is taken or not this machine's"));
   }
-  server->thread_ = std::thread([&http] { http.listen_after_bind(); });
+  server->thread_ = metrics::ListenInBackground(http);
   return server;
 }
 

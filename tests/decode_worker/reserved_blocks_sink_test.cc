@@ -61,8 +61,8 @@ class KvSink : public ::testing::TestWithParam<bool> {
 };
 
 INSTANTIATE_TEST_SUITE_P(Receive, KvSink, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& info) {
-                           return info.param ? "HostStaged" : "IntoThePools";
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "HostStaged" : "IntoThePools";
                          });
 
 // The payload lands in the reserved rows (KvLayerSpans over the blocks handed over); staged, only
