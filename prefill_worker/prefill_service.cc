@@ -217,6 +217,9 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     response_.set_kv_transfer_bytes(transfer->wire_bytes);
     response_.set_cached_prompt_tokens(static_cast<int32_t>(cached));
     response_.set_kv_format(service_.info_.kv_format().description());
+    response_.set_kv_transport(
+        absl::StrCat(service_.transport_.encrypted() ? "tls" : "tcp",
+                     staging_.backend != nullptr ? " (staged through host memory)" : ""));
     spdlog::info(
         "request {}: prefilled {} tokens ({} cached) in {:.1f} ms, {} KV bytes to {} in {:.1f} ms",
         id, req_.prompt.size(), cached, result.prefill_ms, transfer->wire_bytes,

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "router/request_validator.h"
+#include "rpc/status.h"
 #include "spdlog/spdlog.h"
 
 namespace pdserve::router {
@@ -525,6 +526,7 @@ void RequestFlow::Finish(const absl::Status& status) {
     t->set_prefill_ms(prefill_response_.prefill_ms());
     t->set_kv_transfer_ms(prefill_response_.kv_transfer_ms());
     t->set_kv_transfer_bytes(prefill_response_.kv_transfer_bytes());
+    t->set_kv_transport(prefill_response_.kv_transport());
     const Clock::time_point first = completion_tokens_ > 0 ? first_token_at_ : end;
     t->set_ttft_ms(Ms(first - received_));
     t->set_decode_ms(Ms(end - first));
@@ -536,10 +538,11 @@ void RequestFlow::Finish(const absl::Status& status) {
     info.set_migrations(migrations_);
     spdlog::info(
         "request {}: ok, {} prompt ({} cached) + {} new tokens, finish {}, ttft {:.1f} ms, total "
-        "{:.1f} ms, kv {} B in {:.1f} ms, prefill {}, decode {}",
+        "{:.1f} ms, kv {} B in {:.1f} ms over {}, prefill {}, decode {}",
         request_id(), usage->prompt_tokens(), usage->cached_prompt_tokens(),
         usage->completion_tokens(), finish_reason_, t->ttft_ms(), t->total_ms(),
-        t->kv_transfer_bytes(), t->kv_transfer_ms(), info.prefill_worker(), info.decode_worker());
+        t->kv_transfer_bytes(), t->kv_transfer_ms(), rpc::LoggableText(t->kv_transport()),
+        info.prefill_worker(), info.decode_worker());
     if (text_ != nullptr && !stopped_by_text_) last_text_ += text_->Finish();
     sink_->Finish(status, last_tokens_, std::move(last_text_), info);
     return;

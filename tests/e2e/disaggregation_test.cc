@@ -73,10 +73,11 @@ std::vector<int32_t> Prompt(int n, int salt, int vocab) {
 }
 
 // One greedy request (EOS ignored) through the cluster: its ids equal `model`'s in this process,
-// and the wire carried exactly the format's KV bytes for the prompt plus one 80-byte header per
-// layer (every layer of these small prompts fits one frame).
+// the wire carried exactly the format's KV bytes for the prompt plus one 80-byte header per
+// layer (every layer of these small prompts fits one frame), over `transport`.
 void ExpectSameGreedyIdsAndExactKvBytes(Cluster& cluster, Model& model,
-                                        const std::vector<int32_t>& prompt, int max_tokens) {
+                                        const std::vector<int32_t>& prompt, int max_tokens,
+                                        const std::string& transport = "tcp") {
   v1::GenerateRequest req = Greedy(prompt, max_tokens);
   req.set_ignore_eos(true);
   v1::FinalInfo info;
@@ -88,6 +89,7 @@ void ExpectSameGreedyIdsAndExactKvBytes(Cluster& cluster, Model& model,
             static_cast<uint64_t>(format.bytes_per_token() * static_cast<int64_t>(prompt.size())) +
                 static_cast<uint64_t>(format.num_layers) * 80u)
       << "KV bytes + one 80-byte header per layer";
+  EXPECT_EQ(info.timings().kv_transport(), transport);
 }
 
 TEST(Disaggregation, Stories260KMatchesLlama2cForAllReferenceCases) {
@@ -167,7 +169,8 @@ TEST(Disaggregation, GpuWorkersStagingKvThroughHostEqualSingleProcessOnTheGpu) {
   const std::string gqa = SynthModel("e2e_gpu_gqa", 2);
   const std::string mla = testing_util::FreshDir("e2e_gpu_mla");
   ASSERT_TRUE(WriteSyntheticModel(*deepseek, mla, 4).ok());
-  const launch::ProcessOptions on_gpu{.args = {"--device", "cuda"}};
+  launch::ProcessOptions on_gpu;
+  on_gpu.args = {"--device", "cuda"};
   for (const std::string& path : {gqa, mla}) {
     SCOPED_TRACE(path);
     auto model = LoadModel(path, **gpu);
@@ -176,7 +179,8 @@ TEST(Disaggregation, GpuWorkersStagingKvThroughHostEqualSingleProcessOnTheGpu) {
     Cluster cluster({.model = path, .processes = {{"prefill0", on_gpu}, {"decode0", on_gpu}}});
     ASSERT_EQ(cluster.Start(), absl::OkStatus());
     for (int i = 0; i < 3; ++i) {
-      ExpectSameGreedyIdsAndExactKvBytes(cluster, **model, Prompt(5 + 23 * i, i, 300), 12);
+      ExpectSameGreedyIdsAndExactKvBytes(cluster, **model, Prompt(5 + 23 * i, i, 300), 12,
+                                         "tcp (staged through host memory)");
     }
   }
 }

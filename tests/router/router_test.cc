@@ -238,6 +238,7 @@ class FakePrefill final : public FakeWorker<v1::PrefillWorker::CallbackService> 
     response->set_kv_transfer_bytes(kKvBytes);
     response->set_cached_prompt_tokens(0);
     response->set_kv_format("GQA, fake");
+    response->set_kv_transport("tcp (fake)");
     return Answer(context, grpc::Status::OK);
   }
 
@@ -389,6 +390,7 @@ TEST_F(RouterTest, GenerateStreamsTokensInOrderAndEndsWithFinalInfo) {
   EXPECT_EQ(final_info.usage().prompt_tokens(), 6);
   EXPECT_EQ(final_info.usage().completion_tokens(), 5);
   EXPECT_EQ(final_info.timings().kv_transfer_bytes(), static_cast<uint64_t>(kKvBytes));
+  EXPECT_EQ(final_info.timings().kv_transport(), "tcp (fake)");
   EXPECT_EQ(final_info.timings().prefill_ms(), 3.0);
   EXPECT_GT(final_info.timings().ttft_ms(), 0.0);
   EXPECT_GE(final_info.timings().total_ms(), final_info.timings().ttft_ms());
