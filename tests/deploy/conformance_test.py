@@ -55,6 +55,7 @@ OVERLAY = os.path.join(ROOT, "deploy", "kustomize", "overlays", "cpu-demo")
 CLIENTS = 3
 MAX_TOKENS = 8
 REQUEST_TIMEOUT_S = 120
+WATCH_ATTEMPT_S = 30  # one readiness watch; models here load in seconds
 # How long the new decode pod may take to receive its first request once it is in DNS (the
 # router re-resolves every --dns-refresh and polls the new worker before routing to it).
 TAKE_WORK_TIMEOUT_S = 60
@@ -149,22 +150,26 @@ class Pod:
         request = health_pb2.HealthCheckRequest(service=readiness["grpc"].get("service", ""))
         # A worker's health-only server (while the model loads) ends its watches when it hands
         # the port over to the serving server: each end starts a new watch, on the new server.
+        # Each watch is bounded, as the kubelet bounds each probe and tries again: a call caught
+        # in the handover's GOAWAY once hung for the whole budget.
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
                 fail(f"{self.name} was not ready on {target} within the startupProbe's {budget} s"
                      f":\n{self.log_tail()}")
+            attempt = min(left, WATCH_ATTEMPT_S)
             with grpc.insecure_channel(target) as channel:
                 try:
-                    grpc.channel_ready_future(channel).result(timeout=left)
+                    grpc.channel_ready_future(channel).result(timeout=attempt)
                     stub = health_pb2_grpc.HealthStub(channel)
                     if any(update.status == health_pb2.HealthCheckResponse.SERVING
-                           for update in stub.Watch(request, timeout=left)):
+                           for update in stub.Watch(request, timeout=attempt)):
                         break
                 except grpc.FutureTimeoutError:
                     continue
                 except grpc.RpcError as e:
-                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                        grpc.StatusCode.DEADLINE_EXCEEDED):
                         fail(f"{self.name}: readiness watch on {target} failed ({e.code().name}):"
                              f"\n{self.log_tail()}")
         passed = []
