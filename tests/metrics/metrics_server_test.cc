@@ -72,6 +72,7 @@ TEST(MetricsServer, ServesRegistryAndScrapeTimeMetrics) {
   EXPECT_NE(Scrape((*server)->port()).find("pdserve_test_depth 2"), std::string::npos);
 }
 
+#if defined(PDSERVE_METRICS_TEST_CUBLASLT)
 // Bytes of static thread-local storage of every object loaded now: glibc places it on each
 // thread's stack.
 size_t StaticTlsBytes() {
@@ -88,6 +89,7 @@ size_t StaticTlsBytes() {
       &total);
   return total;
 }
+#endif
 
 // A GPU worker's process links OpenBLAS and cuBLAS(Lt), whose static TLS took more room than
 // civetweb's 100 KiB thread stacks had: /metrics could not start there. This binary links both
