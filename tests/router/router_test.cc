@@ -353,6 +353,14 @@ class RouterTest : public ::testing::Test {
     return request;
   }
   int TotalPrefills() { return prefill_[0].prefills + prefill_[1].prefills; }
+  // A 3-token Complete whose first `prefills` Prefill calls the fake workers cut (CANCELLED), as
+  // a server shutting down does to calls racing with it.
+  grpc::Status CompleteWithPrefillsCancelled(int prefills, v1::CompleteResponse& response) {
+    for (FakePrefill& fake : prefill_) fake.failure_code = grpc::StatusCode::CANCELLED;
+    prefill_failures_ = prefills;
+    grpc::ClientContext context;
+    return stub_->Complete(&context, Request(3), &response);
+  }
   // Starts a Generate call and reads its first message into `first`.
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> GenerateFirst(
       grpc::ClientContext* context, int max_tokens, v1::GenerateResponse* first) {
@@ -530,11 +538,8 @@ TEST_F(RouterTest, UnavailablePrefillIsRetriedOnTheOtherWorker) {
 // request goes to the other worker, as for UNAVAILABLE.
 TEST_F(RouterTest, PrefillCancelledByTheWorkerIsRetriedOnTheOtherWorker) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  for (FakePrefill& fake : prefill_) fake.failure_code = grpc::StatusCode::CANCELLED;
-  prefill_failures_ = 1;
-  grpc::ClientContext context;
   v1::CompleteResponse response;
-  ASSERT_TRUE(stub_->Complete(&context, Request(3), &response).ok());
+  ASSERT_TRUE(CompleteWithPrefillsCancelled(1, response).ok());
   EXPECT_EQ(response.token_ids_size(), 3);
   EXPECT_EQ(TotalPrefills(), 2);
   EXPECT_EQ(decode_[0].reserves, 2);
@@ -545,11 +550,8 @@ TEST_F(RouterTest, PrefillCancelledByTheWorkerIsRetriedOnTheOtherWorker) {
 // say that the client cancelled.
 TEST_F(RouterTest, PrefillCancelledByBothWorkersGivesUnavailable) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  for (FakePrefill& fake : prefill_) fake.failure_code = grpc::StatusCode::CANCELLED;
-  prefill_failures_ = 2;
-  grpc::ClientContext context;
   v1::CompleteResponse response;
-  const grpc::Status status = stub_->Complete(&context, Request(3), &response);
+  const grpc::Status status = CompleteWithPrefillsCancelled(2, response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_NE(status.error_message().find("cut by the worker"), std::string::npos)
       << status.error_message();
