@@ -2,7 +2,8 @@
 // build; see simt/cuda_runtime.cc. Declarations are NVIDIA's (cublas_api.h). Semantics are
 // cuBLAS's: column-major, C = alpha * op(A) * op(B) + beta * C, host-side alpha and beta (the
 // default pointer mode), fp32 accumulation. bf16 and f16 operands are widened to f32 first
-// (exact), so a GEMM differs from the GPU's only in summation order.
+// (exact), so a GEMM differs from the GPU's only in summation order. A GEMM on a stream that
+// captures a CUDA graph is recorded as the graph's next kernel node (simt/capture.h).
 #include <cblas.h>
 #include <cublas_api.h>
 #include <cuda_bf16.h>
@@ -12,12 +13,19 @@
 #include <cstdint>
 #include <vector>
 
+#include "simt/capture.h"
+
 struct cublasContext {
   cudaStream_t stream = nullptr;
   cublasMath_t math_mode = CUBLAS_DEFAULT_MATH;
+  void* workspace = nullptr;  // cublasSetWorkspace's (unused: the CPU GEMM needs none)
+  size_t workspace_bytes = 0;
 };
 
 namespace {
+
+// Identifies a GEMM's kernel node in a captured graph.
+constexpr char kGemmNode = 0;
 
 bool ValidOp(cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T; }
 
@@ -68,10 +76,10 @@ std::vector<float> Widen(const void* data, cudaDataType type, int ld, int rows, 
 }
 
 // One GEMM of any supported storage types through f32.
-cublasStatus_t GemmThroughF32(cublasOperation_t transa, cublasOperation_t transb, int m, int n,
-                              int k, float alpha, const void* a, cudaDataType a_type, int lda,
-                              const void* b, cudaDataType b_type, int ldb, float beta, void* c,
-                              cudaDataType c_type, int ldc) {
+void GemmThroughF32(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                    float alpha, const void* a, cudaDataType a_type, int lda, const void* b,
+                    cudaDataType b_type, int ldb, float beta, void* c, cudaDataType c_type,
+                    int ldc) {
   const int a_rows = transa == CUBLAS_OP_N ? m : k;
   const int a_cols = transa == CUBLAS_OP_N ? k : m;
   const int b_rows = transb == CUBLAS_OP_N ? k : n;
@@ -90,7 +98,6 @@ cublasStatus_t GemmThroughF32(cublasOperation_t transa, cublasOperation_t transb
                      c32[static_cast<std::size_t>(col) * m + row]);
     }
   }
-  return CUBLAS_STATUS_SUCCESS;
 }
 
 bool ValidShape(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, int lda,
@@ -129,6 +136,14 @@ cublasStatus_t CUBLASWINAPI cublasSetStream_v2(cublasHandle_t handle, cudaStream
   return CUBLAS_STATUS_SUCCESS;
 }
 
+cublasStatus_t CUBLASWINAPI cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace,
+                                                  size_t bytes) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  handle->workspace = workspace;
+  handle->workspace_bytes = bytes;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 cublasStatus_t CUBLASWINAPI cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   handle->math_mode = mode;
@@ -163,9 +178,8 @@ cublasStatus_t CUBLASWINAPI cublasSgemm_v2(cublasHandle_t handle, cublasOperatio
   if (!ValidShape(transa, transb, m, n, k, lda, ldb, ldc) || alpha == nullptr || beta == nullptr) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
-  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  return GemmThroughF32(transa, transb, m, n, k, *alpha, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb,
-                        *beta, c, CUDA_R_32F, ldc);
+  return cublasGemmEx(handle, transa, transb, m, n, k, alpha, a, CUDA_R_32F, lda, b, CUDA_R_32F,
+                      ldb, beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
 cublasStatus_t CUBLASWINAPI cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
@@ -199,16 +213,18 @@ cublasStatus_t CUBLASWINAPI cublasGemmStridedBatchedEx(
   const auto element_bytes = [](cudaDataType type) -> long long {
     return type == CUDA_R_32F ? 4 : 2;
   };
+  // alpha and beta are read now (host pointer mode), the operands when the GEMM runs.
   const float alpha32 = *static_cast<const float*>(alpha);
   const float beta32 = *static_cast<const float*>(beta);
-  for (int i = 0; i < batch_count; ++i) {
-    const auto* a_i = static_cast<const char*>(a) + i * stride_a * element_bytes(a_type);
-    const auto* b_i = static_cast<const char*>(b) + i * stride_b * element_bytes(b_type);
-    auto* c_i = static_cast<char*>(c) + i * stride_c * element_bytes(c_type);
-    const cublasStatus_t status = GemmThroughF32(transa, transb, m, n, k, alpha32, a_i, a_type, lda,
-                                                 b_i, b_type, ldb, beta32, c_i, c_type, ldc);
-    if (status != CUBLAS_STATUS_SUCCESS) return status;
-  }
+  simt::detail::Enqueue(handle->stream, &kGemmNode, [=] {
+    for (int i = 0; i < batch_count; ++i) {
+      const auto* a_i = static_cast<const char*>(a) + i * stride_a * element_bytes(a_type);
+      const auto* b_i = static_cast<const char*>(b) + i * stride_b * element_bytes(b_type);
+      auto* c_i = static_cast<char*>(c) + i * stride_c * element_bytes(c_type);
+      GemmThroughF32(transa, transb, m, n, k, alpha32, a_i, a_type, lda, b_i, b_type, ldb, beta32,
+                     c_i, c_type, ldc);
+    }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }
 

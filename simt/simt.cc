@@ -377,6 +377,18 @@ void SetFiberStackBytes(std::size_t bytes) { g_stack_bytes.store(bytes); }
 
 namespace detail {
 
+namespace {
+std::atomic<LaunchRecorder> launch_recorder{nullptr};
+}  // namespace
+
+void SetLaunchRecorder(LaunchRecorder recorder) { launch_recorder.store(recorder); }
+
+void Enqueue(CUstream_st* stream, const void* kernel, std::function<void()> work) {
+  const LaunchRecorder recorder = launch_recorder.load();
+  if (recorder != nullptr && recorder(stream, kernel, work)) return;
+  work();
+}
+
 void Launch(dim3 grid, dim3 block, std::size_t dynamic_shared_bytes,
             const std::function<void()>& body) {
   if (t_launch != nullptr) Fail("a kernel launched a kernel (dynamic parallelism is not emulated)");

@@ -1,10 +1,10 @@
 // A test-only SIMT emulator: runs CUDA kernel source on the CPU so that kernels execute on every
-// CI run, with or without a GPU. Each CUDA thread is a fiber (Boost.Context); a launch runs its blocks
-// one after another on the calling OS thread, and a block's fibers switch only at __syncthreads
-// and the warp collectives (__syncwarp, __shfl*_sync, __ballot_sync, __any_sync, __all_sync).
-// Misuse that is undefined or hangs on a GPU aborts here with a message: a __syncthreads that
-// only part of the block reaches, a warp collective called by a lane outside its mask, or one
-// whose mask names a lane that has exited.
+// CI run, with or without a GPU. Each CUDA thread is a fiber (Boost.Context); a launch runs its
+// blocks one after another on the calling OS thread, and a block's fibers switch only at
+// __syncthreads and the warp collectives (__syncwarp, __shfl*_sync, __ballot_sync, __any_sync,
+// __all_sync). Misuse that is undefined or hangs on a GPU aborts here with a message: a
+// __syncthreads that only part of the block reaches, a warp collective called by a lane outside its
+// mask, or one whose mask names a lane that has exited.
 //
 // Kernel sources include this header in both worlds. Under nvcc it only adds the launch and
 // dynamic-shared-memory macros.
@@ -35,6 +35,8 @@
 #include <cstring>
 #include <functional>
 #include <type_traits>
+
+#include "simt/capture.h"
 
 // The execution spaces mean nothing on the host. __shared__ arrays are per OS thread: a block's
 // fibers share the launching thread and blocks run in turn, so one copy serves every block (its
@@ -101,19 +103,25 @@ struct Launcher {
   dim3 grid;
   dim3 block;
   std::size_t shared_bytes;
+  cudaStream_t stream;
 
-  // Arguments are copied once, and every fiber passes them to the kernel by value, as CUDA does.
+  // Arguments are copied once, when the launch is issued (a graph replays the values it
+  // captured), and every fiber passes them to the kernel by value, as CUDA does. The launch runs
+  // before this returns unless the stream captures a graph.
   template <typename... Args>
   void operator()(const Args&... args) const {
-    Launch(grid, block, shared_bytes, [&] { kernel(args...); });
+    Enqueue(stream, reinterpret_cast<const void*>(kernel),
+            [kernel = kernel, grid = grid, block = block, shared = shared_bytes, args...] {
+              Launch(grid, block, shared, [&] { kernel(args...); });
+            });
   }
 };
 
 // Takes a __global__ function or a pointer to one.
 template <typename F>
 Launcher<F*> MakeLauncher(F* kernel, dim3 grid, dim3 block, std::size_t shared_bytes,
-                          cudaStream_t /*stream: launches are synchronous*/) {
-  return Launcher<F*>{kernel, grid, block, shared_bytes};
+                          cudaStream_t stream) {
+  return Launcher<F*>{kernel, grid, block, shared_bytes, stream};
 }
 
 template <typename T>
