@@ -48,6 +48,9 @@ int main(int argc, char** argv) {
                    "Where the model runs: cpu, or cuda / cuda:N (CUDA device N, compute "
                    "capability 8.0+)")
       ->capture_default_str();
+  generate->add_flag("--enforce-eager", gen.enforce_eager,
+                     "With --device cuda: no CUDA graphs for decode steps (every op runs as it "
+                     "comes)");
   generate->add_flag("-v,--verbose", gen.verbose, "Print the CPU kernels and timings to stderr");
 
   SynthOptions synth;

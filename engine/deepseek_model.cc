@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "engine/moe_routing.h"
@@ -132,6 +133,13 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
   if (!plan.ok()) return plan.status();
   const std::vector<AttentionSeq>& seqs = plan->seqs;
   KvStore& store = *plan->store;
+
+  // As in LlamaModel::Forward; MoE layers read the router's logits on the host every layer,
+  // and which experts run changes the ops from step to step, so MoE steps stay eager.
+  std::optional<DecodeStepScope> step;
+  if (plan->is_decode_step() && !options.on_layer_done && !c.moe.enabled()) {
+    step.emplace(be, plan->rows());
+  }
 
   const int64_t rows = plan->rows();
   const int64_t hidden = c.hidden_size, heads = c.num_heads, nope = c.qk_nope_head_dim,

@@ -1,6 +1,7 @@
 #include "engine/llama_model.h"
 
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "engine/weight_source.h"
@@ -25,6 +26,11 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(std::span<const SequenceI
   if (!plan.ok()) return plan.status();
   const std::vector<AttentionSeq>& seqs = plan->seqs;
   KvStore& store = *plan->store;
+
+  // A decode step without a per-layer hook runs the same ops every time: a GPU backend replays
+  // it as a graph (the hook's KV shipping would read results mid-step).
+  std::optional<DecodeStepScope> step;
+  if (plan->is_decode_step() && !options.on_layer_done) step.emplace(be, plan->rows());
 
   const int64_t rows = plan->rows();
   const int64_t q_width = c.num_heads * c.head_dim;

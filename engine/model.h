@@ -65,6 +65,8 @@ struct BatchPlan {
   std::vector<AttentionSeq> seqs;
   KvStore* store = nullptr;
   int64_t rows() const { return static_cast<int64_t>(ids.size()); }
+  // One new token per sequence: a decode step.
+  bool is_decode_step() const { return ids.size() == seqs.size(); }
 };
 
 // Checks `batch` against the model (tokens present and in the vocabulary, caches of `format`

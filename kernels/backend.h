@@ -71,6 +71,13 @@ class Backend {
   // MlaAttention work on (the model's KvFormat carries it); activations stay f32.
   virtual DType KvCacheDType() const { return DType::kF32; }
 
+  // Bracket one decode step: a Forward of `batch` single-token sequences. Every step of one
+  // model and batch size calls the same ops in the same order with the same shapes, so a GPU
+  // backend may record the step once and replay it (CUDA graphs); the ops between the two calls
+  // are otherwise ordinary. No-ops by default. Use DecodeStepScope.
+  virtual void BeginDecodeStep(int64_t /*batch*/) {}
+  virtual void EndDecodeStep() {}
+
   // Uninitialized device memory.
   virtual Tensor Allocate(DType dtype, Shape shape) = 0;
   // Host <-> device copies of a whole tensor; `host` has tensor.bytes() bytes.
@@ -138,6 +145,20 @@ class Backend {
   virtual void MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Tensor& latent_pool,
                             std::span<const AttentionSeq> seqs, const MlaShape& shape,
                             Tensor& o_lat) = 0;
+};
+
+// Begin/EndDecodeStep around a scope (the end runs on every return path).
+class DecodeStepScope {
+ public:
+  DecodeStepScope(Backend& backend, int64_t batch) : backend_(backend) {
+    backend_.BeginDecodeStep(batch);
+  }
+  ~DecodeStepScope() { backend_.EndDecodeStep(); }
+  DecodeStepScope(const DecodeStepScope&) = delete;
+  DecodeStepScope& operator=(const DecodeStepScope&) = delete;
+
+ private:
+  Backend& backend_;
 };
 
 // PackKvToHost/UnpackKvFromHost's preconditions, checked as every op checks its own (aborting

@@ -14,6 +14,9 @@ namespace pdserve {
 struct DeviceSpec {
   Device device = Device::kCpu;
   int ordinal = 0;  // CUDA device ordinal
+  // CUDA: run decode steps as CUDA graphs (cleared by --enforce-eager, which runs every op as
+  // it comes: slower, for debugging or to rule graphs out).
+  bool cuda_graphs = true;
 };
 
 // INVALID_ARGUMENT naming the accepted forms for anything but cpu, cuda or cuda:N (N >= 0).

@@ -18,7 +18,8 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const DeviceSpec& spec, int
         " (none, no driver, or compute capability below 8.0: this build has kernels for sm_80 "
         "and sm_90); use --device cpu or another ordinal"));
   }
-  return std::make_unique<CudaBackend>(spec.ordinal);
+  return std::make_unique<CudaBackend>(spec.ordinal, DType::kBF16,
+                                       spec.cuda_graphs ? CudaBackend::kDefaultMaxGraphBatch : 0);
 #else
   return absl::FailedPreconditionError(
       "--device cuda: this pdserve was built without CUDA (nvcc was not found when it was "

@@ -27,6 +27,7 @@ struct WorkerFlags {
   std::string log_level = "info";
   std::string cpu_isa{};       // "" = the best this CPU supports
   std::string device = "cpu";  // cpu, cuda or cuda:N (kernels/device_spec.h)
+  bool enforce_eager = false;  // no CUDA graphs (DeviceSpec::cuda_graphs)
   rpc::TlsFiles tls{};
   bool kv_plaintext = false;        // KV transfers stay plaintext even with TLS files
   std::string drain_grace = "30s";  // see DrainGrace
@@ -41,8 +42,8 @@ inline std::chrono::milliseconds DrainGrace(const WorkerFlags& flags) {
 }
 
 // Declares the flags above on `app` (--model, --listen, --threads, --kv-blocks, --kv-cache-mb,
-// --port-file, --log-level, --cpu-isa, --device, --tls-*, --drain-grace, --kv-plaintext,
-// --metrics-*), writing into `flags` (whose current values are the defaults shown).
+// --port-file, --log-level, --cpu-isa, --device, --enforce-eager, --tls-*, --drain-grace,
+// --kv-plaintext, --metrics-*), writing into `flags` (whose current values are the defaults shown).
 inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--model", flags.model_path,
                  "Model: Hugging Face directory, GGUF file or llama2.c .bin")
@@ -69,6 +70,9 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
         absl::StatusOr<DeviceSpec> spec = ParseDevice(text);
         return spec.ok() ? std::string() : std::string(spec.status().message());
       });
+  app.add_flag("--enforce-eager", flags.enforce_eager,
+               "With --device cuda: run every op as it comes instead of replaying decode steps as "
+               "CUDA graphs (slower; to debug or to rule graphs out)");
   rpc::AddTlsFlags(app, flags.tls);
   app.add_option("--drain-grace", flags.drain_grace,
                  "On SIGTERM, how long requests in flight may take to finish before they are cut "

@@ -9,6 +9,7 @@ namespace pdserve::serving {
 absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags) {
   absl::StatusOr<DeviceSpec> device = ParseDevice(flags.device);
   if (!device.ok()) return device.status();
+  device->cuda_graphs = !flags.enforce_eager;
   absl::StatusOr<std::unique_ptr<rpc::Server>> loading =
       rpc::Server::Start(flags.listen, {}, flags.tls);
   if (!loading.ok()) return loading.status();

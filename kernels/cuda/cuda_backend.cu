@@ -2,11 +2,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -263,9 +267,106 @@ bool UsableDevice(int ordinal) {
 
 bool CudaBackend::DeviceAvailable(int device_ordinal) { return UsableDevice(device_ordinal); }
 
-CudaBackend::CudaBackend(int device_ordinal, DType kv_cache_dtype)
-    : ordinal_(device_ordinal), kv_cache_dtype_(kv_cache_dtype) {
+#if defined(PDSERVE_EMULATED_CUDA)
+inline namespace emulated {  // where cuda_backend.h declares it in this build
+#endif
+
+// Device blocks of tensors, kept for reuse when a tensor is dropped. A decode step allocates the
+// same activation sizes every time; without the cache each would be a cudaMalloc and a cudaFree,
+// which cost microseconds, synchronize the device, and may not run while a graph is captured.
+// Reuse needs no event: every tensor of a backend is used on its one stream, in issue order, so
+// work using a block's next owner comes after work using its last. Thread-safe (tensors may be
+// dropped on any thread); the tensors hold it by shared_ptr, so it outlives its backend.
+class DeviceMemoryCache {
+ public:
+  // Blocks larger than this (KV pools) bypass the cache; cached bytes stay under kMaxCachedBytes.
+  static constexpr size_t kMaxCachedBlock = size_t{256} << 20;
+  static constexpr size_t kMaxCachedBytes = size_t{1} << 30;
+
+  ~DeviceMemoryCache() { Trim(); }
+
+  void* Get(size_t bytes) {
+    const size_t size = SizeClass(bytes);
+    if (size <= kMaxCachedBlock) {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        cached_bytes_ -= size;
+        return p;
+      }
+    }
+    void* p = nullptr;
+    if (cudaMalloc(&p, size) != cudaSuccess) {
+      (void)cudaGetLastError();  // out of memory: give the cached blocks back and try once more
+      if (!capturing_.load()) Trim();
+      PDSERVE_CUDA_CHECK(cudaMalloc(&p, size));
+    }
+    return p;
+  }
+
+  void Put(void* p, size_t bytes) {
+    const size_t size = SizeClass(bytes);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // While a graph is captured nothing may be freed: keep the block even past the cap.
+      if (size <= kMaxCachedBlock &&
+          (cached_bytes_ + size <= kMaxCachedBytes || capturing_.load())) {
+        free_[size].push_back(p);
+        cached_bytes_ += size;
+        return;
+      }
+    }
+    FreeBlock(p);
+  }
+
+  // Frees every cached block.
+  void Trim() {
+    std::unordered_map<size_t, std::vector<void*>> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocks.swap(free_);
+      cached_bytes_ = 0;
+    }
+    for (auto& [size, list] : blocks) {
+      for (void* p : list) FreeBlock(p);
+    }
+  }
+
+  void set_capturing(bool capturing) { capturing_.store(capturing); }
+
+ private:
+  // Rounded up so that sizes that differ a little (prefills of similar length) share blocks:
+  // 512 B steps below 1 MiB, 2 MiB steps above.
+  static size_t SizeClass(size_t bytes) {
+    const size_t step = bytes < (size_t{1} << 20) ? 512 : size_t{2} << 20;
+    return (std::max<size_t>(bytes, 1) + step - 1) / step * step;
+  }
+
+  static void FreeBlock(void* p) {
+    // At process exit the runtime may already be unloaded; nothing to free then.
+    const cudaError_t err = cudaFree(p);
+    if (err != cudaErrorCudartUnloading) PDSERVE_CUDA_CHECK(err);
+  }
+
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<void*>> free_;  // guarded by mu_
+  size_t cached_bytes_ = 0;                              // guarded by mu_
+  std::atomic<bool> capturing_{false};
+};
+
+#if defined(PDSERVE_EMULATED_CUDA)
+}  // namespace emulated
+#endif
+
+CudaBackend::CudaBackend(int device_ordinal, DType kv_cache_dtype, int max_graph_batch)
+    : ordinal_(device_ordinal),
+      kv_cache_dtype_(kv_cache_dtype),
+      memory_(std::make_shared<DeviceMemoryCache>()),
+      max_graph_batch_(max_graph_batch) {
   PDSERVE_KERNEL_CHECK(kv_cache_dtype == DType::kBF16 || kv_cache_dtype == DType::kF32);
+  PDSERVE_KERNEL_CHECK(max_graph_batch >= 0);
   if (!UsableDevice(ordinal_)) return;  // not ready: ops abort with a message, see Activate()
   PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
   cudaStream_t stream = nullptr;
@@ -278,6 +379,11 @@ CudaBackend::CudaBackend(int device_ordinal, DType kv_cache_dtype)
   PDSERVE_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
   // Plain FP32 SGEMM: no TF32 tensor-op shortcut, so logits match the CPU backend closely.
   PDSERVE_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  // A workspace of our own, so cuBLAS allocates nothing while a graph is being captured (32 MiB:
+  // what NVIDIA recommends for Hopper, more than earlier GPUs use).
+  constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+  PDSERVE_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
+  PDSERVE_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
   PDSERVE_CUDA_CHECK(
       cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_ordinal));
   ready_ = true;
@@ -302,11 +408,15 @@ CudaBackend::~CudaBackend() {
   FreeScratch(kv_table_scratch_);
   FreeScratch(kv_staging_scratch_);
   FreeScratch(bf16_scratch_);
+  for (auto& [key, exec] : graph_execs_) PDSERVE_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  for (auto& [chunk, bytes] : pinned_chunks_) PDSERVE_CUDA_CHECK(cudaFreeHost(chunk));
+  for (void* p : deferred_frees_) PDSERVE_CUDA_CHECK(cudaFree(p));
   PDSERVE_CUBLAS_CHECK(cublasDestroy(cublas_));
+  PDSERVE_CUDA_CHECK(cudaFree(cublas_workspace_));
   PDSERVE_CUDA_CHECK(cudaStreamDestroy(stream_));
 }
 
-void CudaBackend::Activate() const {
+void CudaBackend::Activate() {
   if (!ready_) {
     std::fprintf(stderr,
                  "CudaBackend: no usable CUDA device %d (absent, or compute capability < 8.0)\n",
@@ -315,15 +425,124 @@ void CudaBackend::Activate() const {
   }
   // The current device is per host thread; make ours current for whichever thread calls.
   PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
+  if (step_batch_ > 0 && !capturing_) {
+    // Each segment starts with no upload remembered, so every step of a batch size uploads at
+    // the same points and captures the same node sequence (what a graph update needs).
+    for (Scratch* s : {&ids_scratch_, &positions_scratch_, &freq_scratch_, &attn_scratch_,
+                       &tables_scratch_, &rows_scratch_, &rows2_scratch_, &weights_scratch_,
+                       &lens_scratch_, &seqs_scratch_, &items_scratch_, &kv_table_scratch_}) {
+      s->uploaded.clear();
+    }
+    // Relaxed: a first step may still cudaMalloc (a new tensor size, a pinned chunk).
+    PDSERVE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+    memory_->set_capturing(true);
+  }
+}
+
+void CudaBackend::ActivateEager() {
+  if (!ready_) Activate();  // aborts with the message
+  PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
+  LaunchCapturedSegment();
+}
+
+void CudaBackend::Synchronize() {
+  ActivateEager();
+  // Also where a fault in any earlier kernel on the stream gets reported.
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::LaunchCapturedSegment() {
+  if (!capturing_) return;
+  cudaGraph_t graph = nullptr;
+  PDSERVE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  capturing_ = false;
+  memory_->set_capturing(false);
+  CUgraphExec_st*& exec = graph_execs_[{step_batch_, step_segment_++}];
+  bool updated = false;
+  if (exec != nullptr) {
+    cudaGraphExecUpdateResultInfo info;
+    updated = cudaGraphExecUpdate(exec, graph, &info) == cudaSuccess;
+    if (!updated) {
+      // The node sequence changed (a split-K merge appeared as a context grew, say): the update
+      // error is expected; clear it and instantiate this graph instead.
+      (void)cudaGetLastError();
+      PDSERVE_CUDA_CHECK(cudaGraphExecDestroy(exec));
+      exec = nullptr;
+    }
+  }
+  if (updated) {
+    ++graph_updates_;
+  } else {
+    cudaGraphExec_t instantiated = nullptr;
+    PDSERVE_CUDA_CHECK(cudaGraphInstantiate(&instantiated, graph, 0));
+    exec = instantiated;
+    ++graph_instantiations_;
+  }
+  PDSERVE_CUDA_CHECK(cudaGraphDestroy(graph));
+  PDSERVE_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+  ++graph_launches_;
+}
+
+void CudaBackend::BeginDecodeStep(int64_t batch) {
+  PDSERVE_KERNEL_CHECK(step_batch_ == 0 && !capturing_);          // steps do not nest
+  if (!ready_ || batch <= 0 || batch > max_graph_batch_) return;  // eager
+  step_batch_ = batch;
+  step_segment_ = 0;
+  pinned_used_ = 0;
+}
+
+void CudaBackend::EndDecodeStep() {
+  if (step_batch_ == 0) return;
+  Synchronize();  // the last segment's graph has run: its pinned bytes and old buffers are free
+  step_batch_ = 0;
+  for (void* p : deferred_frees_) PDSERVE_CUDA_CHECK(cudaFree(p));
+  deferred_frees_.clear();
+  // One chunk big enough for a whole step from now on, instead of the several a first step grew.
+  if (pinned_chunks_.size() > 1) {
+    size_t total = 0;
+    for (auto& [chunk, bytes] : pinned_chunks_) {
+      total += bytes;
+      PDSERVE_CUDA_CHECK(cudaFreeHost(chunk));
+    }
+    pinned_chunks_.clear();
+    void* chunk = nullptr;
+    PDSERVE_CUDA_CHECK(cudaHostAlloc(&chunk, total, cudaHostAllocDefault));
+    pinned_chunks_.emplace_back(chunk, total);
+  }
+  pinned_used_ = 0;
+}
+
+const void* CudaBackend::StagePinned(const void* host, size_t bytes) {
+  constexpr size_t kAlign = 64;
+  if (pinned_chunks_.empty() || pinned_used_ + bytes > pinned_chunks_.back().second) {
+    const size_t last = pinned_chunks_.empty() ? 0 : pinned_chunks_.back().second;
+    const size_t capacity = std::max<size_t>({bytes, 2 * last, size_t{64} << 10});
+    void* chunk = nullptr;
+    PDSERVE_CUDA_CHECK(cudaHostAlloc(&chunk, capacity, cudaHostAllocDefault));
+    pinned_chunks_.emplace_back(chunk, capacity);
+    pinned_used_ = 0;
+  }
+  char* dst = static_cast<char*>(pinned_chunks_.back().first) + pinned_used_;
+  std::memcpy(dst, host, bytes);
+  pinned_used_ = (pinned_used_ + bytes + kAlign - 1) / kAlign * kAlign;
+  return dst;
 }
 
 void* CudaBackend::Reserve(Scratch& scratch, size_t bytes) {
   scratch.uploaded.clear();
   if (bytes > scratch.capacity) {
-    // Kernels issued earlier may still read the old buffer.
-    PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     const size_t capacity = std::max<size_t>({bytes, 2 * scratch.capacity, 4096});
-    FreeScratch(scratch);
+    if (capturing_) {
+      // Nodes captured earlier in this step still read the old buffer when the graph runs.
+      if (scratch.data != nullptr) deferred_frees_.push_back(scratch.data);
+      scratch.data = nullptr;
+      scratch.capacity = 0;
+    } else {
+      // Kernels issued earlier may still read the old buffer.
+      PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      FreeScratch(scratch);
+    }
     PDSERVE_CUDA_CHECK(cudaMalloc(&scratch.data, capacity));
     scratch.capacity = capacity;
   }
@@ -338,9 +557,11 @@ void* CudaBackend::Upload(Scratch& scratch, const void* host, size_t bytes) {
   }
   Reserve(scratch, bytes);
   // From pageable memory this returns once the bytes are staged, so `host` may be reused at
-  // once; the device-side write is ordered on stream_ after every earlier reader of scratch.
+  // once; the device-side write is ordered on stream_ after every earlier reader of scratch. A
+  // captured copy runs at replay, so its source is a pinned copy kept until the step ends.
   if (bytes > 0) {
-    PDSERVE_CUDA_CHECK(cudaMemcpyAsync(scratch.data, host, bytes, cudaMemcpyHostToDevice, stream_));
+    const void* src = capturing_ ? StagePinned(host, bytes) : host;
+    PDSERVE_CUDA_CHECK(cudaMemcpyAsync(scratch.data, src, bytes, cudaMemcpyHostToDevice, stream_));
     scratch.uploaded.assign(first, first + bytes);
     ++metadata_uploads_;
   }
@@ -359,32 +580,28 @@ DType CudaBackend::WeightDType(DType checkpoint_dtype) const {
 }
 
 Tensor CudaBackend::Allocate(DType dtype, Shape shape) {
-  Activate();
+  if (!ready_) Activate();  // aborts with the message; allocating starts no capture
+  PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
   const size_t bytes = static_cast<size_t>(shape.numel()) * DTypeSize(dtype);
-  void* p = nullptr;
   // At least one byte so even an empty shape gets a non-null (non-"empty") tensor, as on CPU.
-  PDSERVE_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 1)));
-  // cudaFree waits for in-flight work on the device, so dropping a tensor that a queued kernel
-  // still uses is safe. At process exit the runtime may already be unloaded; nothing to free.
-  std::shared_ptr<void> storage(p, [](void* q) {
-    const cudaError_t err = cudaFree(q);
-    if (err != cudaErrorCudartUnloading) PDSERVE_CUDA_CHECK(err);
-  });
+  void* p = memory_->Get(std::max<size_t>(bytes, 1));
+  std::shared_ptr<void> storage(
+      p, [memory = memory_, bytes](void* q) { memory->Put(q, std::max<size_t>(bytes, 1)); });
   return Tensor(std::move(storage), p, Device::kCuda, dtype, shape);
 }
 
+// The copies the host waits for end any segment being captured: its graph runs first.
 void CudaBackend::CopyToHost(const Tensor& src, void* host) {
-  Activate();
+  Synchronize();
   PDSERVE_KERNEL_CHECK(src.device() == Device::kCuda);
   if (src.bytes() == 0) return;
   PDSERVE_CUDA_CHECK(
       cudaMemcpyAsync(host, src.data(), src.bytes(), cudaMemcpyDeviceToHost, stream_));
-  // Also where a fault in any earlier kernel on the stream gets reported.
   PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
-  Activate();
+  Synchronize();
   PDSERVE_KERNEL_CHECK(dst.device() == Device::kCuda);
   if (dst.bytes() == 0) return;
   PDSERVE_CUDA_CHECK(
@@ -629,7 +846,7 @@ cuda::KvPackArgs CudaBackend::PrepareKvPack(std::span<const Tensor* const> pools
 void CudaBackend::PackKvToHost(std::span<const Tensor* const> pools,
                                std::span<const int32_t> block_table, int64_t token_begin,
                                int64_t token_count, void* host) {
-  Activate();
+  ActivateEager();  // copies to and from pageable host memory cannot be captured
   size_t bytes = 0;
   const cuda::KvPackArgs args = PrepareKvPack(pools, block_table, token_begin, token_count, &bytes);
   if (bytes == 0) return;
@@ -643,7 +860,7 @@ void CudaBackend::PackKvToHost(std::span<const Tensor* const> pools,
 void CudaBackend::UnpackKvFromHost(const void* host, std::span<Tensor* const> pools,
                                    std::span<const int32_t> block_table, int64_t token_begin,
                                    int64_t token_count) {
-  Activate();
+  ActivateEager();  // copies to and from pageable host memory cannot be captured
   size_t bytes = 0;
   const cuda::KvPackArgs args =
       PrepareKvPack({pools.data(), pools.size()}, block_table, token_begin, token_count, &bytes);

@@ -6,7 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -14,6 +17,7 @@
 // Opaque CUDA handle types (cudaStream_t is CUstream_st*, cublasHandle_t is cublasContext*),
 // declared here so this header does not pull CUDA headers into every includer.
 struct CUstream_st;
+struct CUgraphExec_st;
 struct cublasContext;
 
 namespace pdserve {
@@ -27,6 +31,8 @@ struct KvPackArgs;  // kernels/cuda/kv_pack.cuh
 #if defined(PDSERVE_EMULATED_CUDA)
 inline namespace emulated {
 #endif
+
+class DeviceMemoryCache;  // cuda_backend.cu
 
 // Runs every Backend op on one CUDA device through one stream owned by the backend.
 //
@@ -52,6 +58,15 @@ inline namespace emulated {
 //  - MlaAttention: (kv_lora_rank, rope_dim) (512, 64) (DeepSeek-V2/V3), (64, 16) or (32, 8)
 //    (the tiny test models); others abort with a message.
 //
+//  - Decode steps (Begin/EndDecodeStep, batch <= max_graph_batch) run as CUDA graphs: the
+//    step's work is captured (launches, cuBLAS, metadata copies from pinned staging), then the
+//    executable graph kept for (batch size, segment) is updated with it (cudaGraphExecUpdate;
+//    kernel parameters and grids may change, as contexts grow) or, when its node sequence
+//    changed, instantiated anew, and launched as one unit. A call whose result the host reads
+//    (CopyToHost, ...) ends a segment: the graph so far runs, and capture resumes at the next op.
+//    Tensors come from a cache of device blocks (DeviceMemoryCache), so steps make no
+//    cudaMalloc/cudaFree and a capture never frees.
+//
 // Constructing a CudaBackend without a usable device (none, or older than compute capability
 // 8.0) does not crash; any later op aborts with a clear message. Check DeviceAvailable() first.
 //
@@ -72,13 +87,27 @@ class CudaBackend final : public Backend {
   // lengths, row maps) made so far. Bytes equal to what a scratch buffer already holds are not
   // copied again, so a decode step copies each kind once, not once per layer.
   int64_t metadata_uploads() const { return metadata_uploads_; }
+  // CUDA graph bookkeeping: executable graphs instantiated, updated in place, and launched.
+  int64_t graph_instantiations() const { return graph_instantiations_; }
+  int64_t graph_updates() const { return graph_updates_; }
+  int64_t graph_launches() const { return graph_launches_; }
+
+  // Decode steps of up to this many sequences run as CUDA graphs by default (vLLM captures up
+  // to 512; one executable graph per batch size seen, each a few hundred nodes).
+  static constexpr int kDefaultMaxGraphBatch = 256;
 
   // kv_cache_dtype: the paged KV pools' storage, kBF16 (the default: half the bytes of f32, as
   // every GPU serving stack keeps it) or kF32 (matches the CPU backend to f32 rounding).
-  explicit CudaBackend(int device_ordinal = 0, DType kv_cache_dtype = DType::kBF16);
+  // max_graph_batch: decode steps of at most this many sequences run as CUDA graphs; 0 runs
+  // every op eagerly (what vLLM's --enforce-eager does).
+  explicit CudaBackend(int device_ordinal = 0, DType kv_cache_dtype = DType::kBF16,
+                       int max_graph_batch = kDefaultMaxGraphBatch);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
+
+  void BeginDecodeStep(int64_t batch) override;
+  void EndDecodeStep() override;
 
   Device device() const override { return Device::kCuda; }
   // Host threads used: the GPU does the work, driven from the caller's thread.
@@ -129,8 +158,21 @@ class CudaBackend final : public Backend {
     std::vector<std::byte> uploaded;
   };
 
-  // Aborts unless the device was initialized; makes it current on this thread.
-  void Activate() const;
+  // Aborts unless the device was initialized; makes it current on this thread. Inside a graphed
+  // decode step, starts capturing the next segment unless one is being captured: call it before
+  // issuing work, and Synchronize (not Activate) before reading results on the host.
+  void Activate();
+  // Makes the device current and ends the segment being captured, if any (launching its graph),
+  // for work that cannot be captured; Synchronize then waits for all work issued on stream_.
+  void ActivateEager();
+  void Synchronize();
+  // Ends the capture of the current segment and launches its executable graph, updated or
+  // instantiated for (step batch, segment); no-op when not capturing.
+  void LaunchCapturedSegment();
+  bool capturing() const { return capturing_; }
+  // `bytes` of host memory copied into pinned staging that stays untouched until the step ends,
+  // for a copy that a captured graph performs at replay.
+  const void* StagePinned(const void* host, size_t bytes);
   // Copies `bytes` of host memory into `scratch` (growing it) on stream_, unless `scratch`
   // already holds those bytes from the previous Upload; returns the device pointer.
   void* Upload(Scratch& scratch, const void* host, size_t bytes);
@@ -166,6 +208,21 @@ class CudaBackend final : public Backend {
   cublasContext* cublas_ = nullptr;
   int num_sms_ = 1;  // the device's multiprocessors, for the split-K heuristics
   int64_t metadata_uploads_ = 0;
+  std::shared_ptr<DeviceMemoryCache> memory_;  // Allocate's blocks; outlives us in tensors
+  // Graphed decode steps.
+  int max_graph_batch_;
+  int64_t step_batch_ = 0;  // > 0 inside a graphed decode step
+  int step_segment_ = 0;    // segments launched so far in this step
+  bool capturing_ = false;
+  std::map<std::pair<int64_t, int>, CUgraphExec_st*> graph_execs_;  // by (batch, segment)
+  int64_t graph_instantiations_ = 0, graph_updates_ = 0, graph_launches_ = 0;
+  void* cublas_workspace_ = nullptr;  // cuBLAS allocates nothing while a graph is captured
+  // Pinned host chunks for StagePinned (the first `pinned_used_` bytes of the last one, and all
+  // earlier ones, are in use until the step ends), and device buffers a capture replaced but its
+  // graph may still read: freed when the step ends.
+  std::vector<std::pair<void*, size_t>> pinned_chunks_;
+  size_t pinned_used_ = 0;
+  std::vector<void*> deferred_frees_;
   Scratch ids_scratch_, positions_scratch_, freq_scratch_, attn_scratch_, tables_scratch_;
   Scratch rows_scratch_, rows2_scratch_, weights_scratch_, lens_scratch_, seqs_scratch_;
   Scratch items_scratch_, workspace_scratch_, bf16_scratch_, kv_table_scratch_, kv_staging_scratch_;

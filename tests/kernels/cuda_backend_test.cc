@@ -725,6 +725,75 @@ TEST(CudaBackend, DecodeStepUploadsMetadataOncePerStepNotPerLayer) {
   EXPECT_EQ(uploads_per_step[1], uploads_per_step[0]);
 }
 
+// Decode steps of three sequences, then two, then one (sequences finishing), replayed as CUDA
+// graphs, against a backend that runs every op eagerly: the same kernels in the same order, so
+// the logits are bit for bit equal. Each step is one graph launch; a batch size's first step
+// instantiates its graph and later steps update it in place, unless the step's node sequence
+// changed (the split-K decode adds a merge kernel once a context gets long enough), which
+// instantiates it anew. Tiny Llama (GQA) and tiny DeepSeek-V2 (MLA, absorbed decode) with dense
+// MLPs.
+TEST(CudaBackend, DecodeStepsReplayedAsGraphsEqualEagerSteps) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  absl::StatusOr<ModelConfig> mla =
+      LoadHfConfig(testing_util::ConfigsDir() + "/deepseek-v2-tiny.json");
+  ASSERT_TRUE(mla.ok()) << mla.status();
+  // Dense MLPs: MoE steps read the router's logits on the host every layer and stay eager.
+  mla->moe.n_routed_experts = 0;
+  // head_dim 64 takes the split-K decode kernel: the third sequence's context reaches 256 during
+  // the batch-3 steps, where the split count goes from 1 to 2 and a merge kernel joins the step.
+  ModelConfig gqa = testing_util::TinyConfig(2);
+  gqa.head_dim = 64;
+  for (const ModelConfig& config : {gqa, *mla}) {
+    SCOPED_TRACE(config.architecture);
+    const bool gains_a_merge = !config.is_mla();  // the GQA model, checked below
+    const std::string dir = testing_util::FreshDir("cuda_graphs");
+    ASSERT_TRUE(WriteSyntheticModel(config, dir, 7).ok());
+    const int vocab = static_cast<int>(config.vocab_size);
+    constexpr int kStepsPerBatch = 6;
+    std::vector<float> logits[2];
+    CudaBackend eager(0, DType::kBF16, /*max_graph_batch=*/0), graphed(0, DType::kBF16);
+    for (int side = 0; side < 2; ++side) {
+      CudaBackend& gpu = side == 0 ? eager : graphed;
+      absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(dir, gpu);
+      ASSERT_TRUE(model.ok()) << model.status();
+      auto store = testing_util::StoreFor(**model);
+      std::vector<std::unique_ptr<KvCache>> caches;
+      for (int len : {5, 9, 250}) {  // prefills: not decode steps, never graphed
+        caches.push_back(std::make_unique<KvCache>(*store));
+        const std::vector<int32_t> prompt = Prompt(len, vocab);
+        SequenceInput in{prompt, caches.back().get()};
+        ASSERT_TRUE((*model)->Forward(std::span<const SequenceInput>(&in, 1)).ok());
+      }
+      const int64_t launches_before = gpu.graph_launches();
+      for (int batch = 3; batch >= 1; --batch) {
+        for (int step = 0; step < kStepsPerBatch; ++step) {
+          std::vector<int32_t> tokens(batch);
+          std::vector<SequenceInput> inputs;
+          for (int i = 0; i < batch; ++i) {
+            tokens[i] = (batch * 31 + step * 7 + i * 13) % vocab;
+            inputs.push_back({std::span<const int32_t>(&tokens[i], 1), caches[i].get()});
+          }
+          auto out = (*model)->Forward(inputs);
+          ASSERT_TRUE(out.ok()) << out.status();
+          logits[side].insert(logits[side].end(), out->begin(), out->end());
+        }
+      }
+      EXPECT_EQ(gpu.graph_launches() - launches_before, side == 0 ? 0 : 3 * kStepsPerBatch);
+    }
+    std::printf("%s: %lld graph launches, %lld instantiations, %lld in-place updates\n",
+                config.architecture.c_str(), static_cast<long long>(graphed.graph_launches()),
+                static_cast<long long>(graphed.graph_instantiations()),
+                static_cast<long long>(graphed.graph_updates()));
+    ASSERT_EQ(logits[1].size(), logits[0].size());
+    EXPECT_TRUE(logits[1] == logits[0]) << "graphed decode steps differ from eager ones";
+    EXPECT_EQ(eager.graph_instantiations(), 0);
+    EXPECT_EQ(graphed.graph_instantiations() + graphed.graph_updates(), graphed.graph_launches());
+    EXPECT_GE(graphed.graph_instantiations(), gains_a_merge ? 4 : 3);  // one per batch size, +1
+    // Most steps reuse their batch size's graph.
+    EXPECT_GE(graphed.graph_updates(), 3 * kStepsPerBatch / 2);
+  }
+}
+
 // One batched forward with a prefilling sequence next to a decoding one: the ragged batch path
 // through StoreKv, Attention and the per-sequence logits rows.
 TEST(CudaBackend, TinyModelRaggedBatchLogitsMatchCpu) {
