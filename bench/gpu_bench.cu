@@ -57,11 +57,12 @@
 #include "engine/model_config.h"
 #include "engine/synth.h"
 #include "kernels/cuda/cuda_backend.h"
-#include "kernels/cuda/decode_attention.cuh"
-#include "kernels/cuda/mla_decode.cuh"
+#include "kernels/cuda/decode_attention/decode_attention.cuh"
+#include "kernels/cuda/mla_decode/mla_decode.cuh"
 
-// The kernels measured are the library's own instances (kernels/cuda/decode_attention.cu,
-// kernels/cuda/mla_decode.cu), not copies compiled into this binary.
+// The kernels measured are the library's own instances
+// (kernels/cuda/decode_attention/decode_attention.cu, kernels/cuda/mla_decode/mla_decode.cu), not
+// copies compiled into this binary.
 namespace pdserve::cuda {
 extern template void LaunchPagedDecodeAttention<__nv_bfloat16, __nv_bfloat16, 128>(
     const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const int32_t*, int,

@@ -14,14 +14,14 @@
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_backend.h"
-#include "kernels/cuda/decode_attention.cuh"
-#include "kernels/cuda/embedding.cuh"
-#include "kernels/cuda/kv_pack.cuh"
-#include "kernels/cuda/mla_decode.cuh"
-#include "kernels/cuda/prefill_attention.cuh"
-#include "kernels/cuda/rmsnorm.cuh"
-#include "kernels/cuda/rope.cuh"
-#include "kernels/cuda/silu_mul.cuh"
+#include "kernels/cuda/decode_attention/decode_attention.cuh"
+#include "kernels/cuda/embedding/embedding.cuh"
+#include "kernels/cuda/kv_pack/kv_pack.cuh"
+#include "kernels/cuda/mla_decode/mla_decode.cuh"
+#include "kernels/cuda/prefill_attention/prefill_attention.cuh"
+#include "kernels/cuda/rmsnorm/rmsnorm.cuh"
+#include "kernels/cuda/rope/rope.cuh"
+#include "kernels/cuda/silu_mul/silu_mul.cuh"
 #include "simt/simt.h"
 
 namespace pdserve {

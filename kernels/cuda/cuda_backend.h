@@ -22,7 +22,7 @@ struct cublasContext;
 
 namespace pdserve {
 namespace cuda {
-struct KvPackArgs;  // kernels/cuda/kv_pack.cuh
+struct KvPackArgs;  // kernels/cuda/kv_pack/kv_pack.cuh
 }  // namespace cuda
 
 // The SIMT-emulated test build of this class (tests/simt/emulated_cuda_backend.cc: the same
