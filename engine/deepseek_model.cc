@@ -383,10 +383,13 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> LoadDeepseekFromHf(const std::str
     lw.kv_a_c = parts[0];
     lw.kv_a_pe = parts[1];
     lw.kv_a_norm = ld.Load(a + "kv_a_layernorm.weight", Shape{rank});
-    // f32: HeadMatmul (decode's absorption) takes f32 weights.
-    parts = SplitHeadRows(
-        backend, ld.Load(a + "kv_b_proj.weight", Shape{heads * (nope + vd), rank}, Use::kVector),
-        heads, {nope, vd});
+    // Decode's absorption multiplies these per head (HeadMatmul): 16-bit only where the backend
+    // does that in 16 bits (vectors load as f32, matrices in WeightDType).
+    const bool head_weights_16bit = backend.HeadMatmulWeightDType(DType::kBF16) == DType::kBF16;
+    parts = SplitHeadRows(backend,
+                          ld.Load(a + "kv_b_proj.weight", Shape{heads * (nope + vd), rank},
+                                  head_weights_16bit ? Use::kMatrix : Use::kVector),
+                          heads, {nope, vd});
     lw.w_uk = parts[0];
     lw.w_uv = parts[1];
     lw.o = ld.Load(a + "o_proj.weight", Shape{hidden, heads * vd});

@@ -67,6 +67,9 @@ class Backend {
   // The dtype this backend keeps a weight matrix in, given the checkpoint's dtype. Storing
   // bf16 checkpoints as bf16 halves the bytes a decode step streams, losslessly.
   virtual DType WeightDType(DType /*checkpoint_dtype*/) const { return DType::kF32; }
+  // The same for HeadMatmul's weights (MLA's W_UK and W_UV): f32 unless a backend multiplies
+  // 16-bit heads too.
+  virtual DType HeadMatmulWeightDType(DType /*checkpoint_dtype*/) const { return DType::kF32; }
   // The dtype of the paged KV pools this backend's WriteCache, ReadCache, Attention and
   // MlaAttention work on (the model's KvFormat carries it); activations stay f32.
   virtual DType KvCacheDType() const { return DType::kF32; }
@@ -105,7 +108,8 @@ class Backend {
   // Per-head matmul over x [rows, n_heads * in]: y[r, h, :] = x[r, h, :] · W_h, where W_h is
   // rows [h * in, (h + 1) * in) of w [n_heads * in, out] when !transpose_w, or
   // y[r, h, :] = x[r, h, :] · W_hᵀ with W_h rows [h * out, (h + 1) * out) of w [n_heads * out,
-  // in] when transpose_w. y is [rows, n_heads * out]. MLA's absorption of W_UK and W_UV.
+  // in] when transpose_w. y is [rows, n_heads * out]. MLA's absorption of W_UK and W_UV. w is
+  // f32 or HeadMatmulWeightDType().
   virtual void HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
                           Tensor& y) = 0;
   // out[i, :] = x[rows[i], :]: gathers the tokens routed to one expert.

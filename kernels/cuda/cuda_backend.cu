@@ -915,7 +915,8 @@ void CudaBackend::ConcatHeads(const Tensor& a, int a_heads, const Tensor& b, int
 void CudaBackend::HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool transpose_w,
                              Tensor& y) {
   Activate();
-  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32(w) && IsDeviceF32(y) && w.shape().rank() == 2);
+  PDSERVE_KERNEL_CHECK(IsDeviceF32(x) && IsDeviceF32OrBf16(w) && IsDeviceF32(y) &&
+                       w.shape().rank() == 2);
   PDSERVE_KERNEL_CHECK(n_heads > 0 && x.dim(0) == y.dim(0));
   const int64_t in = Cols(x) / n_heads, out = Cols(y) / n_heads;
   PDSERVE_KERNEL_CHECK(Cols(x) == n_heads * in && Cols(y) == n_heads * out);
@@ -932,11 +933,14 @@ void CudaBackend::HeadMatmul(const Tensor& x, const Tensor& w, int n_heads, bool
   // yᵀ (out x m, ld Cols(y), at column offset h * out) = W_hᵀ · x_hᵀ, x_hᵀ being (in x m,
   // ld Cols(x)) at offset h * in. Row-major W_h [in, out] reads as column-major W_hᵀ (op N, ld
   // out); row-major W_h [out, in] (transpose_w) reads as W_hᵀ's transpose (op T, ld in).
+  // bf16 weights take x rounded to bf16 (cuBLAS multiplies bf16 by bf16 only), as Linear does.
+  const bool bf16 = w.dtype() == DType::kBF16;
+  const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   const float one = 1.0f, zero = 0.0f;
   PDSERVE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       cublas_, transpose_w ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(out),
-      static_cast<int>(m), static_cast<int>(in), &one, w.data(), CUDA_R_32F,
-      static_cast<int>(transpose_w ? in : out), in * out, x.data(), CUDA_R_32F,
+      static_cast<int>(m), static_cast<int>(in), &one, w.data(), type,
+      static_cast<int>(transpose_w ? in : out), in * out, bf16 ? ToBf16Scratch(x) : x.data(), type,
       static_cast<int>(Cols(x)), in, &zero, y.data(), CUDA_R_32F, static_cast<int>(Cols(y)), out,
       n_heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }

@@ -39,8 +39,9 @@ class DeviceMemoryCache;  // cuda_backend.cu
 // Invariants:
 //  - Every tensor handed in lives on this backend's device (Device::kCuda). Activations and KV
 //    pools are f32; weight matrices are f32 or, from bf16 checkpoints, bf16 (WeightDType), which
-//    Linear multiplies with bf16-rounded activations in fp32 accumulation (cublasGemmEx);
-//    HeadMatmul takes f32 weights. Allocate and the copies take any dtype.
+//    Linear multiplies with bf16-rounded activations in fp32 accumulation (cublasGemmEx), and
+//    HeadMatmul likewise, all heads in one strided-batched GEMM. Allocate and the copies take any
+//    dtype.
 //  - All work is issued on stream_ in call order, so each call sees the results of the previous
 //    one without host synchronization. Calls whose results the host can observe synchronize:
 //    CopyToHost and CopyFromHost return with the copy complete. Host spans (token ids,
@@ -114,6 +115,9 @@ class CudaBackend final : public Backend {
   int num_threads() const override { return 1; }
 
   DType WeightDType(DType checkpoint_dtype) const override;
+  DType HeadMatmulWeightDType(DType checkpoint_dtype) const override {
+    return WeightDType(checkpoint_dtype);
+  }
   DType KvCacheDType() const override { return kv_cache_dtype_; }
   Tensor Allocate(DType dtype, Shape shape) override;
   void CopyToHost(const Tensor& src, void* host) override;

@@ -303,17 +303,28 @@ TEST(CudaBackend, MlaOpsMatchCpu) {
     gpu.ConcatHeads(ToDevice(gpu, a), 4, ToDevice(gpu, b), 1, 4, dout);
     ExpectClose(ToHost(gpu, dout), out, 0.0f);
   }
-  for (bool transpose_w : {false, true}) {
-    SCOPED_TRACE(testing::Message() << "transpose_w=" << transpose_w);
-    const int heads = 3, in = 24, out_dim = 40;
-    Tensor x = Random(Shape{6, heads * in}, rng);
-    Tensor w = transpose_w ? Random(Shape{heads * out_dim, in}, rng)
-                           : Random(Shape{heads * in, out_dim}, rng);
-    Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{6, heads * out_dim});
-    cpu.HeadMatmul(x, w, heads, transpose_w, y);
-    Tensor dy = gpu.Allocate(DType::kF32, Shape{6, heads * out_dim});
-    gpu.HeadMatmul(ToDevice(gpu, x), ToDevice(gpu, w), heads, transpose_w, dy);
-    ExpectClose(ToHost(gpu, dy), y, kGemmTol);
+  // f32 weights, and bf16 ones (x rounded to bf16 on the device: the CPU gets the same rounded
+  // values, so only summation order differs).
+  ASSERT_EQ(gpu.HeadMatmulWeightDType(DType::kBF16), DType::kBF16);
+  for (DType wtype : {DType::kF32, DType::kBF16}) {
+    for (bool transpose_w : {false, true}) {
+      SCOPED_TRACE(testing::Message()
+                   << "transpose_w=" << transpose_w << " w=" << DTypeName(wtype));
+      const int heads = 3, in = 24, out_dim = 40;
+      Tensor x = Random(Shape{6, heads * in}, rng);
+      Tensor w = transpose_w ? Random(Shape{heads * out_dim, in}, rng)
+                             : Random(Shape{heads * in, out_dim}, rng);
+      if (wtype == DType::kBF16) {
+        x = RoundedToBf16(x);
+        w = RoundedToBf16(w);
+      }
+      Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{6, heads * out_dim});
+      cpu.HeadMatmul(x, w, heads, transpose_w, y);
+      Tensor dy = gpu.Allocate(DType::kF32, Shape{6, heads * out_dim});
+      const Tensor dw = ToDevice(gpu, wtype == DType::kBF16 ? AsBf16(w) : w);
+      gpu.HeadMatmul(ToDevice(gpu, x), dw, heads, transpose_w, dy);
+      ExpectClose(ToHost(gpu, dy), y, kGemmTol);
+    }
   }
   struct Latent {
     int rank, rope, heads;
@@ -674,6 +685,15 @@ TEST(CudaBackend, TinyDeepseekPrefillAndDecodeLogitsMatchCpu) {
     ExpectSamePrefillAndGreedySteps(LoadBoth(*config, cpu, gpu), LogitBound::kF32,
                                     /*all_logits=*/false);
   }
+  // A bf16 checkpoint: the CUDA backend keeps every matrix in bf16, W_UK and W_UV (strided-
+  // batched bf16 GEMMs) included, and rounds activations to bf16 for them; the CPU keeps W_UK
+  // and W_UV in f32 (the same values). The bf16 bound.
+  absl::StatusOr<ModelConfig> config =
+      LoadHfConfig(testing_util::ConfigsDir() + "/deepseek-v2-tiny.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  config->torch_dtype = DType::kBF16;
+  ExpectSamePrefillAndGreedySteps(LoadBoth(*config, cpu, gpu), LogitBound::kBf16,
+                                  /*all_logits=*/false);
 }
 
 // The default bf16 KV cache through whole models (tiny Llama GQA, tiny DeepSeek-V2 MLA): K/V (or
