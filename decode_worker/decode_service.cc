@@ -296,6 +296,12 @@ grpc::Status DecodeService::DoReserve(const v1::ReserveRequest& request,
   response.set_reserved_tokens(total);
   response.set_lease_ms(options_.kv_lease.count());
   response.set_transfer_tls(options_.transfer_tls);
+  v1::KvTransferPeer& peer = *response.mutable_transfer_peer();
+  peer.set_device(std::string(DeviceName(options_.transfer_peer.device)));
+  peer.set_node(options_.transfer_peer.node);
+  for (KvTransportKind kind : options_.transfer_peer.transports) {
+    peer.add_transports(std::string(KvTransportName(kind)));
+  }
   return grpc::Status::OK;
 }
 

@@ -15,6 +15,7 @@
 #include "pdserve/v1/worker.grpc.pb.h"
 #include "serving/worker_load.h"
 #include "serving/worker_metrics.h"
+#include "transport/kv_transport_select.h"
 
 namespace pdserve {
 
@@ -35,6 +36,9 @@ class DecodeService final : public DecodeServiceBase {
     std::chrono::milliseconds kv_lease{1000};
     bool transfer_tls = false;                  // whether the KV receiver requires mutual TLS
     serving::WorkerMetrics* metrics = nullptr;  // where generated tokens are counted, if set
+    // This side of every KV transfer, sent in each Reservation (kv_transport_select.h).
+    KvTransferPeer transfer_peer{
+        .device = Device::kCpu, .node = {}, .transports = {KvTransportKind::kTcp}};
   };
 
   DecodeService(Model& model, KvStore& store, ReservedBlocksSink& reservations,

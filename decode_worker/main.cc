@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
        .transfer_endpoint = advertise_host + ":" + std::to_string((*receiver)->port()),
        .kv_lease = std::chrono::milliseconds(kv_lease_ms),
        .transfer_tls = *kv_tls != nullptr,
-       .metrics = &metrics});
+       .metrics = &metrics,
+       .transfer_peer = serving::TransferPeer(flags, *served)});
   metrics.AddLoadGauges([&service] { return service.load(); });
   const KvReceiver* kv_receiver = receiver->get();
   metrics.scraped().AddCounter(

@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
                          {.fingerprint = served->fingerprint,
                           .transfer_timeout = std::chrono::milliseconds(transfer_timeout_ms),
                           .keepalive_period = std::chrono::milliseconds(keepalive_ms),
-                          .metrics = &metrics});
+                          .metrics = &metrics,
+                          .transfer_peer = serving::TransferPeer(flags, *served)});
   metrics.AddLoadGauges([&service] { return service.load(); });
   // Scrapes read the service: the endpoint stops before it is destroyed, whatever the exit.
   absl::Cleanup stop_metrics = [&metrics_server] { metrics_server->reset(); };

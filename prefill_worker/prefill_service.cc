@@ -15,6 +15,22 @@
 namespace pdserve {
 namespace {
 
+// The decode side of a transfer as its Reservation describes it. Transport names this worker
+// does not know (a newer peer's) are skipped; a Reservation without one (an older peer) takes
+// TCP only.
+KvTransferPeer DecodePeer(const v1::KvTransferPeer& proto) {
+  KvTransferPeer peer{.device = proto.device() == "cuda" ? Device::kCuda : Device::kCpu,
+                      .node = proto.node(),
+                      .transports = {}};
+  for (const std::string& name : proto.transports()) {
+    if (absl::StatusOr<KvTransportKind> kind = ParseKvTransportKind(name); kind.ok()) {
+      peer.transports.push_back(*kind);
+    }
+  }
+  if (proto.transports().empty()) peer.transports = {KvTransportKind::kTcp};
+  return peer;
+}
+
 using Clock = std::chrono::steady_clock;
 
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const grpc::Status& status) {
@@ -137,6 +153,11 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
           dest.transfer_tls() ? "takes only mutual TLS but this prefill worker sends plaintext"
                               : "is plaintext but this prefill worker sends KV only over TLS",
           "; give every worker the same --tls-cert/--tls-key/--tls-ca and --kv-plaintext"));
+    }
+    if (absl::StatusOr<KvTransportKind> kind =
+            SelectKvTransport(service_.options_.transfer_peer, DecodePeer(dest.transfer_peer()));
+        !kind.ok()) {
+      return kind.status();
     }
     if (request_.generated_before() < 0 ||
         request_.generated_before() > static_cast<int64_t>(req_.prompt.size())) {

@@ -22,6 +22,7 @@
 #include "serving/worker_load.h"
 #include "serving/worker_metrics.h"
 #include "transport/kv_transport.h"
+#include "transport/kv_transport_select.h"
 
 namespace pdserve {
 
@@ -40,6 +41,10 @@ class PrefillService final : public PrefillServiceBase {
     // reservations never lapse.
     std::chrono::milliseconds keepalive_period{200};
     serving::WorkerMetrics* metrics = nullptr;  // where each prefill is recorded, if set
+    // This side of every KV transfer (device, node, what --kv-transport allows), matched against
+    // each Reservation's transfer_peer.
+    KvTransferPeer transfer_peer{
+        .device = Device::kCpu, .node = {}, .transports = {KvTransportKind::kTcp}};
   };
 
   PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler, KvTransport& transport,

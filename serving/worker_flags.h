@@ -13,6 +13,7 @@
 #include "kernels/device_spec.h"
 #include "metrics/metrics_flags.h"
 #include "rpc/tls_flags.h"
+#include "transport/kv_transport_select.h"
 #include "transport/tls_session.h"
 
 namespace pdserve::serving {
@@ -25,9 +26,10 @@ struct WorkerFlags {
   int64_t kv_cache_mb = 512;
   std::string port_file{};
   std::string log_level = "info";
-  std::string cpu_isa{};       // "" = the best this CPU supports
-  std::string device = "cpu";  // cpu, cuda or cuda:N (kernels/device_spec.h)
-  bool enforce_eager = false;  // no CUDA graphs (DeviceSpec::cuda_graphs)
+  std::string cpu_isa{};              // "" = the best this CPU supports
+  std::string device = "cpu";         // cpu, cuda or cuda:N (kernels/device_spec.h)
+  bool enforce_eager = false;         // no CUDA graphs (DeviceSpec::cuda_graphs)
+  std::string kv_transport = "auto";  // auto or one transport (transport/kv_transport_select.h)
   rpc::TlsFiles tls{};
   bool kv_plaintext = false;        // KV transfers stay plaintext even with TLS files
   std::string drain_grace = "30s";  // see DrainGrace
@@ -42,8 +44,9 @@ inline std::chrono::milliseconds DrainGrace(const WorkerFlags& flags) {
 }
 
 // Declares the flags above on `app` (--model, --listen, --threads, --kv-blocks, --kv-cache-mb,
-// --port-file, --log-level, --cpu-isa, --device, --enforce-eager, --tls-*, --drain-grace,
-// --kv-plaintext, --metrics-*), writing into `flags` (whose current values are the defaults shown).
+// --port-file, --log-level, --cpu-isa, --device, --enforce-eager, --kv-transport, --tls-*,
+// --drain-grace, --kv-plaintext, --metrics-*), writing into `flags` (whose current values are the
+// defaults shown).
 inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--model", flags.model_path,
                  "Model: Hugging Face directory, GGUF file or llama2.c .bin")
@@ -73,6 +76,14 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_flag("--enforce-eager", flags.enforce_eager,
                "With --device cuda: run every op as it comes instead of replaying decode steps as "
                "CUDA graphs (slower; to debug or to rule graphs out)");
+  app.add_option("--kv-transport", flags.kv_transport,
+                 "How KV moves between prefill and decode workers: auto (the best both sides "
+                 "accept) or tcp (cuda-ipc and nccl are not built yet)")
+      ->capture_default_str()
+      ->check([](const std::string& text) {
+        absl::StatusOr<std::vector<KvTransportKind>> kinds = LocalKvTransports(text);
+        return kinds.ok() ? std::string() : std::string(kinds.status().message());
+      });
   rpc::AddTlsFlags(app, flags.tls);
   app.add_option("--drain-grace", flags.drain_grace,
                  "On SIGTERM, how long requests in flight may take to finish before they are cut "

@@ -21,6 +21,13 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags) {
   return LoadedWorker{*std::move(loading), *std::move(served)};
 }
 
+KvTransferPeer TransferPeer(const WorkerFlags& flags, const ServedModel& served) {
+  absl::StatusOr<std::vector<KvTransportKind>> kinds = LocalKvTransports(flags.kv_transport);
+  return {.device = served.device.device,
+          .node = ThisNodeId(),
+          .transports = kinds.ok() ? *std::move(kinds) : std::vector<KvTransportKind>{}};
+}
+
 bool DrainWorker(rpc::Server& server, LoadWatch& load, const std::function<void()>& start_draining,
                  std::chrono::milliseconds grace) {
   server.SetServing(false);

@@ -25,6 +25,10 @@ struct LoadedWorker {
 // --model. Errors: the server's (bad address, port in use) or LoadServedModel's.
 absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags);
 
+// This worker's side of every KV transfer: where its cache lives, this node, and the transports
+// --kv-transport allows (AddWorkerFlags has checked the flag).
+KvTransferPeer TransferPeer(const WorkerFlags& flags, const ServedModel& served);
+
 // Takes no new work, lets the work the worker holds finish, then stops serving:
 //   1. health NOT_SERVING (probes and routers see it at once), then `start_draining`: the service
 //      answers new Reserve / Prefill calls UNAVAILABLE, which the router retries on another

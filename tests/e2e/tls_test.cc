@@ -13,6 +13,7 @@
 #include "tests/certificates.h"
 #include "tests/e2e/cluster.h"
 #include "tests/test_util.h"
+#include "transport/kv_transport_select.h"
 
 namespace pdserve {
 namespace {
@@ -98,6 +99,12 @@ TEST(MutualTls, KvTransferIsEncryptedAndAPlaintextReceiverIsRefused) {
     ASSERT_TRUE(decode->Reserve(&ctx, reserve, &reservation).ok());
   }
   EXPECT_TRUE(reservation.transfer_tls()) << "the decode worker's KV receiver takes only TLS";
+  // And what its side of the transfer accepts (kv_transport_select.h): TCP into a cache in host
+  // memory, on this machine.
+  EXPECT_EQ(reservation.transfer_peer().device(), "cpu");
+  ASSERT_EQ(reservation.transfer_peer().transports_size(), 1);
+  EXPECT_EQ(reservation.transfer_peer().transports(0), "tcp");
+  EXPECT_EQ(reservation.transfer_peer().node(), ThisNodeId());
 
   v1::PrefillRequest prefill;
   v1::WorkerRequest& work = *prefill.mutable_request();
