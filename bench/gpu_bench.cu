@@ -30,7 +30,9 @@
 //      and 16 (median of 3 runs after a warm-up run). Host wall time: each Forward returns the
 //      logits on the host, so a step's time includes the logits copy and the host argmax, as in
 //      serving. Shown as decode tok/s (aggregate and per sequence), the weight bytes a step
-//      streams per second against the peak, and batch 16's aggregate against batch 1's.
+//      streams per second against the peak, and batch 16's aggregate against batch 1's; each
+//      batch with eager steps (--enforce-eager) and with steps replayed as CUDA graphs, and the
+//      graphs' tok/s over eager's.
 // --quick runs one small case of each part (GQA batch 8 x 1024, MLA 128 heads batch 8 x 1024,
 // model batch 1 with a 32-token prompt and 16 decode steps).
 #include <cuda_bf16.h>
@@ -45,6 +47,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -573,23 +576,29 @@ void RunModel(const DeviceInfo& dev, bool quick) {
   const int steps = quick ? 16 : 64;
   const int reps = quick ? 1 : 3;
   const std::vector<int> batches = quick ? std::vector<int>{1} : std::vector<int>{1, 16};
-  {
-    CudaBackend backend(dev.ordinal);
+  // Each batch size twice: every op launched as it comes (--enforce-eager), then decode steps
+  // replayed as CUDA graphs; "x eager" is the second over the first, measured in this run.
+  std::map<int, double> eager_tps;
+  for (bool graphs : {false, true}) {
+    CudaBackend backend(dev.ordinal, DType::kBF16, graphs ? CudaBackend::kDefaultMaxGraphBatch : 0);
     absl::StatusOr<std::unique_ptr<Model>> model = LoadModel(dir.string(), backend);
     if (!model.ok()) Fail(model.status());
     const ModelConfig& c = (*model)->config();
     const KvFormat format = (*model)->kv_format();
     const double weight_bytes = WeightBytesPerStep(c, backend);
-    std::printf(
-        "\nmodel decode through CudaBackend: synthetic SmolLM2-135M shape (%s, %.1fM params, "
-        "weights %s, %.0f MB streamed per step), KV %s\n",
-        c.AttentionKind().c_str(), static_cast<double>(c.NumParameters()) / 1e6,
-        std::string(DTypeName(backend.WeightDType(c.torch_dtype))).c_str(), weight_bytes / 1e6,
-        format.ToString().c_str());
-    std::printf("prompt %d tokens per sequence, %d greedy decode steps, median of %d run%s\n",
-                prompt_len, steps, reps, reps == 1 ? "" : "s");
-    std::printf("%6s %14s %10s %13s %13s %10s %7s %9s\n", "batch", "prefill tok/s", "ms/step",
-                "decode tok/s", "tok/s/seq", "wt GB/s", "/peak", "x batch1");
+    if (!graphs) {
+      std::printf(
+          "\nmodel decode through CudaBackend: synthetic SmolLM2-135M shape (%s, %.1fM params, "
+          "weights %s, %.0f MB streamed per step), KV %s\n",
+          c.AttentionKind().c_str(), static_cast<double>(c.NumParameters()) / 1e6,
+          std::string(DTypeName(backend.WeightDType(c.torch_dtype))).c_str(), weight_bytes / 1e6,
+          format.ToString().c_str());
+      std::printf("prompt %d tokens per sequence, %d greedy decode steps, median of %d run%s\n",
+                  prompt_len, steps, reps, reps == 1 ? "" : "s");
+      std::printf("%7s %6s %14s %10s %13s %13s %10s %7s %9s %8s\n", "steps", "batch",
+                  "prefill tok/s", "ms/step", "decode tok/s", "tok/s/seq", "wt GB/s", "/peak",
+                  "x batch1", "x eager");
+    }
     double batch1_tps = 0;
     for (int batch : batches) {
       const int64_t blocks =
@@ -608,10 +617,12 @@ void RunModel(const DeviceInfo& dev, bool quick) {
       const double tps = static_cast<double>(batch) * steps / decode_s;
       const double wt_gbs = weight_bytes / step_s / 1e9;
       if (batch == 1) batch1_tps = tps;
-      std::printf("%6d %14.1f %10.3f %13.1f %13.1f %10.1f %7s %9s\n", batch,
-                  static_cast<double>(batch) * prompt_len / prefill_s, step_s * 1e3, tps,
-                  tps / batch, wt_gbs, Ratio(wt_gbs, dev.peak_gbs).c_str(),
-                  Ratio(tps, batch1_tps).c_str());
+      if (!graphs) eager_tps[batch] = tps;
+      std::printf(
+          "%7s %6d %14.1f %10.3f %13.1f %13.1f %10.1f %7s %9s %8s\n", graphs ? "graphs" : "eager",
+          batch, static_cast<double>(batch) * prompt_len / prefill_s, step_s * 1e3, tps,
+          tps / batch, wt_gbs, Ratio(wt_gbs, dev.peak_gbs).c_str(), Ratio(tps, batch1_tps).c_str(),
+          graphs ? Ratio(tps, eager_tps[batch]).c_str() : "-");
       std::fflush(stdout);
     }
   }
