@@ -287,7 +287,7 @@ class DeviceMemoryCache {
 
   void* Get(size_t bytes) {
     const size_t size = SizeClass(bytes);
-    if (size <= kMaxCachedBlock) {
+    {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.find(size);
       if (it != free_.end() && !it->second.empty()) {
@@ -310,9 +310,9 @@ class DeviceMemoryCache {
     const size_t size = SizeClass(bytes);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      // While a graph is captured nothing may be freed: keep the block even past the cap.
-      if (size <= kMaxCachedBlock &&
-          (cached_bytes_ + size <= kMaxCachedBytes || capturing_.load())) {
+      // While a graph is captured nothing may be freed: keep any block then, past the limits.
+      if (capturing_.load() ||
+          (size <= kMaxCachedBlock && cached_bytes_ + size <= kMaxCachedBytes)) {
         free_[size].push_back(p);
         cached_bytes_ += size;
         return;

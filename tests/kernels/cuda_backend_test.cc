@@ -112,6 +112,27 @@ TEST(CudaBackend, AllocatesOnDeviceAndRoundTripsCopies) {
   EXPECT_EQ(std::memcmp(bf_back.data(), bf.data(), bf.bytes()), 0);
 }
 
+// A dropped tensor's device block goes back to the backend's cache and serves the next tensor
+// of its size class: decode steps allocate the same sizes every time without cudaMalloc (nor
+// cudaFree, which a graph capture forbids).
+TEST(CudaBackend, DroppedTensorsBlocksServeTheNextTensorOfTheirSize) {
+  if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu;
+  const void* first = nullptr;
+  {
+    Tensor t = gpu.Allocate(DType::kF32, Shape{1000});
+    first = t.data();
+  }
+  Tensor same = gpu.Allocate(DType::kF32, Shape{1000});
+  EXPECT_EQ(same.data(), first);
+  Tensor another = gpu.Allocate(DType::kF32, Shape{1000});  // the cached block is taken
+  EXPECT_NE(another.data(), first);
+  std::vector<float> host(1000, 2.5f), back(1000, 0.0f);
+  gpu.CopyFromHost(host.data(), same);
+  gpu.CopyToHost(same, back.data());
+  EXPECT_EQ(back, host);
+}
+
 TEST(CudaBackend, LinearMatchesCpuForGemvAndGemmWithAndWithoutBias) {
   if (!CudaBackend::DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   CudaBackend gpu(0, DType::kF32);
