@@ -75,9 +75,10 @@ class Backend {
   virtual DType KvCacheDType() const { return DType::kF32; }
 
   // Bracket one decode step: a Forward of `batch` single-token sequences. Every step of one
-  // model and batch size calls the same ops in the same order with the same shapes, so a GPU
-  // backend may record the step once and replay it (CUDA graphs); the ops between the two calls
-  // are otherwise ordinary. No-ops by default. Use DecodeStepScope.
+  // model and batch size calls the same ops in the same order on tensors of the same shapes
+  // (only the data and the contexts' lengths differ), so a GPU backend may record the step and
+  // replay it (CUDA graphs); the ops between the two calls are otherwise ordinary. No-ops by
+  // default. Use DecodeStepScope.
   virtual void BeginDecodeStep(int64_t /*batch*/) {}
   virtual void EndDecodeStep() {}
 
