@@ -1,5 +1,7 @@
-// Decode attention throughput of the CPU kernels, in GB/s of KV cache read, beside this
-// machine's read bandwidth measured in the same run. Prints figures; asserts none.
+// Decode attention throughput of the CPU kernels, in GB/s of KV cache read beside this machine's
+// read bandwidth measured in the same run (/bw: what bounds GQA), and in GFLOP/s beside the peak
+// f32 arithmetic of the kernel level measured in the same run (/peak: what bounds MLA, whose 128
+// heads share each latent row). Prints figures; asserts none.
 //
 //   pdserve-bench-attention [--quick] [--threads N] [--cpu-isa NAME|all] [--json PATH]
 //
@@ -26,6 +28,7 @@
 
 #include "bench/cpu_report.h"
 #include "bench/memory_bandwidth.h"
+#include "bench/peak_flops.h"
 #include "kernels/paged_attention.h"
 
 namespace pdserve {
@@ -71,8 +74,8 @@ Batch MakeBatch(int batch, int64_t context, int block_size, int64_t num_blocks, 
 
 // Prints one row per combo and appends its KV GB/s to `figures`.
 void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
-         const std::vector<int>& batches, int threads, int reps, double bandwidth, CpuIsa isa,
-         std::vector<bench::Figure>& figures) {
+         const std::vector<int>& batches, int threads, int reps, double bandwidth,
+         double peak_gflops, CpuIsa isa, std::vector<bench::Figure>& figures) {
   // One pool sized for the largest combo that fits, reused by all of them.
   const double row_bytes = static_cast<double>(shape.RowFloats()) * sizeof(float);
   int64_t max_blocks = 0;
@@ -139,8 +142,9 @@ void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
       const double gbs = bytes / best / 1e9;
       const double gflops =
           2.0 * shape.FmasPerToken() * static_cast<double>(batch) * context / best / 1e9;
-      std::printf("%-6s %7lld %6d %10.3f %9.2f %9.1f %7.2f\n", shape.name,
-                  static_cast<long long>(context), batch, best * 1e3, gbs, gflops, gbs / bandwidth);
+      std::printf("%-6s %7lld %6d %10.3f %9.2f %9.1f %7.2f %7.2f\n", shape.name,
+                  static_cast<long long>(context), batch, best * 1e3, gbs, gflops, gbs / bandwidth,
+                  gflops / peak_gflops);
       std::fflush(stdout);
       figures.push_back({std::string(shape.name) + " ctx " + std::to_string(context) + " batch " +
                              std::to_string(batch),
@@ -172,18 +176,23 @@ int main(int argc, char** argv) {
       quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 8192, 32768};
   const std::vector<int> batches = quick ? std::vector<int>{1} : std::vector<int>{1, 8, 32};
   std::vector<bench::IsaRun> runs;
+  std::vector<bench::Figure> baselines = {{"memory read", "GB/s", bandwidth}};
   for (CpuIsa isa : isas) {
     if (isas.size() > 1) std::printf("\n%s\n", DescribeCpuKernels(isa).c_str());
-    std::printf("%-6s %7s %6s %10s %9s %9s %7s\n", "kind", "context", "batch", "ms/call", "KV GB/s",
-                "GFLOP/s", "/bw");
+    const double peak = bench::MeasurePeakGflops(threads, isa);
+    std::printf("peak f32 arithmetic measured now, %s vectors, %d threads: %.1f GFLOP/s\n",
+                CpuIsaName(isa), threads, peak);
+    baselines.push_back({std::string("peak f32 ") + CpuIsaName(isa), "GFLOP/s", peak});
+    std::printf("%-6s %7s %6s %10s %9s %9s %7s %7s\n", "kind", "context", "batch", "ms/call",
+                "KV GB/s", "GFLOP/s", "/bw", "/peak");
     runs.push_back({isa, {}});
-    Run(gqa, contexts, batches, threads, reps, bandwidth, isa, runs.back().figures);
-    Run(mla, contexts, batches, threads, reps, bandwidth, isa, runs.back().figures);
+    Run(gqa, contexts, batches, threads, reps, bandwidth, peak, isa, runs.back().figures);
+    Run(mla, contexts, batches, threads, reps, bandwidth, peak, isa, runs.back().figures);
   }
   std::printf(
       "GQA: Llama-3-8B layer (32 heads, 8 KV heads, head_dim 128). MLA: DeepSeek-V3 layer (128 "
       "heads sharing one 576-float latent row): ~%.0f FLOP per byte read, so on a CPU MLA decode "
-      "is compute-bound, not bandwidth-bound.\n",
+      "is compute-bound: read its /peak, not its /bw.\n",
       2.0 * mla.FmasPerToken() / (static_cast<double>(mla.RowFloats()) * sizeof(float)));
-  return bench::FinishReport(*args, "attention", {{"memory read", "GB/s", bandwidth}}, runs);
+  return bench::FinishReport(*args, "attention", baselines, runs);
 }
