@@ -37,8 +37,7 @@ class DecodeService final : public DecodeServiceBase {
     bool transfer_tls = false;                  // whether the KV receiver requires mutual TLS
     serving::WorkerMetrics* metrics = nullptr;  // where generated tokens are counted, if set
     // This side of every KV transfer, sent in each Reservation (kv_transport_select.h).
-    KvTransferPeer transfer_peer{
-        .device = Device::kCpu, .node = {}, .transports = {KvTransportKind::kTcp}};
+    KvTransferPeer transfer_peer{};  // TCP, from host memory
   };
 
   DecodeService(Model& model, KvStore& store, ReservedBlocksSink& reservations,

@@ -43,8 +43,7 @@ class PrefillService final : public PrefillServiceBase {
     serving::WorkerMetrics* metrics = nullptr;  // where each prefill is recorded, if set
     // This side of every KV transfer (device, node, what --kv-transport allows), matched against
     // each Reservation's transfer_peer.
-    KvTransferPeer transfer_peer{
-        .device = Device::kCpu, .node = {}, .transports = {KvTransportKind::kTcp}};
+    KvTransferPeer transfer_peer{};  // TCP, from host memory
   };
 
   PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler, KvTransport& transport,

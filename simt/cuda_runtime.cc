@@ -93,14 +93,10 @@ bool Within(std::map<const char*, std::size_t>& ranges, const void* p, std::size
   return c >= it->first && c + bytes <= it->first + it->second;
 }
 
-bool IsDevice(const void* p, std::size_t bytes) {
+// Device or pinned host memory: what a graph's copy node may touch.
+bool NotPageable(const void* p, std::size_t bytes) {
   std::lock_guard<std::mutex> lock(allocations().mu);
-  return Within(allocations().device, p, bytes);
-}
-
-bool IsPinned(const void* p, std::size_t bytes) {
-  std::lock_guard<std::mutex> lock(allocations().mu);
-  return Within(allocations().pinned, p, bytes);
+  return Within(allocations().device, p, bytes) || Within(allocations().pinned, p, bytes);
 }
 
 cudaError_t Fail(cudaError_t error) {
@@ -149,19 +145,22 @@ cudaError_t Release(std::map<const char*, std::size_t>& ranges, void* ptr) {
   return cudaSuccess;
 }
 
-// Runs `work` now, or records it as a node of `stream`'s graph while the stream captures.
-void Issue(cudaStream_t stream, NodeKind kind, const void* function, std::function<void()> work) {
-  if (stream != nullptr && stream->capture != nullptr) {
-    stream->capture->nodes.push_back({kind, function, std::move(work)});
-    return;
-  }
-  work();
+// Records `work` as the next node of `stream`'s graph and returns true while the stream
+// captures; returns false, leaving `work` alone, otherwise.
+bool Record(cudaStream_t stream, NodeKind kind, const void* function, std::function<void()>& work) {
+  if (stream == nullptr || stream->capture == nullptr) return false;
+  stream->capture->nodes.push_back({kind, function, std::move(work)});
+  return true;
 }
 
+// Runs `work` now, or records it while the stream captures.
+void Issue(cudaStream_t stream, NodeKind kind, std::function<void()> work) {
+  if (!Record(stream, kind, nullptr, work)) work();
+}
+
+// simt::detail's launch recorder (simt/capture.h).
 bool RecordLaunch(CUstream_st* stream, const void* kernel, std::function<void()>& work) {
-  if (stream == nullptr || stream->capture == nullptr) return false;
-  stream->capture->nodes.push_back({NodeKind::kKernel, kernel, std::move(work)});
-  return true;
+  return Record(stream, NodeKind::kKernel, kernel, work);
 }
 
 const bool launch_recorder_installed = [] {
@@ -329,19 +328,19 @@ cudaError_t CUDARTAPI cudaMemcpyAsync(void* dst, const void* src, size_t count,
     // A graph's copy node reads and writes at replay: host memory on either side must be
     // pinned, or the bytes would be read from wherever a pageable buffer has moved on to.
     const bool src_ok = kind == cudaMemcpyDeviceToDevice || kind == cudaMemcpyDeviceToHost ||
-                        IsDevice(src, count) || IsPinned(src, count);
+                        NotPageable(src, count);
     const bool dst_ok = kind == cudaMemcpyDeviceToDevice || kind == cudaMemcpyHostToDevice ||
-                        IsDevice(dst, count) || IsPinned(dst, count);
+                        NotPageable(dst, count);
     if (!src_ok || !dst_ok) return FailCapture(stream, cudaErrorStreamCaptureUnsupported);
   }
-  Issue(stream, NodeKind::kMemcpy, nullptr, [=] { std::memmove(dst, src, count); });
+  Issue(stream, NodeKind::kMemcpy, [=] { std::memmove(dst, src, count); });
   return cudaSuccess;
 }
 
 cudaError_t CUDARTAPI cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
   if (count > 0 && ptr == nullptr) return Fail(cudaErrorInvalidValue);
   if (count == 0) return cudaSuccess;
-  Issue(stream, NodeKind::kMemset, nullptr, [=] { std::memset(ptr, value, count); });
+  Issue(stream, NodeKind::kMemset, [=] { std::memset(ptr, value, count); });
   return cudaSuccess;
 }
 

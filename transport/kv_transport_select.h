@@ -30,7 +30,8 @@ struct KvTransferPeer {
   Device device = Device::kCpu;  // where its KV cache lives
   // The machine (ThisNodeId()); same-node transports need equal, non-empty ids.
   std::string node;
-  std::vector<KvTransportKind> transports;  // what this side can use, in any order
+  // What this side can use, in any order (by default TCP, what every worker runs).
+  std::vector<KvTransportKind> transports = {KvTransportKind::kTcp};
 };
 
 // The transports this build runs for a worker, as its --kv-transport flag allows: "auto" (every

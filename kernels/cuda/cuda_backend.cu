@@ -393,21 +393,7 @@ CudaBackend::~CudaBackend() {
   if (!ready_) return;
   PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
   PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  FreeScratch(ids_scratch_);
-  FreeScratch(positions_scratch_);
-  FreeScratch(freq_scratch_);
-  FreeScratch(attn_scratch_);
-  FreeScratch(tables_scratch_);
-  FreeScratch(rows_scratch_);
-  FreeScratch(rows2_scratch_);
-  FreeScratch(weights_scratch_);
-  FreeScratch(lens_scratch_);
-  FreeScratch(seqs_scratch_);
-  FreeScratch(items_scratch_);
-  FreeScratch(workspace_scratch_);
-  FreeScratch(kv_table_scratch_);
-  FreeScratch(kv_staging_scratch_);
-  FreeScratch(bf16_scratch_);
+  for (Scratch* scratch : AllScratch()) FreeScratch(*scratch);
   for (auto& [key, exec] : graph_execs_) PDSERVE_CUDA_CHECK(cudaGraphExecDestroy(exec));
   for (auto& [chunk, bytes] : pinned_chunks_) PDSERVE_CUDA_CHECK(cudaFreeHost(chunk));
   for (void* p : deferred_frees_) PDSERVE_CUDA_CHECK(cudaFree(p));
@@ -428,11 +414,7 @@ void CudaBackend::Activate() {
   if (step_batch_ > 0 && !capturing_) {
     // Each segment starts with no upload remembered, so every step of a batch size uploads at
     // the same points and captures the same node sequence (what a graph update needs).
-    for (Scratch* s : {&ids_scratch_, &positions_scratch_, &freq_scratch_, &attn_scratch_,
-                       &tables_scratch_, &rows_scratch_, &rows2_scratch_, &weights_scratch_,
-                       &lens_scratch_, &seqs_scratch_, &items_scratch_, &kv_table_scratch_}) {
-      s->uploaded.clear();
-    }
+    for (Scratch* scratch : AllScratch()) scratch->uploaded.clear();
     // Relaxed: a first step may still cudaMalloc (a new tensor size, a pinned chunk).
     PDSERVE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
     capturing_ = true;
@@ -444,12 +426,6 @@ void CudaBackend::ActivateEager() {
   if (!ready_) Activate();  // aborts with the message
   PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
   LaunchCapturedSegment();
-}
-
-void CudaBackend::Synchronize() {
-  ActivateEager();
-  // Also where a fault in any earlier kernel on the stream gets reported.
-  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::LaunchCapturedSegment() {
@@ -494,7 +470,9 @@ void CudaBackend::BeginDecodeStep(int64_t batch) {
 
 void CudaBackend::EndDecodeStep() {
   if (step_batch_ == 0) return;
-  Synchronize();  // the last segment's graph has run: its pinned bytes and old buffers are free
+  ActivateEager();
+  // The last segment's graph has run: its pinned bytes and old buffers are free.
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   step_batch_ = 0;
   for (void* p : deferred_frees_) PDSERVE_CUDA_CHECK(cudaFree(p));
   deferred_frees_.clear();
@@ -568,6 +546,13 @@ void* CudaBackend::Upload(Scratch& scratch, const void* host, size_t bytes) {
   return scratch.data;
 }
 
+std::array<CudaBackend::Scratch*, 15> CudaBackend::AllScratch() {
+  return {&ids_scratch_,    &positions_scratch_, &freq_scratch_,      &attn_scratch_,
+          &tables_scratch_, &rows_scratch_,      &rows2_scratch_,     &weights_scratch_,
+          &lens_scratch_,   &seqs_scratch_,      &items_scratch_,     &workspace_scratch_,
+          &bf16_scratch_,   &kv_table_scratch_,  &kv_staging_scratch_};
+}
+
 void CudaBackend::FreeScratch(Scratch& scratch) {
   if (scratch.data != nullptr) PDSERVE_CUDA_CHECK(cudaFree(scratch.data));
   scratch.data = nullptr;
@@ -592,7 +577,7 @@ Tensor CudaBackend::Allocate(DType dtype, Shape shape) {
 
 // The copies the host waits for end any segment being captured: its graph runs first.
 void CudaBackend::CopyToHost(const Tensor& src, void* host) {
-  Synchronize();
+  ActivateEager();
   PDSERVE_KERNEL_CHECK(src.device() == Device::kCuda);
   if (src.bytes() == 0) return;
   PDSERVE_CUDA_CHECK(
@@ -601,7 +586,7 @@ void CudaBackend::CopyToHost(const Tensor& src, void* host) {
 }
 
 void CudaBackend::CopyFromHost(const void* host, Tensor& dst) {
-  Synchronize();
+  ActivateEager();
   PDSERVE_KERNEL_CHECK(dst.device() == Device::kCuda);
   if (dst.bytes() == 0) return;
   PDSERVE_CUDA_CHECK(

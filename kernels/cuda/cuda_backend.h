@@ -4,6 +4,7 @@
 // header (no CUDA includes) so host-only code and tests can use it.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -164,12 +165,11 @@ class CudaBackend final : public Backend {
 
   // Aborts unless the device was initialized; makes it current on this thread. Inside a graphed
   // decode step, starts capturing the next segment unless one is being captured: call it before
-  // issuing work, and Synchronize (not Activate) before reading results on the host.
+  // issuing work, and ActivateEager (not Activate) before reading results on the host.
   void Activate();
   // Makes the device current and ends the segment being captured, if any (launching its graph),
-  // for work that cannot be captured; Synchronize then waits for all work issued on stream_.
+  // for work that cannot be captured (copies to and from pageable host memory).
   void ActivateEager();
-  void Synchronize();
   // Ends the capture of the current segment and launches its executable graph, updated or
   // instantiated for (step batch, segment); no-op when not capturing.
   void LaunchCapturedSegment();
@@ -200,6 +200,8 @@ class CudaBackend final : public Backend {
   // Rounds x to bf16 into scratch for a bf16 GEMM; returns the device pointer.
   const void* ToBf16Scratch(const Tensor& x);
   void FreeScratch(Scratch& scratch);
+  // Every scratch buffer below, for what applies to all of them.
+  std::array<Scratch*, 15> AllScratch();
   // dst[dst_rows[i]] = src[src_rows[i]] (or += weights[i] * ... when weights are given) for
   // i < n; an empty row list means the identity.
   void CopyRows(const Tensor& src, std::span<const int64_t> src_rows, Tensor& dst,
