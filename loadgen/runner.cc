@@ -181,8 +181,14 @@ class GenerateCall final : public grpc::ClientReadReactor<v1::GenerateResponse> 
     }
     // The server's count is the one that holds for text prompts (tokenized there).
     if (record_.server.has_value()) record_.prompt_tokens = record_.server->prompt_tokens;
-    run_->Finished(std::move(record_));
+    // The context holds the last reference to the channel once the caller has dropped its stub,
+    // so it goes before the run hears of the end: the channel then dies on the caller's thread,
+    // which joins gRPC's callback threads, rather than on one of them while the process exits
+    // (gRPC 1.51 aborts in grpc_cq_internal_unref then).
+    std::shared_ptr<LoadRun> run = run_;
+    RequestRecord record = std::move(record_);
     delete this;
+    run->Finished(std::move(record));
   }
 
  private:
