@@ -93,6 +93,7 @@ uint64_t RequestIdHash(std::string_view request_id) {
 
 std::string KvFrameHeader::ToString() const {
   if (keepalive()) return absl::StrCat("reservation ", reservation_id, " keepalive");
+  if (link_hello()) return "payload link hello";
   return absl::StrCat("reservation ", reservation_id, " layer ", layer, " tokens [", token_begin,
                       ", ", uint64_t{token_begin} + token_count, ")");
 }
@@ -145,12 +146,33 @@ absl::StatusOr<KvFrameHeader> DecodeKvFrameHeader(
     return BadHeader("header checksum mismatch (corrupt or desynchronized stream)");
   }
   KvFrameHeader h = PeekKvFrameHeader(bytes);
-  if ((h.flags & ~kKvFrameKeepalive) != 0) return BadHeader("reserved flags are not 0");
+  switch (h.flags) {
+    case 0:
+    case kKvFrameKeepalive:
+    case kKvFrameLinkHello:
+    case kKvFramePayloadOnLink:
+      break;
+    default:
+      return BadHeader(absl::StrCat("flags ", h.flags, " are not 0 or one known flag"));
+  }
   if (h.keepalive()) {
     if (h.layer != 0 || h.token_begin != 0 || h.token_count != 0 || h.payload_bytes != 0) {
       return BadHeader("a keepalive frame must have layer, tokens and payload_bytes 0");
     }
     return h;
+  }
+  if (h.link_hello()) {
+    if (h.reservation_id != 0 || h.layer != 0 || h.token_begin != 0 || h.token_count != 0) {
+      return BadHeader("a link hello must have reservation, layer and tokens 0");
+    }
+    if (h.payload_bytes == 0 || h.payload_bytes > kKvMaxLinkHelloBytes) {
+      return BadHeader(absl::StrCat("link hello of ", h.payload_bytes, " bytes outside [1, ",
+                                    kKvMaxLinkHelloBytes, "]"));
+    }
+    return h;
+  }
+  if (h.payload_on_link() && h.payload_xxh3 != 0) {
+    return BadHeader("a frame whose payload is on the link must have payload_xxh3 0");
   }
   if (h.layer >= kKvMaxLayers) {
     return BadHeader(absl::StrCat("layer ", h.layer, " >= ", kKvMaxLayers));

@@ -14,7 +14,8 @@
 //       40    4  layer           0 .. num_layers - 1
 //       44    4  token_begin     first token position of the range
 //       48    4  token_count     >= 1 tokens in the range
-//       52    4  flags           0, or kKvFrameKeepalive (other bits reserved, must be 0)
+//       52    4  flags           0, or one of kKvFrameKeepalive, kKvFrameLinkHello,
+//                                kKvFramePayloadOnLink (other bits reserved, must be 0)
 //       56    8  payload_bytes   == format.bytes_per_token_per_layer() * token_count
 //       64    8  payload_xxh3    XXH3-64 (seed 0) of the payload bytes
 //       72    8  header_xxh3     XXH3-64 (seed 0) of header bytes [0, 72)
@@ -28,6 +29,17 @@
 // worker queues or computes the prompt: layer, token_begin, token_count and payload_bytes are 0,
 // payload_xxh3 is the checksum of no bytes, and it is acked like any frame. A reservation that
 // hears nothing (no frame, no keepalive) for its lease is reclaimed.
+//
+// A payload link (kv_payload_link.h: NCCL, CUDA IPC) carries payloads beside the connection:
+//  - the link hello (flags = kKvFrameLinkHello) is a connection's first frame; its payload, in
+//    band, is the link's name, a 0 byte, then the link's setup bytes (at most
+//    kKvMaxLinkHelloBytes in all); reservation, layer and token fields are 0. The receiver joins
+//    the link, then acks: OK, or why it cannot (it does not run that link, the setup failed).
+//  - a frame with flags = kKvFramePayloadOnLink is a KV frame whose payload_bytes travel on the
+//    connection's link, not after the header; payload_xxh3 is 0 (the link moves exactly
+//    payload_bytes, or fails or stalls, which the receiver's payload deadline catches). The
+//    receiver posts the link's receive only after Admit, so a rejected frame's payload is
+//    drained from the link and dropped.
 //
 // The header checksum lets the receiver tell a corrupt or desynchronized stream (whose
 // payload length cannot be trusted, so the connection is closed) from a well-formed frame that
@@ -63,7 +75,10 @@ namespace pdserve {
 inline constexpr uint32_t kKvFrameMagic = 0x464B4450;  // "PDKF" read as a little-endian u32
 inline constexpr uint32_t kKvAckMagic = 0x414B4450;    // "PDKA"
 inline constexpr uint16_t kKvWireVersion = 1;
-inline constexpr uint32_t kKvFrameKeepalive = 1;  // flags bit: a header-only lease renewal
+inline constexpr uint32_t kKvFrameKeepalive = 1;      // flags: a header-only lease renewal
+inline constexpr uint32_t kKvFrameLinkHello = 2;      // flags: sets up the payload link
+inline constexpr uint32_t kKvFramePayloadOnLink = 4;  // flags: the payload travels on the link
+inline constexpr uint64_t kKvMaxLinkHelloBytes = 4096;
 inline constexpr size_t kKvFrameHeaderBytes = 80;
 inline constexpr size_t kKvAckBytes = 128;
 inline constexpr size_t kKvAckReasonBytes = 96;
@@ -100,9 +115,11 @@ struct KvFrameHeader {
   uint32_t token_count = 0;
   uint64_t payload_bytes = 0;
   uint64_t payload_xxh3 = 0;
-  uint32_t flags = 0;  // 0 or kKvFrameKeepalive
+  uint32_t flags = 0;  // 0 or one kKvFrame* flag
 
   bool keepalive() const { return (flags & kKvFrameKeepalive) != 0; }
+  bool link_hello() const { return (flags & kKvFrameLinkHello) != 0; }
+  bool payload_on_link() const { return (flags & kKvFramePayloadOnLink) != 0; }
   // "reservation 7 layer 3 tokens [0, 512)", for logs and error messages.
   std::string ToString() const;
   bool operator==(const KvFrameHeader&) const = default;
@@ -117,7 +134,8 @@ KvFrameHeaderBytes EncodeKvFrameHeader(const KvFrameHeader& header);
 // Parses and validates a header: magic, version, size, header checksum, known flags, token range
 // (count >= 1, end <= kKvMaxTokenPosition), layer < kKvMaxLayers, payload_bytes in
 // [1, kKvMaxFramePayloadBytes] and a whole number of bytes per token; for a keepalive, every
-// one of those fields 0. INVALID_ARGUMENT (saying
+// one of those fields 0; for a link hello, those fields and the reservation 0 and payload_bytes
+// in [1, kKvMaxLinkHelloBytes]; for a payload on the link, payload_xxh3 0. INVALID_ARGUMENT (saying
 // which field is wrong) otherwise; then the payload length cannot be trusted.
 absl::StatusOr<KvFrameHeader> DecodeKvFrameHeader(
     std::span<const uint8_t, kKvFrameHeaderBytes> bytes);

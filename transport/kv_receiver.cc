@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "spdlog/spdlog.h"
 
 namespace pdserve {
@@ -40,8 +41,8 @@ constexpr milliseconds kAcceptRetry{100};
 // Lines about events that a flood repeats (refusals, timeouts) are logged at most this often.
 constexpr auto kLogInterval = std::chrono::seconds(1);
 
-// epoll tags of the two non-connection descriptors; connections count up from kFirstTag.
-constexpr uint64_t kListenerTag = 0, kWakeTag = 1, kFirstTag = 2;
+// epoll tags of the three non-connection descriptors; connections count up from kFirstTag.
+constexpr uint64_t kListenerTag = 0, kWakeTag = 1, kLinkTag = 2, kFirstTag = 3;
 
 // `t + d`, saturating at the end of time (an Options duration may be "forever").
 Clock::time_point After(Clock::time_point t, Clock::duration d) {
@@ -71,12 +72,20 @@ int64_t Ms(Clock::duration d) { return std::chrono::duration_cast<milliseconds>(
 
 struct KvReceiver::Connection {
   enum class State {
-    kHandshake,  // TLS only: before the first header
-    kHeader,     // reading a header; between frames while header_have == 0
-    kPayload,    // reading an admitted frame's payload into its spans
-    kDiscard,    // reading and dropping a rejected frame's payload
-    kClosing,    // sending the nack of an unparseable header, then closing
+    kHandshake,    // TLS only: before the first header
+    kHeader,       // reading a header; between frames while header_have == 0
+    kPayload,      // reading an admitted frame's payload into its spans
+    kDiscard,      // reading and dropping a rejected frame's payload
+    kClosing,      // sending the nack of an unparseable header, then closing
+    kLinkJoin,     // a link hello's join is under way
+    kLinkPayload,  // the link receives an admitted frame's payload into its spans
+    kLinkDiscard,  // the link drains a rejected frame's payload
   };
+  // Whether the loop reads the socket in this state (not while the link has the frame).
+  bool reads() const {
+    return state != State::kClosing && state != State::kLinkJoin && state != State::kLinkPayload &&
+           state != State::kLinkDiscard;
+  }
 
   uint64_t tag = 0;
   net::Fd fd;
@@ -98,7 +107,31 @@ struct KvReceiver::Connection {
   std::vector<uint8_t> out;  // plaintext: encoded acks; out_sent of them already written
   size_t out_sent = 0;
   std::unique_ptr<net::TlsSession> tls;  // with Options::tls; its outgoing() replaces `out`
+  std::string hello;                     // a link hello's payload, read in band
+  std::unique_ptr<KvLinkReceiver> link;  // once a hello's join succeeded
   bool closed = false;
+};
+
+struct KvReceiver::LinkEvents {
+  net::Fd fd{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+  absl::Mutex mu;
+  std::vector<LinkEvent> queue ABSL_GUARDED_BY(mu);
+
+  void Post(LinkEvent event) {
+    {
+      absl::MutexLock lock(&mu);
+      queue.push_back(std::move(event));
+    }
+    const uint64_t one = 1;
+    // Fails only when the counter would overflow, and then the loop is woken anyway.
+    (void)!::write(fd.get(), &one, sizeof(one));
+  }
+  std::vector<LinkEvent> Take() {
+    uint64_t count;
+    (void)!::read(fd.get(), &count, sizeof(count));
+    absl::MutexLock lock(&mu);
+    return std::exchange(queue, {});
+  }
 };
 
 absl::StatusOr<std::unique_ptr<KvReceiver>> KvReceiver::Start(KvFrameSink& sink, Options options) {
@@ -116,8 +149,11 @@ absl::StatusOr<std::unique_ptr<KvReceiver>> KvReceiver::Start(KvFrameSink& sink,
   if (!epoll.valid()) return net::ErrnoStatus("epoll_create1", errno);
   net::Fd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake.valid()) return net::ErrnoStatus("eventfd", errno);
+  auto link_events = std::make_shared<LinkEvents>();
+  if (!link_events->fd.valid()) return net::ErrnoStatus("eventfd", errno);
   for (auto [fd, tag] :
-       {std::pair{listener->first.get(), kListenerTag}, std::pair{wake.get(), kWakeTag}}) {
+       {std::pair{listener->first.get(), kListenerTag}, std::pair{wake.get(), kWakeTag},
+        std::pair{link_events->fd.get(), kLinkTag}}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = tag;
@@ -126,22 +162,23 @@ absl::StatusOr<std::unique_ptr<KvReceiver>> KvReceiver::Start(KvFrameSink& sink,
     }
   }
   const std::string host = options.host;
-  std::unique_ptr<KvReceiver> receiver(new KvReceiver(sink, std::move(options),
-                                                      std::move(listener->first), listener->second,
-                                                      std::move(epoll), std::move(wake)));
+  std::unique_ptr<KvReceiver> receiver(
+      new KvReceiver(sink, std::move(options), std::move(listener->first), listener->second,
+                     std::move(epoll), std::move(wake), std::move(link_events)));
   receiver->thread_ = std::thread([r = receiver.get()] { r->Loop(); });
   spdlog::info("KV receiver listening on {}:{}", host, receiver->port_);
   return receiver;
 }
 
 KvReceiver::KvReceiver(KvFrameSink& sink, Options options, net::Fd listener, int port,
-                       net::Fd epoll, net::Fd wake)
+                       net::Fd epoll, net::Fd wake, std::shared_ptr<LinkEvents> link_events)
     : sink_(sink),
       options_(std::move(options)),
       listener_(std::move(listener)),
       port_(port),
       epoll_(std::move(epoll)),
       wake_(std::move(wake)),
+      link_events_(std::move(link_events)),
       next_tag_(kFirstTag),
       ciphertext_(options_.tls != nullptr ? kTlsReadBytes : 0) {}
 
@@ -191,6 +228,8 @@ void KvReceiver::Loop() {
       const uint64_t tag = events[i].data.u64;
       if (tag == kWakeTag) {
         stop = true;
+      } else if (tag == kLinkTag) {
+        HandleLinkEvents();
       } else if (tag == kListenerTag) {
         AcceptSome();
       } else if (auto it = connections_.find(tag); it != connections_.end()) {
@@ -362,6 +401,10 @@ void KvReceiver::ReadFrom(Connection& c) {
       }
       case State::kClosing:
         return;  // reads nothing more; Flush closes once the nack is out
+      case State::kLinkJoin:
+      case State::kLinkPayload:
+      case State::kLinkDiscard:
+        return;  // the link has the frame; the socket waits (a hangup shows once it is back)
     }
   }
   if (!c.closed && c.tls != nullptr && c.tls->has_buffered_input()) tls_ready_.push_back(c.tag);
@@ -439,6 +482,24 @@ void KvReceiver::OnHeader(Connection& c, Clock::time_point now) {
     return;
   }
   c.header = *header;
+  if (c.header.payload_on_link()) {
+    OnLinkFrame(c, now);
+    return;
+  }
+  if (c.header.link_hello()) {
+    c.remaining = c.header.payload_bytes;
+    if (c.link != nullptr) {
+      Reject(c, c.header, absl::FailedPreconditionError("this connection has its link already"));
+      c.state = State::kDiscard;
+      return;
+    }
+    c.hello.assign(c.header.payload_bytes, '\0');  // read in band like any payload
+    c.spans = {std::as_writable_bytes(std::span(c.hello))};
+    c.cursor = {};
+    c.hasher.emplace();
+    c.state = State::kPayload;
+    return;
+  }
   absl::StatusOr<std::vector<std::span<std::byte>>> spans = sink_.Admit(c.header);
   if (spans.ok() && SpansBytes(*spans) != c.header.payload_bytes) {
     // A sink bug; never write past what the header announced.
@@ -471,17 +532,152 @@ void KvReceiver::OnPayloadDone(Connection& c, Clock::time_point now) {
   c.since = now;
   c.spans.clear();
   c.hasher.reset();
+  if (c.header.link_hello()) {
+    if (!verdict.ok()) {
+      Reject(c, c.header, verdict);
+    } else {
+      JoinLink(c, now);
+    }
+    return;
+  }
   absl::Status result = sink_.Complete(c.header, std::move(verdict));
   if (!result.ok()) {
     Reject(c, c.header, result);
     return;
   }
+  Accept(c, c.header);
+}
+
+void KvReceiver::Accept(Connection& c, const KvFrameHeader& header) {
   {
     absl::MutexLock lock(&mu_);
     ++stats_.frames_accepted;
-    stats_.payload_bytes += c.header.payload_bytes;
+    stats_.payload_bytes += header.payload_bytes;
+    if (header.payload_on_link()) ++stats_.link_frames;
   }
-  QueueAck(c, KvAck::For(c.header, absl::OkStatus()));
+  QueueAck(c, KvAck::For(header, absl::OkStatus()));
+}
+
+void KvReceiver::JoinLink(Connection& c, Clock::time_point now) {
+  absl::StatusOr<std::pair<std::string, std::string>> hello = DecodeLinkHello(c.hello);
+  c.hello.clear();
+  if (!hello.ok()) {
+    Reject(c, c.header, hello.status());
+    return;
+  }
+  const std::string& name = hello->first;  // not a structured binding: clang-14 cannot capture one
+  const std::string& setup = hello->second;
+  auto factory = std::find_if(options_.links.begin(), options_.links.end(),
+                              [&](const auto& f) { return f->name() == name; });
+  if (factory == options_.links.end()) {
+    std::vector<std::string> names;
+    for (const auto& f : options_.links) names.emplace_back(f->name());
+    Reject(c, c.header,
+           absl::FailedPreconditionError(absl::StrCat(
+               "this KV receiver does not run the '", name, "' payload link (it runs: ",
+               names.empty() ? "none, payloads in band only" : absl::StrJoin(names, ", "), ")")));
+    return;
+  }
+  c.state = Connection::State::kLinkJoin;
+  c.since = now;
+  (*factory)->Join(
+      setup, After(now, options_.link_setup_timeout),
+      [events = link_events_, tag = c.tag](absl::StatusOr<std::unique_ptr<KvLinkReceiver>> link) {
+        LinkEvent event{.tag = tag, .status = link.status(), .joined = nullptr};
+        if (link.ok()) event.joined = *std::move(link);
+        events->Post(std::move(event));
+      });
+}
+
+void KvReceiver::OnLinkFrame(Connection& c, Clock::time_point now) {
+  using State = Connection::State;
+  if (c.link == nullptr) {  // nothing in band to skip: the payload would be on a link
+    Reject(c, c.header,
+           absl::FailedPreconditionError(
+               "a frame whose payload is on the link, on a connection without a link (send a "
+               "link hello first)"));
+    return;
+  }
+  absl::StatusOr<std::vector<std::span<std::byte>>> spans = sink_.Admit(c.header);
+  if (spans.ok() && SpansBytes(*spans) != c.header.payload_bytes) {
+    (void)sink_.Complete(c.header, absl::InternalError("sink spans do not match the payload"));
+    spans = absl::InternalError("KV sink returned room that does not match the payload");
+  }
+  auto report = [events = link_events_, tag = c.tag](absl::Status status) {
+    events->Post(LinkEvent{.tag = tag, .status = std::move(status), .joined = nullptr});
+  };
+  c.since = now;
+  c.remaining = c.header.payload_bytes;
+  if (!spans.ok()) {
+    Reject(c, c.header, spans.status());
+    c.state = State::kLinkDiscard;
+    c.link->Discard(c.header.payload_bytes, report);
+    return;
+  }
+  c.spans = *std::move(spans);
+  c.state = State::kLinkPayload;
+  c.link->Receive(c.spans, report);
+}
+
+void KvReceiver::HandleLinkEvents() {
+  const Clock::time_point now = Clock::now();
+  for (LinkEvent& event : link_events_->Take()) {
+    auto it = connections_.find(event.tag);
+    if (it == connections_.end()) continue;  // closed meanwhile (its link was aborted)
+    Connection& c = *it->second;
+    OnLinkEvent(c, event, now);
+    if (!c.closed) Flush(c);  // the ack, and the socket watched again
+    if (c.closed) connections_.erase(it);
+  }
+}
+
+void KvReceiver::OnLinkEvent(Connection& c, LinkEvent& event, Clock::time_point now) {
+  using State = Connection::State;
+  const State state = c.state;
+  c.state = State::kHeader;
+  c.since = now;
+  c.spans.clear();
+  switch (state) {
+    case State::kLinkJoin:
+      if (!event.status.ok()) {
+        Reject(c, c.header, event.status);
+        return;
+      }
+      c.link = std::move(event.joined);
+      {
+        absl::MutexLock lock(&mu_);
+        ++stats_.links_joined;
+      }
+      QueueAck(c, KvAck::For(c.header, absl::OkStatus()));
+      return;
+    case State::kLinkPayload: {
+      if (!event.status.ok()) {
+        const std::string why = absl::StrCat("the payload link failed: ", event.status.message());
+        (void)sink_.Complete(c.header, absl::UnavailableError(why));
+        spdlog::warn("closing KV connection from {} inside {}: {}", c.peer, c.header.ToString(),
+                     why);
+        Close(c, why);
+        return;
+      }
+      absl::Status result = sink_.Complete(c.header, absl::OkStatus());
+      if (!result.ok()) {
+        Reject(c, c.header, result);
+        return;
+      }
+      Accept(c, c.header);
+      return;
+    }
+    case State::kLinkDiscard:
+      if (!event.status.ok()) {
+        const std::string why = absl::StrCat("the payload link failed: ", event.status.message());
+        spdlog::warn("closing KV connection from {}: {}", c.peer, why);
+        Close(c, why);
+      }
+      return;
+    default:
+      c.state = state;  // not the link's to report on (cannot happen: one operation at a time)
+      return;
+  }
 }
 
 void KvReceiver::Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status) {
@@ -543,7 +739,7 @@ void KvReceiver::Flush(Connection& c) {
     }
   }
   uint32_t events = pending ? uint32_t{EPOLLOUT} : 0;
-  if (c.state != Connection::State::kClosing) events |= EPOLLIN;
+  if (c.reads()) events |= EPOLLIN;
   if (events == c.events) return;
   epoll_event ev{};
   ev.events = events;
@@ -579,6 +775,20 @@ KvReceiver::Clock::time_point KvReceiver::Deadline(const Connection& c) const {
     }
     case State::kClosing:
       return After(c.since, options_.stall_timeout);
+    case State::kLinkJoin:
+      return After(c.since, options_.link_setup_timeout);
+    case State::kLinkPayload:
+    case State::kLinkDiscard: {
+      // Like a payload in band, but the link says nothing until the end: stall + bytes / rate.
+      Clock::time_point deadline = After(c.since, options_.stall_timeout);
+      if (options_.min_payload_bytes_per_second > 0) {
+        deadline = After(deadline,
+                         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                             static_cast<double>(c.header.payload_bytes) /
+                             static_cast<double>(options_.min_payload_bytes_per_second))));
+      }
+      return deadline;
+    }
   }
   return Clock::time_point::max();
 }
@@ -642,6 +852,17 @@ void KvReceiver::TimeOut(Connection& c, Clock::time_point now) {
     case State::kClosing:
       why = "the peer does not read the nack of its unparseable header";
       break;
+    case State::kLinkJoin:
+      why = absl::StrCat("the payload link was not up within ", Ms(options_.link_setup_timeout),
+                         " ms of its hello (link_setup_timeout)");
+      break;
+    case State::kLinkPayload:
+    case State::kLinkDiscard:
+      always_log = c.state == State::kLinkPayload;
+      why = absl::StrCat("the payload link did not deliver ", c.header.payload_bytes,
+                         " bytes within ", Ms(now - c.since),
+                         " ms (stall_timeout + bytes / min_payload_bytes_per_second)");
+      break;
   }
   if (always_log) {
     spdlog::warn("closing KV connection from {} inside {}: {}", c.peer, c.header.ToString(), why);
@@ -653,7 +874,11 @@ void KvReceiver::TimeOut(Connection& c, Clock::time_point now) {
 
 void KvReceiver::Close(Connection& c, absl::string_view why) {
   if (c.closed) return;
-  if (c.state == Connection::State::kPayload) {
+  // First: once Abort returns the link writes no byte more into the frame's spans.
+  if (c.link != nullptr) c.link->Abort();
+  const bool admitted = (c.state == Connection::State::kPayload && !c.header.link_hello()) ||
+                        c.state == Connection::State::kLinkPayload;
+  if (admitted) {
     c.state = Connection::State::kHeader;
     (void)sink_.Complete(
         c.header, absl::UnavailableError(absl::StrCat("connection from ", c.peer,

@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "transport/kv_frame_sink.h"
+#include "transport/kv_payload_link.h"
 #include "transport/socket_io.h"
 #include "transport/tls_session.h"
 
@@ -35,6 +36,17 @@ namespace pdserve {
 //            chunk as it lands; then sink.Complete with the checksum's verdict and the ack.
 // sink.Complete runs exactly once for every admitted frame: with UNAVAILABLE when the
 // connection breaks, times out or the receiver stops mid-payload, so the sink frees its blocks.
+//
+// With a payload link (Options::links, kv_payload_link.h) three more states:
+//   link join     after a link hello's in-band setup bytes: the factory joins the sender's
+//               offer (off the loop; it may block), then the hello is acked or nacked.
+//   link payload  an admitted kKvFramePayloadOnLink frame: the link receives the payload into
+//               the admitted spans, then sink.Complete and the ack, as above.
+//   link discard  a rejected one: the link drains its payload and drops it.
+// The link reports back through an eventfd; the connection reads no socket byte meanwhile (the
+// sender sends nothing more until the link took the payload). The payload deadline (stall +
+// bytes / rate) bounds a link that stalls or delivers short: the link is aborted before
+// sink.Complete, so no byte lands in freed blocks, and the connection is closed.
 // Acks (one per frame, in order) leave through a small per-connection buffer written when the
 // socket is writable: a slow peer never blocks the loop, and one that lets more than 64 acks
 // pile up unread is closed. The loop reads at most 1 MiB from a connection per wakeup, so one
@@ -67,6 +79,11 @@ class KvReceiver {
     // certificate from the cluster's CA within header_timeout before its first frame. Null:
     // plaintext, for a private network.
     std::shared_ptr<const net::TlsContext> tls = nullptr;
+    // The payload links senders may set up (a hello naming another is nacked). Empty: payloads
+    // in band only.
+    std::vector<std::shared_ptr<KvLinkFactory>> links;
+    // A link must be up this long after its hello (NCCL's setup takes a while the first time).
+    std::chrono::milliseconds link_setup_timeout{10000};
   };
   struct Stats {
     uint64_t connections = 0;  // accepted so far (not counting refused ones)
@@ -77,6 +94,8 @@ class KvReceiver {
     uint64_t frames_rejected = 0;        // nacked (header, sink or checksum)
     uint64_t payload_bytes = 0;          // of accepted frames
     uint64_t tls_handshakes_failed = 0;  // a peer without a valid certificate, or not TLS
+    uint64_t links_joined = 0;
+    uint64_t link_frames = 0;  // accepted frames whose payload came on a link
   };
 
   // Binds and starts serving `sink` (which must outlive the receiver).
@@ -95,9 +114,17 @@ class KvReceiver {
  private:
   using Clock = std::chrono::steady_clock;
   struct Connection;
+  // What links report from their threads: queued, then the loop woken through an eventfd. Shared
+  // with every callback in flight, so one that reports after Stop touches no freed memory.
+  struct LinkEvents;
+  struct LinkEvent {
+    uint64_t tag = 0;  // the connection's
+    absl::Status status;
+    std::unique_ptr<KvLinkReceiver> joined;  // a join's link
+  };
 
   KvReceiver(KvFrameSink& sink, Options options, net::Fd listener, int port, net::Fd epoll,
-             net::Fd wake);
+             net::Fd wake, std::shared_ptr<LinkEvents> link_events);
 
   // Everything below runs on the loop thread only.
   void Loop();
@@ -116,6 +143,15 @@ class KvReceiver {
   void ReadHandshake(Connection& c, Clock::time_point now, size_t& budget);
   void OnHeader(Connection& c, Clock::time_point now);
   void OnPayloadDone(Connection& c, Clock::time_point now);
+  // A link hello's setup bytes arrived intact: joins the link it names.
+  void JoinLink(Connection& c, Clock::time_point now);
+  // A kKvFramePayloadOnLink header: the link receives (or, rejected, drains) its payload.
+  void OnLinkFrame(Connection& c, Clock::time_point now);
+  // Handles what the links reported.
+  void HandleLinkEvents();
+  void OnLinkEvent(Connection& c, LinkEvent& event, Clock::time_point now);
+  // Queues `header`'s ack and counts it accepted.
+  void Accept(Connection& c, const KvFrameHeader& header);
   // Counts and logs `header`'s rejection and queues its nack.
   void Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status);
   // Queues `ack`, closing `c` if its peer leaves too many unread.
@@ -138,6 +174,7 @@ class KvReceiver {
   net::Fd listener_;
   const int port_;
   net::Fd epoll_, wake_;  // wake_: an eventfd that Stop() signals
+  const std::shared_ptr<LinkEvents> link_events_;
   std::thread thread_;
   // Loop thread only.
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;  // by epoll tag

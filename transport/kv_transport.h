@@ -2,19 +2,10 @@
 // decode worker's reservation as soon as the layer is computed, then wait for all of it to be
 // accepted. TcpKvTransport (tcp_kv_transport.h) implements it for host memory.
 //
-// An NCCL implementation (GPU pools) fits behind the same interface, with these constraints:
-//  - payload spans are device pointers into the GPU KV pools, not host iovecs; a layer's
-//    block-by-block runs are packed into one contiguous device buffer per frame (a gather
-//    kernel on the compute stream, after the layer's KV is written) so that one
-//    ncclSend/ncclRecv pair moves a frame, and the receiver scatters into its reserved blocks;
-//  - the communicator between a prefill rank and a decode rank is created once per pair with
-//    ncclCommInitRank from an ncclUniqueId the decode worker generates and hands out over gRPC
-//    (e.g. in Reserve's reply), not per request;
-//  - ncclSend/ncclRecv carry no header: the frame header (reservation, secret, layer, range,
-//    checksum) travels out of band (a small TCP or gRPC message) before the matching
-//    ncclRecv is posted, and the receiver validates it exactly as KvFrameSink::Admit does
-//    before posting; acks travel the same side channel, so Flush keeps its meaning;
-//  - device() returns Device::kCuda, so SendLayerFromStore (prefill_worker/) refuses host pools.
+// GPU memory takes a payload link (kv_payload_link.h) beside the same connection: TcpKvTransport
+// with Options::link sends each header on the connection and its payload on the link (NCCL, CUDA
+// IPC), so validation, acks, keepalives, deadlines and byte counts stay one code path; payload
+// spans are then in the link's memory (device()).
 #pragma once
 
 #include <chrono>

@@ -94,6 +94,8 @@ struct TcpKvTransport::Connection {
   std::vector<iovec> write_iov;
   std::vector<std::byte> write_ciphertext;
   std::vector<std::byte> read_ciphertext;
+  // With Options::link: set before the threads start, used by the writer, aborted by BreakLocked.
+  std::unique_ptr<KvLinkSender> link;
 };
 
 TcpKvTransport::TcpKvTransport(Options options) : options_(options) {}
@@ -269,20 +271,23 @@ absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetC
     return absl::UnavailableError(
         absl::StrCat("cannot reach the KV receiver at ", endpoint, ": ", fd.status().message()));
   }
+  const Clock::time_point deadline = Clock::now() + options_.connect_timeout;
   auto c = std::make_shared<Connection>();
   c->endpoint = endpoint;
   if (options_.tls != nullptr) {
     absl::StatusOr<std::unique_ptr<net::TlsSession>> tls =
         net::TlsSession::Create(*options_.tls, parsed->host);
     if (!tls.ok()) return tls.status();
-    if (absl::Status s = ClientHandshake(fd->get(), **tls, Clock::now() + options_.connect_timeout);
-        !s.ok()) {
+    if (absl::Status s = ClientHandshake(fd->get(), **tls, deadline); !s.ok()) {
       return absl::UnavailableError(absl::StrCat("TLS handshake with the KV receiver at ", endpoint,
                                                  " failed: ", s.message()));
     }
     c->tls = *std::move(tls);
   }
   c->fd = *std::move(fd);
+  if (options_.link != nullptr) {
+    if (absl::Status s = SetUpLink(*c, deadline); !s.ok()) return s;
+  }
   absl::MutexLock lock(&mu_);
   connections_[endpoint] = c;
   ++stats_.connections_opened;
@@ -290,6 +295,64 @@ absl::StatusOr<std::shared_ptr<TcpKvTransport::Connection>> TcpKvTransport::GetC
   c->writer = std::thread([this, p = c.get()] { WriterLoop(*p); });
   c->reader = std::thread([this, p = c.get()] { ReaderLoop(*p); });
   return c;
+}
+
+absl::Status TcpKvTransport::SetUpLink(Connection& c, Clock::time_point deadline) {
+  const std::string name(options_.link->name());
+  auto failed = [&](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("setting up the ", name, " payload link to ",
+                                               c.endpoint, " failed: ", s.message()));
+  };
+  absl::StatusOr<std::unique_ptr<KvLinkOffer>> offer = options_.link->Offer();
+  if (!offer.ok()) return failed(offer.status());
+  const std::string hello = EncodeLinkHello(name, (*offer)->setup());
+  if (hello.size() > kKvMaxLinkHelloBytes) {
+    return failed(absl::InternalError(
+        absl::StrCat("its hello has ", hello.size(), " bytes, over ", kKvMaxLinkHelloBytes)));
+  }
+  const std::span<const std::byte> payload = std::as_bytes(std::span(hello));
+  KvFrameHeader header;
+  header.flags = kKvFrameLinkHello;
+  header.payload_bytes = payload.size();
+  header.payload_xxh3 = PayloadChecksum(std::span(&payload, 1));
+  if (absl::Status s = WriteFrame(c, EncodeKvFrameHeader(header), std::span(&payload, 1));
+      !s.ok()) {
+    return failed(absl::UnavailableError(s.message()));
+  }
+  // The receiver joins while this end connects (NCCL's setup needs both), then acks; a nack
+  // (it does not run this link) cancels the Connect.
+  absl::StatusOr<std::unique_ptr<KvLinkSender>> link =
+      absl::UnavailableError("the link was not connected");
+  std::thread connecting([&] { link = (*offer)->Connect(deadline); });
+  absl::StatusOr<KvAck> ack = ReadHelloAck(c, deadline);
+  if (!ack.ok() || !ack->status.ok()) (*offer)->Cancel();
+  connecting.join();
+  if (!ack.ok()) return failed(ack.status());
+  if (!ack->Answers(header)) {
+    return failed(absl::InternalError("the receiver acknowledged a frame that was not sent"));
+  }
+  if (!ack->status.ok()) return failed(ack->status);  // its reason: it does not run this link...
+  if (!link.ok()) return failed(link.status());
+  c.link = *std::move(link);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KvAck> TcpKvTransport::ReadHelloAck(Connection& c, Clock::time_point deadline) {
+  // Bounded by the deadline: a receive timeout on the socket for this read only (the reader
+  // thread blocks without one).
+  const auto left = std::max<int64_t>(
+      std::chrono::ceil<std::chrono::microseconds>(deadline - Clock::now()).count(), 1);
+  timeval timeout{.tv_sec = left / 1000000, .tv_usec = left % 1000000};
+  (void)::setsockopt(c.fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  KvAckBytes raw;
+  const absl::Status read = ReadAck(c, raw);
+  timeout = {};
+  (void)::setsockopt(c.fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  if (!read.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("no answer to the link hello (", read.message(), ")"));
+  }
+  return DecodeKvAck(raw);
 }
 
 void TcpKvTransport::WriterLoop(Connection& c) {
@@ -316,9 +379,20 @@ void TcpKvTransport::WriterLoop(Connection& c) {
     c.awaiting.emplace_back(f.header, f.transfer);
     ++t.unacked;
     mu_.Unlock();
-    f.header.payload_xxh3 = PayloadChecksum(f.payload);
-    f.bytes = EncodeKvFrameHeader(f.header);
-    const absl::Status sent = WriteFrame(c, f.bytes, f.payload);
+    absl::Status sent;
+    if (c.link != nullptr && !f.header.keepalive()) {
+      // The header on the connection, then the payload on the link, where the receiver's
+      // matching Receive (or Discard) takes it.
+      f.header.flags = kKvFramePayloadOnLink;
+      f.header.payload_xxh3 = 0;
+      f.bytes = EncodeKvFrameHeader(f.header);
+      sent = WriteFrame(c, f.bytes, {});
+      if (sent.ok()) sent = c.link->Send(f.payload);
+    } else {
+      f.header.payload_xxh3 = PayloadChecksum(f.payload);
+      f.bytes = EncodeKvFrameHeader(f.header);
+      sent = WriteFrame(c, f.bytes, f.payload);
+    }
     mu_.Lock();
     --t.unsent;
     if (sent.ok()) {
@@ -449,8 +523,10 @@ void TcpKvTransport::BreakLocked(Connection& c, const absl::Status& status, Read
   const bool idle = c.queue.empty() && c.awaiting.empty();
   spdlog::log(idle ? spdlog::level::info : spdlog::level::warn, "KV connection to {} closed: {}",
               c.endpoint, std::string(status.message()));
-  // Wakes the writer's sendmsg and the reader's recv; the descriptor stays open until joined.
+  // Wakes the writer's sendmsg (or link Send) and the reader's recv; the descriptor stays open
+  // until joined.
   ::shutdown(c.fd.get(), SHUT_RDWR);
+  if (c.link != nullptr) c.link->Abort();
   std::vector<std::shared_ptr<Transfer>> failed;
   for (Frame& f : c.queue) {
     --f.transfer->unsent;

@@ -1,5 +1,7 @@
-// KvTransport over TCP for host memory: the prefill worker's persistent connections to decode
-// workers' KvReceivers.
+// KvTransport over TCP: the prefill worker's persistent connections to decode workers'
+// KvReceivers. Payloads in host memory travel on the connection after their headers; with a
+// payload link (kv_payload_link.h: GPU memory over NCCL or CUDA IPC) they travel on the
+// connection's link, and the connection carries headers, keepalives and acks only.
 #pragma once
 
 #include <chrono>
@@ -14,6 +16,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "transport/kv_payload_link.h"
 #include "transport/kv_transport.h"
 #include "transport/socket_io.h"
 #include "transport/tls_session.h"
@@ -46,6 +49,9 @@ class TcpKvTransport final : public KvTransport {
     // connect_timeout, checking that the receiver's certificate names the endpoint's host.
     // Null: plaintext, for a private network.
     std::shared_ptr<const net::TlsContext> tls = nullptr;
+    // Payloads travel on a link of this kind, one per connection, set up when it opens (a
+    // receiver that does not run it refuses the connection). Null: payloads in band.
+    std::shared_ptr<KvLinkFactory> link = nullptr;
   };
   struct Stats {
     uint64_t connections_opened = 0;
@@ -60,7 +66,9 @@ class TcpKvTransport final : public KvTransport {
   TcpKvTransport(const TcpKvTransport&) = delete;
   TcpKvTransport& operator=(const TcpKvTransport&) = delete;
 
-  Device device() const override { return Device::kCpu; }
+  Device device() const override {
+    return options_.link != nullptr ? options_.link->device() : Device::kCpu;
+  }
   uint64_t frame_bytes() const override { return options_.frame_bytes; }
   bool encrypted() const override { return options_.tls != nullptr; }
   absl::Status SendLayer(const KvDestination& dest, uint32_t layer, uint32_t token_begin,
@@ -98,6 +106,11 @@ class TcpKvTransport final : public KvTransport {
                           std::span<const std::span<const std::byte>> payload);
   // Reads one ack from c's socket (through its TLS session, if any). Blocking; no lock held.
   absl::Status ReadAck(Connection& c, KvAckBytes& ack);
+  // Sets up c's payload link with Options::link before c's threads start: the hello, the
+  // offer's Connect, the hello's ack, by `deadline`.
+  absl::Status SetUpLink(Connection& c, std::chrono::steady_clock::time_point deadline);
+  // The hello's ack, read by `deadline`.
+  absl::StatusOr<KvAck> ReadHelloAck(Connection& c, std::chrono::steady_clock::time_point deadline);
   // Marks `c` broken with `status`: fails every transfer with frames on it, wakes its threads
   // and detaches it so the next SendLayer reconnects.
   void BreakLocked(Connection& c, const absl::Status& status, Ready& ready)

@@ -87,10 +87,12 @@ TEST(KvFrameHeader, RejectsBadMagicVersionSizeAndFlags) {
   PutLe<uint16_t>(b, 6, 96);
   Reseal(b);
   ExpectRejected(b, "header size 96");
-  b = good;
-  PutLe<uint32_t>(b, 52, 2);
-  Reseal(b);
-  ExpectRejected(b, "flags");
+  for (uint32_t flags : {8u, kKvFrameLinkHello | kKvFramePayloadOnLink}) {  // unknown; two
+    b = good;
+    PutLe<uint32_t>(b, 52, flags);
+    Reseal(b);
+    ExpectRejected(b, "flags");
+  }
   b = good;  // the keepalive flag on a frame that carries KV
   PutLe<uint32_t>(b, 52, kKvFrameKeepalive);
   Reseal(b);
@@ -107,6 +109,37 @@ TEST(KvFrameHeader, KeepaliveIsHeaderOnlyAndRoundTrips) {
   EXPECT_TRUE(back->keepalive());
   EXPECT_EQ(*back, h);
   EXPECT_EQ(back->ToString(), "reservation 9 keepalive");
+}
+
+TEST(KvFrameHeader, LinkHelloCarriesOnlyItsSetupBytes) {
+  KvFrameHeader h;
+  h.flags = kKvFrameLinkHello;
+  h.payload_bytes = 64;
+  auto back = DecodeKvFrameHeader(EncodeKvFrameHeader(h));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->link_hello());
+  EXPECT_EQ(back->ToString(), "payload link hello");
+  KvFrameHeader with_reservation = h;
+  with_reservation.reservation_id = 3;
+  ExpectRejected(EncodeKvFrameHeader(with_reservation), "reservation, layer and tokens 0");
+  KvFrameHeader too_big = h;
+  too_big.payload_bytes = kKvMaxLinkHelloBytes + 1;
+  ExpectRejected(EncodeKvFrameHeader(too_big), "link hello of 4097 bytes");
+}
+
+TEST(KvFrameHeader, PayloadOnTheLinkIsAKvFrameWithoutAChecksum) {
+  KvFrameHeader h = SampleHeader();
+  h.flags = kKvFramePayloadOnLink;
+  h.payload_xxh3 = 0;
+  auto back = DecodeKvFrameHeader(EncodeKvFrameHeader(h));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->payload_on_link());
+  EXPECT_EQ(*back, h);
+  h.payload_xxh3 = 1;
+  ExpectRejected(EncodeKvFrameHeader(h), "payload_xxh3 0");
+  h.payload_xxh3 = 0;
+  h.token_count = 0;  // validated like any KV frame
+  ExpectRejected(EncodeKvFrameHeader(h), "token_count is 0");
 }
 
 TEST(KvFrameHeader, AnyCorruptedByteFailsTheHeaderChecksum) {

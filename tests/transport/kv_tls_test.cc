@@ -76,15 +76,7 @@ TEST_F(KvTls, FramesArriveByteForByteThroughMutualTls) {
   EXPECT_EQ(stats->payload_bytes, static_cast<uint64_t>(f.bytes_per_token() * tokens));
   EXPECT_EQ(dst.receiver->stats().tls_handshakes_failed, 0u);
 
-  ASSERT_TRUE(
-      dst.sink.WaitComplete(dest.reservation_id, Clock::now() + std::chrono::seconds(5)).ok());
-  auto taken = dst.sink.Take(dest.reservation_id, dest.secret);
-  ASSERT_TRUE(taken.ok()) << taken.status();
-  for (int64_t layer = 0; layer < f.num_layers; ++layer) {
-    EXPECT_EQ(testing_util::LayerBytes(dst.h.store, layer, taken->blocks.ids(), 0, tokens),
-              testing_util::LayerBytes(src.h.store, layer, src.table, 0, tokens))
-        << "layer " << layer;
-  }
+  testing_util::ExpectReservationHoldsSourceRows(dst, dest, src, tokens);
   // The connection stays up for the next request: a second transfer reuses it.
   const KvDestination again = dst.Reserve("req-tls-2", 16, 16);
   ASSERT_TRUE(Push(transport, again, src, 16, f.num_layers).ok());

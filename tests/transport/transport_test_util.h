@@ -125,16 +125,16 @@ constexpr auto kLongTtl = std::chrono::minutes(5);
 inline std::string Endpoint(const KvReceiver& r) { return "127.0.0.1:" + std::to_string(r.port()); }
 
 // The decode side: a destination store (shuffled free list), its sink and a receiver on
-// 127.0.0.1 (with `tls`: a TLS server context, mutual TLS).
+// 127.0.0.1 (with `tls`: a TLS server context, mutual TLS; the rest from `options`).
 struct DecodeSide {
   // `staged`: the sink receives through host staging (a CPU backend playing a GPU's).
   explicit DecodeSide(const KvFormat& f, int64_t blocks = 64, uint8_t fill = 0xAB,
-                      std::shared_ptr<const net::TlsContext> tls = nullptr, bool staged = false)
+                      std::shared_ptr<const net::TlsContext> tls = nullptr, bool staged = false,
+                      KvReceiver::Options options = {})
       : h(f, blocks),
         sink(h.store, {.reap_expired = false, .staging = staged ? &staging_backend : nullptr}) {
     ShufflePool(h.store.pool(), 99);
     FillByte(h.store, fill);
-    KvReceiver::Options options;
     options.host = "127.0.0.1";
     options.tls = std::move(tls);
     auto r = KvReceiver::Start(sink, std::move(options));
@@ -166,5 +166,36 @@ struct PrefillSide {
   HostStore h;
   std::vector<int32_t> table;
 };
+
+// Waits for `dest`'s reservation to complete, takes it and expects its rows of tokens
+// [0, tokens) to equal the source's, layer by layer; returns its block ids.
+inline std::vector<int32_t> ExpectReservationHoldsSourceRows(DecodeSide& dst,
+                                                             const KvDestination& dest,
+                                                             PrefillSide& src, int64_t tokens) {
+  EXPECT_TRUE(dst.sink
+                  .WaitComplete(dest.reservation_id,
+                                std::chrono::steady_clock::now() + std::chrono::seconds(5))
+                  .ok());
+  auto taken = dst.sink.Take(dest.reservation_id, dest.secret);
+  EXPECT_TRUE(taken.ok()) << taken.status();
+  if (!taken.ok()) return {};
+  const std::vector<int32_t> blocks = taken->blocks.ids();
+  for (int64_t layer = 0; layer < src.h.store.format().num_layers; ++layer) {
+    EXPECT_EQ(LayerBytes(dst.h.store, layer, blocks, 0, tokens),
+              LayerBytes(src.h.store, layer, src.table, 0, tokens))
+        << "layer " << layer;
+  }
+  return blocks;
+}
+
+// A transfer's figures: `frames` frames carrying the format's KV bytes for `tokens` tokens, plus
+// one header each on the wire.
+inline void ExpectExactBytes(const KvTransferStats& stats, const KvFormat& f, int64_t tokens,
+                             int64_t frames) {
+  const uint64_t kv_bytes = static_cast<uint64_t>(f.bytes_per_token() * tokens);
+  EXPECT_EQ(stats.frames, frames);
+  EXPECT_EQ(stats.payload_bytes, kv_bytes);
+  EXPECT_EQ(stats.wire_bytes, kv_bytes + frames * kKvFrameHeaderBytes);
+}
 
 }  // namespace pdserve::testing_util

@@ -1,0 +1,212 @@
+// Payloads on a link beside the TCP connection (the path NCCL and CUDA IPC take), driven through
+// the KvTransport interface with a Unix-socket link standing in for the device side: the hello
+// and join, every cache format byte for byte with exact byte counts, a receiver that does not run
+// the link, a rejected frame's payload drained, and a link that delivers short or a receiver that
+// stops mid-payload: a bounded failure, every block freed, and a fresh link afterwards.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+
+#include "decode_worker/reserved_blocks_sink.h"
+#include "prefill_worker/kv_layer_sender.h"
+#include "tests/transport/socket_kv_link.h"
+#include "tests/transport/transport_test_util.h"
+#include "transport/kv_receiver.h"
+#include "transport/tcp_kv_transport.h"
+
+namespace pdserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using testing_util::DecodeSide;
+using testing_util::PrefillSide;
+using testing_util::SocketLinkFactory;
+
+KvReceiver::Options LinkReceiverOptions(std::shared_ptr<SocketLinkFactory> link) {
+  KvReceiver::Options options;
+  if (link != nullptr) options.links = {std::move(link)};
+  return options;
+}
+
+TcpKvTransport::Options LinkSenderOptions(std::shared_ptr<SocketLinkFactory> link) {
+  TcpKvTransport::Options options;
+  options.link = std::move(link);
+  options.connect_timeout = std::chrono::milliseconds(2000);
+  return options;
+}
+
+// Sends every layer of tokens [0, tokens) in one frame each and flushes.
+absl::Status SendAllLayers(TcpKvTransport& transport, const KvDestination& dest, PrefillSide& src,
+                           int64_t tokens) {
+  for (int64_t layer = 0; layer < src.h.store.format().num_layers; ++layer) {
+    absl::Status sent =
+        SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, tokens);
+    if (!sent.ok()) return sent;
+  }
+  return transport.Flush(dest, Clock::now() + std::chrono::seconds(5)).status();
+}
+
+struct FormatCase {
+  const char* name;
+  KvFormat format;
+};
+
+class KvPayloadLinkFormats : public ::testing::TestWithParam<FormatCase> {};
+
+TEST_P(KvPayloadLinkFormats, PayloadsArriveByteForByteOnTheLinkAndBytesAreExact) {
+  const KvFormat& f = GetParam().format;
+  const int64_t tokens = 45;
+  auto link = std::make_shared<SocketLinkFactory>();
+  PrefillSide src(f, tokens, 11);
+  DecodeSide dst(f, 64, 0xAB, nullptr, false, LinkReceiverOptions(link));
+  ASSERT_NE(dst.receiver, nullptr);
+  const KvDestination dest = dst.Reserve("req-link", tokens, tokens + 8);
+  TcpKvTransport transport(LinkSenderOptions(link));
+  int64_t frames = 0;
+  for (int64_t layer = 0; layer < f.num_layers; ++layer) {  // two frames per layer
+    ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, 20).ok());
+    ASSERT_TRUE(
+        SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 20, tokens - 20).ok());
+    frames += 2;
+  }
+  ASSERT_TRUE(transport.SendKeepalive(dest).ok());  // keepalives stay on the connection
+  auto stats = transport.Flush(dest, Clock::now() + std::chrono::seconds(10));
+  ASSERT_TRUE(stats.ok()) << stats.status();
+
+  testing_util::ExpectExactBytes(*stats, f, tokens, frames);
+  const uint64_t kv_bytes = static_cast<uint64_t>(f.bytes_per_token() * tokens);
+  EXPECT_EQ(link->sent.load(), kv_bytes) << "every payload byte went over the link, once";
+  EXPECT_EQ(link->received.load(), kv_bytes);
+  const KvReceiver::Stats r = dst.receiver->stats();
+  EXPECT_EQ(r.links_joined, 1u);
+  EXPECT_EQ(r.link_frames, static_cast<uint64_t>(frames));
+  EXPECT_EQ(r.payload_bytes, kv_bytes);
+  EXPECT_EQ(transport.stats().connections_opened, 1u);
+
+  testing_util::ExpectReservationHoldsSourceRows(dst, dest, src, tokens);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Formats, KvPayloadLinkFormats,
+    ::testing::Values(FormatCase{"MHA_bf16", testing_util::MhaFormat()},
+                      FormatCase{"GQA_f32", testing_util::GqaFormat(DType::kF32)},
+                      FormatCase{"MQA_f16", testing_util::MqaFormat(DType::kF16)},
+                      FormatCase{"MLA_bf16", testing_util::MlaFormat()}),
+    [](const ::testing::TestParamInfo<FormatCase>& p) { return std::string(p.param.name); });
+
+TEST(KvPayloadLink, ReceiverWithoutTheLinkRefusesItByName) {
+  const KvFormat f = testing_util::GqaFormat();
+  DecodeSide dst(f);  // payloads in band only
+  ASSERT_NE(dst.receiver, nullptr);
+  PrefillSide src(f, 8, 3);
+  const KvDestination dest = dst.Reserve("req-nolink", 8, 8);
+  TcpKvTransport transport(LinkSenderOptions(std::make_shared<SocketLinkFactory>("nccl")));
+  const absl::Status sent = SendLayerFromStore(transport, dest, src.h.store, 0, src.table, 0, 8);
+  EXPECT_EQ(sent.code(), absl::StatusCode::kFailedPrecondition) << sent;
+  EXPECT_NE(sent.message().find("does not run the 'nccl' payload link"), std::string::npos) << sent;
+  EXPECT_EQ(dst.receiver->stats().links_joined, 0u);
+}
+
+TEST(KvPayloadLink, RejectedFramesPayloadIsDrainedAndTheConnectionKeepsServing) {
+  const KvFormat f = testing_util::MlaFormat();
+  auto link = std::make_shared<SocketLinkFactory>();
+  DecodeSide dst(f, 64, 0xAB, nullptr, false, LinkReceiverOptions(link));
+  ASSERT_NE(dst.receiver, nullptr);
+  PrefillSide src(f, 16, 5);
+  TcpKvTransport transport(LinkSenderOptions(link));
+
+  KvDestination forged = dst.Reserve("req-forged", 16, 16);
+  forged.secret.bytes[0] ^= 1;
+  ASSERT_TRUE(SendLayerFromStore(transport, forged, src.h.store, 0, src.table, 0, 16).ok());
+  auto refused = transport.Flush(forged, Clock::now() + std::chrono::seconds(5));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+
+  const KvDestination good = dst.Reserve("req-good", 16, 16);
+  ASSERT_TRUE(SendAllLayers(transport, good, src, 16).ok());
+  EXPECT_EQ(transport.stats().connections_opened, 1u) << "the rejection kept the connection";
+  const uint64_t layer_bytes = static_cast<uint64_t>(f.bytes_per_token_per_layer() * 16);
+  EXPECT_EQ(link->received.load(), layer_bytes * (1 + f.num_layers)) << "the forged one drained";
+  EXPECT_TRUE(
+      dst.sink.WaitComplete(good.reservation_id, Clock::now() + std::chrono::seconds(5)).ok());
+}
+
+// A link that delivers each payload 16 bytes short: the receiver's payload deadline aborts the
+// link, fails the reservation (its blocks freed on release), closes the connection, and the
+// sender's flush fails; the next connection sets up a fresh link that works.
+TEST(KvPayloadLink, ShortDeliveryFailsWithinTheDeadlineAndAFreshLinkReplacesIt) {
+  const KvFormat f = testing_util::GqaFormat();
+  auto link = std::make_shared<SocketLinkFactory>();
+  KvReceiver::Options options = LinkReceiverOptions(link);
+  options.stall_timeout = std::chrono::milliseconds(300);
+  DecodeSide dst(f, 64, 0xAB, nullptr, false, std::move(options));
+  ASSERT_NE(dst.receiver, nullptr);
+  const int64_t free_before = dst.h.store.pool().Stats().available_blocks();
+  PrefillSide src(f, 24, 9);
+  TcpKvTransport transport(LinkSenderOptions(link));
+
+  link->short_by = 16;
+  const KvDestination cut = dst.Reserve("req-cut", 24, 24);
+  ASSERT_TRUE(SendLayerFromStore(transport, cut, src.h.store, 0, src.table, 0, 24).ok());
+  const auto start = Clock::now();
+  auto failed = transport.Flush(cut, start + std::chrono::seconds(10));
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable) << failed.status();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  const absl::Status settled =
+      dst.sink.WaitComplete(cut.reservation_id, Clock::now() + std::chrono::seconds(5));
+  EXPECT_EQ(settled.code(), absl::StatusCode::kUnavailable) << settled;
+  EXPECT_NE(settled.message().find("payload link"), std::string::npos) << settled;
+  ASSERT_TRUE(dst.sink.Release(cut.reservation_id, cut.secret).ok());
+  EXPECT_EQ(dst.h.store.pool().Stats().available_blocks(), free_before) << "a block leaked";
+  EXPECT_GE(dst.receiver->stats().connections_timed_out, 1u);
+
+  link->short_by = 0;
+  const KvDestination next = dst.Reserve("req-next", 24, 24);
+  ASSERT_TRUE(SendAllLayers(transport, next, src, 24).ok());
+  EXPECT_EQ(transport.stats().connections_opened, 2u);
+  EXPECT_EQ(dst.receiver->stats().links_joined, 2u);
+}
+
+TEST(KvPayloadLink, ReceiverStoppingMidPayloadFailsTheTransferPromptly) {
+  const KvFormat f = testing_util::GqaFormat();
+  auto link = std::make_shared<SocketLinkFactory>();
+  DecodeSide dst(f, 64, 0xAB, nullptr, false, LinkReceiverOptions(link));
+  ASSERT_NE(dst.receiver, nullptr);
+  PrefillSide src(f, 24, 4);
+  TcpKvTransport transport(LinkSenderOptions(link));
+  link->short_by = 1;  // the receiver waits on the link for the last byte
+  const KvDestination dest = dst.Reserve("req-stop", 24, 24);
+  ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, 0, src.table, 0, 24).ok());
+  link->receiving.WaitForNotification();  // the frame was admitted; the link lacks a byte
+  const auto start = Clock::now();
+  dst.receiver->Stop();
+  auto failed = transport.Flush(dest, start + std::chrono::seconds(10));
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable) << failed.status();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(dst.sink.WaitComplete(dest.reservation_id, Clock::now()).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST(KvPayloadLink, AJoinThatNeverAnswersTimesOutOnBothSides) {
+  const KvFormat f = testing_util::GqaFormat();
+  auto link = std::make_shared<SocketLinkFactory>();
+  link->hold_joins = true;
+  KvReceiver::Options options = LinkReceiverOptions(link);
+  options.link_setup_timeout = std::chrono::milliseconds(200);
+  DecodeSide dst(f, 64, 0xAB, nullptr, false, std::move(options));
+  ASSERT_NE(dst.receiver, nullptr);
+  PrefillSide src(f, 8, 2);
+  TcpKvTransport::Options sender = LinkSenderOptions(link);
+  sender.connect_timeout = std::chrono::milliseconds(600);
+  TcpKvTransport transport(sender);
+  const KvDestination dest = dst.Reserve("req-join", 8, 8);
+  const auto start = Clock::now();
+  const absl::Status sent = SendLayerFromStore(transport, dest, src.h.store, 0, src.table, 0, 8);
+  EXPECT_FALSE(sent.ok());
+  EXPECT_NE(sent.message().find("payload link"), std::string::npos) << sent;
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(dst.receiver->stats().connections_timed_out, 1u);
+}
+
+}  // namespace
+}  // namespace pdserve
