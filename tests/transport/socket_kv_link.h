@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "transport/kv_link_worker.h"
 #include "transport/kv_payload_link.h"
 #include "transport/socket_io.h"
 
@@ -57,7 +58,7 @@ class SocketLinkSender final : public KvLinkSender {
   std::atomic<bool> aborted_{false};
 };
 
-// Receives on a thread of its own, one operation at a time, as a GPU link's stream would.
+// Receives on a KvLinkWorker, as a GPU link does.
 class SocketLinkReceiver final : public KvLinkReceiver {
  public:
   SocketLinkReceiver(net::Fd fd, std::atomic<uint64_t>& received, absl::Notification& receiving,
@@ -66,91 +67,47 @@ class SocketLinkReceiver final : public KvLinkReceiver {
         received_(received),
         receiving_(receiving),
         receiving_told_(receiving_told),
-        thread_([this] { Run(); }) {}
-  ~SocketLinkReceiver() override {
-    Abort();
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
+        worker_([this] { ::shutdown(fd_.get(), SHUT_RDWR); }) {}
 
   void Receive(std::span<const std::span<std::byte>> into, Done done) override {
     if (!receiving_told_.exchange(true)) receiving_.Notify();
-    Post(Op{std::vector<std::span<std::byte>>(into.begin(), into.end()), 0, std::move(done)});
+    worker_.Post(
+        [this, spans = std::vector<std::span<std::byte>>(into.begin(), into.end())] {
+          for (std::span<std::byte> s : spans) {
+            if (absl::Status st = Read(s.data(), s.size()); !st.ok()) return st;
+          }
+          return absl::OkStatus();
+        },
+        std::move(done));
   }
-  void Discard(uint64_t bytes, Done done) override { Post(Op{{}, bytes, std::move(done)}); }
-  void Abort() override {
-    std::unique_lock lock(mu_);
-    aborted_ = true;
-    ::shutdown(fd_.get(), SHUT_RDWR);
-    cv_.wait(lock, [&] { return !busy_; });  // the read in progress has returned
+  void Discard(uint64_t bytes, Done done) override {
+    worker_.Post(
+        [this, bytes] {
+          std::vector<std::byte> scratch(64 << 10);
+          for (uint64_t left = bytes; left > 0;) {
+            const size_t n = static_cast<size_t>(std::min<uint64_t>(left, scratch.size()));
+            if (absl::Status st = Read(scratch.data(), n); !st.ok()) return st;
+            left -= n;
+          }
+          return absl::OkStatus();
+        },
+        std::move(done));
   }
+  void Abort() override { worker_.Abort(); }
 
  private:
-  struct Op {
-    std::vector<std::span<std::byte>> into;
-    uint64_t discard = 0;
-    Done done;
-  };
-
-  void Post(Op op) {
-    {
-      std::lock_guard lock(mu_);
-      op_ = std::move(op);
-    }
-    cv_.notify_all();
-  }
-
-  void Run() {
-    std::unique_lock lock(mu_);
-    for (;;) {
-      cv_.wait(lock, [&] { return stop_ || op_.has_value(); });
-      if (stop_) return;
-      Op op = *std::exchange(op_, std::nullopt);
-      busy_ = !aborted_;
-      absl::Status status = aborted_ ? absl::UnavailableError("socket link aborted") : Status();
-      lock.unlock();
-      if (status.ok()) status = Read(op);
-      lock.lock();
-      busy_ = false;
-      cv_.notify_all();
-      lock.unlock();
-      op.done(std::move(status));
-      lock.lock();
-    }
-  }
-  static absl::Status Status() { return absl::OkStatus(); }
-
-  absl::Status Read(Op& op) {
-    std::vector<std::byte> scratch(op.discard > 0 ? 64 << 10 : 0);
-    auto read = [&](std::byte* p, size_t n) {
-      absl::Status s = net::ReadFull(fd_.get(), p, n);
-      if (s.ok()) received_ += n;
-      return s.ok() ? s : absl::UnavailableError(absl::StrCat("socket link: ", s.message()));
-    };
-    for (std::span<std::byte> s : op.into) {
-      if (absl::Status st = read(s.data(), s.size()); !st.ok()) return st;
-    }
-    for (uint64_t left = op.discard; left > 0;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(left, scratch.size()));
-      if (absl::Status st = read(scratch.data(), n); !st.ok()) return st;
-      left -= n;
-    }
-    return absl::OkStatus();
+  absl::Status Read(std::byte* p, size_t n) {
+    absl::Status s = net::ReadFull(fd_.get(), p, n);
+    if (!s.ok()) return absl::UnavailableError(absl::StrCat("socket link: ", s.message()));
+    received_ += n;
+    return s;
   }
 
   net::Fd fd_;
   std::atomic<uint64_t>& received_;
   absl::Notification& receiving_;
   std::atomic<bool>& receiving_told_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::optional<Op> op_;
-  bool busy_ = false, aborted_ = false, stop_ = false;
-  std::thread thread_;
+  KvLinkWorker worker_;  // last: its thread stops before the members above go
 };
 
 class SocketLinkFactory final : public KvLinkFactory {

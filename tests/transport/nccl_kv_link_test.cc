@@ -1,0 +1,191 @@
+// The NCCL payload link through the KV transport, its CUDA runtime and NCCL calls served by the
+// emulator (simt/cuda_runtime.cc, simt/nccl.cc): the pair's communicator set up through the
+// hello, payloads of one or several spans (the staging gather and scatter) arriving byte for
+// byte in "device" memory, a rejected frame's payload drained, and an abort on the sending side
+// failing the transfer at once while the receiver's payload deadline frees its frame.
+#include "transport/nccl_kv_link.h"
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "transport/kv_receiver.h"
+#include "transport/tcp_kv_transport.h"
+
+namespace pdserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// cudaMalloc'd bytes, copied to and from the host for the checks.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    EXPECT_EQ(cudaMalloc(&data_, bytes), cudaSuccess);
+  }
+  ~DeviceBuffer() { (void)cudaFree(data_); }
+  std::byte* data() const { return static_cast<std::byte*>(data_); }
+  void Upload(const std::vector<uint8_t>& host) const {
+    ASSERT_EQ(cudaMemcpy(data_, host.data(), host.size(), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  std::vector<uint8_t> Download() const {
+    std::vector<uint8_t> host(bytes_);
+    EXPECT_EQ(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost), cudaSuccess);
+    return host;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_;
+};
+
+// A sink over one device buffer: reservation 1 takes layer L's frame at L * layer_bytes, handed
+// out as three spans (so the link scatters through its staging buffer); anything else is
+// refused. `admit_gate`, when set, holds Admit until notified.
+class DeviceSink final : public KvFrameSink {
+ public:
+  DeviceSink(uint64_t layer_bytes, int layers)
+      : layer_bytes_(layer_bytes), memory_(layer_bytes * layers) {}
+
+  absl::StatusOr<std::vector<std::span<std::byte>>> Admit(const KvFrameHeader& h) override {
+    if (admit_gate != nullptr) {
+      admitting.Notify();
+      admit_gate->WaitForNotification();
+    }
+    if (h.reservation_id != 1) return absl::PermissionDeniedError("not reservation 1");
+    std::byte* at = memory_.data() + h.layer * layer_bytes_;
+    const uint64_t third = h.payload_bytes / 3;
+    return std::vector<std::span<std::byte>>{
+        {at, third}, {at + third, third}, {at + 2 * third, h.payload_bytes - 2 * third}};
+  }
+  absl::Status Complete(const KvFrameHeader&, absl::Status status) override {
+    absl::MutexLock lock(&mu_);
+    completions.push_back(status);
+    return status;
+  }
+
+  const DeviceBuffer& memory() const { return memory_; }
+  absl::Notification* admit_gate = nullptr;
+  absl::Notification admitting;
+  absl::Mutex mu_;
+  std::vector<absl::Status> completions ABSL_GUARDED_BY(mu_);
+
+ private:
+  const uint64_t layer_bytes_;
+  DeviceBuffer memory_;
+};
+
+std::vector<uint8_t> Pattern(size_t bytes, uint8_t seed) {
+  std::vector<uint8_t> v(bytes);
+  for (size_t i = 0; i < bytes; ++i) v[i] = static_cast<uint8_t>(i * 31 + seed);
+  return v;
+}
+
+struct NcclPair {
+  explicit NcclPair(DeviceSink& sink, std::chrono::milliseconds stall = std::chrono::seconds(2)) {
+    KvReceiver::Options options;
+    options.host = "127.0.0.1";
+    options.links = {std::make_shared<NcclLinkFactory>(0)};
+    options.stall_timeout = stall;
+    auto r = KvReceiver::Start(sink, options);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) receiver = *std::move(r);
+    TcpKvTransport::Options sender;
+    sender.link = std::make_shared<NcclLinkFactory>(0);
+    transport = std::make_unique<TcpKvTransport>(sender);
+  }
+  KvDestination Destination(uint64_t reservation) const {
+    return KvDestination{"127.0.0.1:" + std::to_string(receiver->port()), reservation, {}, 0};
+  }
+  std::unique_ptr<KvReceiver> receiver;
+  std::unique_ptr<TcpKvTransport> transport;
+};
+
+constexpr uint64_t kLayerBytes = 3 * 4096 + 96;  // 96 tokens of 129 bytes
+constexpr uint32_t kTokens = 96;
+
+TEST(NcclKvLink, FramesArriveByteForByteInDeviceMemory) {
+  DeviceSink sink(kLayerBytes, 3);
+  NcclPair pair(sink);
+  ASSERT_NE(pair.receiver, nullptr);
+  EXPECT_EQ(pair.transport->device(), Device::kCuda);
+  const KvDestination dest = pair.Destination(1);
+  std::vector<std::unique_ptr<DeviceBuffer>> sources;
+  for (uint32_t layer = 0; layer < 3; ++layer) {
+    auto& src = sources.emplace_back(std::make_unique<DeviceBuffer>(kLayerBytes));
+    src->Upload(Pattern(kLayerBytes, static_cast<uint8_t>(layer)));
+    std::vector<std::span<const std::byte>> payload;
+    if (layer == 1) {  // one span: sent straight from it
+      payload = {{src->data(), kLayerBytes}};
+    } else {  // two spans: gathered into the staging buffer first
+      payload = {{src->data(), 1000}, {src->data() + 1000, kLayerBytes - 1000}};
+    }
+    ASSERT_TRUE(pair.transport->SendLayer(dest, layer, 0, kTokens, payload).ok());
+  }
+  auto stats = pair.transport->Flush(dest, Clock::now() + std::chrono::seconds(10));
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->payload_bytes, 3 * kLayerBytes);
+  EXPECT_EQ(stats->wire_bytes, 3 * (kLayerBytes + kKvFrameHeaderBytes));
+  const std::vector<uint8_t> landed = sink.memory().Download();
+  for (uint32_t layer = 0; layer < 3; ++layer) {
+    EXPECT_EQ(std::vector<uint8_t>(landed.begin() + layer * kLayerBytes,
+                                   landed.begin() + (layer + 1) * kLayerBytes),
+              Pattern(kLayerBytes, static_cast<uint8_t>(layer)))
+        << "layer " << layer;
+  }
+  EXPECT_EQ(pair.receiver->stats().links_joined, 1u);
+  EXPECT_EQ(pair.receiver->stats().link_frames, 3u);
+}
+
+TEST(NcclKvLink, RejectedPayloadIsDrainedAndTheNextFrameArrives) {
+  DeviceSink sink(kLayerBytes, 1);
+  NcclPair pair(sink);
+  ASSERT_NE(pair.receiver, nullptr);
+  DeviceBuffer src(kLayerBytes);
+  src.Upload(Pattern(kLayerBytes, 7));
+  const std::vector<std::span<const std::byte>> payload{{src.data(), kLayerBytes}};
+  const KvDestination refused = pair.Destination(2);
+  ASSERT_TRUE(pair.transport->SendLayer(refused, 0, 0, kTokens, payload).ok());
+  EXPECT_EQ(pair.transport->Flush(refused, Clock::now() + std::chrono::seconds(10)).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  const KvDestination dest = pair.Destination(1);
+  ASSERT_TRUE(pair.transport->SendLayer(dest, 0, 0, kTokens, payload).ok());
+  ASSERT_TRUE(pair.transport->Flush(dest, Clock::now() + std::chrono::seconds(10)).ok());
+  EXPECT_EQ(sink.memory().Download(), Pattern(kLayerBytes, 7));
+  EXPECT_EQ(pair.transport->stats().connections_opened, 1u);
+}
+
+// The sender aborts while its ncclSend waits for a receive that is not posted yet: the transfer
+// fails at once; the receiver, whose ncclRecv then has no peer, hits its payload deadline and
+// completes the frame as UNAVAILABLE (the sink frees it).
+TEST(NcclKvLink, SenderAbortFailsAtOnceAndTheReceiversDeadlineFreesTheFrame) {
+  DeviceSink sink(kLayerBytes, 1);
+  absl::Notification gate;
+  sink.admit_gate = &gate;
+  NcclPair pair(sink, std::chrono::milliseconds(200));
+  ASSERT_NE(pair.receiver, nullptr);
+  DeviceBuffer src(kLayerBytes);
+  const KvDestination dest = pair.Destination(1);
+  ASSERT_TRUE(pair.transport->SendLayer(dest, 0, 0, kTokens, {{src.data(), kLayerBytes}}).ok());
+  sink.admitting.WaitForNotification();
+  const auto start = Clock::now();
+  pair.transport->Abort(dest, absl::CancelledError("the request was cancelled"));
+  auto flushed = pair.transport->Flush(dest, start + std::chrono::seconds(10));
+  EXPECT_EQ(flushed.status().code(), absl::StatusCode::kCancelled) << flushed.status();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(2));
+  gate.Notify();          // now the receiver posts its ncclRecv, which no send will match
+  pair.receiver->Stop();  // or its deadline: either way the frame completes, once
+  absl::MutexLock lock(&sink.mu_);
+  ASSERT_EQ(sink.completions.size(), 1u);
+  EXPECT_EQ(sink.completions[0].code(), absl::StatusCode::kUnavailable) << sink.completions[0];
+}
+
+}  // namespace
+}  // namespace pdserve
