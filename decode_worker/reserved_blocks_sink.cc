@@ -332,7 +332,9 @@ absl::StatusOr<std::vector<std::span<std::byte>>> ReservedBlocksSink::Admit(
       result = KvLayerSpans(*store_, h.layer, r.blocks.ids(), begin, h.token_count);
       if (!result.ok()) invalid = result.status();
     }
-    if (invalid.ok() && staging_ != nullptr) {  // received into host memory, unpacked later
+    // Received into host memory and unpacked later; but a payload link (NCCL) moves the
+    // store's own memory, so its frames land in the rows themselves.
+    if (invalid.ok() && staging_ != nullptr && !h.payload_on_link()) {
       std::vector<std::byte>& buffer = r.staged[{h.layer, h.token_begin}];
       buffer.resize(h.payload_bytes);
       result = std::vector<std::span<std::byte>>{std::span<std::byte>(buffer)};

@@ -57,7 +57,8 @@ class ReservedBlocksSink final : public KvFrameSink {
     // into host buffers, and each completed frame is written into the reserved rows with
     // staging->UnpackKvFromHost before it counts as arrived. A backend of the store's device
     // that no other thread uses (its own stream); the sink serializes its calls. Null: frames
-    // are received straight into the (host) pools.
+    // are received straight into the (host) pools. Frames whose payload comes on a payload link
+    // (kKvFramePayloadOnLink: NCCL moves device memory) are received into the rows either way.
     Backend* staging = nullptr;
   };
   struct Ticket {

@@ -95,6 +95,26 @@ INSTANTIATE_TEST_SUITE_P(
                       FormatCase{"MLA_bf16", testing_util::MlaFormat()}),
     [](const ::testing::TestParamInfo<FormatCase>& p) { return std::string(p.param.name); });
 
+// A sink that stages in-band frames through host memory (a GPU store's, played by a CPU
+// backend) receives link frames into the reserved rows themselves: a device link moves device
+// memory.
+TEST(KvPayloadLink, LinkFramesLandInTheRowsWhereInBandFramesAreStaged) {
+  const KvFormat f = testing_util::GqaFormat();
+  auto link = std::make_shared<SocketLinkFactory>();
+  DecodeSide dst(f, 64, 0xAB, nullptr, /*staged=*/true, LinkReceiverOptions(link));
+  ASSERT_NE(dst.receiver, nullptr);
+  PrefillSide src(f, 12, 8);
+  TcpKvTransport transport(LinkSenderOptions(link));
+  const KvDestination dest = dst.Reserve("req-rows", 12, 12);
+  ASSERT_TRUE(SendAllLayers(transport, dest, src, 12).ok());
+  const Tensor& last_pool = dst.h.store.k(f.num_layers - 1);
+  const auto* into = link->last_into.load();
+  const auto* pool = static_cast<const std::byte*>(last_pool.data());
+  EXPECT_TRUE(into >= pool && into < pool + last_pool.bytes())
+      << "the last layer's payload was received outside its K pool (a staging buffer?)";
+  testing_util::ExpectReservationHoldsSourceRows(dst, dest, src, 12);
+}
+
 TEST(KvPayloadLink, ReceiverWithoutTheLinkRefusesItByName) {
   const KvFormat f = testing_util::GqaFormat();
   DecodeSide dst(f);  // payloads in band only

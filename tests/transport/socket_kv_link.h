@@ -62,15 +62,17 @@ class SocketLinkSender final : public KvLinkSender {
 class SocketLinkReceiver final : public KvLinkReceiver {
  public:
   SocketLinkReceiver(net::Fd fd, std::atomic<uint64_t>& received, absl::Notification& receiving,
-                     std::atomic<bool>& receiving_told)
+                     std::atomic<bool>& receiving_told, std::atomic<const std::byte*>& last_into)
       : fd_(std::move(fd)),
         received_(received),
+        last_into_(last_into),
         receiving_(receiving),
         receiving_told_(receiving_told),
         worker_([this] { ::shutdown(fd_.get(), SHUT_RDWR); }) {}
 
   void Receive(std::span<const std::span<std::byte>> into, Done done) override {
     if (!receiving_told_.exchange(true)) receiving_.Notify();
+    if (!into.empty()) last_into_ = into[0].data();
     worker_.Post(
         [this, spans = std::vector<std::span<std::byte>>(into.begin(), into.end())] {
           for (std::span<std::byte> s : spans) {
@@ -105,6 +107,7 @@ class SocketLinkReceiver final : public KvLinkReceiver {
 
   net::Fd fd_;
   std::atomic<uint64_t>& received_;
+  std::atomic<const std::byte*>& last_into_;
   absl::Notification& receiving_;
   std::atomic<bool>& receiving_told_;
   KvLinkWorker worker_;  // last: its thread stops before the members above go
@@ -147,14 +150,15 @@ class SocketLinkFactory final : public KvLinkFactory {
     waiting_.erase(it);
     cv_.notify_all();
     lock.unlock();
-    joined(
-        std::make_unique<SocketLinkReceiver>(std::move(fd), received, receiving, receiving_told_));
+    joined(std::make_unique<SocketLinkReceiver>(std::move(fd), received, receiving, receiving_told_,
+                                                last_into));
   }
 
   std::atomic<uint64_t> sent{0}, received{0};
-  std::atomic<uint64_t> short_by{0};  // each Send delivers this many bytes less
-  bool hold_joins = false;            // set before the link is offered
-  absl::Notification receiving;       // the first Receive was posted
+  std::atomic<uint64_t> short_by{0};                 // each Send delivers this many bytes less
+  bool hold_joins = false;                           // set before the link is offered
+  absl::Notification receiving;                      // the first Receive was posted
+  std::atomic<const std::byte*> last_into{nullptr};  // where the last Receive wrote
 
  private:
   class SocketOffer final : public KvLinkOffer {
