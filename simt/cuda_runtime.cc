@@ -305,6 +305,33 @@ cudaError_t CUDARTAPI cudaMalloc(void** ptr, size_t size) {
 
 cudaError_t CUDARTAPI cudaFree(void* ptr) { return Release(allocations().device, ptr); }
 
+// IPC inside one process: the handle carries the allocation's address, and opening it checks
+// that it still names a live device allocation (what the CUDA IPC link's tests need).
+cudaError_t CUDARTAPI cudaIpcGetMemHandle(cudaIpcMemHandle_t* handle, void* ptr) {
+  {
+    std::lock_guard<std::mutex> lock(allocations().mu);
+    auto it = allocations().device.find(static_cast<const char*>(ptr));
+    if (it == allocations().device.end()) return Fail(cudaErrorInvalidValue);  // not a base
+  }
+  std::memset(handle->reserved, 0, sizeof(handle->reserved));
+  std::memcpy(handle->reserved, &ptr, sizeof(ptr));
+  return cudaSuccess;
+}
+
+cudaError_t CUDARTAPI cudaIpcOpenMemHandle(void** ptr, cudaIpcMemHandle_t handle,
+                                           unsigned int /*flags*/) {
+  void* base = nullptr;
+  std::memcpy(&base, handle.reserved, sizeof(base));
+  std::lock_guard<std::mutex> lock(allocations().mu);
+  if (!allocations().device.contains(static_cast<const char*>(base))) {
+    return Fail(cudaErrorInvalidResourceHandle);
+  }
+  *ptr = base;
+  return cudaSuccess;
+}
+
+cudaError_t CUDARTAPI cudaIpcCloseMemHandle(void* /*ptr*/) { return cudaSuccess; }
+
 cudaError_t CUDARTAPI cudaHostAlloc(void** ptr, size_t size, unsigned int /*flags*/) {
   return Allocate(allocations().pinned, ptr, size);
 }

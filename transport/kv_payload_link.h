@@ -89,6 +89,12 @@ class KvLinkFactory {
                     Joined joined) = 0;
 };
 
+// For links that move a payload through a contiguous buffer in pieces: calls
+// `copy(span, span_offset, buffer_offset, n)` for each run of payload bytes
+// [offset, offset + bytes) in spans `sizes` (payload order), buffer_offset counting from `offset`.
+void ForEachPayloadPiece(std::span<const size_t> sizes, uint64_t offset, uint64_t bytes,
+                         const std::function<void(size_t, uint64_t, uint64_t, uint64_t)>& copy);
+
 // The hello's payload: `name`, a 0 byte, then `setup`.
 std::string EncodeLinkHello(std::string_view name, std::string_view setup);
 // The inverse; INVALID_ARGUMENT when there is no 0 byte or the name is empty.

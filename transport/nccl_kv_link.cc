@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "transport/device_payload_copy.h"
 #include "transport/kv_link_worker.h"
 
 namespace pdserve {
@@ -81,14 +82,9 @@ class NcclLink {
     const void* from = payload.size() == 1 ? payload[0].data() : nullptr;
     if (from == nullptr) {  // gathered into the staging buffer first, on the same stream
       if (absl::Status s = Stage(bytes); !s.ok()) return s;
-      uint64_t at = 0;
-      for (const auto& s : payload) {
-        if (cudaError_t e = cudaMemcpyAsync(staging_ + at, s.data(), s.size(),
-                                            cudaMemcpyDeviceToDevice, stream_);
-            e != cudaSuccess) {
-          return CudaStatus("cudaMemcpyAsync", e);
-        }
-        at += s.size();
+      if (cudaError_t e = CopyPayloadAsync(payload, 0, bytes, staging_, stream_);
+          e != cudaSuccess) {
+        return CudaStatus("cudaMemcpyAsync", e);
       }
       from = staging_;
     }
@@ -109,14 +105,8 @@ class NcclLink {
         !s.ok()) {
       return s;
     }
-    uint64_t at = 0;
-    for (const auto& s : into) {  // scattered into the spans
-      if (cudaError_t e =
-              cudaMemcpyAsync(s.data(), staging_ + at, s.size(), cudaMemcpyDeviceToDevice, stream_);
-          e != cudaSuccess) {
-        return CudaStatus("cudaMemcpyAsync", e);
-      }
-      at += s.size();
+    if (cudaError_t e = CopyPayloadAsync(into, 0, bytes, staging_, stream_); e != cudaSuccess) {
+      return CudaStatus("cudaMemcpyAsync", e);  // scattered into the spans
     }
     if (cudaError_t e = cudaStreamSynchronize(stream_); e != cudaSuccess) {
       return CudaStatus("cudaStreamSynchronize", e);

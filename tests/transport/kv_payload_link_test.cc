@@ -5,6 +5,7 @@
 // stops mid-payload: a bounded failure, every block freed, and a fresh link afterwards.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
 #include <memory>
 
@@ -113,6 +114,17 @@ TEST(KvPayloadLink, LinkFramesLandInTheRowsWhereInBandFramesAreStaged) {
   EXPECT_TRUE(into >= pool && into < pool + last_pool.bytes())
       << "the last layer's payload was received outside its K pool (a staging buffer?)";
   testing_util::ExpectReservationHoldsSourceRows(dst, dest, src, 12);
+}
+
+TEST(KvPayloadLink, PayloadPiecesCoverTheAskedRangeAcrossSpans) {
+  const std::vector<size_t> sizes{3, 5, 0, 2};
+  std::vector<std::array<uint64_t, 4>> pieces;
+  ForEachPayloadPiece(sizes, 2, 7, [&](size_t i, uint64_t at, uint64_t buffer_at, uint64_t n) {
+    pieces.push_back({i, at, buffer_at, n});
+  });
+  // Payload bytes [2, 9): the last of span 0, all of span 1, the first of span 3.
+  const std::vector<std::array<uint64_t, 4>> expected{{0, 2, 0, 1}, {1, 0, 1, 5}, {3, 0, 6, 1}};
+  EXPECT_EQ(pieces, expected);
 }
 
 TEST(KvPayloadLink, ReceiverWithoutTheLinkRefusesItByName) {

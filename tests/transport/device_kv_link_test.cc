@@ -1,10 +1,9 @@
-// The NCCL payload link through the KV transport, its CUDA runtime and NCCL calls served by the
-// emulator (simt/cuda_runtime.cc, simt/nccl.cc): the pair's communicator set up through the
-// hello, payloads of one or several spans (the staging gather and scatter) arriving byte for
-// byte in "device" memory, a rejected frame's payload drained, and an abort on the sending side
-// failing the transfer at once while the receiver's payload deadline frees its frame.
-#include "transport/nccl_kv_link.h"
-
+// The GPU payload links (NCCL, CUDA IPC) through the KV transport, their CUDA runtime and NCCL
+// calls served by the emulator (simt/cuda_runtime.cc, simt/nccl.cc): the link set up through the
+// hello, payloads of one or several spans (gathered and scattered through staging buffers; in
+// chunks for CUDA IPC, whose staging here is smaller than a frame) arriving byte for byte in
+// "device" memory, and a rejected frame's payload drained. For NCCL, an abort on the sending side
+// fails the transfer at once while the receiver's payload deadline frees its frame.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -16,7 +15,11 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "transport/cuda_ipc_kv_link.h"
 #include "transport/kv_receiver.h"
+#if PDSERVE_TEST_NCCL
+#include "transport/nccl_kv_link.h"
+#endif
 #include "transport/tcp_kv_transport.h"
 
 namespace pdserve {
@@ -88,17 +91,21 @@ std::vector<uint8_t> Pattern(size_t bytes, uint8_t seed) {
   return v;
 }
 
-struct NcclPair {
-  explicit NcclPair(DeviceSink& sink, std::chrono::milliseconds stall = std::chrono::seconds(2)) {
+using MakeLink = std::shared_ptr<KvLinkFactory> (*)();
+
+// A receiver with the link `make` makes and a transport with another of its kind.
+struct LinkPair {
+  LinkPair(MakeLink make, DeviceSink& sink,
+           std::chrono::milliseconds stall = std::chrono::seconds(2)) {
     KvReceiver::Options options;
     options.host = "127.0.0.1";
-    options.links = {std::make_shared<NcclLinkFactory>(0)};
+    options.links = {make()};
     options.stall_timeout = stall;
     auto r = KvReceiver::Start(sink, options);
     EXPECT_TRUE(r.ok()) << r.status();
     if (r.ok()) receiver = *std::move(r);
     TcpKvTransport::Options sender;
-    sender.link = std::make_shared<NcclLinkFactory>(0);
+    sender.link = make();
     transport = std::make_unique<TcpKvTransport>(sender);
   }
   KvDestination Destination(uint64_t reservation) const {
@@ -111,9 +118,16 @@ struct NcclPair {
 constexpr uint64_t kLayerBytes = 3 * 4096 + 96;  // 96 tokens of 129 bytes
 constexpr uint32_t kTokens = 96;
 
-TEST(NcclKvLink, FramesArriveByteForByteInDeviceMemory) {
+struct LinkCase {
+  const char* name;
+  MakeLink make;
+};
+
+class DeviceKvLink : public ::testing::TestWithParam<LinkCase> {};
+
+TEST_P(DeviceKvLink, FramesArriveByteForByteInDeviceMemory) {
   DeviceSink sink(kLayerBytes, 3);
-  NcclPair pair(sink);
+  LinkPair pair(GetParam().make, sink);
   ASSERT_NE(pair.receiver, nullptr);
   EXPECT_EQ(pair.transport->device(), Device::kCuda);
   const KvDestination dest = pair.Destination(1);
@@ -144,9 +158,9 @@ TEST(NcclKvLink, FramesArriveByteForByteInDeviceMemory) {
   EXPECT_EQ(pair.receiver->stats().link_frames, 3u);
 }
 
-TEST(NcclKvLink, RejectedPayloadIsDrainedAndTheNextFrameArrives) {
+TEST_P(DeviceKvLink, RejectedPayloadIsDrainedAndTheNextFrameArrives) {
   DeviceSink sink(kLayerBytes, 1);
-  NcclPair pair(sink);
+  LinkPair pair(GetParam().make, sink);
   ASSERT_NE(pair.receiver, nullptr);
   DeviceBuffer src(kLayerBytes);
   src.Upload(Pattern(kLayerBytes, 7));
@@ -162,6 +176,25 @@ TEST(NcclKvLink, RejectedPayloadIsDrainedAndTheNextFrameArrives) {
   EXPECT_EQ(pair.transport->stats().connections_opened, 1u);
 }
 
+std::vector<LinkCase> Links() {
+  std::vector<LinkCase> links;
+#if PDSERVE_TEST_NCCL
+  links.push_back({"nccl", [] { return std::shared_ptr<KvLinkFactory>(new NcclLinkFactory(0)); }});
+#endif
+  // A staging buffer of 4 KiB: each 12 KiB frame crosses in four chunks.
+  links.push_back(
+      {"cuda_ipc", [] { return std::shared_ptr<KvLinkFactory>(new CudaIpcLinkFactory(0, 4096)); }});
+  return links;
+}
+
+INSTANTIATE_TEST_SUITE_P(Links, DeviceKvLink, ::testing::ValuesIn(Links()),
+                         [](const ::testing::TestParamInfo<LinkCase>& p) {
+                           return std::string(p.param.name);
+                         });
+
+#if PDSERVE_TEST_NCCL
+std::shared_ptr<KvLinkFactory> Nccl() { return std::make_shared<NcclLinkFactory>(0); }
+
 // The sender aborts while its ncclSend waits for a receive that is not posted yet: the transfer
 // fails at once; the receiver, whose ncclRecv then has no peer, hits its payload deadline and
 // completes the frame as UNAVAILABLE (the sink frees it).
@@ -169,7 +202,7 @@ TEST(NcclKvLink, SenderAbortFailsAtOnceAndTheReceiversDeadlineFreesTheFrame) {
   DeviceSink sink(kLayerBytes, 1);
   absl::Notification gate;
   sink.admit_gate = &gate;
-  NcclPair pair(sink, std::chrono::milliseconds(200));
+  LinkPair pair(Nccl, sink, std::chrono::milliseconds(200));
   ASSERT_NE(pair.receiver, nullptr);
   DeviceBuffer src(kLayerBytes);
   const KvDestination dest = pair.Destination(1);
@@ -186,6 +219,8 @@ TEST(NcclKvLink, SenderAbortFailsAtOnceAndTheReceiversDeadlineFreesTheFrame) {
   ASSERT_EQ(sink.completions.size(), 1u);
   EXPECT_EQ(sink.completions[0].code(), absl::StatusCode::kUnavailable) << sink.completions[0];
 }
+
+#endif  // PDSERVE_TEST_NCCL
 
 }  // namespace
 }  // namespace pdserve
