@@ -57,7 +57,12 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 # Archer tool (libgomp's barriers are invisible to TSan). One Abseil in the process, the
 # instrumented one, also for Debian's gRPC: checked here, since a Debian
 # libabsl_synchronization would make TSan blind to every absl::Mutex and report false races.
-scripts/build.sh tsan pdserve_unit_tests pdserve_metrics_tests "${simt_tests[@]}"
+# Of the emulator's tests only the multi-threaded ones run under TSan (the payload links: event
+# loop, link threads, emulated NCCL): the emulator runs kernels on one OS thread (fibers), where
+# TSan finds nothing, and pays for each fiber switch of each warp shuffle (minutes per test).
+tsan_simt_tests=()
+if ((${#simt_tests[@]} > 0)); then tsan_simt_tests=(pdserve_emulated_cuda_tests); fi
+scripts/build.sh tsan pdserve_unit_tests pdserve_metrics_tests "${tsan_simt_tests[@]}"
 if ldd build-tsan/bin/pdserve_unit_tests | grep 'libabsl_' | grep -v build-tsan/_deps/absl/; then
   echo "error: the TSan unit tests load the Abseil libraries above from outside build-tsan" >&2
   exit 1
@@ -75,11 +80,10 @@ fi
 # ServerHandOver: an absl::Status inside gRPC core, written by its polling thread and read by its
 # executor, handed over through gRPC's own uninstrumented synchronization, once in 3 CI runs).
 # Their locking is checked statically instead (scripts/thread_safety.py).
-# Every other unit test runs, the concurrency ones included: KV transport (TCP, TLS), KV sink
-# and receiver, block pool, decode and prefill schedulers, worker pool, child processes. The two
-# longest whole-model runs of the emulated CudaBackend are left to the release and ASan builds:
-# the emulator runs on one OS thread (fibers), so TSan finds little there, and it tracks every
-# fiber switch of every warp shuffle: 10 minutes and more each, against 2-40 s under ASan.
+# Every other unit test runs, the concurrency ones included: KV transport (TCP, TLS, payload
+# links), KV sink and receiver, block pool, decode and prefill schedulers, worker pool, child
+# processes. The emulated CudaBackend and runtime tests (one OS thread) are left to the release
+# and ASan builds.
 # Without ASLR where the kernel randomizes more than GCC 12's TSan runtime handles (build.sh).
 no_aslr=()
 if (($(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28) > 28)); then
@@ -88,7 +92,7 @@ fi
 tsan_options=halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1
 TSAN_OPTIONS="$tsan_options:suppressions=$PWD/scripts/tsan.supp" \
   "${no_aslr[@]}" ctest --test-dir build-tsan --output-on-failure -L unit \
-  -E '^(RouterTest|LoadWatchTest|ServerTest|ServerHandOver)\.|^CudaBackend\.(DecodeStepsReplayedAsGraphsEqualEagerSteps|Stories260KGreedyIdsMatchLlama2cRunC)$' \
+  -E '^(RouterTest|LoadWatchTest|ServerTest|ServerHandOver|CudaBackend|EmulatedCudaRuntime)\.' \
   -j "$(nproc)"
 
 # The GGUF and safetensors parsers under libFuzzer (clang, ASan + UBSan), briefly.
