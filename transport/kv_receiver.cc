@@ -627,6 +627,9 @@ void KvReceiver::HandleLinkEvents() {
     Connection& c = *it->second;
     OnLinkEvent(c, event, now);
     if (!c.closed) Flush(c);  // the ack, and the socket watched again
+    // The next header may already be decrypted inside the TLS session, where epoll cannot see
+    // it: the loop reads it itself.
+    if (!c.closed && c.tls != nullptr && c.tls->has_buffered_input()) tls_ready_.push_back(c.tag);
     if (c.closed) connections_.erase(it);
   }
 }

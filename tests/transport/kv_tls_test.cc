@@ -9,6 +9,7 @@
 #include "decode_worker/reserved_blocks_sink.h"
 #include "prefill_worker/kv_layer_sender.h"
 #include "tests/certificates.h"
+#include "tests/transport/socket_kv_link.h"
 #include "tests/transport/transport_test_util.h"
 #include "transport/kv_receiver.h"
 #include "transport/tcp_kv_transport.h"
@@ -81,6 +82,27 @@ TEST_F(KvTls, FramesArriveByteForByteThroughMutualTls) {
   const KvDestination again = dst.Reserve("req-tls-2", 16, 16);
   ASSERT_TRUE(Push(transport, again, src, 16, f.num_layers).ok());
   EXPECT_EQ(transport.stats().connections_opened, 1u);
+}
+
+// The link hello and every header and ack go through TLS; the payloads take the link.
+TEST_F(KvTls, PayloadLinkSetsUpThroughTlsAndCarriesThePayloads) {
+  const KvFormat f = testing_util::MlaFormat();
+  auto link = std::make_shared<testing_util::SocketLinkFactory>();
+  KvReceiver::Options receiver;
+  receiver.links = {link};
+  PrefillSide src(f, 24, 6);
+  DecodeSide dst(f, 64, 0xAB, Context(*cluster_, Role::kServer), false, receiver);
+  ASSERT_NE(dst.receiver, nullptr);
+  const KvDestination dest = dst.Reserve("req-tls-link", 24, 24);
+  TcpKvTransport::Options options;
+  options.tls = Context(*cluster_, Role::kClient);
+  options.link = link;
+  TcpKvTransport transport(options);
+  auto stats = Push(transport, dest, src, 24, f.num_layers);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(link->received.load(), stats->payload_bytes);
+  EXPECT_EQ(dst.receiver->stats().links_joined, 1u);
+  testing_util::ExpectReservationHoldsSourceRows(dst, dest, src, 24);
 }
 
 // A sender that cannot prove it belongs to the cluster, or does not speak TLS, moves no byte

@@ -387,6 +387,50 @@ TEST_F(KvReceiverForgedFrames, BadChecksumFailsTheReservation) {
   EXPECT_EQ(SendAndAck(c, Header(ok, 0, 0, kTokens)), absl::StatusCode::kOk);
 }
 
+// Payload-link frames from a peer that has no link, or whose hello is wrong: each is nacked with
+// what to fix, nothing is written, and the connection keeps serving in-band frames.
+TEST_F(KvReceiverForgedFrames, LinkFramesWithoutAWorkingLinkAreNackedAndTheConnectionServes) {
+  RawClient c(dst_.receiver->port());
+  const KvDestination d = dst_.Reserve("req-link-forged", 8, 8);
+  auto ack_code = [&](const KvFrameHeader& h) {
+    auto ack = c.ReadAck();
+    EXPECT_TRUE(ack.ok()) << ack.status();
+    if (!ack.ok()) return absl::StatusCode::kUnknown;
+    EXPECT_TRUE(ack->Answers(h));
+    return ack->status.code();
+  };
+  // A KV frame whose payload would be on a link, on a connection without one (header only).
+  KvFrameHeader on_link = Header(d, 0, 0, 8);
+  on_link.flags = kKvFramePayloadOnLink;
+  c.SendRaw(EncodeKvFrameHeader(on_link), {});
+  EXPECT_EQ(ack_code(on_link), absl::StatusCode::kFailedPrecondition);
+  // Hellos: one naming a link this receiver does not run, one without the name's 0 byte, one
+  // whose setup bytes fail their checksum.
+  const std::string unknown = EncodeLinkHello("nccl", "id");
+  const std::string unnamed = "no separator";
+  const struct {
+    std::string_view hello;
+    bool corrupt;
+    absl::StatusCode code;
+  } hellos[] = {{unknown, false, absl::StatusCode::kFailedPrecondition},
+                {unnamed, false, absl::StatusCode::kInvalidArgument},
+                {unknown, true, absl::StatusCode::kDataLoss}};
+  for (const auto& h : hellos) {
+    KvFrameHeader hello;
+    hello.flags = kKvFrameLinkHello;
+    hello.payload_bytes = h.hello.size();
+    c.Send(hello, std::as_bytes(std::span(h.hello)), h.corrupt);
+    EXPECT_EQ(ack_code(hello), h.code) << h.hello;
+  }
+  EXPECT_TRUE(testing_util::AllBytesAre(dst_.h.store, 0xAB)) << "a forged frame wrote KV";
+  EXPECT_EQ(dst_.receiver->stats().links_joined, 0u);
+  for (uint32_t layer = 0; layer < f_.num_layers; ++layer) {  // in-band frames still land
+    EXPECT_EQ(SendAndAck(c, Header(d, layer, 0, 8)), absl::StatusCode::kOk);
+  }
+  EXPECT_TRUE(
+      dst_.sink.WaitComplete(d.reservation_id, Clock::now() + std::chrono::seconds(5)).ok());
+}
+
 TEST_F(KvReceiverForgedFrames, UnparseableHeaderClosesOnlyThatConnection) {
   RawClient bad(dst_.receiver->port());
   RawClient good(dst_.receiver->port());
