@@ -18,8 +18,20 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
-namespace {
+namespace emulated_nccl {
+struct Pair;
+}  // namespace emulated_nccl
+
+// Kept by the registry until the process ends.
+struct ncclComm {
+  std::shared_ptr<emulated_nccl::Pair> pair;
+  int rank = 0;
+  bool aborted = false;  // under pair->mu
+};
+
+namespace emulated_nccl {
 
 struct PendingSend {
   const void* data;
@@ -39,6 +51,8 @@ struct Pair {
 struct Registry {
   std::mutex mu;
   std::map<std::string, std::shared_ptr<Pair>> pairs;  // by unique id
+  // Every communicator made: an aborted one stays valid for a call another thread is still in.
+  std::vector<std::unique_ptr<ncclComm>> comms;
   uint64_t next_id = 1;
 };
 
@@ -47,14 +61,11 @@ Registry& registry() {
   return *r;
 }
 
-}  // namespace
+}  // namespace emulated_nccl
 
-// Never freed: an aborted communicator stays valid for a call another thread is still in.
-struct ncclComm {
-  std::shared_ptr<Pair> pair;
-  int rank = 0;
-  bool aborted = false;  // under pair->mu
-};
+using emulated_nccl::Pair;
+using emulated_nccl::PendingSend;
+using emulated_nccl::registry;
 
 extern "C" {
 
@@ -92,8 +103,8 @@ ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId i
     std::shared_ptr<Pair>& p = registry().pairs[std::string(id.internal, sizeof(id.internal))];
     if (p == nullptr) p = std::make_shared<Pair>();
     pair = p;
+    *comm = registry().comms.emplace_back(new ncclComm{pair, rank, false}).get();
   }
-  *comm = new ncclComm{pair, rank, false};
   std::unique_lock<std::mutex> lock(pair->mu);
   ++pair->joined;
   pair->cv.notify_all();
