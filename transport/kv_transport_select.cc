@@ -53,8 +53,9 @@ absl::StatusOr<std::vector<KvTransportKind>> LocalKvTransports(std::string_view 
   if (*kind != KvTransportKind::kTcp) {
     return absl::FailedPreconditionError(
         absl::StrCat(std::string(flag),
-                     ": this pdserve does not have that transport yet (TCP only; a GPU worker "
-                     "stages its KV through host memory); use auto or tcp"));
+                     ": workers do not offer that transport yet (its payload link is built "
+                     "but not wired into them; a GPU worker stages its KV through host memory "
+                     "over TCP); use auto or tcp"));
   }
   return std::vector<KvTransportKind>{*kind};
 }

@@ -3,9 +3,10 @@
 // KvTransferPeer), and the prefill worker picks the best transport both accept. --kv-transport
 // on either worker narrows its side to one transport.
 //
-// This build runs TCP only (staged through host memory on a side whose cache is in GPU memory,
-// a local matter of that side). NCCL and CUDA IPC are named here so that the choice and the
-// handshake already carry them; LocalKvTransports never offers them until they are built.
+// Workers run TCP only (staged through host memory on a side whose cache is in GPU memory, a
+// local matter of that side). NCCL and CUDA IPC are named here so that the choice and the
+// handshake already carry them; their payload links exist (nccl_kv_link.h, cuda_ipc_kv_link.h),
+// but LocalKvTransports offers them only once workers send through them.
 #pragma once
 
 #include <cstdint>
@@ -34,9 +35,9 @@ struct KvTransferPeer {
   std::vector<KvTransportKind> transports = {KvTransportKind::kTcp};
 };
 
-// The transports this build runs for a worker, as its --kv-transport flag allows: "auto" (every
-// one built) or one name. FAILED_PRECONDITION for a transport that is not built yet (NCCL, CUDA
-// IPC), INVALID_ARGUMENT for an unknown name.
+// The transports a worker runs, as its --kv-transport flag allows: "auto" (every one it runs)
+// or one name. FAILED_PRECONDITION for a transport workers do not run yet (NCCL, CUDA IPC),
+// INVALID_ARGUMENT for an unknown name.
 absl::StatusOr<std::vector<KvTransportKind>> LocalKvTransports(std::string_view flag);
 
 // The best transport both sides accept: CUDA IPC when both caches are in GPU memory on one node,

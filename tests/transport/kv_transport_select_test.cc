@@ -23,9 +23,9 @@ TEST(KvTransportSelect, NamesRoundTripAndUnknownNamesSayWhatIsAccepted) {
   EXPECT_NE(bad.status().message().find("auto, tcp, cuda-ipc or nccl"), std::string::npos);
 }
 
-// What this build offers: TCP, whatever the flag; a transport that is not built is refused at
+// What workers run: TCP, whatever the flag; a transport they do not run yet is refused at
 // startup with a message that says so, not silently replaced.
-TEST(KvTransportSelect, LocalTransportsAreTcpAndUnbuiltOnesAreRefused) {
+TEST(KvTransportSelect, LocalTransportsAreTcpAndUnwiredOnesAreRefused) {
   for (const char* flag : {"auto", "tcp"}) {
     absl::StatusOr<std::vector<Kind>> local = LocalKvTransports(flag);
     ASSERT_TRUE(local.ok()) << flag << ": " << local.status();
