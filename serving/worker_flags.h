@@ -78,7 +78,7 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
                "CUDA graphs (slower; to debug or to rule graphs out)");
   app.add_option("--kv-transport", flags.kv_transport,
                  "How KV moves between prefill and decode workers: auto (the best both sides "
-                 "accept) or tcp (cuda-ipc and nccl are not built yet)")
+                 "accept) or tcp (workers do not send over cuda-ipc or nccl yet)")
       ->capture_default_str()
       ->check([](const std::string& text) {
         absl::StatusOr<std::vector<KvTransportKind>> kinds = LocalKvTransports(text);
