@@ -44,15 +44,22 @@ void FuzzHeader(KvFrameHeaderBytes bytes, bool fix_checksum) {
   }
   // The bounds the receiver trusts without checking again.
   Check(*h == peeked);
-  if (h->payload_bytes == 0) {
+  if (h->link_hello()) {
+    // A link hello: its setup bytes in band, no reservation, no token range.
+    Check(h->reservation_id == 0 && h->layer == 0 && h->token_begin == 0 && h->token_count == 0);
+    Check(h->payload_bytes >= 1 && h->payload_bytes <= pdserve::kKvMaxLinkHelloBytes);
+  } else if (h->payload_bytes == 0) {
     // Only a header-only frame (a keepalive) carries no payload, and no token range either.
+    Check(h->keepalive());
     Check(h->layer == 0 && h->token_begin == 0 && h->token_count == 0);
   } else {
+    Check(h->flags == 0 || h->payload_on_link());
     Check(h->layer < pdserve::kKvMaxLayers);
     Check(h->token_count >= 1);
     Check(uint64_t{h->token_begin} + h->token_count <= pdserve::kKvMaxTokenPosition);
     Check(h->payload_bytes <= pdserve::kKvMaxFramePayloadBytes);
     Check(h->payload_bytes % h->token_count == 0);
+    if (h->payload_on_link()) Check(h->payload_xxh3 == 0);  // the link carries no checksum
   }
   Check(!h->ToString().empty());
   // Every byte of a valid header is a field: it re-encodes exactly, and round-trips.
