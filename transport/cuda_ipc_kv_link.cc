@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "transport/device_payload_copy.h"
+#include "transport/gpu_link_util.h"
 #include "transport/kv_link_worker.h"
 #include "transport/socket_io.h"
 
@@ -28,10 +28,6 @@ using Clock = std::chrono::steady_clock;
 // abstract name.
 constexpr size_t kHandleBytes = sizeof(cudaIpcMemHandle_t);
 constexpr size_t kSetupFixedBytes = kHandleBytes + 8;
-
-absl::Status CudaStatus(const char* what, cudaError_t e) {
-  return absl::UnavailableError(absl::StrCat("CUDA ", what, ": ", cudaGetErrorString(e)));
-}
 
 // The address of abstract-namespace Unix socket `name` (no file; gone with its last descriptor).
 std::pair<sockaddr_un, socklen_t> AbstractAddress(const std::string& name) {
@@ -63,17 +59,6 @@ absl::StatusOr<uint64_t> ReadToken(int fd) {
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= uint64_t{b[i]} << (8 * i);
   return n;
-}
-
-absl::StatusOr<cudaStream_t> NewStream(int device) {
-  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
-    return CudaStatus("cudaSetDevice", e);
-  }
-  cudaStream_t stream = nullptr;
-  if (cudaError_t e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking); e != cudaSuccess) {
-    return CudaStatus("cudaStreamCreateWithFlags", e);
-  }
-  return stream;
 }
 
 // Thread-safety: Send from one thread at a time; Abort from any thread.
@@ -249,7 +234,7 @@ class IpcOffer final : public KvLinkOffer {
     }
     net::Fd socket(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!socket.valid()) return net::ErrnoStatus("accept (CUDA IPC link)", errno);
-    absl::StatusOr<cudaStream_t> stream = NewStream(device_);
+    absl::StatusOr<cudaStream_t> stream = NewLinkStream(device_);
     if (!stream.ok()) return stream.status();
     return std::unique_ptr<KvLinkSender>(new IpcSender(device_, std::exchange(staging_, nullptr),
                                                        capacity_, std::move(socket), *stream));
@@ -311,7 +296,7 @@ void CudaIpcLinkFactory::Join(std::string setup, Clock::time_point /*deadline*/,
     joined(CudaStatus("cudaIpcOpenMemHandle", e));
     return;
   }
-  absl::StatusOr<cudaStream_t> stream = NewStream(device_);
+  absl::StatusOr<cudaStream_t> stream = NewLinkStream(device_);
   if (!stream.ok()) {
     (void)cudaIpcCloseMemHandle(staging);
     joined(stream.status());

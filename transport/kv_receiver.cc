@@ -81,11 +81,13 @@ struct KvReceiver::Connection {
     kLinkPayload,  // the link receives an admitted frame's payload into its spans
     kLinkDiscard,  // the link drains a rejected frame's payload
   };
-  // Whether the loop reads the socket in this state (not while the link has the frame).
-  bool reads() const {
-    return state != State::kClosing && state != State::kLinkJoin && state != State::kLinkPayload &&
-           state != State::kLinkDiscard;
+  // Whether the connection waits for its link (a join, a payload), reading nothing meanwhile.
+  bool waits_on_link() const {
+    return state == State::kLinkJoin || state == State::kLinkPayload ||
+           state == State::kLinkDiscard;
   }
+  // Whether the loop reads the socket in this state.
+  bool reads() const { return state != State::kClosing && !waits_on_link(); }
 
   uint64_t tag = 0;
   net::Fd fd;
@@ -500,14 +502,7 @@ void KvReceiver::OnHeader(Connection& c, Clock::time_point now) {
     c.state = State::kPayload;
     return;
   }
-  absl::StatusOr<std::vector<std::span<std::byte>>> spans = sink_.Admit(c.header);
-  if (spans.ok() && SpansBytes(*spans) != c.header.payload_bytes) {
-    // A sink bug; never write past what the header announced.
-    (void)sink_.Complete(c.header, absl::InternalError("sink spans do not match the payload"));
-    spans = absl::InternalError(absl::StrCat("KV sink returned ", SpansBytes(*spans),
-                                             " bytes of room for a ", c.header.payload_bytes,
-                                             "-byte payload"));
-  }
+  absl::StatusOr<std::vector<std::span<std::byte>>> spans = Admit(c.header);
   c.remaining = c.header.payload_bytes;
   if (!spans.ok()) {
     Reject(c, c.header, spans.status());
@@ -520,6 +515,18 @@ void KvReceiver::OnHeader(Connection& c, Clock::time_point now) {
   c.hasher.emplace();
   c.state = State::kPayload;
   if (c.remaining == 0) OnPayloadDone(c, now);  // a header-only frame (a keepalive)
+}
+
+absl::StatusOr<std::vector<std::span<std::byte>>> KvReceiver::Admit(const KvFrameHeader& header) {
+  absl::StatusOr<std::vector<std::span<std::byte>>> spans = sink_.Admit(header);
+  if (spans.ok() && SpansBytes(*spans) != header.payload_bytes) {
+    // A sink bug; never write past what the header announced.
+    (void)sink_.Complete(header, absl::InternalError("sink spans do not match the payload"));
+    spans = absl::InternalError(absl::StrCat("KV sink returned ", SpansBytes(*spans),
+                                             " bytes of room for a ", header.payload_bytes,
+                                             "-byte payload"));
+  }
+  return spans;
 }
 
 void KvReceiver::OnPayloadDone(Connection& c, Clock::time_point now) {
@@ -598,11 +605,7 @@ void KvReceiver::OnLinkFrame(Connection& c, Clock::time_point now) {
                "link hello first)"));
     return;
   }
-  absl::StatusOr<std::vector<std::span<std::byte>>> spans = sink_.Admit(c.header);
-  if (spans.ok() && SpansBytes(*spans) != c.header.payload_bytes) {
-    (void)sink_.Complete(c.header, absl::InternalError("sink spans do not match the payload"));
-    spans = absl::InternalError("KV sink returned room that does not match the payload");
-  }
+  absl::StatusOr<std::vector<std::span<std::byte>>> spans = Admit(c.header);
   auto report = [events = link_events_, tag = c.tag](absl::Status status) {
     events->Post(LinkEvent{.tag = tag, .status = std::move(status), .joined = nullptr});
   };
@@ -626,61 +629,47 @@ void KvReceiver::HandleLinkEvents() {
     if (it == connections_.end()) continue;  // closed meanwhile (its link was aborted)
     Connection& c = *it->second;
     OnLinkEvent(c, event, now);
+    // On with the next frame, as after any wakeup: its header may be waiting in the socket or,
+    // already decrypted, inside the TLS session, where epoll cannot see it.
+    if (!c.closed && c.reads()) ReadFrom(c);
     if (!c.closed) Flush(c);  // the ack, and the socket watched again
-    // The next header may already be decrypted inside the TLS session, where epoll cannot see
-    // it: the loop reads it itself.
-    if (!c.closed && c.tls != nullptr && c.tls->has_buffered_input()) tls_ready_.push_back(c.tag);
     if (c.closed) connections_.erase(it);
   }
 }
 
 void KvReceiver::OnLinkEvent(Connection& c, LinkEvent& event, Clock::time_point now) {
   using State = Connection::State;
-  const State state = c.state;
-  c.state = State::kHeader;
+  if (!c.waits_on_link()) return;  // cannot happen: one link operation at a time
+  if (!event.status.ok() && c.state != State::kLinkJoin) {
+    // A broken link, like a broken connection: Close completes an admitted frame UNAVAILABLE.
+    const std::string why = absl::StrCat("the payload link failed: ", event.status.message());
+    spdlog::warn("closing KV connection from {} inside {}: {}", c.peer, c.header.ToString(), why);
+    Close(c, why);
+    return;
+  }
+  const State state = std::exchange(c.state, State::kHeader);
   c.since = now;
   c.spans.clear();
-  switch (state) {
-    case State::kLinkJoin:
-      if (!event.status.ok()) {
-        Reject(c, c.header, event.status);
-        return;
-      }
-      c.link = std::move(event.joined);
-      {
-        absl::MutexLock lock(&mu_);
-        ++stats_.links_joined;
-      }
-      QueueAck(c, KvAck::For(c.header, absl::OkStatus()));
-      return;
-    case State::kLinkPayload: {
-      if (!event.status.ok()) {
-        const std::string why = absl::StrCat("the payload link failed: ", event.status.message());
-        (void)sink_.Complete(c.header, absl::UnavailableError(why));
-        spdlog::warn("closing KV connection from {} inside {}: {}", c.peer, c.header.ToString(),
-                     why);
-        Close(c, why);
-        return;
-      }
-      absl::Status result = sink_.Complete(c.header, absl::OkStatus());
-      if (!result.ok()) {
-        Reject(c, c.header, result);
-        return;
-      }
-      Accept(c, c.header);
+  if (state == State::kLinkDiscard) return;
+  if (state == State::kLinkJoin) {
+    if (!event.status.ok()) {
+      Reject(c, c.header, event.status);
       return;
     }
-    case State::kLinkDiscard:
-      if (!event.status.ok()) {
-        const std::string why = absl::StrCat("the payload link failed: ", event.status.message());
-        spdlog::warn("closing KV connection from {}: {}", c.peer, why);
-        Close(c, why);
-      }
-      return;
-    default:
-      c.state = state;  // not the link's to report on (cannot happen: one operation at a time)
-      return;
+    c.link = std::move(event.joined);
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.links_joined;
+    }
+    QueueAck(c, KvAck::For(c.header, absl::OkStatus()));
+    return;
   }
+  absl::Status result = sink_.Complete(c.header, absl::OkStatus());
+  if (!result.ok()) {
+    Reject(c, c.header, result);
+    return;
+  }
+  Accept(c, c.header);
 }
 
 void KvReceiver::Reject(Connection& c, const KvFrameHeader& header, const absl::Status& status) {
@@ -756,6 +745,15 @@ void KvReceiver::Flush(Connection& c) {
   c.events = events;
 }
 
+KvReceiver::Clock::time_point KvReceiver::WholePayloadDeadline(const Connection& c) const {
+  if (options_.min_payload_bytes_per_second == 0) return Clock::time_point::max();
+  const std::chrono::duration<double> transfer(
+      static_cast<double>(c.header.payload_bytes) /
+      static_cast<double>(options_.min_payload_bytes_per_second));
+  return After(After(c.since, options_.stall_timeout),
+               std::chrono::duration_cast<Clock::duration>(transfer));
+}
+
 KvReceiver::Clock::time_point KvReceiver::Deadline(const Connection& c) const {
   using State = Connection::State;
   switch (c.state) {
@@ -765,33 +763,17 @@ KvReceiver::Clock::time_point KvReceiver::Deadline(const Connection& c) const {
       if (c.header_have == 0 && !c.first_header) return After(c.since, options_.idle_timeout);
       return After(c.since, options_.header_timeout);
     case State::kPayload:
-    case State::kDiscard: {
-      Clock::time_point by_rate = Clock::time_point::max();
-      if (options_.min_payload_bytes_per_second > 0) {
-        const std::chrono::duration<double> transfer(
-            static_cast<double>(c.header.payload_bytes) /
-            static_cast<double>(options_.min_payload_bytes_per_second));
-        by_rate = After(After(c.since, options_.stall_timeout),
-                        std::chrono::duration_cast<Clock::duration>(transfer));
-      }
-      return std::min(After(c.last_byte, options_.stall_timeout), by_rate);
-    }
+    case State::kDiscard:
+      return std::min(After(c.last_byte, options_.stall_timeout), WholePayloadDeadline(c));
     case State::kClosing:
       return After(c.since, options_.stall_timeout);
     case State::kLinkJoin:
       return After(c.since, options_.link_setup_timeout);
     case State::kLinkPayload:
-    case State::kLinkDiscard: {
-      // Like a payload in band, but the link says nothing until the end: stall + bytes / rate.
-      Clock::time_point deadline = After(c.since, options_.stall_timeout);
-      if (options_.min_payload_bytes_per_second > 0) {
-        deadline = After(deadline,
-                         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
-                             static_cast<double>(c.header.payload_bytes) /
-                             static_cast<double>(options_.min_payload_bytes_per_second))));
-      }
-      return deadline;
-    }
+    case State::kLinkDiscard:
+      // Like a payload in band, but the link reports no progress: only the whole-payload bound.
+      return options_.min_payload_bytes_per_second > 0 ? WholePayloadDeadline(c)
+                                                       : After(c.since, options_.stall_timeout);
   }
   return Clock::time_point::max();
 }

@@ -150,6 +150,8 @@ class KvReceiver {
   // Handles what the links reported.
   void HandleLinkEvents();
   void OnLinkEvent(Connection& c, LinkEvent& event, Clock::time_point now);
+  // sink.Admit, refusing (and completing) room that does not match the header's payload.
+  absl::StatusOr<std::vector<std::span<std::byte>>> Admit(const KvFrameHeader& header);
   // Queues `header`'s ack and counts it accepted.
   void Accept(Connection& c, const KvFrameHeader& header);
   // Counts and logs `header`'s rejection and queues its nack.
@@ -160,6 +162,9 @@ class KvReceiver {
   static std::span<const std::byte> Outgoing(Connection& c);
   // Writes what the socket takes of c's pending acks and sets the events c waits for.
   void Flush(Connection& c);
+  // stall_timeout + payload_bytes / min_payload_bytes_per_second after c's header (never
+  // without a minimum rate): the bound on a whole payload.
+  Clock::time_point WholePayloadDeadline(const Connection& c) const;
   // When `c` times out if nothing happens.
   Clock::time_point Deadline(const Connection& c) const;
   // Closes connections past their deadline; returns the nearest deadline left.

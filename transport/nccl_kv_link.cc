@@ -8,7 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "transport/device_payload_copy.h"
+#include "transport/gpu_link_util.h"
 #include "transport/kv_link_worker.h"
 
 namespace pdserve {
@@ -21,10 +21,6 @@ constexpr auto kProgressCheck = std::chrono::milliseconds(1);
 
 absl::Status NcclStatus(const char* what, ncclResult_t r) {
   return absl::UnavailableError(absl::StrCat("NCCL ", what, ": ", ncclGetErrorString(r)));
-}
-
-absl::Status CudaStatus(const char* what, cudaError_t e) {
-  return absl::UnavailableError(absl::StrCat("CUDA ", what, ": ", cudaGetErrorString(e)));
 }
 
 // Waits out a non-blocking NCCL call's `r`: until it is no longer in progress, or `deadline`
@@ -62,13 +58,12 @@ absl::StatusOr<ncclComm_t> InitComm(int device, const ncclUniqueId& id, int rank
 class NcclLink {
  public:
   static absl::StatusOr<std::unique_ptr<NcclLink>> Create(int device, ncclComm_t comm, int peer) {
-    cudaStream_t stream = nullptr;
-    if (cudaError_t e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-        e != cudaSuccess) {
+    absl::StatusOr<cudaStream_t> stream = NewLinkStream(device);
+    if (!stream.ok()) {
       (void)ncclCommAbort(comm);
-      return CudaStatus("cudaStreamCreateWithFlags", e);
+      return stream.status();
     }
-    return std::unique_ptr<NcclLink>(new NcclLink(device, comm, peer, stream));
+    return std::unique_ptr<NcclLink>(new NcclLink(device, comm, peer, *stream));
   }
   ~NcclLink() {
     Abort();  // frees the communicator; the link is idle or failed by now

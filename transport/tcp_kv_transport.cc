@@ -143,7 +143,8 @@ absl::Status TcpKvTransport::SendLayer(const KvDestination& dest, uint32_t layer
                                token_begin,
                                token_count,
                                bytes,
-                               0};
+                               0,
+                               options_.link != nullptr ? kKvFramePayloadOnLink : 0};
   frame.payload = std::move(payload);
   return Queue(dest, std::move(frame));
 }
@@ -380,11 +381,9 @@ void TcpKvTransport::WriterLoop(Connection& c) {
     ++t.unacked;
     mu_.Unlock();
     absl::Status sent;
-    if (c.link != nullptr && !f.header.keepalive()) {
+    if (f.header.payload_on_link()) {
       // The header on the connection, then the payload on the link, where the receiver's
-      // matching Receive (or Discard) takes it.
-      f.header.flags = kKvFramePayloadOnLink;
-      f.header.payload_xxh3 = 0;
+      // matching Receive (or Discard) takes it; the link carries no checksum.
       f.bytes = EncodeKvFrameHeader(f.header);
       sent = WriteFrame(c, f.bytes, {});
       if (sent.ok()) sent = c.link->Send(f.payload);

@@ -8,6 +8,7 @@
 #include <array>
 #include <chrono>
 #include <memory>
+#include <type_traits>
 
 #include "decode_worker/reserved_blocks_sink.h"
 #include "prefill_worker/kv_layer_sender.h"
@@ -24,18 +25,32 @@ using testing_util::DecodeSide;
 using testing_util::PrefillSide;
 using testing_util::SocketLinkFactory;
 
-KvReceiver::Options LinkReceiverOptions(std::shared_ptr<SocketLinkFactory> link) {
-  KvReceiver::Options options;
-  if (link != nullptr) options.links = {std::move(link)};
-  return options;
-}
+// Both sides over one socket link: a decode side whose receiver runs the link (with the test's
+// other receiver options), a prefill side with `tokens` tokens of random KV, and a transport that
+// sends on the link.
+struct LinkedSides {
+  LinkedSides(const KvFormat& f, int64_t tokens, uint32_t seed, KvReceiver::Options receiver = {},
+              TcpKvTransport::Options sender = {}, bool staged = false)
+      : dst(f, 64, 0xAB, nullptr, staged, WithLink(std::move(receiver))),
+        src(f, tokens, seed),
+        transport(WithLink(std::move(sender))) {}
 
-TcpKvTransport::Options LinkSenderOptions(std::shared_ptr<SocketLinkFactory> link) {
-  TcpKvTransport::Options options;
-  options.link = std::move(link);
-  options.connect_timeout = std::chrono::milliseconds(2000);
-  return options;
-}
+  const std::shared_ptr<SocketLinkFactory> link = std::make_shared<SocketLinkFactory>();
+  DecodeSide dst;
+  PrefillSide src;
+  TcpKvTransport transport;
+
+ private:
+  template <typename Options>
+  Options WithLink(Options options) const {
+    if constexpr (std::is_same_v<Options, KvReceiver::Options>) {
+      options.links = {link};
+    } else {
+      options.link = link;
+    }
+    return options;
+  }
+};
 
 // Sends every layer of tokens [0, tokens) in one frame each and flushes.
 absl::Status SendAllLayers(TcpKvTransport& transport, const KvDestination& dest, PrefillSide& src,
@@ -58,12 +73,10 @@ class KvPayloadLinkFormats : public ::testing::TestWithParam<FormatCase> {};
 TEST_P(KvPayloadLinkFormats, PayloadsArriveByteForByteOnTheLinkAndBytesAreExact) {
   const KvFormat& f = GetParam().format;
   const int64_t tokens = 45;
-  auto link = std::make_shared<SocketLinkFactory>();
-  PrefillSide src(f, tokens, 11);
-  DecodeSide dst(f, 64, 0xAB, nullptr, false, LinkReceiverOptions(link));
+  LinkedSides sides(f, tokens, 11);
+  auto& [link, dst, src, transport] = sides;
   ASSERT_NE(dst.receiver, nullptr);
   const KvDestination dest = dst.Reserve("req-link", tokens, tokens + 8);
-  TcpKvTransport transport(LinkSenderOptions(link));
   int64_t frames = 0;
   for (int64_t layer = 0; layer < f.num_layers; ++layer) {  // two frames per layer
     ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, layer, src.table, 0, 20).ok());
@@ -101,11 +114,9 @@ INSTANTIATE_TEST_SUITE_P(
 // memory.
 TEST(KvPayloadLink, LinkFramesLandInTheRowsWhereInBandFramesAreStaged) {
   const KvFormat f = testing_util::GqaFormat();
-  auto link = std::make_shared<SocketLinkFactory>();
-  DecodeSide dst(f, 64, 0xAB, nullptr, /*staged=*/true, LinkReceiverOptions(link));
+  LinkedSides sides(f, 12, 8, {}, {}, /*staged=*/true);
+  auto& [link, dst, src, transport] = sides;
   ASSERT_NE(dst.receiver, nullptr);
-  PrefillSide src(f, 12, 8);
-  TcpKvTransport transport(LinkSenderOptions(link));
   const KvDestination dest = dst.Reserve("req-rows", 12, 12);
   ASSERT_TRUE(SendAllLayers(transport, dest, src, 12).ok());
   const Tensor& last_pool = dst.h.store.k(f.num_layers - 1);
@@ -133,7 +144,9 @@ TEST(KvPayloadLink, ReceiverWithoutTheLinkRefusesItByName) {
   ASSERT_NE(dst.receiver, nullptr);
   PrefillSide src(f, 8, 3);
   const KvDestination dest = dst.Reserve("req-nolink", 8, 8);
-  TcpKvTransport transport(LinkSenderOptions(std::make_shared<SocketLinkFactory>("nccl")));
+  TcpKvTransport::Options sender;
+  sender.link = std::make_shared<SocketLinkFactory>("nccl");
+  TcpKvTransport transport(sender);
   const absl::Status sent = SendLayerFromStore(transport, dest, src.h.store, 0, src.table, 0, 8);
   EXPECT_EQ(sent.code(), absl::StatusCode::kFailedPrecondition) << sent;
   EXPECT_NE(sent.message().find("does not run the 'nccl' payload link"), std::string::npos) << sent;
@@ -142,11 +155,9 @@ TEST(KvPayloadLink, ReceiverWithoutTheLinkRefusesItByName) {
 
 TEST(KvPayloadLink, RejectedFramesPayloadIsDrainedAndTheConnectionKeepsServing) {
   const KvFormat f = testing_util::MlaFormat();
-  auto link = std::make_shared<SocketLinkFactory>();
-  DecodeSide dst(f, 64, 0xAB, nullptr, false, LinkReceiverOptions(link));
+  LinkedSides sides(f, 16, 5);
+  auto& [link, dst, src, transport] = sides;
   ASSERT_NE(dst.receiver, nullptr);
-  PrefillSide src(f, 16, 5);
-  TcpKvTransport transport(LinkSenderOptions(link));
 
   KvDestination forged = dst.Reserve("req-forged", 16, 16);
   forged.secret.bytes[0] ^= 1;
@@ -168,14 +179,12 @@ TEST(KvPayloadLink, RejectedFramesPayloadIsDrainedAndTheConnectionKeepsServing) 
 // sender's flush fails; the next connection sets up a fresh link that works.
 TEST(KvPayloadLink, ShortDeliveryFailsWithinTheDeadlineAndAFreshLinkReplacesIt) {
   const KvFormat f = testing_util::GqaFormat();
-  auto link = std::make_shared<SocketLinkFactory>();
-  KvReceiver::Options options = LinkReceiverOptions(link);
-  options.stall_timeout = std::chrono::milliseconds(300);
-  DecodeSide dst(f, 64, 0xAB, nullptr, false, std::move(options));
+  KvReceiver::Options receiver;
+  receiver.stall_timeout = std::chrono::milliseconds(300);
+  LinkedSides sides(f, 24, 9, receiver);
+  auto& [link, dst, src, transport] = sides;
   ASSERT_NE(dst.receiver, nullptr);
   const int64_t free_before = dst.h.store.pool().Stats().available_blocks();
-  PrefillSide src(f, 24, 9);
-  TcpKvTransport transport(LinkSenderOptions(link));
 
   link->short_by = 16;
   const KvDestination cut = dst.Reserve("req-cut", 24, 24);
@@ -201,11 +210,9 @@ TEST(KvPayloadLink, ShortDeliveryFailsWithinTheDeadlineAndAFreshLinkReplacesIt) 
 
 TEST(KvPayloadLink, ReceiverStoppingMidPayloadFailsTheTransferPromptly) {
   const KvFormat f = testing_util::GqaFormat();
-  auto link = std::make_shared<SocketLinkFactory>();
-  DecodeSide dst(f, 64, 0xAB, nullptr, false, LinkReceiverOptions(link));
+  LinkedSides sides(f, 24, 4);
+  auto& [link, dst, src, transport] = sides;
   ASSERT_NE(dst.receiver, nullptr);
-  PrefillSide src(f, 24, 4);
-  TcpKvTransport transport(LinkSenderOptions(link));
   link->short_by = 1;  // the receiver waits on the link for the last byte
   const KvDestination dest = dst.Reserve("req-stop", 24, 24);
   ASSERT_TRUE(SendLayerFromStore(transport, dest, src.h.store, 0, src.table, 0, 24).ok());
@@ -221,16 +228,14 @@ TEST(KvPayloadLink, ReceiverStoppingMidPayloadFailsTheTransferPromptly) {
 
 TEST(KvPayloadLink, AJoinThatNeverAnswersTimesOutOnBothSides) {
   const KvFormat f = testing_util::GqaFormat();
-  auto link = std::make_shared<SocketLinkFactory>();
-  link->hold_joins = true;
-  KvReceiver::Options options = LinkReceiverOptions(link);
-  options.link_setup_timeout = std::chrono::milliseconds(200);
-  DecodeSide dst(f, 64, 0xAB, nullptr, false, std::move(options));
-  ASSERT_NE(dst.receiver, nullptr);
-  PrefillSide src(f, 8, 2);
-  TcpKvTransport::Options sender = LinkSenderOptions(link);
+  KvReceiver::Options receiver;
+  receiver.link_setup_timeout = std::chrono::milliseconds(200);
+  TcpKvTransport::Options sender;
   sender.connect_timeout = std::chrono::milliseconds(600);
-  TcpKvTransport transport(sender);
+  LinkedSides sides(f, 8, 2, receiver, sender);
+  auto& [link, dst, src, transport] = sides;
+  link->hold_joins = true;  // before the first frame offers the link
+  ASSERT_NE(dst.receiver, nullptr);
   const KvDestination dest = dst.Reserve("req-join", 8, 8);
   const auto start = Clock::now();
   const absl::Status sent = SendLayerFromStore(transport, dest, src.h.store, 0, src.table, 0, 8);

@@ -1,6 +1,7 @@
-// Copies between a payload's spans and a contiguous buffer, both in GPU memory, on a stream: the
-// gather and scatter of the NCCL and CUDA IPC payload links. Included by their sources only
-// (they link the CUDA runtime, or the emulated one in the tests).
+// What the NCCL and CUDA IPC payload links share: CUDA errors as statuses, the stream each link
+// copies on, and the gather and scatter between a payload's spans and a contiguous buffer, both
+// in GPU memory. Included by their sources only (they link the CUDA runtime, or the emulated one
+// in the tests).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,9 +12,29 @@
 #include <type_traits>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "transport/kv_payload_link.h"
 
 namespace pdserve {
+
+// UNAVAILABLE saying which CUDA call failed and why: the transfer fails, the worker goes on.
+inline absl::Status CudaStatus(const char* what, cudaError_t e) {
+  return absl::UnavailableError(absl::StrCat("CUDA ", what, ": ", cudaGetErrorString(e)));
+}
+
+// A non-blocking stream on `device` (made current on this thread) for a link's copies.
+inline absl::StatusOr<cudaStream_t> NewLinkStream(int device) {
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
+    return CudaStatus("cudaSetDevice", e);
+  }
+  cudaStream_t stream = nullptr;
+  if (cudaError_t e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking); e != cudaSuccess) {
+    return CudaStatus("cudaStreamCreateWithFlags", e);
+  }
+  return stream;
+}
 
 // Payload bytes [offset, offset + bytes): from `spans` into `flat` when Byte is const (a
 // gather), from `flat` into `spans` otherwise (a scatter). `flat` holds those bytes from its
