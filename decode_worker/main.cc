@@ -10,6 +10,7 @@
 #include "serving/worker_lifecycle.h"
 #include "serving/worker_metrics.h"
 #include "spdlog/spdlog.h"
+#include "transport/device_kv_links.h"
 #include "transport/kv_frame.h"
 #include "transport/kv_receiver.h"
 
@@ -67,8 +68,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (*staging != nullptr) {
-    spdlog::info("the KV cache is in {} memory: frames are staged through host memory",
-                 flags.device);
+    spdlog::info(
+        "the KV cache is in {} memory: in-band (TCP) frames are staged through host "
+        "memory",
+        flags.device);
   }
   ReservedBlocksSink reservations(store, {.reap_expired = true, .staging = staging->get()});
   const size_t colon = kv_listen.rfind(':');
@@ -76,6 +79,21 @@ int main(int argc, char** argv) {
   receiver_options.host = kv_listen.substr(0, colon);
   receiver_options.port = std::stoi(kv_listen.substr(colon + 1));
   receiver_options.tls = *kv_tls;
+  absl::StatusOr<KvTransferPeer> transfer_peer = serving::TransferPeer(flags, *served);
+  if (!transfer_peer.ok()) {
+    spdlog::error("{}", transfer_peer.status().ToString());
+    return 1;
+  }
+  // The payload links prefill workers may set up beside their connections (GPU to GPU).
+  for (KvTransportKind kind : transfer_peer->transports) {
+    absl::StatusOr<std::shared_ptr<KvLinkFactory>> link =
+        MakeKvLinkFactory(kind, served->device.ordinal);
+    if (!link.ok()) {
+      spdlog::error("{}", link.status().ToString());
+      return 1;
+    }
+    if (*link != nullptr) receiver_options.links.push_back(*std::move(link));
+  }
   auto receiver = KvReceiver::Start(reservations, std::move(receiver_options));
   if (!receiver.ok()) {
     spdlog::error("{}", receiver.status().ToString());
@@ -89,7 +107,7 @@ int main(int argc, char** argv) {
        .kv_lease = std::chrono::milliseconds(kv_lease_ms),
        .transfer_tls = *kv_tls != nullptr,
        .metrics = &metrics,
-       .transfer_peer = serving::TransferPeer(flags, *served)});
+       .transfer_peer = *transfer_peer});
   metrics.AddLoadGauges([&service] { return service.load(); });
   const KvReceiver* kv_receiver = receiver->get();
   metrics.scraped().AddCounter(
@@ -132,10 +150,11 @@ int main(int argc, char** argv) {
     if (absl::Status s = (*server)->WritePortFile(flags.port_file); !s.ok())
       spdlog::error("{}", s.ToString());
   }
-  spdlog::info("decode worker serving {} on {} (KV receiver on port {}, {}), {}, {} KV blocks",
-               flags.model_path, (*server)->address(), (*receiver)->port(),
-               *kv_tls != nullptr ? "mutual TLS" : "plaintext", format.ToString(),
-               store.pool().num_blocks());
+  spdlog::info(
+      "decode worker serving {} on {} (KV receiver on port {}, {}; accepts {}), {}, {} KV blocks",
+      flags.model_path, (*server)->address(), (*receiver)->port(),
+      *kv_tls != nullptr ? "mutual TLS" : "plaintext", KvTransportNames(transfer_peer->transports),
+      format.ToString(), store.pool().num_blocks());
   rpc::WaitForTerminationSignal();
   serving::DrainWorker(
       **server, service.load_watch(), [&service] { service.set_draining(true); },

@@ -81,6 +81,10 @@ class Backend {
   // default. Use DecodeStepScope.
   virtual void BeginDecodeStep(int64_t /*batch*/) {}
   virtual void EndDecodeStep() {}
+  // Returns once every op called so far has finished writing its outputs, for a reader outside
+  // this backend: a payload link that copies the KV cache on a stream of its own. No-op where
+  // ops return finished (the CPU).
+  virtual void Synchronize() {}
 
   // Uninitialized device memory.
   virtual Tensor Allocate(DType dtype, Shape shape) = 0;

@@ -11,6 +11,7 @@
 #include "serving/worker_lifecycle.h"
 #include "serving/worker_metrics.h"
 #include "spdlog/spdlog.h"
+#include "transport/device_kv_links.h"
 #include "transport/tcp_kv_transport.h"
 
 int main(int argc, char** argv) {
@@ -61,18 +62,37 @@ int main(int argc, char** argv) {
     spdlog::error("{}", kv_tls.status().ToString());
     return 1;
   }
-  TcpKvTransport::Options transport_options;
-  transport_options.tls = *kv_tls;
-  TcpKvTransport transport(transport_options);
+  absl::StatusOr<KvTransferPeer> transfer_peer = serving::TransferPeer(flags, *served);
+  if (!transfer_peer.ok()) {
+    spdlog::error("{}", transfer_peer.status().ToString());
+    return 1;
+  }
+  // One transport per kind offered: the same TCP connections, with a payload link for the
+  // device kinds (each its own connections to a decode worker, so each its own link).
+  std::vector<std::unique_ptr<TcpKvTransport>> transports;
+  KvTransportsByKind transports_by_kind;
+  for (KvTransportKind kind : transfer_peer->transports) {
+    TcpKvTransport::Options transport_options;
+    transport_options.tls = *kv_tls;
+    absl::StatusOr<std::shared_ptr<KvLinkFactory>> link =
+        MakeKvLinkFactory(kind, served->device.ordinal);
+    if (!link.ok()) {
+      spdlog::error("{}", link.status().ToString());
+      return 1;
+    }
+    transport_options.link = *std::move(link);
+    transports.push_back(std::make_unique<TcpKvTransport>(transport_options));
+    transports_by_kind[kind] = transports.back().get();
+  }
   metrics.SetKvTransferLabels(
       {absl::AsciiStrToLower(format.KindName()), *kv_tls != nullptr ? "tls" : "tcp"});
   PrefillScheduler scheduler(model, store, {.token_budget = token_budget});
-  PrefillService service(model, store, scheduler, transport,
+  PrefillService service(model, store, scheduler, std::move(transports_by_kind),
                          {.fingerprint = served->fingerprint,
                           .transfer_timeout = std::chrono::milliseconds(transfer_timeout_ms),
                           .keepalive_period = std::chrono::milliseconds(keepalive_ms),
                           .metrics = &metrics,
-                          .transfer_peer = serving::TransferPeer(flags, *served)});
+                          .transfer_peer = *transfer_peer});
   metrics.AddLoadGauges([&service] { return service.load(); });
   // Scrapes read the service: the endpoint stops before it is destroyed, whatever the exit.
   absl::Cleanup stop_metrics = [&metrics_server] { metrics_server->reset(); };
@@ -87,10 +107,10 @@ int main(int argc, char** argv) {
       spdlog::error("{}", s.ToString());
     }
   }
-  spdlog::info("prefill worker serving {} on {} (KV sent over {}), {}, {} KV blocks",
-               flags.model_path, (*server)->address(),
-               *kv_tls != nullptr ? "mutual TLS" : "plaintext TCP", format.ToString(),
-               store.pool().num_blocks());
+  spdlog::info(
+      "prefill worker serving {} on {} (KV sent over {}; offers {}), {}, {} KV blocks",
+      flags.model_path, (*server)->address(), *kv_tls != nullptr ? "mutual TLS" : "plaintext TCP",
+      KvTransportNames(transfer_peer->transports), format.ToString(), store.pool().num_blocks());
   rpc::WaitForTerminationSignal();
   serving::DrainWorker(
       **server, service.load_watch(), [&service] { service.set_draining(true); },

@@ -56,16 +56,11 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
       : service_(service),
         context_(context),
         request_(std::move(request)),
-        response_bytes_(response) {
-    // A store in GPU memory: each layer's frames are packed into host buffers (by the model's
-    // backend, on the scheduler thread that computed the layer) that live until the Flush.
-    if (service_.store_.format().num_layers > 0 &&
-        service_.store_.k(0).device() != service_.transport_.device()) {
-      staging_.backend = &service_.model_.backend();
-    }
-  }
+        response_bytes_(response) {}
 
   const KvDestination& destination() const { return destination_; }
+  // The transport chosen for this request's destination; set once Begin has validated it.
+  KvTransport& transport() const { return *transport_; }
 
   void Begin() {
     if (absl::Status s = Validate(); !s.ok()) return End(s);
@@ -84,7 +79,13 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     const int64_t n = static_cast<int64_t>(req_.prompt.size());
     job.on_layer = [self = shared_from_this(), n](int64_t layer, std::span<const int32_t> table) {
       KvHostStaging* staging = self->staging_.backend != nullptr ? &self->staging_ : nullptr;
-      absl::Status queued = SendLayerFromStore(self->service_.transport_, self->destination_,
+      // A payload link copies the pool rows on its own stream: the layer's writes must have
+      // landed first. The GPU then idles only for the next layer's first launch, while this
+      // layer's copy overlaps the next layer's compute.
+      if (staging == nullptr && self->transport_->device() != Device::kCpu) {
+        self->service_.model_.backend().Synchronize();
+      }
+      absl::Status queued = SendLayerFromStore(*self->transport_, self->destination_,
                                                self->service_.store_, layer, table, 0, n, staging);
       serving::StopHereIfAsked("prefill.layer_queued", layer);
       return queued;
@@ -116,7 +117,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
       flushing = flushing_;
     }
     if (flushing) {
-      service_.transport_.Abort(destination_, absl::CancelledError("the Prefill was cancelled"));
+      transport_->Abort(destination_, absl::CancelledError("the Prefill was cancelled"));
     }
   }
 
@@ -147,17 +148,30 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
       return absl::InvalidArgumentError(
           absl::StrCat("destination.transfer_endpoint: ", s.message()));
     }
-    if (dest.transfer_tls() != service_.transport_.encrypted()) {
+    absl::StatusOr<KvTransportKind> kind =
+        SelectKvTransport(service_.options_.transfer_peer, DecodePeer(dest.transfer_peer()));
+    if (!kind.ok()) return kind.status();
+    const auto chosen = service_.transports_.find(*kind);
+    if (chosen == service_.transports_.end()) {
+      return absl::InternalError(absl::StrCat("this prefill worker offers ",
+                                              std::string(KvTransportName(*kind)),
+                                              " but has no transport for it"));
+    }
+    kind_ = *kind;
+    transport_ = chosen->second;
+    // A store in GPU memory sent over TCP: each layer's frames are packed into host buffers (by
+    // the model's backend, on the scheduler thread that computed the layer) that live until the
+    // Flush. A payload link reads the pools themselves.
+    if (service_.store_.format().num_layers > 0 &&
+        service_.store_.k(0).device() != transport_->device()) {
+      staging_.backend = &service_.model_.backend();
+    }
+    if (dest.transfer_tls() != transport_->encrypted()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the decode worker's KV receiver ",
           dest.transfer_tls() ? "takes only mutual TLS but this prefill worker sends plaintext"
                               : "is plaintext but this prefill worker sends KV only over TLS",
           "; give every worker the same --tls-cert/--tls-key/--tls-ca and --kv-plaintext"));
-    }
-    if (absl::StatusOr<KvTransportKind> kind =
-            SelectKvTransport(service_.options_.transfer_peer, DecodePeer(dest.transfer_peer()));
-        !kind.ok()) {
-      return kind.status();
     }
     if (request_.generated_before() < 0 ||
         request_.generated_before() > static_cast<int64_t>(req_.prompt.size())) {
@@ -191,16 +205,15 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     service_.StopKeepalive(this);
     if (!result.ok()) {
       // Whatever was queued is dropped; the callback below runs once nothing reads the blocks.
-      service_.transport_.Abort(destination_, result.status());
-      service_.transport_.FlushAsync(
-          destination_, [self = shared_from_this(),
-                         status = result.status()](absl::StatusOr<KvTransferStats> transfer) {
-            // The transfer's own error explains a dropped prompt better (e.g. NOT_FOUND).
-            self->End(!transfer.ok() && !absl::IsCancelled(transfer.status()) &&
-                              !absl::IsDeadlineExceeded(transfer.status())
-                          ? transfer.status()
-                          : status);
-          });
+      transport_->Abort(destination_, result.status());
+      transport_->FlushAsync(destination_, [self = shared_from_this(), status = result.status()](
+                                               absl::StatusOr<KvTransferStats> transfer) {
+        // The transfer's own error explains a dropped prompt better (e.g. NOT_FOUND).
+        self->End(!transfer.ok() && !absl::IsCancelled(transfer.status()) &&
+                          !absl::IsDeadlineExceeded(transfer.status())
+                      ? transfer.status()
+                      : status);
+      });
       return;
     }
     {
@@ -210,12 +223,12 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     }
     service_.WatchTransfer(shared_from_this());
     if (cancelled_) {
-      service_.transport_.Abort(destination_, absl::CancelledError("the Prefill was cancelled"));
+      transport_->Abort(destination_, absl::CancelledError("the Prefill was cancelled"));
     }
-    service_.transport_.FlushAsync(
-        destination_, [self = shared_from_this()](absl::StatusOr<KvTransferStats> transfer) {
-          self->OnFlushed(std::move(transfer));
-        });
+    transport_->FlushAsync(destination_,
+                           [self = shared_from_this()](absl::StatusOr<KvTransferStats> transfer) {
+                             self->OnFlushed(std::move(transfer));
+                           });
   }
 
   void OnFlushed(absl::StatusOr<KvTransferStats> transfer) {
@@ -238,9 +251,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     response_.set_kv_transfer_bytes(transfer->wire_bytes);
     response_.set_cached_prompt_tokens(static_cast<int32_t>(cached));
     response_.set_kv_format(service_.info_.kv_format().description());
-    response_.set_kv_transport(
-        absl::StrCat(service_.transport_.encrypted() ? "tls" : "tcp",
-                     staging_.backend != nullptr ? " (staged through host memory)" : ""));
+    response_.set_kv_transport(TransportDescription());
     spdlog::info(
         "request {}: prefilled {} tokens ({} cached) in {:.1f} ms, {} KV bytes to {} in {:.1f} ms",
         id, req_.prompt.size(), cached, result.prefill_ms, transfer->wire_bytes,
@@ -252,6 +263,17 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
     }
     rpc::SerializeMessage(response_, response_bytes_);
     End(absl::OkStatus());
+  }
+
+  // What carried the KV, for the response's timings: "tcp" or "tls" (mutual TLS), staged or
+  // not; or a payload link's name, the headers and acks over TLS or not.
+  std::string TransportDescription() const {
+    if (kind_ == KvTransportKind::kTcp) {
+      return absl::StrCat(transport_->encrypted() ? "tls" : "tcp",
+                          staging_.backend != nullptr ? " (staged through host memory)" : "");
+    }
+    return absl::StrCat(std::string(KvTransportName(kind_)),
+                        transport_->encrypted() ? " (headers and acks over tls)" : "");
   }
 
   void End(absl::Status status) {
@@ -286,7 +308,9 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
   grpc::ByteBuffer* const response_bytes_;  // gRPC's, valid until OnDone
   serving::EngineRequest req_;
   KvDestination destination_;
-  KvHostStaging staging_;  // used from the scheduler thread only, until the Flush
+  KvTransportKind kind_ = KvTransportKind::kTcp;
+  KvTransport* transport_ = nullptr;  // transports_[kind_], from Validate on
+  KvHostStaging staging_;             // used from the scheduler thread only, until the Flush
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> ended_{false};
   absl::Mutex mu_;
@@ -296,11 +320,11 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
 };
 
 PrefillService::PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler,
-                               KvTransport& transport, Options options)
+                               KvTransportsByKind transports, Options options)
     : model_(model),
       store_(store),
       scheduler_(scheduler),
-      transport_(transport),
+      transports_(std::move(transports)),
       options_(std::move(options)),
       info_(serving::MakeModelInfo(model, options_.fingerprint)),
       keepalive_thread_([this] { KeepaliveLoop(); }),
@@ -317,7 +341,7 @@ PrefillService::~PrefillService() {
 
 absl::Status PrefillService::StartKeepalive(const std::shared_ptr<PrefillCall>& call) {
   absl::MutexLock lock(&keepalive_mu_);
-  if (absl::Status s = transport_.SendKeepalive(call->destination()); !s.ok()) return s;
+  if (absl::Status s = call->transport().SendKeepalive(call->destination()); !s.ok()) return s;
   keepalive_calls_[call.get()] = call;
   keepalive_cv_.SignalAll();
   return absl::OkStatus();
@@ -354,7 +378,7 @@ void PrefillService::KeepaliveLoop() {
         keepalive_calls_.erase(it++);
         continue;
       }
-      if (absl::Status s = transport_.SendKeepalive(call->destination()); !s.ok()) {
+      if (absl::Status s = call->transport().SendKeepalive(call->destination()); !s.ok()) {
         call->OnKeepaliveFailed(std::move(s));
         keepalive_calls_.erase(it++);
         continue;
@@ -376,9 +400,10 @@ void PrefillService::KeepaliveLoop() {
     if (overdue.empty()) continue;
     keepalive_mu_.Unlock();
     for (auto& call : overdue) {
-      transport_.Abort(call->destination(),
-                       absl::DeadlineExceededError(absl::StrCat(
-                           "the decode worker did not accept the KV within --transfer-timeout-ms (",
+      call->transport().Abort(
+          call->destination(),
+          absl::DeadlineExceededError(
+              absl::StrCat("the decode worker did not accept the KV within --transfer-timeout-ms (",
                            options_.transfer_timeout.count(), " ms)")));
     }
     overdue.clear();

@@ -32,6 +32,10 @@ using PrefillServiceBase = v1::PrefillWorker::WithRawCallbackMethod_Prefill<
     v1::PrefillWorker::WithCallbackMethod_GetLoad<v1::PrefillWorker::WithCallbackMethod_WatchLoad<
         v1::PrefillWorker::WithCallbackMethod_GetModelInfo<v1::PrefillWorker::Service>>>>;
 
+// The transports a prefill worker sends through, one per kind it offers: a TcpKvTransport for
+// TCP, one with that payload link for each device link (transport/device_kv_links.h).
+using KvTransportsByKind = absl::flat_hash_map<KvTransportKind, KvTransport*>;
+
 class PrefillService final : public PrefillServiceBase {
  public:
   struct Options {
@@ -42,12 +46,12 @@ class PrefillService final : public PrefillServiceBase {
     std::chrono::milliseconds keepalive_period{200};
     serving::WorkerMetrics* metrics = nullptr;  // where each prefill is recorded, if set
     // This side of every KV transfer (device, node, what --kv-transport allows), matched against
-    // each Reservation's transfer_peer.
+    // each Reservation's transfer_peer; `transports` has one for each kind it offers.
     KvTransferPeer transfer_peer{};  // TCP, from host memory
   };
 
-  PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler, KvTransport& transport,
-                 Options options);
+  PrefillService(Model& model, KvStore& store, PrefillScheduler& scheduler,
+                 KvTransportsByKind transports, Options options);
   ~PrefillService() override;  // stops the keepalive thread and the load watch
 
   // Bytes of a PrefillRequest; answers a PrefillResponse.
@@ -86,7 +90,7 @@ class PrefillService final : public PrefillServiceBase {
   Model& model_;
   KvStore& store_;
   PrefillScheduler& scheduler_;
-  KvTransport& transport_;
+  const KvTransportsByKind transports_;
   const Options options_;
   const v1::ModelInfo info_;
 

@@ -78,11 +78,13 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
                "CUDA graphs (slower; to debug or to rule graphs out)");
   app.add_option("--kv-transport", flags.kv_transport,
                  "How KV moves between prefill and decode workers: auto (the best both sides "
-                 "accept) or tcp (workers do not send over cuda-ipc or nccl yet)")
+                 "run: cuda-ipc between GPU workers on one machine, else nccl between GPU "
+                 "workers, else tcp), tcp (a GPU worker's KV staged through host memory), "
+                 "cuda-ipc or nccl (GPU workers on both sides)")
       ->capture_default_str()
       ->check([](const std::string& text) {
-        absl::StatusOr<std::vector<KvTransportKind>> kinds = LocalKvTransports(text);
-        return kinds.ok() ? std::string() : std::string(kinds.status().message());
+        absl::Status s = CheckKvTransportFlag(text);
+        return s.ok() ? std::string() : std::string(s.message());
       });
   rpc::AddTlsFlags(app, flags.tls);
   app.add_option("--drain-grace", flags.drain_grace,

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/device_spec.h"
 #include "spdlog/spdlog.h"
+#include "transport/device_kv_links.h"
 
 namespace pdserve::serving {
 
@@ -21,11 +22,14 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags) {
   return LoadedWorker{*std::move(loading), *std::move(served)};
 }
 
-KvTransferPeer TransferPeer(const WorkerFlags& flags, const ServedModel& served) {
-  absl::StatusOr<std::vector<KvTransportKind>> kinds = LocalKvTransports(flags.kv_transport);
-  return {.device = served.device.device,
-          .node = ThisNodeId(),
-          .transports = kinds.ok() ? *std::move(kinds) : std::vector<KvTransportKind>{}};
+absl::StatusOr<KvTransferPeer> TransferPeer(const WorkerFlags& flags, const ServedModel& served) {
+  absl::StatusOr<std::vector<KvTransportKind>> kinds =
+      LocalKvTransports(flags.kv_transport, {.device = served.device.device,
+                                             .kv_tls = flags.tls.enabled() && !flags.kv_plaintext,
+                                             .device_links = DeviceKvLinks()});
+  if (!kinds.ok()) return kinds.status();
+  return KvTransferPeer{
+      .device = served.device.device, .node = ThisNodeId(), .transports = *std::move(kinds)};
 }
 
 bool DrainWorker(rpc::Server& server, LoadWatch& load, const std::function<void()>& start_draining,

@@ -26,8 +26,8 @@ struct LoadedWorker {
 absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags);
 
 // This worker's side of every KV transfer: where its cache lives, this node, and the transports
-// --kv-transport allows (AddWorkerFlags has checked the flag).
-KvTransferPeer TransferPeer(const WorkerFlags& flags, const ServedModel& served);
+// it runs as --kv-transport allows (LocalKvTransports' errors for one it cannot run).
+absl::StatusOr<KvTransferPeer> TransferPeer(const WorkerFlags& flags, const ServedModel& served);
 
 // Takes no new work, lets the work the worker holds finish, then stops serving:
 //   1. health NOT_SERVING (probes and routers see it at once), then `start_draining`: the service

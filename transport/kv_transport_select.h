@@ -3,13 +3,14 @@
 // KvTransferPeer), and the prefill worker picks the best transport both accept. --kv-transport
 // on either worker narrows its side to one transport.
 //
-// Workers run TCP only (staged through host memory on a side whose cache is in GPU memory, a
-// local matter of that side). NCCL and CUDA IPC are named here so that the choice and the
-// handshake already carry them; their payload links exist (nccl_kv_link.h, cuda_ipc_kv_link.h),
-// but LocalKvTransports offers them only once workers send through them.
+// TCP carries every worker's KV (a GPU worker's staged through host memory, a local matter of
+// that side). Workers whose caches are in GPU memory also run the payload links this build has
+// (transport/device_kv_links.h): CUDA IPC within one machine, NCCL between GPUs anywhere; the
+// KV connection still carries the headers and acks (kv_payload_link.h).
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,6 +24,8 @@ enum class KvTransportKind : uint8_t { kTcp, kCudaIpc, kNccl };
 
 // "tcp", "cuda-ipc" or "nccl".
 std::string_view KvTransportName(KvTransportKind kind);
+// "tcp, cuda-ipc": the names of `kinds`, for logs and messages.
+std::string KvTransportNames(std::span<const KvTransportKind> kinds);
 // The inverse of KvTransportName; INVALID_ARGUMENT naming the choices otherwise.
 absl::StatusOr<KvTransportKind> ParseKvTransportKind(std::string_view name);
 
@@ -35,10 +38,25 @@ struct KvTransferPeer {
   std::vector<KvTransportKind> transports = {KvTransportKind::kTcp};
 };
 
-// The transports a worker runs, as its --kv-transport flag allows: "auto" (every one it runs)
-// or one name. FAILED_PRECONDITION for a transport workers do not run yet (NCCL, CUDA IPC),
-// INVALID_ARGUMENT for an unknown name.
-absl::StatusOr<std::vector<KvTransportKind>> LocalKvTransports(std::string_view flag);
+// What one worker's side can run, for LocalKvTransports.
+struct KvTransportAbility {
+  Device device = Device::kCpu;  // where its cache lives
+  bool kv_tls = false;           // its KV connections take mutual TLS
+  // The payload links this build has (DeviceKvLinks()); they need the cache in GPU memory.
+  std::vector<KvTransportKind> device_links{};
+};
+
+// OK for what --kv-transport may name ("auto" or a transport's name), else INVALID_ARGUMENT
+// naming the choices: the flag's own check, before the worker knows its device.
+absl::Status CheckKvTransportFlag(std::string_view flag);
+
+// The transports a worker runs, as its --kv-transport flag allows: "auto" is TCP plus every
+// payload link `ability` runs, one name is that transport. A link runs where the cache is in
+// GPU memory and the build has it; NCCL, which does not encrypt, is left out of "auto" where KV
+// connections take TLS. FAILED_PRECONDITION saying why, for a named transport the worker cannot
+// run; INVALID_ARGUMENT for an unknown name.
+absl::StatusOr<std::vector<KvTransportKind>> LocalKvTransports(std::string_view flag,
+                                                               const KvTransportAbility& ability);
 
 // The best transport both sides accept: CUDA IPC when both caches are in GPU memory on one node,
 // then NCCL when both are in GPU memory, then TCP. FAILED_PRECONDITION naming both sides'
@@ -46,8 +64,10 @@ absl::StatusOr<std::vector<KvTransportKind>> LocalKvTransports(std::string_view 
 absl::StatusOr<KvTransportKind> SelectKvTransport(const KvTransferPeer& prefill,
                                                   const KvTransferPeer& decode);
 
-// This machine's id for KvTransferPeer::node: the kernel's boot id, which every container on the
-// node shares and no other machine has; "" when it cannot be read.
+// This process's id for KvTransferPeer::node, equal for processes that can share CUDA IPC
+// handles and an abstract Unix socket (the CUDA IPC link's): the kernel's boot id (no other
+// machine has it) with the network, IPC and PID namespaces. Two pods on one node therefore
+// differ, and choose NCCL. "" when the boot id cannot be read.
 std::string ThisNodeId();
 
 }  // namespace pdserve

@@ -468,6 +468,11 @@ void CudaBackend::BeginDecodeStep(int64_t batch) {
   pinned_used_ = 0;
 }
 
+void CudaBackend::Synchronize() {
+  PDSERVE_KERNEL_CHECK(!capturing_);  // a graph being recorded has not run
+  PDSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
 void CudaBackend::EndDecodeStep() {
   if (step_batch_ == 0) return;
   ActivateEager();

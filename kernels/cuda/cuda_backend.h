@@ -110,6 +110,7 @@ class CudaBackend final : public Backend {
 
   void BeginDecodeStep(int64_t batch) override;
   void EndDecodeStep() override;
+  void Synchronize() override;
 
   Device device() const override { return Device::kCuda; }
   // Host threads used: the GPU does the work, driven from the caller's thread.

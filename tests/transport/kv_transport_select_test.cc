@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
+#include "transport/device_kv_links.h"
+
 namespace pdserve {
 namespace {
 
@@ -23,21 +27,76 @@ TEST(KvTransportSelect, NamesRoundTripAndUnknownNamesSayWhatIsAccepted) {
   EXPECT_NE(bad.status().message().find("auto, tcp, cuda-ipc or nccl"), std::string::npos);
 }
 
-// What workers run: TCP, whatever the flag; a transport they do not run yet is refused at
-// startup with a message that says so, not silently replaced.
-TEST(KvTransportSelect, LocalTransportsAreTcpAndUnwiredOnesAreRefused) {
-  for (const char* flag : {"auto", "tcp"}) {
-    absl::StatusOr<std::vector<Kind>> local = LocalKvTransports(flag);
-    ASSERT_TRUE(local.ok()) << flag << ": " << local.status();
-    EXPECT_EQ(*local, std::vector<Kind>{Kind::kTcp}) << flag;
+// What a worker runs: TCP always; the device links where its cache is in GPU memory and the
+// build has them, NCCL (unencrypted) only where KV connections are plaintext. A transport named
+// on the flag that the worker cannot run stops it at startup with the reason, never silently
+// replaced.
+TEST(KvTransportSelect, LocalTransportsFollowTheCacheTheBuildAndTls) {
+  const std::vector<Kind> links = {Kind::kCudaIpc, Kind::kNccl};
+  const KvTransportAbility cpu{.device = Device::kCpu, .kv_tls = false, .device_links = links};
+  const KvTransportAbility gpu{.device = Device::kCuda, .kv_tls = false, .device_links = links};
+  const KvTransportAbility gpu_tls{.device = Device::kCuda, .kv_tls = true, .device_links = links};
+  const KvTransportAbility gpu_ipc_only{
+      .device = Device::kCuda, .kv_tls = false, .device_links = {Kind::kCudaIpc}};
+  struct Case {
+    const char* flag;
+    const KvTransportAbility* ability;
+    std::vector<Kind> want;
+  };
+  for (const Case& c :
+       {Case{"auto", &cpu, {Kind::kTcp}}, Case{"tcp", &cpu, {Kind::kTcp}},
+        Case{"auto", &gpu, {Kind::kTcp, Kind::kCudaIpc, Kind::kNccl}},
+        Case{"auto", &gpu_tls, {Kind::kTcp, Kind::kCudaIpc}},
+        Case{"auto", &gpu_ipc_only, {Kind::kTcp, Kind::kCudaIpc}}, Case{"tcp", &gpu, {Kind::kTcp}},
+        Case{"cuda-ipc", &gpu_tls, {Kind::kCudaIpc}}, Case{"nccl", &gpu, {Kind::kNccl}}}) {
+    absl::StatusOr<std::vector<Kind>> local = LocalKvTransports(c.flag, *c.ability);
+    ASSERT_TRUE(local.ok()) << c.flag << ": " << local.status();
+    EXPECT_EQ(*local, c.want) << c.flag;
   }
-  for (const char* flag : {"nccl", "cuda-ipc"}) {
-    absl::StatusOr<std::vector<Kind>> local = LocalKvTransports(flag);
-    EXPECT_EQ(local.status().code(), absl::StatusCode::kFailedPrecondition) << flag;
+  struct Refused {
+    const char* flag;
+    const KvTransportAbility* ability;
+    const char* says;
+  };
+  for (const Refused& r :
+       {Refused{"cuda-ipc", &cpu, "--device cuda"}, Refused{"nccl", &cpu, "--device cuda"},
+        Refused{"nccl", &gpu_ipc_only, "this build has no nccl"},
+        Refused{"nccl", &gpu_tls, "--kv-plaintext"}}) {
+    absl::StatusOr<std::vector<Kind>> local = LocalKvTransports(r.flag, *r.ability);
+    EXPECT_EQ(local.status().code(), absl::StatusCode::kFailedPrecondition) << r.flag;
+    EXPECT_NE(local.status().message().find(r.says), std::string::npos) << local.status();
     EXPECT_NE(local.status().message().find("use auto or tcp"), std::string::npos)
         << local.status();
   }
-  EXPECT_EQ(LocalKvTransports("udp").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LocalKvTransports("udp", gpu).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(CheckKvTransportFlag("auto").ok());
+  EXPECT_TRUE(CheckKvTransportFlag("nccl").ok());
+  EXPECT_EQ(CheckKvTransportFlag("rdma").code(), absl::StatusCode::kInvalidArgument);
+}
+
+// What this build makes: a factory per kind DeviceKvLinks names (named as the kind), none for
+// TCP, and a clear refusal for the rest.
+TEST(KvTransportSelect, DeviceKvLinksMakeTheFactoriesTheyName) {
+  const std::vector<Kind> built = DeviceKvLinks();
+#if PDSERVE_WITH_CUDA
+  EXPECT_NE(std::find(built.begin(), built.end(), Kind::kCudaIpc), built.end());
+#else
+  EXPECT_TRUE(built.empty());
+#endif
+  absl::StatusOr<std::shared_ptr<KvLinkFactory>> tcp = MakeKvLinkFactory(Kind::kTcp, 0);
+  ASSERT_TRUE(tcp.ok()) << tcp.status();
+  EXPECT_EQ(*tcp, nullptr);
+  for (Kind kind : {Kind::kCudaIpc, Kind::kNccl}) {
+    absl::StatusOr<std::shared_ptr<KvLinkFactory>> link = MakeKvLinkFactory(kind, 0);
+    if (std::find(built.begin(), built.end(), kind) == built.end()) {
+      EXPECT_EQ(link.status().code(), absl::StatusCode::kFailedPrecondition);
+      continue;
+    }
+    ASSERT_TRUE(link.ok()) << link.status();
+    ASSERT_NE(*link, nullptr);
+    EXPECT_EQ((*link)->name(), KvTransportName(kind));
+    EXPECT_EQ((*link)->device(), Device::kCuda);
+  }
 }
 
 TEST(KvTransportSelect, PrefersDeviceToDeviceTransportsWhereBothCachesAreOnGpus) {
@@ -88,10 +147,14 @@ TEST(KvTransportSelect, NoSharedTransportIsFailedPreconditionNamingBothSides) {
                    .ok());
 }
 
-TEST(KvTransportSelect, ThisNodeIdIsTheSameOnEveryCallAndNotEmptyOnLinux) {
+// Equal within a process's namespaces, which it names: pods on one node differ.
+TEST(KvTransportSelect, ThisNodeIdIsTheSameOnEveryCallAndNamesTheNamespaces) {
   const std::string id = ThisNodeId();
   EXPECT_FALSE(id.empty());
   EXPECT_EQ(ThisNodeId(), id);
+  for (const char* ns : {"/net:[", "/ipc:[", "/pid:["}) {
+    EXPECT_NE(id.find(ns), std::string::npos) << id;
+  }
 }
 
 }  // namespace
