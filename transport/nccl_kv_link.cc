@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -19,8 +20,12 @@ using Clock = std::chrono::steady_clock;
 // How often a wait for a non-blocking NCCL call asks whether it is done (NCCL has no callback).
 constexpr auto kProgressCheck = std::chrono::milliseconds(1);
 
+// With NCCL's last error, which says what its code does not ("Duplicate GPU detected: ...").
 absl::Status NcclStatus(const char* what, ncclResult_t r) {
-  return absl::UnavailableError(absl::StrCat("NCCL ", what, ": ", ncclGetErrorString(r)));
+  const std::string detail = ncclGetLastError(nullptr);
+  return absl::UnavailableError(absl::StrCat("NCCL ", what, ": ", ncclGetErrorString(r),
+                                             detail.empty() ? "" : " (", detail,
+                                             detail.empty() ? "" : ")"));
 }
 
 // Waits out a non-blocking NCCL call's `r`: until it is no longer in progress, or `deadline`

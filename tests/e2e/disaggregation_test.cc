@@ -153,36 +153,96 @@ TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
   }
 }
 
-// GPU workers (--device cuda on both): the model and its bf16 KV cache live in GPU memory, and
-// the cache crosses over TCP staged through host memory (pack kernel, device-to-host copy, and
-// back on the decode side). Greedy ids equal the CUDA backend's in one process, for GQA and MLA,
-// and the wire carries the bf16 cache's bytes plus one header per layer. Skips without a usable
-// GPU (this test is what a GPU machine runs of it).
-TEST(Disaggregation, GpuWorkersStagingKvThroughHostEqualSingleProcessOnTheGpu) {
-  absl::StatusOr<std::unique_ptr<Backend>> gpu =
-      MakeBackend({.device = Device::kCuda, .ordinal = 0}, 1, CpuIsa::kX86_64_V2);
-  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+// The GPU tests (label gpu, with e2e: tests/CMakeLists.txt): workers with --device cuda, whose
+// model and bf16 KV cache live in GPU memory. Each skips without the GPUs it needs; this is what
+// a GPU machine runs of it.
+
+// A synthetic GQA model and the tiny DeepSeek (MLA), written once per test.
+std::vector<std::string> GpuTestModels() {
   std::ifstream in(testing_util::ConfigsDir() + "/deepseek-v2-tiny.json");
-  ASSERT_TRUE(in);
+  EXPECT_TRUE(in);
   absl::StatusOr<ModelConfig> deepseek = ParseHfConfig(nlohmann::json::parse(in), "deepseek");
-  ASSERT_TRUE(deepseek.ok()) << deepseek.status();
-  const std::string gqa = SynthModel("e2e_gpu_gqa", 2);
+  EXPECT_TRUE(deepseek.ok()) << deepseek.status();
   const std::string mla = testing_util::FreshDir("e2e_gpu_mla");
-  ASSERT_TRUE(WriteSyntheticModel(*deepseek, mla, 4).ok());
-  launch::ProcessOptions on_gpu;
-  on_gpu.args = {"--device", "cuda"};
-  for (const std::string& path : {gqa, mla}) {
+  EXPECT_TRUE(deepseek.ok() && WriteSyntheticModel(*deepseek, mla, 4).ok());
+  return {SynthModel("e2e_gpu_gqa", 2), mla};
+}
+
+// Greedy ids through a cluster whose prefill and decode workers run `prefill_args` and
+// `decode_args` equal `reference`'s in one process, for GQA and MLA, over `transport` (what the
+// timings say), with the bf16 cache's exact bytes plus one header per layer.
+void ExpectGpuClusterEqualsOneProcess(Backend& reference, std::vector<std::string> prefill_args,
+                                      std::vector<std::string> decode_args,
+                                      const std::string& transport) {
+  launch::ProcessOptions prefill, decode;
+  prefill.args = std::move(prefill_args);
+  decode.args = std::move(decode_args);
+  for (const std::string& path : GpuTestModels()) {
     SCOPED_TRACE(path);
-    auto model = LoadModel(path, **gpu);
+    auto model = LoadModel(path, reference);
     ASSERT_TRUE(model.ok()) << model.status();
     ASSERT_EQ((*model)->kv_format().dtype, DType::kBF16);
-    Cluster cluster({.model = path, .processes = {{"prefill0", on_gpu}, {"decode0", on_gpu}}});
+    Cluster cluster({.model = path, .processes = {{"prefill0", prefill}, {"decode0", decode}}});
     ASSERT_EQ(cluster.Start(), absl::OkStatus());
     for (int i = 0; i < 3; ++i) {
       ExpectSameGreedyIdsAndExactKvBytes(cluster, **model, Prompt(5 + 23 * i, i, 300), 12,
-                                         "tcp (staged through host memory)");
+                                         transport);
     }
   }
+}
+
+// One GPU, both workers on it: over TCP staged through host memory (pack kernel, device-to-host
+// copy, and back on the decode side), and over CUDA IPC (device to device through the sender's
+// staging buffer; what auto picks for two GPU workers on one machine).
+TEST(GpuDisaggregation, OneGpuOverStagedTcpAndCudaIpcEqualsSingleProcess) {
+  absl::StatusOr<std::unique_ptr<Backend>> gpu =
+      MakeBackend({.device = Device::kCuda, .ordinal = 0}, 1, CpuIsa::kX86_64_V2);
+  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+  for (const auto& [flag, transport] :
+       {std::pair<std::string, std::string>{"tcp", "tcp (staged through host memory)"},
+        {"cuda-ipc", "cuda-ipc"},
+        {"auto", "cuda-ipc"}}) {
+    SCOPED_TRACE(flag);
+    const std::vector<std::string> args = {"--device", "cuda", "--kv-transport", flag};
+    ExpectGpuClusterEqualsOneProcess(**gpu, args, args, transport);
+  }
+}
+
+// NCCL between two GPUs: the prefill worker on cuda:0, the decode worker on cuda:1. Skips on a
+// machine with one GPU (the next test covers NCCL there, where NCCL allows it).
+TEST(GpuDisaggregation, NcclBetweenTwoGpusEqualsSingleProcess) {
+  absl::StatusOr<std::unique_ptr<Backend>> gpu =
+      MakeBackend({.device = Device::kCuda, .ordinal = 0}, 1, CpuIsa::kX86_64_V2);
+  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+  if (absl::StatusOr<std::unique_ptr<Backend>> second =
+          MakeBackend({.device = Device::kCuda, .ordinal = 1}, 1, CpuIsa::kX86_64_V2);
+      !second.ok()) {
+    GTEST_SKIP() << "needs a second GPU: " << second.status().message();
+  }
+  ExpectGpuClusterEqualsOneProcess(**gpu, {"--device", "cuda:0", "--kv-transport", "nccl"},
+                                   {"--device", "cuda:1", "--kv-transport", "nccl"}, "nccl");
+}
+
+// NCCL with both ranks on one GPU, which NCCL refuses ("Duplicate GPU detected") unless its
+// build allows several ranks per GPU: skips on exactly that refusal, and otherwise must pass.
+TEST(GpuDisaggregation, NcclOnOneGpuWhereNcclAllowsIt) {
+  absl::StatusOr<std::unique_ptr<Backend>> gpu =
+      MakeBackend({.device = Device::kCuda, .ordinal = 0}, 1, CpuIsa::kX86_64_V2);
+  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+  const std::string path = SynthModel("e2e_gpu_nccl_probe", 2);
+  launch::ProcessOptions on_gpu;
+  on_gpu.args = {"--device", "cuda", "--kv-transport", "nccl"};
+  Cluster probe({.model = path,
+                 .processes = {{"prefill0", on_gpu}, {"decode0", on_gpu}},
+                 .first_request = false});
+  ASSERT_EQ(probe.Start(), absl::OkStatus());
+  absl::StatusOr<std::vector<int32_t>> got = Complete(probe, Greedy(Prompt(9, 1, 300), 2));
+  if (!got.ok() && got.status().message().find("Duplicate GPU") != std::string::npos) {
+    GTEST_SKIP() << "this NCCL refuses two ranks on one GPU: " << got.status().message();
+  }
+  ASSERT_TRUE(got.ok()) << got.status();
+  probe.Stop(std::chrono::milliseconds(5000));
+  ExpectGpuClusterEqualsOneProcess(**gpu, on_gpu.args, on_gpu.args, "nccl");
 }
 
 TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFreeBlocks) {

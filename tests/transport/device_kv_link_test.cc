@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -15,6 +16,9 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "prefill_worker/kv_layer_sender.h"
+#include "tests/transport/transport_test_util.h"
 #include "transport/cuda_ipc_kv_link.h"
 #include "transport/kv_receiver.h"
 #if PDSERVE_TEST_NCCL
@@ -174,6 +178,74 @@ TEST_P(DeviceKvLink, RejectedPayloadIsDrainedAndTheNextFrameArrives) {
   ASSERT_TRUE(pair.transport->Flush(dest, Clock::now() + std::chrono::seconds(10)).ok());
   EXPECT_EQ(sink.memory().Download(), Pattern(kLayerBytes, 7));
   EXPECT_EQ(pair.transport->stats().connections_opened, 1u);
+}
+
+// A model's KV cache in GPU memory (the emulated CudaBackend's pools) crossing into a decode
+// worker's reservation the way the workers send it: SendLayerFromStore straight from the pools
+// (no host staging: a link moves device memory), a ReservedBlocksSink over a device store with
+// its host staging set (as a GPU decode worker's is; link frames bypass it), shuffled block
+// tables on both sides. For every cache format the rows arrive byte for byte, the reserved room
+// past the prompt is untouched, and the wire carries exactly the format's KV bytes plus one
+// header per frame (headers on the connection, payloads on the link).
+TEST_P(DeviceKvLink, KvStoreRowsCrossIntoReservedBlocksForEveryCacheFormat) {
+  for (const auto& [name, format] :
+       {std::pair<const char*, KvFormat>{"MHA_bf16", testing_util::MhaFormat()},
+        {"GQA_f32", testing_util::GqaFormat(DType::kF32)},
+        {"MQA_f16", testing_util::MqaFormat(DType::kF16)},
+        {"MLA_bf16", testing_util::MlaFormat()}}) {
+    SCOPED_TRACE(name);
+    constexpr int64_t kPrompt = 45;  // 11 full blocks of 4 and a partial one
+    CudaBackend prefill_gpu, decode_gpu, decode_staging;
+    KvStore src(prefill_gpu, format, 64);
+    ASSERT_EQ(src.k(0).device(), Device::kCuda);
+    testing_util::FillRandom(src, 5);
+    testing_util::ShufflePool(src.pool(), 5);
+    absl::StatusOr<std::vector<int32_t>> table =
+        src.pool().Allocate(KvStore::BlocksFor(format, kPrompt));
+    ASSERT_TRUE(table.ok()) << table.status();
+
+    KvStore dst(decode_gpu, format, 64);
+    testing_util::ShufflePool(dst.pool(), 99);
+    testing_util::FillByte(dst, 0xAB);
+    ReservedBlocksSink sink(dst, {.reap_expired = false, .staging = &decode_staging});
+    KvReceiver::Options options;
+    options.host = "127.0.0.1";
+    options.links = {GetParam().make()};
+    auto receiver = KvReceiver::Start(sink, options);
+    ASSERT_TRUE(receiver.ok()) << receiver.status();
+    auto ticket =
+        sink.Reserve(RequestIdHash("req"), kPrompt, kPrompt + 20, std::chrono::minutes(5));
+    ASSERT_TRUE(ticket.ok()) << ticket.status();
+    const KvDestination dest{testing_util::Endpoint(**receiver), ticket->id, ticket->secret,
+                             RequestIdHash("req")};
+
+    TcpKvTransport::Options sender;
+    sender.link = GetParam().make();
+    TcpKvTransport transport(sender);
+    for (int64_t layer = 0; layer < format.num_layers; ++layer) {
+      ASSERT_TRUE(SendLayerFromStore(transport, dest, src, layer, *table, 0, kPrompt).ok());
+    }
+    auto stats = transport.Flush(dest, Clock::now() + std::chrono::seconds(10));
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    testing_util::ExpectExactBytes(*stats, format, kPrompt, format.num_layers);
+    EXPECT_EQ((*receiver)->stats().link_frames, static_cast<uint64_t>(format.num_layers));
+
+    ASSERT_TRUE(
+        sink.WaitComplete(dest.reservation_id, Clock::now() + std::chrono::seconds(5)).ok());
+    auto taken = sink.Take(dest.reservation_id, dest.secret);
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    const std::vector<int32_t> blocks = taken->blocks.ids();
+    ASSERT_NE(std::vector<int32_t>(blocks.begin(), blocks.begin() + 3),
+              std::vector<int32_t>(table->begin(), table->begin() + 3))
+        << "the two sides' block tables differ, so rows really were remapped";
+    for (int64_t layer = 0; layer < format.num_layers; ++layer) {
+      EXPECT_EQ(testing_util::LayerBytes(dst, layer, blocks, 0, kPrompt),
+                testing_util::LayerBytes(src, layer, *table, 0, kPrompt))
+          << "layer " << layer;
+    }
+    const std::vector<uint8_t> room = testing_util::LayerBytes(dst, 0, blocks, kPrompt, 20);
+    EXPECT_TRUE(std::all_of(room.begin(), room.end(), [](uint8_t b) { return b == 0xAB; }));
+  }
 }
 
 std::vector<LinkCase> Links() {
