@@ -2,6 +2,13 @@
 // socket throughput measured in the same run. Prints figures; asserts none.
 //
 //   pdserve-bench-transfer [--tokens N] [--iters N] [--frame-kib N] [--configs DIR] [--no-tls]
+//                          [--link cuda-ipc|nccl [--devices P,D]]
+//
+// With --link, both caches are in GPU memory (CUDA devices P and D, 0,0 by default) and the
+// payloads cross on that payload link, the headers and acks on the TCP connection, as between
+// GPU workers. The baseline is then the link's ceiling measured in the same run: one device copy
+// of the request's bytes from device P to device D (cudaMemcpyPeer). Prints "no GPU: ..." and
+// exits 0 without a usable device.
 //
 // The process forks: the child is the decode side (one KvReceiver + ReservedBlocksSink per
 // format, and a raw-socket sink), the parent the prefill side (a source KvStore per format and
@@ -39,14 +46,20 @@
 #include <utility>
 #include <vector>
 
+#if PDSERVE_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #include "bench/cpu_report.h"
 #include "decode_worker/reserved_blocks_sink.h"
 #include "engine/kv_cache.h"
 #include "engine/kv_format.h"
 #include "engine/model_config.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/make_backend.h"
 #include "prefill_worker/kv_layer_sender.h"
 #include "rpc/tls.h"
+#include "transport/device_kv_links.h"
 #include "transport/kv_receiver.h"
 #include "transport/socket_io.h"
 #include "transport/tcp_kv_transport.h"
@@ -56,6 +69,22 @@ namespace pdserve {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Where the caches live and how payloads cross: TCP between host caches, or a payload link
+// between caches on CUDA devices.
+struct LinkMode {
+  KvTransportKind kind = KvTransportKind::kTcp;
+  int prefill_device = 0;
+  int decode_device = 0;
+  bool gpu() const { return kind != KvTransportKind::kTcp; }
+};
+
+// A backend for one side's cache: a CPU one, or CUDA device `device`. Created after the fork
+// (CUDA does not survive one).
+absl::StatusOr<std::unique_ptr<Backend>> SideBackend(const LinkMode& mode, int device) {
+  if (!mode.gpu()) return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(1));
+  return MakeBackend({.device = Device::kCuda, .ordinal = device}, 1, BestCpuIsa());
+}
 
 struct BenchFormat {
   std::string label;  // e.g. "MHA llama-2-7b"
@@ -108,19 +137,24 @@ double CpuSeconds() {
   return sec(u.ru_utime) + sec(u.ru_stime);
 }
 
-// Pseudo-random bytes, fast enough for GiB of KV.
-void FillStore(KvStore& store, uint64_t seed) {
+// Pseudo-random bytes, fast enough for GiB of KV; through a host buffer where the pools are in
+// device memory.
+void FillStore(KvStore& store, Backend& backend, uint64_t seed) {
   const KvFormat& f = store.format();
+  std::vector<uint64_t> host;
   for (int64_t l = 0; l < f.num_layers; ++l) {
     for (Tensor* t : {&store.k(l), f.is_mla() ? nullptr : &store.v(l)}) {
       if (t == nullptr) continue;
-      auto* p = static_cast<uint64_t*>(t->data());
+      const bool on_host = t->device() == Device::kCpu;
+      if (!on_host) host.resize(t->bytes() / 8);
+      uint64_t* p = on_host ? static_cast<uint64_t*>(t->data()) : host.data();
       for (size_t i = 0; i < t->bytes() / 8; ++i) {
         seed += 0x9E3779B97F4A7C15ULL;
         uint64_t z = seed;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
         p[i] = z ^ (z >> 27);
       }
+      if (!on_host) backend.CopyFromHost(host.data(), *t);
     }
   }
 }
@@ -157,34 +191,50 @@ void RawServe(net::Fd listener, uint64_t max_bytes, uint64_t chunk_bytes) {
 }
 
 // The decode side: serves every format until told to quit.
+// With a GPU link mode the caches are on mode.decode_device and frames arrive on the link; no
+// raw-socket sink runs (ports.raw 0), and a device that cannot be used sends ports.raw -1.
 void Child(int control, const std::vector<BenchFormat>& formats, int64_t tokens, uint64_t max_bytes,
-           uint64_t chunk_bytes, std::shared_ptr<const net::TlsContext> tls) {
-  CpuBackend backend(1);
+           uint64_t chunk_bytes, std::shared_ptr<const net::TlsContext> tls, const LinkMode& mode) {
+  Ports ports{};
+  absl::StatusOr<std::unique_ptr<Backend>> made = SideBackend(mode, mode.decode_device);
+  absl::StatusOr<std::shared_ptr<KvLinkFactory>> link =
+      MakeKvLinkFactory(mode.kind, mode.decode_device);
+  if (!made.ok() || !link.ok()) {
+    ports.raw = -1;
+    Put(control, ports);
+    while (Take<Command>(control).op != Op::kQuit) {
+    }
+    return;
+  }
+  Backend& backend = **made;
   std::vector<std::unique_ptr<KvStore>> stores;
   std::vector<std::unique_ptr<ReservedBlocksSink>> sinks;
   std::vector<std::unique_ptr<KvReceiver>> receivers;
-  Ports ports{};
   for (size_t i = 0; i < formats.size(); ++i) {
     const KvFormat& f = formats[i].format;
     stores.push_back(std::make_unique<KvStore>(backend, f, KvStore::BlocksFor(f, tokens) + 8));
-    FillStore(*stores.back(), 1000 + i);  // faults every page in before timing
+    FillStore(*stores.back(), backend, 1000 + i);  // faults every page in before timing
     ShufflePool(stores.back()->pool());
     sinks.push_back(std::make_unique<ReservedBlocksSink>(*stores.back()));
     for (bool encrypted : {false, true}) {
-      if (encrypted && tls == nullptr) continue;
+      if (encrypted && (tls == nullptr || mode.gpu())) continue;
       KvReceiver::Options options;
       options.host = "127.0.0.1";
       if (encrypted) options.tls = tls;
+      if (*link != nullptr) options.links = {*link};
       auto r = KvReceiver::Start(*sinks.back(), std::move(options));
       if (!r.ok()) Die(std::string(r.status().message()));
       (encrypted ? ports.kv_tls : ports.kv)[i] = r.value()->port();
       receivers.push_back(*std::move(r));
     }
   }
-  auto listener = net::Listen({"127.0.0.1", 0});
-  if (!listener.ok()) Die(std::string(listener.status().message()));
-  ports.raw = listener->second;
-  std::thread raw(RawServe, std::move(listener->first), max_bytes, chunk_bytes);
+  std::thread raw;
+  if (!mode.gpu()) {
+    auto listener = net::Listen({"127.0.0.1", 0});
+    if (!listener.ok()) Die(std::string(listener.status().message()));
+    ports.raw = listener->second;
+    raw = std::thread(RawServe, std::move(listener->first), max_bytes, chunk_bytes);
+  }
   Put(control, ports);
   std::map<uint64_t, ReservationSecret> secrets;  // of the reservations handed out
   for (;;) {
@@ -216,7 +266,7 @@ void Child(int control, const std::vector<BenchFormat>& formats, int64_t tokens,
       Put(control, ok);
     }
   }
-  raw.join();
+  if (raw.joinable()) raw.join();
   for (auto& r : receivers) r->Stop();
 }
 
@@ -242,6 +292,38 @@ double RawOnce(int fd, const std::vector<uint8_t>& buffer, uint64_t bytes, uint6
   Check(net::ReadFull(fd, &ok, 1), "raw reply");
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
+
+#if PDSERVE_WITH_CUDA
+// The GPU runs' baseline: `bytes` copied from device `from` to device `to` in one
+// cudaMemcpyPeer, what the link could move at best.
+class DeviceCopy {
+ public:
+  DeviceCopy(const LinkMode& mode, uint64_t bytes)
+      : from_(mode.prefill_device), to_(mode.decode_device) {
+    if (cudaSetDevice(from_) != cudaSuccess || cudaMalloc(&src_, bytes) != cudaSuccess ||
+        cudaSetDevice(to_) != cudaSuccess || cudaMalloc(&dst_, bytes) != cudaSuccess) {
+      Die("cudaMalloc for the device-copy baseline");
+    }
+  }
+  ~DeviceCopy() {
+    (void)cudaFree(src_);
+    (void)cudaFree(dst_);
+  }
+  double Once(uint64_t bytes) {
+    const auto start = Clock::now();
+    if (cudaMemcpyPeer(dst_, to_, src_, from_, bytes) != cudaSuccess ||
+        cudaDeviceSynchronize() != cudaSuccess) {
+      Die("cudaMemcpyPeer");
+    }
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  }
+
+ private:
+  const int from_, to_;
+  void* src_ = nullptr;
+  void* dst_ = nullptr;
+};
+#endif
 
 // Seconds for one request's KV through the transport.
 double TransportOnce(int control, uint32_t index, int port, KvStore& src,
@@ -307,6 +389,7 @@ int main(int argc, char** argv) {
   std::string configs = PDSERVE_DEFAULT_CONFIGS_DIR;
   TcpKvTransport::Options options;
   bool with_tls = true;
+  LinkMode mode;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
       tokens = std::atoll(argv[++i]);
@@ -318,14 +401,29 @@ int main(int argc, char** argv) {
       configs = argv[++i];
     } else if (std::strcmp(argv[i], "--no-tls") == 0) {
       with_tls = false;
+    } else if (std::strcmp(argv[i], "--link") == 0 && i + 1 < argc) {
+      absl::StatusOr<KvTransportKind> kind = ParseKvTransportKind(argv[++i]);
+      if (!kind.ok() || *kind == KvTransportKind::kTcp) Die("--link takes cuda-ipc or nccl");
+      mode.kind = *kind;
+    } else if (std::strcmp(argv[i], "--devices") == 0 && i + 1 < argc) {
+      if (std::sscanf(argv[++i], "%d,%d", &mode.prefill_device, &mode.decode_device) != 2) {
+        Die("--devices takes P,D: the prefill and decode sides' CUDA devices");
+      }
     } else {
       std::fprintf(stderr,
                    "usage: %s [--tokens N] [--iters N] [--frame-kib N] [--configs DIR] "
-                   "[--no-tls]\n",
+                   "[--no-tls] [--link cuda-ipc|nccl [--devices P,D]]\n",
                    argv[0]);
       return 2;
     }
   }
+  if (mode.gpu()) with_tls = false;  // the link's bytes are not encrypted either way
+#if !PDSERVE_WITH_CUDA
+  if (mode.gpu()) {
+    std::printf("no GPU: this build has no CUDA\n");
+    return 0;
+  }
+#endif
   if (tokens <= 0) Die("--tokens must be positive");
   std::vector<BenchFormat> formats;
   for (const char* name : {"llama-2-7b", "llama-3-8b", "deepseek-v3"}) {
@@ -353,33 +451,63 @@ int main(int argc, char** argv) {
   if (child < 0) Die("fork");
   if (child == 0) {
     ::close(control_pair[0]);
-    Child(control_pair[1], formats, tokens, max_bytes, options.frame_bytes, tls_server);
+    Child(control_pair[1], formats, tokens, max_bytes, options.frame_bytes, tls_server, mode);
     std::_Exit(0);
   }
   ::close(control_pair[1]);
   const int control = control_pair[0];
 
-  CpuBackend backend(1);
+  absl::StatusOr<std::unique_ptr<Backend>> made = SideBackend(mode, mode.prefill_device);
+  absl::StatusOr<std::shared_ptr<KvLinkFactory>> link =
+      MakeKvLinkFactory(mode.kind, mode.prefill_device);
+  const auto early_ports = Take<Ports>(control);
+  if (!made.ok() || !link.ok() || early_ports.raw < 0) {
+    std::printf("no GPU: %s\n", !made.ok()   ? std::string(made.status().message()).c_str()
+                                : !link.ok() ? std::string(link.status().message()).c_str()
+                                             : "the decode side could not use its device");
+    Put(control, Command{Op::kQuit, 0, 0});
+    waitpid(child, nullptr, 0);
+    return 0;
+  }
+  Backend& backend = **made;
+  options.link = *link;
   std::vector<std::unique_ptr<KvStore>> sources;
   std::vector<std::vector<int32_t>> tables;
   for (const auto& b : formats) {
     sources.push_back(
         std::make_unique<KvStore>(backend, b.format, KvStore::BlocksFor(b.format, tokens) + 8));
-    FillStore(*sources.back(), 1);
+    FillStore(*sources.back(), backend, 1);
     ShufflePool(sources.back()->pool());
     auto t = sources.back()->pool().Allocate(KvStore::BlocksFor(b.format, tokens));
     if (!t.ok()) Die("allocate");
     tables.push_back(*t);
   }
-  std::vector<uint8_t> raw_buffer(max_bytes, 0x5A);
-  const auto ports = Take<Ports>(control);
-  auto raw = net::Connect({"127.0.0.1", ports.raw}, std::chrono::seconds(5));
-  if (!raw.ok()) Die(std::string(raw.status().message()));
+  backend.Synchronize();  // the fills have landed before a link reads the pools
+  const Ports ports = early_ports;
+  // The baseline: raw socket sends of the same bytes, or (GPU) one device copy of them.
+  std::vector<uint8_t> raw_buffer;
+  absl::StatusOr<net::Fd> raw = net::Fd();
+#if PDSERVE_WITH_CUDA
+  std::unique_ptr<DeviceCopy> device_copy;
+  if (mode.gpu()) device_copy = std::make_unique<DeviceCopy>(mode, max_bytes);
+#endif
+  if (!mode.gpu()) {
+    raw_buffer.assign(max_bytes, 0x5A);
+    raw = net::Connect({"127.0.0.1", ports.raw}, std::chrono::seconds(5));
+    if (!raw.ok()) Die(std::string(raw.status().message()));
+  }
   auto transport = std::make_unique<TcpKvTransport>(options);
   TcpKvTransport::Options tls_options = options;
   tls_options.tls = tls_client;
   auto tls_transport = with_tls ? std::make_unique<TcpKvTransport>(tls_options) : nullptr;
 
+  if (mode.gpu()) {
+    std::printf(
+        "KV payloads over the %s payload link, CUDA device %d to device %d (headers and acks "
+        "on loopback TCP); baseline \"raw\": one cudaMemcpyPeer of the same bytes, measured "
+        "alternately (the raw and tls CPU columns do not apply)\n",
+        std::string(KvTransportName(mode.kind)).c_str(), mode.prefill_device, mode.decode_device);
+  }
   std::printf(
       "KV transfer over loopback TCP between two processes: %lld-token prompts, bf16, frames "
       "of up to %llu KiB, %d+ iterations (medians)\n"
@@ -412,7 +540,12 @@ int main(int argc, char** argv) {
     const uint64_t kv_bytes = static_cast<uint64_t>(f.bytes_per_token() * tokens);
     uint64_t wire = 0;
     int64_t frames = 0;
-    auto raw_once = [&] { return RawOnce(raw->get(), raw_buffer, kv_bytes, options.frame_bytes); };
+    auto raw_once = [&] {
+#if PDSERVE_WITH_CUDA
+      if (mode.gpu()) return device_copy->Once(kv_bytes);
+#endif
+      return RawOnce(raw->get(), raw_buffer, kv_bytes, options.frame_bytes);
+    };
     auto kv_once = [&] {
       return TransportOnce(control, i, ports.kv[i], *sources[i], tables[i], tokens, *transport,
                            &wire, &frames);
@@ -467,7 +600,7 @@ int main(int argc, char** argv) {
   tls_transport.reset();
   Put(control, Command{Op::kQuit, 0, 0});
   uint64_t zero = 0;
-  (void)net::WriteFull(raw->get(), &zero, sizeof(zero));
+  if (!mode.gpu()) (void)net::WriteFull(raw->get(), &zero, sizeof(zero));
   int status = 0;
   waitpid(child, &status, 0);
   return 0;
