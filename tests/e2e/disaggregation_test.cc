@@ -153,6 +153,24 @@ TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
   }
 }
 
+// A worker told to use a transport it cannot run (a device link for a cache in host memory)
+// stops at start and says why, instead of offering something else: each role in turn.
+TEST(Disaggregation, ADeviceTransportOnACpuWorkerStopsItAtStartWithTheReason) {
+  const std::string path = testing_util::ModelsDir() + "/stories260K.bin";
+  for (const char* worker : {"prefill0", "decode0"}) {
+    SCOPED_TRACE(worker);
+    launch::ProcessOptions nccl;
+    nccl.args = {"--kv-transport", "nccl"};
+    Cluster cluster({.model = path, .processes = {{worker, nccl}}, .first_request = false});
+    const absl::Status started = cluster.Start();
+    EXPECT_FALSE(started.ok());
+    EXPECT_NE(started.message().find("--kv-transport nccl: nccl moves KV between caches in GPU "
+                                     "memory and this worker's is in cpu memory"),
+              std::string::npos)
+        << started;
+  }
+}
+
 // The GPU tests (label gpu, with e2e: tests/CMakeLists.txt): workers with --device cuda, whose
 // model and bf16 KV cache live in GPU memory. Each skips without the GPUs it needs; this is what
 // a GPU machine runs of it.
