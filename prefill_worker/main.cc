@@ -84,8 +84,7 @@ int main(int argc, char** argv) {
     transports.push_back(std::make_unique<TcpKvTransport>(transport_options));
     transports_by_kind[kind] = transports.back().get();
   }
-  metrics.SetKvTransferLabels(
-      {absl::AsciiStrToLower(format.KindName()), *kv_tls != nullptr ? "tls" : "tcp"});
+  metrics.SetKvFormatLabel(absl::AsciiStrToLower(format.KindName()));
   PrefillScheduler scheduler(model, store, {.token_budget = token_budget});
   PrefillService service(model, store, scheduler, std::move(transports_by_kind),
                          {.fingerprint = served->fingerprint,

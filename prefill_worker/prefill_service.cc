@@ -257,22 +257,28 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor,
         id, req_.prompt.size(), cached, result.prefill_ms, transfer->wire_bytes,
         destination_.endpoint, transfer->seconds * 1e3);
     if (service_.options_.metrics != nullptr) {
-      service_.options_.metrics->RecordPrefill(result.queue_ms / 1e3,
-                                               static_cast<int64_t>(req_.prompt.size()) - cached,
-                                               transfer->wire_bytes, transfer->seconds);
+      service_.options_.metrics->RecordPrefill(
+          result.queue_ms / 1e3, static_cast<int64_t>(req_.prompt.size()) - cached,
+          transfer->wire_bytes, transfer->seconds, TransportName());
     }
     rpc::SerializeMessage(response_, response_bytes_);
     End(absl::OkStatus());
   }
 
-  // What carried the KV, for the response's timings: "tcp" or "tls" (mutual TLS), staged or
-  // not; or a payload link's name, the headers and acks over TLS or not.
+  // What carried the KV: "tcp" or "tls" (mutual TLS), or the link's name. The transport label
+  // of the KV transfer metrics.
+  std::string TransportName() const {
+    if (kind_ != KvTransportKind::kTcp) return std::string(KvTransportName(kind_));
+    return transport_->encrypted() ? "tls" : "tcp";
+  }
+  // The same for the response's timings, saying whether a GPU cache was staged through host
+  // memory, or that a link's headers and acks went over TLS.
   std::string TransportDescription() const {
     if (kind_ == KvTransportKind::kTcp) {
-      return absl::StrCat(transport_->encrypted() ? "tls" : "tcp",
+      return absl::StrCat(TransportName(),
                           staging_.backend != nullptr ? " (staged through host memory)" : "");
     }
-    return absl::StrCat(std::string(KvTransportName(kind_)),
+    return absl::StrCat(TransportName(),
                         transport_->encrypted() ? " (headers and acks over tls)" : "");
   }
 

@@ -1,5 +1,7 @@
 #include "serving/worker_metrics.h"
 
+#include <utility>
+
 #include "metrics/buckets.h"
 
 namespace pdserve::serving {
@@ -62,19 +64,19 @@ void WorkerMetrics::AddLoadGauges(std::function<v1::WorkerLoad()> snapshot) {
       });
 }
 
-void WorkerMetrics::SetKvTransferLabels(const KvTransferLabels& labels) {
-  const prometheus::Labels l{{"kv_format", labels.kv_format}, {"transport", labels.transport}};
-  kv_bytes_ = &kv_bytes_family_->Add(l);
-  kv_seconds_ = &kv_seconds_family_->Add(l, metrics::KvTransferBuckets());
-}
+void WorkerMetrics::SetKvFormatLabel(std::string kv_format) { kv_format_ = std::move(kv_format); }
 
 void WorkerMetrics::RecordPrefill(double queue_seconds, int64_t computed_tokens,
-                                  uint64_t wire_bytes, double transfer_seconds) {
+                                  uint64_t wire_bytes, double transfer_seconds,
+                                  const std::string& transport) {
   queue_time_->Observe(queue_seconds);
   prompt_tokens_->Increment(static_cast<double>(computed_tokens));
-  if (kv_bytes_ == nullptr) return;  // no labels set: nothing to file the transfer under
-  kv_bytes_->Increment(static_cast<double>(wire_bytes));
-  kv_seconds_->Observe(transfer_seconds);
+  if (kv_format_.empty()) return;  // no format label: nothing to file the transfer under
+  // The family hands back the same child for the same labels (a GPU worker's requests may go
+  // over different transports, one series each).
+  const prometheus::Labels labels{{"kv_format", kv_format_}, {"transport", transport}};
+  kv_bytes_family_->Add(labels).Increment(static_cast<double>(wire_bytes));
+  kv_seconds_family_->Add(labels, metrics::KvTransferBuckets()).Observe(transfer_seconds);
 }
 
 void WorkerMetrics::AddGeneratedTokens(int64_t n) {

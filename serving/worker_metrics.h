@@ -17,13 +17,6 @@
 
 namespace pdserve::serving {
 
-// The label values of the KV transfer metrics: kv_format is the format's kind in lower case
-// (mha, gqa, mqa, mla), transport the wire ("tcp", or "tls" for mutual TLS).
-struct KvTransferLabels {
-  std::string kv_format;
-  std::string transport;
-};
-
 // Thread-safety: every method from any thread.
 class WorkerMetrics {
  public:
@@ -40,13 +33,14 @@ class WorkerMetrics {
     return {registry_, scraped_};
   }
 
-  // Prefill: the labels of this worker's KV transfers, fixed once its model is loaded. Call it
-  // before the first RecordPrefill.
-  void SetKvTransferLabels(const KvTransferLabels& labels);
-  // Prefill: a prompt is computed and its KV delivered. `computed_tokens` excludes the tokens
-  // the prefix cache held.
+  // Prefill: the kv_format label of this worker's KV transfers, the format's kind in lower case
+  // (mha, gqa, mqa, mla), fixed once its model is loaded. Call it before serving.
+  void SetKvFormatLabel(std::string kv_format);
+  // Prefill: a prompt is computed and its KV delivered over `transport` (the transport label:
+  // "tcp", "tls" for mutual TLS, "cuda-ipc", "nccl"). `computed_tokens` excludes the tokens the
+  // prefix cache held.
   void RecordPrefill(double queue_seconds, int64_t computed_tokens, uint64_t wire_bytes,
-                     double transfer_seconds);
+                     double transfer_seconds, const std::string& transport);
   // Decode: `n` tokens went out to the router.
   void AddGeneratedTokens(int64_t n);
 
@@ -59,8 +53,7 @@ class WorkerMetrics {
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Family<prometheus::Counter>* kv_bytes_family_ = nullptr;
   prometheus::Family<prometheus::Histogram>* kv_seconds_family_ = nullptr;
-  prometheus::Counter* kv_bytes_ = nullptr;  // the children SetKvTransferLabels picks
-  prometheus::Histogram* kv_seconds_ = nullptr;
+  std::string kv_format_;  // SetKvFormatLabel's; empty: transfers are not recorded
   // Decode.
   prometheus::Counter* generation_tokens_ = nullptr;
 };
