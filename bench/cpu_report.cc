@@ -36,32 +36,45 @@ absl::StatusOr<std::vector<CpuIsa>> ParseCpuIsaFlag(const std::string& value) {
 
 }  // namespace
 
-std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv) {
+std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv, bool accept_model) {
   BenchArgs args;
   args.isas = {BestCpuIsa()};
-  for (int i = 1; i < argc; ++i) {
+  bool usage_error = false;
+  for (int i = 1; i < argc && !usage_error; ++i) {
     const std::string flag = argv[i];
+    const bool has_value = i + 1 < argc;
     if (flag == "--quick") {
       args.quick = true;
-    } else if (flag == "--threads" && i + 1 < argc) {
+    } else if (flag == "--threads" && has_value) {
       args.threads = std::atoi(argv[++i]);
-    } else if (flag == "--cpu-isa" && i + 1 < argc) {
+    } else if (flag == "--cpu-isa" && has_value) {
       absl::StatusOr<std::vector<CpuIsa>> parsed = ParseCpuIsaFlag(argv[++i]);
       if (!parsed.ok()) {
         std::fprintf(stderr, "error: %s\n", std::string(parsed.status().message()).c_str());
         return std::nullopt;
       }
       args.isas = *std::move(parsed);
-    } else if (flag == "--json" && i + 1 < argc) {
+    } else if (flag == "--json" && has_value) {
       args.json_path = argv[++i];
+    } else if (accept_model && flag == "--model" && has_value) {
+      args.model_path = argv[++i];
+    } else if (accept_model && flag == "--prompt-tokens" && has_value) {
+      args.prompt_tokens = std::atoi(argv[++i]);
+      usage_error = args.prompt_tokens <= 0;
+    } else if (accept_model && flag == "--gen-tokens" && has_value) {
+      args.gen_tokens = std::atoi(argv[++i]);
+      usage_error = args.gen_tokens <= 0;
     } else {
-      std::fprintf(
-          stderr,
-          "usage: %s [--quick] [--threads N] [--cpu-isa x86-64-v2|x86-64-v3|x86-64-v4|all] "
-          "[--json PATH]\n",
-          argv[0]);
-      return std::nullopt;
+      usage_error = true;
     }
+  }
+  if (usage_error) {
+    std::fprintf(stderr,
+                 "usage: %s [--quick] [--threads N] [--cpu-isa x86-64-v2|x86-64-v3|x86-64-v4|all] "
+                 "[--json PATH]%s\n",
+                 argv[0],
+                 accept_model ? " [--model PATH [--prompt-tokens N] [--gen-tokens N]]" : "");
+    return std::nullopt;
   }
   if (args.threads <= 0) args.threads = omp_get_num_procs();
   return args;

@@ -21,17 +21,22 @@ const char* BuildCpuTarget();
 // (DescribeCpuKernels) its figures come from.
 std::string BuildLine(CpuIsa isa);
 
-// The flags the CPU benchmarks share: --quick, --threads N, --cpu-isa NAME|all, --json PATH.
+// The flags the CPU benchmarks share: --quick, --threads N, --cpu-isa NAME|all, --json PATH; and
+// pdserve-bench-engine's --model PATH [--prompt-tokens N] [--gen-tokens N], which measure one
+// given model file instead of the built-in models (other benchmarks reject them).
 struct BenchArgs {
   bool quick = false;
   int threads = 0;           // every core unless --threads N (N > 0) says otherwise
   std::vector<CpuIsa> isas;  // --cpu-isa: one level, or every supported one for "all";
                              // default {BestCpuIsa()}
   std::string json_path;
+  std::string model_path;  // empty: no --model
+  int prompt_tokens = 128;
+  int gen_tokens = 128;
 };
 // Parses them; on a bad flag prints the error or the usage to stderr and returns nullopt (the
-// caller exits with status 2).
-std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv);
+// caller exits with status 2). The --model flags are accepted only when `accept_model` is true.
+std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv, bool accept_model = false);
 
 // Prints BuildLine for one level, or the list of levels for --cpu-isa all.
 void PrintBuildHeader(const std::vector<CpuIsa>& isas);

@@ -1,6 +1,8 @@
 // Single-process prefill and decode throughput of the CPU engine. Prints figures; asserts none.
 //
 //   pdserve-bench-engine [--quick] [--threads N] [--cpu-isa NAME|all] [--json PATH]
+//   pdserve-bench-engine --model PATH [--prompt-tokens N] [--gen-tokens N] [--threads N]
+//                        [--cpu-isa NAME|all] [--json PATH]
 //
 // Models: stories260K (../shared/models), a synthetic ~100M-parameter GQA model, a synthetic
 // SmolLM2-135M-shaped model (the default model's shape), and a small synthetic DeepSeek-V3 (MLA
@@ -12,6 +14,13 @@
 // CPU runs); "all" runs every model once per supported level, one level after another, then
 // prints each figure per level beside its ratio to the best level's. --json writes the figures
 // (prefill and decode tok/s per model and level) for scripts (bench/compare-native.sh).
+//
+// --model measures one given model file (anything LoadModel reads, e.g. a GGUF) instead: one
+// warm-up request, then one timed greedy request of --prompt-tokens (default 128) prompt tokens
+// and --gen-tokens (default 128) decode steps (--quick changes nothing there); --json then holds
+// the figures "prefill" and "decode". For bench/llama-cpp-compare.sh, which runs it once per
+// round and takes medians. A file that cannot be loaded exits 1 with "error: cannot load PATH: "
+// and the loader's message.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -92,6 +101,40 @@ void Report(const std::string& name, Model& model, int threads, int prompt_len, 
   figures.push_back({name + " decode", "tok/s", f.decode_tps});
 }
 
+// --model: per kernel level, loads the file, warms up (a prefill and one decode step, so that
+// first-touch page faults and thread start-up stay out of the figures, as llama-bench's warm-up
+// run does) and times one request.
+int RunModelFile(const bench::BenchArgs& args) {
+  bench::PrintBuildHeader(args.isas);
+  std::printf(
+      "pdserve engine benchmark: CPU backend, %d threads, f32 activations, model %s (quantized "
+      "weights dequantized at load), one warm-up request then one timed\n",
+      args.threads, args.model_path.c_str());
+  std::vector<bench::IsaRun> runs;
+  for (CpuIsa isa : args.isas) {
+    CpuBackend backend(args.threads, isa);
+    if (args.isas.size() > 1) std::printf("\n%s\n", DescribeCpuKernels(isa).c_str());
+    const auto load_start = std::chrono::steady_clock::now();
+    auto model = LoadModel(args.model_path, backend);
+    if (!model.ok()) {
+      std::fprintf(stderr, "error: cannot load %s: %s\n", args.model_path.c_str(),
+                   std::string(model.status().message()).c_str());
+      return 1;
+    }
+    const double load_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    Measure(**model, args.prompt_tokens, 1, 1);
+    const Figures f = Measure(**model, args.prompt_tokens, args.gen_tokens, 1);
+    std::printf("%9s %7s %8s %14s %8s %13s\n", "load s", "threads", "prompt", "prefill tok/s",
+                "decode", "decode tok/s");
+    std::printf("%9.2f %7d %8d %14.1f %8d %13.1f\n", load_seconds, args.threads, args.prompt_tokens,
+                f.prefill_tps, args.gen_tokens, f.decode_tps);
+    std::fflush(stdout);
+    runs.push_back({isa, {{"prefill", "tok/s", f.prefill_tps}, {"decode", "tok/s", f.decode_tps}}});
+  }
+  return bench::FinishReport(args, "engine-model", {}, runs);
+}
+
 ModelConfig SynthShape(int64_t hidden, int64_t ffn, int64_t layers, int64_t heads, int64_t kv_heads,
                        int64_t vocab) {
   ModelConfig c;
@@ -135,8 +178,10 @@ ModelConfig DeepseekV3Shape() {
 
 int main(int argc, char** argv) {
   using namespace pdserve;
-  const std::optional<bench::BenchArgs> args = bench::ParseBenchArgs(argc, argv);
+  const std::optional<bench::BenchArgs> args =
+      bench::ParseBenchArgs(argc, argv, /*accept_model=*/true);
   if (!args.has_value()) return 2;
+  if (!args->model_path.empty()) return RunModelFile(*args);
   const bool quick = args->quick;
   const int threads = args->threads;
   const std::vector<CpuIsa>& isas = args->isas;
