@@ -22,7 +22,9 @@ std::map<std::string, double> ByTransport(const WorkerMetrics& metrics, const st
         std::string transport;
         for (const prometheus::ClientMetric::Label& l : m.label) {
           if (l.name == "transport") transport = l.value;
-          if (l.name == "kv_format") EXPECT_EQ(l.value, "gqa");
+          if (l.name == "kv_format") {
+            EXPECT_EQ(l.value, "gqa");
+          }
         }
         out[transport] += family.type == prometheus::MetricType::Histogram
                               ? static_cast<double>(m.histogram.sample_count)
