@@ -217,7 +217,7 @@ void Child(int control, const std::vector<BenchFormat>& formats, int64_t tokens,
     ShufflePool(stores.back()->pool());
     sinks.push_back(std::make_unique<ReservedBlocksSink>(*stores.back()));
     for (bool encrypted : {false, true}) {
-      if (encrypted && (tls == nullptr || mode.gpu())) continue;
+      if (encrypted && tls == nullptr) continue;  // also the GPU runs: main gives them none
       KvReceiver::Options options;
       options.host = "127.0.0.1";
       if (encrypted) options.tls = tls;
@@ -460,8 +460,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Backend>> made = SideBackend(mode, mode.prefill_device);
   absl::StatusOr<std::shared_ptr<KvLinkFactory>> link =
       MakeKvLinkFactory(mode.kind, mode.prefill_device);
-  const auto early_ports = Take<Ports>(control);
-  if (!made.ok() || !link.ok() || early_ports.raw < 0) {
+  const auto ports = Take<Ports>(control);
+  if (!made.ok() || !link.ok() || ports.raw < 0) {
     std::printf("no GPU: %s\n", !made.ok()   ? std::string(made.status().message()).c_str()
                                 : !link.ok() ? std::string(link.status().message()).c_str()
                                              : "the decode side could not use its device");
@@ -483,7 +483,6 @@ int main(int argc, char** argv) {
     tables.push_back(*t);
   }
   backend.Synchronize();  // the fills have landed before a link reads the pools
-  const Ports ports = early_ports;
   // The baseline: raw socket sends of the same bytes, or (GPU) one device copy of them.
   std::vector<uint8_t> raw_buffer;
   absl::StatusOr<net::Fd> raw = net::Fd();

@@ -85,14 +85,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   // The payload links prefill workers may set up beside their connections (GPU to GPU).
-  for (KvTransportKind kind : transfer_peer->transports) {
-    absl::StatusOr<std::shared_ptr<KvLinkFactory>> link =
-        MakeKvLinkFactory(kind, served->device.ordinal);
-    if (!link.ok()) {
-      spdlog::error("{}", link.status().ToString());
-      return 1;
-    }
-    if (*link != nullptr) receiver_options.links.push_back(*std::move(link));
+  auto links = MakeKvLinkFactories(transfer_peer->transports, served->device.ordinal);
+  if (!links.ok()) {
+    spdlog::error("{}", links.status().ToString());
+    return 1;
+  }
+  for (auto& [kind, link] : *links) {
+    if (link != nullptr) receiver_options.links.push_back(std::move(link));  // TCP has none
   }
   auto receiver = KvReceiver::Start(reservations, std::move(receiver_options));
   if (!receiver.ok()) {

@@ -69,18 +69,17 @@ int main(int argc, char** argv) {
   }
   // One transport per kind offered: the same TCP connections, with a payload link for the
   // device kinds (each its own connections to a decode worker, so each its own link).
+  auto links = MakeKvLinkFactories(transfer_peer->transports, served->device.ordinal);
+  if (!links.ok()) {
+    spdlog::error("{}", links.status().ToString());
+    return 1;
+  }
   std::vector<std::unique_ptr<TcpKvTransport>> transports;
   KvTransportsByKind transports_by_kind;
-  for (KvTransportKind kind : transfer_peer->transports) {
+  for (auto& [kind, link] : *links) {
     TcpKvTransport::Options transport_options;
     transport_options.tls = *kv_tls;
-    absl::StatusOr<std::shared_ptr<KvLinkFactory>> link =
-        MakeKvLinkFactory(kind, served->device.ordinal);
-    if (!link.ok()) {
-      spdlog::error("{}", link.status().ToString());
-      return 1;
-    }
-    transport_options.link = *std::move(link);
+    transport_options.link = std::move(link);
     transports.push_back(std::make_unique<TcpKvTransport>(transport_options));
     transports_by_kind[kind] = transports.back().get();
   }

@@ -42,4 +42,15 @@ absl::StatusOr<std::shared_ptr<KvLinkFactory>> MakeKvLinkFactory(KvTransportKind
   }
 }
 
+absl::StatusOr<std::vector<std::pair<KvTransportKind, std::shared_ptr<KvLinkFactory>>>>
+MakeKvLinkFactories(std::span<const KvTransportKind> kinds, int ordinal) {
+  std::vector<std::pair<KvTransportKind, std::shared_ptr<KvLinkFactory>>> links;
+  for (KvTransportKind kind : kinds) {
+    absl::StatusOr<std::shared_ptr<KvLinkFactory>> link = MakeKvLinkFactory(kind, ordinal);
+    if (!link.ok()) return link.status();
+    links.emplace_back(kind, *std::move(link));
+  }
+  return links;
+}
+
 }  // namespace pdserve

@@ -24,8 +24,7 @@ constexpr auto kProgressCheck = std::chrono::milliseconds(1);
 absl::Status NcclStatus(const char* what, ncclResult_t r) {
   const std::string detail = ncclGetLastError(nullptr);
   return absl::UnavailableError(absl::StrCat("NCCL ", what, ": ", ncclGetErrorString(r),
-                                             detail.empty() ? "" : " (", detail,
-                                             detail.empty() ? "" : ")"));
+                                             detail.empty() ? "" : " (" + detail + ")"));
 }
 
 // Waits out a non-blocking NCCL call's `r`: until it is no longer in progress, or `deadline`
