@@ -106,6 +106,7 @@ int RunGenerate(const GenerateOptions& options) {
   absl::StatusOr<DeviceSpec> device = ParseDevice(options.device);
   if (!device.ok()) return Fail(device.status());
   device->cuda_graphs = !options.enforce_eager;
+  device->keep_quantized_weights = !options.dequantize_weights;
   absl::StatusOr<CpuIsa> isa = ResolveCpuIsa(options.cpu_isa);
   if (!isa.ok()) return Fail(isa.status());
   if (options.verbose && device->device == Device::kCpu) {

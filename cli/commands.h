@@ -22,10 +22,11 @@ struct GenerateOptions {
   SamplingParams sampling;
   StopCriteria stop;
   int threads = 0;
-  std::string cpu_isa;         // "" = the best this CPU supports (kernels/cpu/cpu_kernels.h)
-  std::string device = "cpu";  // cpu, cuda or cuda:N (kernels/make_backend.h)
-  bool enforce_eager = false;  // no CUDA graphs (DeviceSpec::cuda_graphs)
-  bool verbose = false;        // the CPU kernels and timings on stderr
+  std::string cpu_isa;              // "" = the best this CPU supports (kernels/cpu/cpu_kernels.h)
+  std::string device = "cpu";       // cpu, cuda or cuda:N (kernels/make_backend.h)
+  bool enforce_eager = false;       // no CUDA graphs (DeviceSpec::cuda_graphs)
+  bool dequantize_weights = false;  // DeviceSpec::keep_quantized_weights cleared
+  bool verbose = false;             // the CPU kernels and timings on stderr
 };
 int RunGenerate(const GenerateOptions& options);
 

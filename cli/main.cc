@@ -51,6 +51,9 @@ int main(int argc, char** argv) {
   generate->add_flag("--enforce-eager", gen.enforce_eager,
                      "With --device cuda: no CUDA graphs for decode steps (every op runs as it "
                      "comes)");
+  generate->add_flag("--dequantize-weights", gen.dequantize_weights,
+                     "On the CPU: expand quantized GGUF weights to f32 at load instead of "
+                     "keeping them quantized (slower; f32 numerics)");
   generate->add_flag("-v,--verbose", gen.verbose, "Print the CPU kernels and timings to stderr");
 
   SynthOptions synth;

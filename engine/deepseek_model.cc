@@ -304,7 +304,7 @@ std::vector<Tensor> SplitHeadRows(Backend& be, const Tensor& w, int64_t heads,
   std::vector<Tensor> out(parts.size());
   if (w.empty()) return out;
   const int64_t per_head = std::accumulate(parts.begin(), parts.end(), int64_t{0});
-  const size_t row_bytes = static_cast<size_t>(w.dim(1)) * DTypeSize(w.dtype());
+  const size_t row_bytes = DTypeBytes(w.dtype(), w.dim(1));
   std::vector<std::byte> src(w.bytes());
   be.CopyToHost(w, src.data());
   int64_t offset = 0;

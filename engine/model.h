@@ -78,8 +78,9 @@ absl::StatusOr<BatchPlan> PlanBatch(const ModelConfig& config, const KvFormat& f
 void AppendBatch(std::span<const SequenceInput> batch);
 
 // Loads a model for `backend`: a Hugging Face directory (config.json + model.safetensors or
-// model.safetensors.index.json), a GGUF file (*.gguf, architecture "llama"; quantized tensors
-// are dequantized at load) or a llama2.c checkpoint file (*.bin).
+// model.safetensors.index.json), a GGUF file (*.gguf, architecture "llama"; quantized matrices
+// stay quantized where the backend keeps them, engine/weight_source.h) or a llama2.c checkpoint
+// file (*.bin).
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backend& backend);
 
 }  // namespace pdserve

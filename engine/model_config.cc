@@ -588,7 +588,8 @@ absl::StatusOr<ModelConfig> ParseGgufConfig(const GgufFile& file) {
     j["eos_token_id"] = *eos;
   // Tied checkpoints have no separate output matrix.
   j["tie_word_embeddings"] = file.FindTensor("output.weight") == nullptr;
-  j["torch_dtype"] = "float32";  // every supported GGUF type is dequantized to f32 at load
+  // The compute dtype; quantized matrices keep their own type where the backend keeps them.
+  j["torch_dtype"] = "float32";
 
   absl::StatusOr<ModelConfig> c = ParseHfConfig(j, absl::StrCat(path, " (GGUF metadata)"));
   if (!c.ok()) return c.status();

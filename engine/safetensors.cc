@@ -75,8 +75,9 @@ const char* SafetensorsDTypeName(DType dtype) {
       return "F16";
     case DType::kBF16:
       return "BF16";
+    default:  // quantized rows are never read from or written to safetensors
+      return "?";
   }
-  return "?";
 }
 
 // Names come from untrusted files and end up in logs; control characters (including NUL,

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gguf/dequantize.h"
+#include "gguf/ggml_blocks.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "nlohmann/json.hpp"
 
@@ -70,18 +71,23 @@ absl::Status CheckShape(const std::string& file, const std::string& tensor,
                                                  " implies ", expected.ToString()));
 }
 
-// Puts one checkpoint tensor on `backend` the way the backend keeps weights: a bf16 matrix
-// stays bf16 (copied from `raw`) when the backend keeps bf16 matrices; anything else becomes
+// Puts one checkpoint tensor on `backend` the way the backend keeps weights. A matrix stored as
+// `stored` (bf16, or a quantized row type) stays so when the backend keeps that type: copied
+// from `raw` (bf16) or repacked by `to_rows(uint8_t* dst)` (quantized). Anything else becomes
 // f32 through `to_f32(float* dst)`. Both checkpoint formats load through here.
-template <typename ToF32>
+template <typename ToF32, typename ToRows>
 absl::StatusOr<Tensor> PlaceWeight(Backend& backend, TensorSource::Use use, const Shape& shape,
-                                   bool stored_bf16, std::span<const std::byte> raw,
-                                   ToF32&& to_f32) {
+                                   DType stored, std::span<const std::byte> raw, ToF32&& to_f32,
+                                   ToRows&& to_rows) {
   Tensor host;
-  if (use == TensorSource::Use::kMatrix && stored_bf16 &&
-      backend.WeightDType(DType::kBF16) == DType::kBF16) {
+  const bool kept = use == TensorSource::Use::kMatrix && stored != DType::kF32 &&
+                    backend.WeightDType(stored) == stored;
+  if (kept && stored == DType::kBF16) {
     host = Tensor::EmptyCpu(DType::kBF16, shape);
     std::memcpy(host.data(), raw.data(), raw.size());
+  } else if (kept) {
+    host = Tensor::EmptyCpu(stored, shape);
+    to_rows(host.data_as<uint8_t>());
   } else {
     host = Tensor::EmptyCpu(DType::kF32, shape);
     if (absl::Status s = to_f32(host.data_as<float>()); !s.ok()) return s;
@@ -136,8 +142,9 @@ absl::StatusOr<Tensor> WeightSource::Load(const std::string& name, const Shape& 
       !st.ok()) {
     return st;
   }
-  return PlaceWeight(backend, use, expected, entry->dtype == DType::kBF16, entry->data,
-                     [&](float* dst) { return file->ReadF32(*entry, dst); });
+  return PlaceWeight(
+      backend, use, expected, entry->dtype == DType::kBF16 ? DType::kBF16 : DType::kF32,
+      entry->data, [&](float* dst) { return file->ReadF32(*entry, dst); }, [](uint8_t*) {});
 }
 
 std::string GgufTensorName(const std::string& hf_name) {
@@ -190,27 +197,64 @@ bool GgufWeightSource::Contains(const std::string& name) const {
 
 namespace {
 
-// A GGUF tensor as f32: the 32-element quantized blocks through the CPU kernels dispatched for
-// this machine (exactly equal to gguf's reference decoder, tests/kernels/cpu_kernels_test.cc),
-// everything else through the reference; both after the same size checks.
-absl::Status DequantizeTensor(const GgufTensorInfo& t, float* dst) {
-  std::optional<QuantBlockType> block;
-  switch (t.type) {
-    case GgmlType::kQ8_0:
-      block = QuantBlockType::kQ8_0;
-      break;
-    case GgmlType::kQ4_0:
-      block = QuantBlockType::kQ4_0;
-      break;
-    case GgmlType::kQ4_1:
-      block = QuantBlockType::kQ4_1;
-      break;
-    default:
-      return DequantizeToF32(t.type, t.data, t.num_elements, dst);
+// The quantized row type (kernels/tensor.h) a ggml type repacks into; nullopt for the float
+// types and the quantized ones gguf/ggml_blocks.h does not unpack.
+std::optional<DType> RowTypeOf(GgmlType type) {
+  const std::optional<GgmlGroups> groups = GgmlGroupsOf(type);
+  if (!groups) return std::nullopt;
+  if (groups->group_size == 16) return DType::kQ8G16;
+  return groups->code_bits == 4 ? DType::kQ4G32 : DType::kQ8G32;
+}
+
+// Repacks a quantized tensor, row by row, into `dtype` rows (RowTypeOf(t.type)) at dst: each
+// ggml block unpacked to codes and per-group (d, m), exactly, then laid out as kernels/tensor.h
+// describes. GgufFile checked that rows are whole blocks and that the data is their size.
+void RepackRows(const GgufTensorInfo& t, DType dtype, uint8_t* dst) {
+  const GgmlTypeTraits& traits = TraitsOf(t.type);
+  const int64_t k = t.dims.empty() ? 0 : t.dims[0];
+  const int64_t rows = k == 0 ? 0 : t.num_elements / k;
+  const int64_t group = DTypeGroup(dtype);
+  const int64_t block = traits.block_size, groups_per_block = block / group;
+  const size_t row_bytes = DTypeBytes(dtype, k);
+  const int64_t code_bytes = dtype == DType::kQ4G32 ? k / 2 : k;
+  uint8_t codes[kMaxGgmlBlockElements];
+  float d[kMaxGgmlBlockGroups], m[kMaxGgmlBlockGroups];
+  const uint8_t* src = t.data.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* out = dst + static_cast<size_t>(r) * row_bytes;
+    auto* scales = reinterpret_cast<float*>(out + code_bytes);
+    float* offsets = scales + k / group;
+    for (int64_t b = 0; b < k / block; ++b, src += traits.block_bytes) {
+      UnpackGgmlBlock(t.type, src, codes, d, m);
+      for (int64_t g = 0; g < groups_per_block; ++g) {
+        const int64_t at = b * groups_per_block + g;  // the group's index in the row
+        scales[at] = d[g];
+        offsets[at] = m[g];
+        const uint8_t* c = codes + g * group;
+        if (dtype == DType::kQ4G32) {
+          for (int i = 0; i < 16; ++i) {
+            out[at * 16 + i] = static_cast<uint8_t>(c[i] | (c[i + 16] << 4));
+          }
+        } else {
+          std::memcpy(out + at * group, c, static_cast<size_t>(group));
+        }
+      }
+    }
   }
+}
+
+// A GGUF tensor as f32: quantized ones repacked and decoded by the CPU kernels dispatched for
+// this machine (equal to gguf's reference decoder, tests/engine/gguf_model_test.cc), the float
+// types through the reference; both after the same size checks.
+absl::Status DequantizeTensor(const GgufTensorInfo& t, float* dst) {
+  const std::optional<DType> rows_type = RowTypeOf(t.type);
+  if (!rows_type || t.dims.empty()) return DequantizeToF32(t.type, t.data, t.num_elements, dst);
   absl::StatusOr<int64_t> blocks = DequantizeBlockCount(t.type, t.data, t.num_elements);
   if (!blocks.ok()) return blocks.status();
-  BestCpuKernels().dequantize(*block, t.data.data(), *blocks, dst);
+  const int64_t k = t.dims[0];
+  Tensor rows = Tensor::EmptyCpu(*rows_type, Shape{t.num_elements / k, k});
+  RepackRows(t, *rows_type, rows.data_as<uint8_t>());
+  BestCpuKernels().dequantize_rows(*rows_type, rows.data_as<uint8_t>(), rows.dim(0), k, dst);
   return absl::OkStatus();
 }
 
@@ -233,13 +277,18 @@ absl::StatusOr<Tensor> GgufWeightSource::Load(const std::string& name, const Sha
       !st.ok()) {
     return st;
   }
-  return PlaceWeight(backend, use, expected, info->type == GgmlType::kBF16,
-                     std::as_bytes(info->data), [&](float* dst) -> absl::Status {
-                       absl::Status s = DequantizeTensor(*info, dst);
-                       if (s.ok()) return s;
-                       return absl::InvalidArgumentError(absl::StrCat(
-                           file_->source_name(), ": tensor ", tensor, ": ", s.message()));
-                     });
+  const std::optional<DType> rows_type = RowTypeOf(info->type);
+  const DType stored =
+      info->type == GgmlType::kBF16 ? DType::kBF16 : rows_type.value_or(DType::kF32);
+  return PlaceWeight(
+      backend, use, expected, stored, std::as_bytes(info->data),
+      [&](float* dst) -> absl::Status {
+        absl::Status s = DequantizeTensor(*info, dst);
+        if (s.ok()) return s;
+        return absl::InvalidArgumentError(
+            absl::StrCat(file_->source_name(), ": tensor ", tensor, ": ", s.message()));
+      },
+      [&](uint8_t* dst) { RepackRows(*info, stored, dst); });
 }
 
 Tensor WeightLoader::Load(const std::string& name, const Shape& shape) {

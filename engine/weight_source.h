@@ -52,9 +52,12 @@ class WeightSource final : public TensorSource {
 
 // The weights of a llama.cpp GGUF file, under their Hugging Face names (token_embd.weight is
 // model.embed_tokens.weight, blk.N.attn_q.weight is model.layers.N.self_attn.q_proj.weight, ...).
-// Quantized tensors (gguf/dequantize.h) are dequantized to f32 at load. Tensors load as
-// stored: llama.cpp's converter permutes the rows of Q and K per head for interleaved RoPE, so
-// a model loaded from GGUF must use RopeStyle::kInterleaved (ParseGgufConfig sets it).
+// Quantized matrices stay quantized where the backend keeps them (Backend::WeightDType; the CPU
+// backend does): each ggml block is repacked, exactly, into the backend's quantized row types
+// (gguf/ggml_blocks.h, kernels/tensor.h). Otherwise, and for vectors, they are dequantized to
+// f32 at load. Tensors load as stored: llama.cpp's converter permutes the rows of Q and K per
+// head for interleaved RoPE, so a model loaded from GGUF must use RopeStyle::kInterleaved
+// (ParseGgufConfig sets it).
 class GgufWeightSource final : public TensorSource {
  public:
   explicit GgufWeightSource(std::unique_ptr<GgufFile> file) : file_(std::move(file)) {}

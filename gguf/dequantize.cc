@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "gguf/ggml_blocks.h"
 
 namespace pdserve {
 namespace {
@@ -14,35 +15,13 @@ uint16_t LoadU16(const uint8_t* p) {
   return v;
 }
 
-// One block of each format into `out` (block_size floats).
+// One block of each float format into `out` (block_size floats).
 void DecodeF32(const uint8_t* b, float* out) { std::memcpy(out, b, 4); }
 void DecodeF16(const uint8_t* b, float* out) { out[0] = HalfBitsToFloat(LoadU16(b)); }
 void DecodeBF16(const uint8_t* b, float* out) {
   const uint32_t bits = static_cast<uint32_t>(LoadU16(b)) << 16;
   std::memcpy(out, &bits, 4);
 }
-void DecodeQ8_0(const uint8_t* b, float* out) {
-  const float d = HalfBitsToFloat(LoadU16(b));
-  for (int i = 0; i < 32; ++i) out[i] = static_cast<float>(static_cast<int8_t>(b[2 + i])) * d;
-}
-void DecodeQ4_0(const uint8_t* b, float* out) {
-  const float d = HalfBitsToFloat(LoadU16(b));
-  const uint8_t* qs = b + 2;
-  for (int i = 0; i < 16; ++i) {
-    out[i] = static_cast<float>((qs[i] & 0x0f) - 8) * d;
-    out[i + 16] = static_cast<float>((qs[i] >> 4) - 8) * d;
-  }
-}
-void DecodeQ4_1(const uint8_t* b, float* out) {
-  const float d = HalfBitsToFloat(LoadU16(b));
-  const float m = HalfBitsToFloat(LoadU16(b + 2));
-  const uint8_t* qs = b + 4;
-  for (int i = 0; i < 16; ++i) {
-    out[i] = static_cast<float>(qs[i] & 0x0f) * d + m;
-    out[i + 16] = static_cast<float>(qs[i] >> 4) * d + m;
-  }
-}
-
 using DecodeFn = void (*)(const uint8_t* src, int64_t blocks, const GgmlTypeTraits& traits,
                           float* dst);
 
@@ -54,14 +33,37 @@ void DecodeBlocks(const uint8_t* src, int64_t blocks, const GgmlTypeTraits& trai
   }
 }
 
+// Every quantized format: unpacked into codes and per-group (d, m), then ggml's arithmetic on
+// them (gguf/ggml_blocks.h): d * code + m, or (code - code_offset) * d for the symmetric
+// formats, which is the same value but keeps ggml's sign on zeros (and its infinities).
+void DecodeQuantized(const uint8_t* src, int64_t blocks, const GgmlTypeTraits& traits, float* dst) {
+  const GgmlGroups groups = *GgmlGroupsOf(traits.type);
+  const int group_size = groups.group_size;
+  const float offset = static_cast<float>(groups.code_offset);
+  uint8_t codes[kMaxGgmlBlockElements];
+  float d[kMaxGgmlBlockGroups], m[kMaxGgmlBlockGroups];
+  for (int64_t b = 0; b < blocks; ++b) {
+    UnpackGgmlBlock(traits.type, src + b * traits.block_bytes, codes, d, m);
+    float* out = dst + b * traits.block_size;
+    for (int i = 0; i < static_cast<int>(traits.block_size); ++i) {
+      const int g = i / group_size;
+      const float code = static_cast<float>(codes[i]);
+      out[i] = groups.code_offset != 0 ? (code - offset) * d[g] : d[g] * code + m[g];
+    }
+  }
+}
+
 struct Decoder {
   GgmlType type;
   DecodeFn decode;
 };
 constexpr Decoder kDecoders[] = {
     {GgmlType::kF32, DecodeBlocks<DecodeF32>},   {GgmlType::kF16, DecodeBlocks<DecodeF16>},
-    {GgmlType::kBF16, DecodeBlocks<DecodeBF16>}, {GgmlType::kQ8_0, DecodeBlocks<DecodeQ8_0>},
-    {GgmlType::kQ4_0, DecodeBlocks<DecodeQ4_0>}, {GgmlType::kQ4_1, DecodeBlocks<DecodeQ4_1>},
+    {GgmlType::kBF16, DecodeBlocks<DecodeBF16>}, {GgmlType::kQ8_0, DecodeQuantized},
+    {GgmlType::kQ4_0, DecodeQuantized},          {GgmlType::kQ4_1, DecodeQuantized},
+    {GgmlType::kQ5_0, DecodeQuantized},          {GgmlType::kQ5_1, DecodeQuantized},
+    {GgmlType::kQ4_K, DecodeQuantized},          {GgmlType::kQ5_K, DecodeQuantized},
+    {GgmlType::kQ6_K, DecodeQuantized},
 };
 
 const Decoder* FindDecoder(GgmlType type) {

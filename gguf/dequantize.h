@@ -1,12 +1,7 @@
-// Converting GGUF tensor data to f32: the float types and the 32-element ggml block formats
-// pdserve loads (SPEC "Models and formats": F32, F16, BF16, Q8_0, Q4_0, Q4_1).
-//
-// Block layouts (each block holds 32 consecutive elements; d and m are IEEE fp16):
-//   Q8_0: d, int8 q[32]                 x[i] = q[i] * d
-//   Q4_0: d, uint8 qs[16]               x[i] = (nibble(i) - 8) * d
-//   Q4_1: d, m, uint8 qs[16]            x[i] = nibble(i) * d + m
-// where nibble(i) is the low 4 bits of qs[i] for i < 16 and the high 4 bits of qs[i - 16]
-// otherwise.
+// Converting GGUF tensor data to f32: the float types F32, F16 and BF16, and the quantized ggml
+// block formats Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K, bit for bit as ggml
+// dequantizes them (signs of zero included). The quantized formats decode through
+// UnpackGgmlBlock; their block layouts are in gguf/ggml_blocks.h.
 #pragma once
 
 #include <cstdint>
@@ -27,8 +22,9 @@ absl::StatusOr<int64_t> DequantizeBlockCount(GgmlType type, std::span<const uint
                                              int64_t elements);
 
 // Decodes `elements` values of `type` from `src` into dst (room for `elements` floats). Plain
-// per-block loops: the reference that the run-time dispatched CPU kernels that the model loader
-// uses for Q8_0/Q4_0/Q4_1 (kernels/cpu/cpu_kernels.h) are tested against.
+// per-block loops, every quantized format through UnpackGgmlBlock: the reference that the
+// run-time dispatched CPU kernels that the model loader uses for Q8_0/Q4_0/Q4_1
+// (kernels/cpu/cpu_kernels.h) are tested against.
 // InvalidArgument when the type is not supported (the message names it and lists those that
 // are), when `elements` is not a whole number of blocks, or when `src` is not exactly the
 // bytes those blocks take. `src` needs no alignment.

@@ -1,6 +1,7 @@
 #include "kernels/convert.h"
 
 #include <cmath>
+#include <cstdlib>
 
 namespace pdserve {
 
@@ -59,6 +60,8 @@ void ConvertToF32(const void* src, DType src_dtype, float* dst, size_t count) {
       for (size_t i = 0; i < count; ++i) dst[i] = BF16ToFloat(s[i]);
       return;
     }
+    default:  // quantized rows decode per row, with their scales (CpuKernels::dequantize_rows)
+      std::abort();
   }
 }
 
@@ -77,6 +80,8 @@ void ConvertFromF32(const float* src, DType dst_dtype, void* dst, size_t count) 
       for (size_t i = 0; i < count; ++i) d[i] = FloatToBF16(src[i]);
       return;
     }
+    default:  // quantizing needs per-group scales: not a plain conversion
+      std::abort();
   }
 }
 

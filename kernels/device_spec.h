@@ -17,6 +17,11 @@ struct DeviceSpec {
   // CUDA: run decode steps as CUDA graphs (cleared by --enforce-eager, which runs every op as
   // it comes: slower, for debugging or to rule graphs out).
   bool cuda_graphs = true;
+  // CPU: quantized checkpoint weights (GGUF Q4_0, Q4_K, Q8_0, ...) stay quantized in memory and
+  // run on integer dot products with 8-bit activations; cleared by --dequantize-weights, which
+  // expands them to f32 at load (about 5x the memory and bytes streamed per token, the f32
+  // reference's numerics).
+  bool keep_quantized_weights = true;
 };
 
 // INVALID_ARGUMENT naming the accepted forms for anything but cpu, cuda or cuda:N (N >= 0).

@@ -10,7 +10,9 @@ namespace pdserve {
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const DeviceSpec& spec, int threads,
                                                      CpuIsa isa) {
-  if (spec.device == Device::kCpu) return std::make_unique<CpuBackend>(threads, isa);
+  if (spec.device == Device::kCpu) {
+    return std::make_unique<CpuBackend>(threads, isa, spec.keep_quantized_weights);
+  }
 #if PDSERVE_WITH_CUDA
   if (!CudaBackend::DeviceAvailable(spec.ordinal)) {
     return absl::FailedPreconditionError(absl::StrCat(

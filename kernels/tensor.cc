@@ -1,5 +1,8 @@
 #include "kernels/tensor.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -13,8 +16,25 @@ size_t DTypeSize(DType dtype) {
     case DType::kF16:
     case DType::kBF16:
       return 2;
+    case DType::kQ4G32:
+    case DType::kQ8G32:
+    case DType::kQ8G16:
+      return 0;
   }
   return 0;
+}
+
+bool IsQuantized(DType dtype) { return DTypeSize(dtype) == 0; }
+
+int64_t DTypeGroup(DType dtype) {
+  return dtype == DType::kQ4G32 || dtype == DType::kQ8G32 ? 32 : dtype == DType::kQ8G16 ? 16 : 1;
+}
+
+size_t DTypeBytes(DType dtype, int64_t numel) {
+  const auto n = static_cast<size_t>(numel);
+  if (!IsQuantized(dtype)) return n * DTypeSize(dtype);
+  const size_t code_bytes = dtype == DType::kQ4G32 ? n / 2 : n;
+  return code_bytes + n / static_cast<size_t>(DTypeGroup(dtype)) * 2 * sizeof(float);
 }
 
 std::string_view DTypeName(DType dtype) {
@@ -25,6 +45,12 @@ std::string_view DTypeName(DType dtype) {
       return "f16";
     case DType::kBF16:
       return "bf16";
+    case DType::kQ4G32:
+      return "q4g32";
+    case DType::kQ8G32:
+      return "q8g32";
+    case DType::kQ8G16:
+      return "q8g16";
   }
   return "?";
 }
@@ -71,10 +97,15 @@ Tensor::Tensor(std::shared_ptr<void> storage, void* data, Device device, DType d
     : storage_(std::move(storage)), data_(data), device_(device), dtype_(dtype), shape_(shape) {}
 
 Tensor Tensor::EmptyCpu(DType dtype, Shape shape) {
-  size_t bytes = static_cast<size_t>(shape.numel()) * DTypeSize(dtype);
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  // Large tensors (weights, KV pools) go on 2 MiB pages where the kernel allows it: streaming a
+  // weight matrix on 4 KiB pages costs a TLB miss, and a hardware prefetcher stop, every 4 KiB.
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const size_t bytes = DTypeBytes(dtype, shape.numel());
+  const size_t align = bytes >= kHugePage ? kHugePage : 64;
+  const size_t rounded = std::max((bytes + align - 1) / align * align, align);
+  void* p = std::aligned_alloc(align, rounded);
   if (p == nullptr) throw std::bad_alloc();
+  if (align == kHugePage) (void)madvise(p, rounded, MADV_HUGEPAGE);  // a hint: may be refused
   std::shared_ptr<void> storage(p, [](void* q) { std::free(q); });
   return Tensor(std::move(storage), p, Device::kCpu, dtype, shape);
 }
@@ -103,8 +134,7 @@ Tensor Tensor::Rows(int64_t begin, int64_t count) const {
       out = Shape{count, s[1], s[2], s[3]};
       break;
   }
-  char* base =
-      static_cast<char*>(data_) + static_cast<size_t>(begin * row_elems) * DTypeSize(dtype_);
+  char* base = static_cast<char*>(data_) + DTypeBytes(dtype_, begin * row_elems);
   return Tensor(storage_, base, device_, dtype_, out);
 }
 

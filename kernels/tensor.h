@@ -16,10 +16,27 @@ namespace pdserve {
 enum class Device : uint8_t { kCpu, kCuda };
 
 // Element types for storage. CPU compute is always f32; f16/bf16 are storage formats.
-enum class DType : uint8_t { kF32, kF16, kBF16 };
+//
+// The q* types are quantized weight rows, kept as a checkpoint's integer codes (GGUF's Q4_0,
+// Q4_K, Q8_0, ... repacked at load, gguf/ggml_blocks.h): each row of k values is split into
+// groups of G, and each group has an f32 scale d and offset m with value = d * code + m. A row
+// is laid out as its k codes (one per byte; for q4, two per byte: in each group of 32, byte i
+// holds code i in its low nibble and code i + 16 in its high one), then its k / G scales, then
+// its k / G offsets. Codes are unsigned; signed formats fold their zero point into m.
+//   q4g32: 4-bit codes, G = 32 (Q4_0, Q4_1, Q4_K)      0.75 bytes per value
+//   q8g32: 8-bit codes, G = 32 (Q8_0, Q5_0, Q5_1, Q5_K) 1.25 bytes per value
+//   q8g16: 8-bit codes, G = 16 (Q6_K)                   1.5 bytes per value
+enum class DType : uint8_t { kF32, kF16, kBF16, kQ4G32, kQ8G32, kQ8G16 };
 
+// Bytes per value of a float type; 0 for the quantized row types (use DTypeBytes).
 size_t DTypeSize(DType dtype);
-std::string_view DTypeName(DType dtype);  // "f32", "f16", "bf16"
+// Bytes that `numel` values take; for a quantized type, numel must be whole groups.
+size_t DTypeBytes(DType dtype, int64_t numel);
+bool IsQuantized(DType dtype);
+// Values per group of a quantized type (32 or 16); 1 for a float type.
+int64_t DTypeGroup(DType dtype);
+std::string_view DTypeName(DType dtype);  // "f32", "f16", "bf16", "q4g32", "q8g32", "q8g16"
+// The float types only (a KV cache or a config's torch_dtype is never quantized rows).
 std::optional<DType> ParseDType(std::string_view name);
 std::string_view DeviceName(Device device);
 
@@ -66,7 +83,7 @@ class Tensor {
   const Shape& shape() const { return shape_; }
   int64_t dim(int i) const { return shape_[i]; }
   int64_t numel() const { return shape_.numel(); }
-  size_t bytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype_); }
+  size_t bytes() const { return DTypeBytes(dtype_, numel()); }
 
   // View of rows [begin, begin + count) along dimension 0.
   Tensor Rows(int64_t begin, int64_t count) const;

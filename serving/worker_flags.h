@@ -29,6 +29,7 @@ struct WorkerFlags {
   std::string cpu_isa{};              // "" = the best this CPU supports
   std::string device = "cpu";         // cpu, cuda or cuda:N (kernels/device_spec.h)
   bool enforce_eager = false;         // no CUDA graphs (DeviceSpec::cuda_graphs)
+  bool dequantize_weights = false;    // DeviceSpec::keep_quantized_weights cleared
   std::string kv_transport = "auto";  // auto or one transport (transport/kv_transport_select.h)
   rpc::TlsFiles tls{};
   bool kv_plaintext = false;        // KV transfers stay plaintext even with TLS files
@@ -44,9 +45,9 @@ inline std::chrono::milliseconds DrainGrace(const WorkerFlags& flags) {
 }
 
 // Declares the flags above on `app` (--model, --listen, --threads, --kv-blocks, --kv-cache-mb,
-// --port-file, --log-level, --cpu-isa, --device, --enforce-eager, --kv-transport, --tls-*,
-// --drain-grace, --kv-plaintext, --metrics-*), writing into `flags` (whose current values are the
-// defaults shown).
+// --port-file, --log-level, --cpu-isa, --device, --enforce-eager, --dequantize-weights,
+// --kv-transport, --tls-*, --drain-grace, --kv-plaintext, --metrics-*), writing into `flags`
+// (whose current values are the defaults shown).
 inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_option("--model", flags.model_path,
                  "Model: Hugging Face directory, GGUF file or llama2.c .bin")
@@ -76,6 +77,9 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
   app.add_flag("--enforce-eager", flags.enforce_eager,
                "With --device cuda: run every op as it comes instead of replaying decode steps as "
                "CUDA graphs (slower; to debug or to rule graphs out)");
+  app.add_flag("--dequantize-weights", flags.dequantize_weights,
+               "On the CPU: expand quantized GGUF weights (Q4_0, Q4_K, Q8_0, ...) to f32 at load "
+               "instead of keeping them quantized (slower, ~5x the memory; f32 numerics)");
   app.add_option("--kv-transport", flags.kv_transport,
                  "How KV moves between prefill and decode workers: auto (the best both sides "
                  "run: cuda-ipc between GPU workers on one machine, else nccl between GPU "

@@ -11,6 +11,7 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags) {
   absl::StatusOr<DeviceSpec> device = ParseDevice(flags.device);
   if (!device.ok()) return device.status();
   device->cuda_graphs = !flags.enforce_eager;
+  device->keep_quantized_weights = !flags.dequantize_weights;
   absl::StatusOr<std::unique_ptr<rpc::Server>> loading =
       rpc::Server::Start(flags.listen, {}, flags.tls);
   if (!loading.ok()) return loading.status();

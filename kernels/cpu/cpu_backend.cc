@@ -28,8 +28,7 @@ int64_t Cols(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0);
 constexpr int64_t kParallelWork = 1 << 16;
 
 bool IsHostWeight(const Tensor& t) {
-  return t.device() == Device::kCpu && !t.empty() &&
-         (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16);
+  return t.device() == Device::kCpu && !t.empty() && t.dtype() != DType::kF16;
 }
 
 // Decode-sized batches stream a bf16 weight matrix once, converting in registers; above this
@@ -47,10 +46,13 @@ void ForEachChunk(int threads, int64_t n, Fn fn) {
   }
 }
 
-// A weight row (or embedding row) of f32 or bf16 as f32.
+// A weight row (or embedding row) of f32, bf16 or a quantized type as f32.
 void RowToF32(const CpuKernels& kernels, const void* src, DType dtype, float* dst, size_t n) {
   if (dtype == DType::kBF16) {
     kernels.bf16_to_f32(static_cast<const uint16_t*>(src), dst, n);
+  } else if (IsQuantized(dtype)) {
+    kernels.dequantize_rows(dtype, static_cast<const uint8_t*>(src), 1, static_cast<int64_t>(n),
+                            dst);
   } else {
     ConvertToF32(src, dtype, dst, n);
   }
@@ -58,9 +60,11 @@ void RowToF32(const CpuKernels& kernels, const void* src, DType dtype, float* ds
 
 }  // namespace
 
-CpuBackend::CpuBackend(int num_threads, std::optional<CpuIsa> isa)
+CpuBackend::CpuBackend(int num_threads, std::optional<CpuIsa> isa, bool keep_quantized_weights)
     : num_threads_(num_threads > 0 ? num_threads : omp_get_num_procs()),
-      kernels_(CpuKernelsFor(isa.value_or(BestCpuIsa()))) {
+      keep_quantized_weights_(keep_quantized_weights),
+      kernels_(CpuKernelsFor(isa.value_or(BestCpuIsa()))),
+      gemm_q_(BestGemmQ(kernels_)) {
   openblas_set_num_threads(num_threads_);
 }
 
@@ -77,7 +81,8 @@ void CpuBackend::UseBlasThreads() const {
 }
 
 DType CpuBackend::WeightDType(DType checkpoint_dtype) const {
-  return checkpoint_dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  if (checkpoint_dtype == DType::kBF16) return DType::kBF16;
+  return IsQuantized(checkpoint_dtype) && keep_quantized_weights_ ? checkpoint_dtype : DType::kF32;
 }
 
 Tensor CpuBackend::Allocate(DType dtype, Shape shape) { return Tensor::EmptyCpu(dtype, shape); }
@@ -93,7 +98,7 @@ void CpuBackend::CopyFromHost(const void* host, Tensor& dst) {
 void CpuBackend::Embed(std::span<const int32_t> ids, const Tensor& table, Tensor& out) {
   PDSERVE_KERNEL_CHECK(IsHostWeight(table) && IsHostF32(out));
   const int64_t d = table.dim(1);
-  const size_t row_bytes = static_cast<size_t>(d) * DTypeSize(table.dtype());
+  const size_t row_bytes = DTypeBytes(table.dtype(), d);
   PDSERVE_KERNEL_CHECK(out.dim(0) == static_cast<int64_t>(ids.size()) && Cols(out) == d);
   for (size_t i = 0; i < ids.size(); ++i) {
     PDSERVE_KERNEL_CHECK(ids[i] >= 0 && ids[i] < table.dim(0));
@@ -110,17 +115,18 @@ void CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Te
   PDSERVE_KERNEL_CHECK(Cols(w) == k && y.dim(0) == m && Cols(y) == n);
   const float* xp = x.data_as<float>();
   float* yp = y.data_as<float>();
-  if (w.dtype() == DType::kBF16) {
+  if (w.dtype() == DType::kF32) {
+    const float* wp = w.data_as<float>();
+    if (m == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f, wp,
+                  static_cast<int>(k), xp, 1, 0.0f, yp, 1);
+    } else {
+      Sgemm(xp, m, k, wp, n, yp);
+    }
+  } else if (w.dtype() == DType::kBF16) {
     LinearBf16(xp, m, k, w.data_as<uint16_t>(), n, yp);
-  } else if (m == 1) {
-    const float* wp = w.data_as<float>();
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f, wp,
-                static_cast<int>(k), xp, 1, 0.0f, yp, 1);
   } else {
-    const float* wp = w.data_as<float>();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), 1.0f, xp, static_cast<int>(k), wp, static_cast<int>(k), 0.0f,
-                yp, static_cast<int>(n));
+    LinearQuantized(xp, m, k, w, yp);
   }
   if (bias != nullptr) {
     PDSERVE_KERNEL_CHECK(IsHostF32(*bias) && bias->numel() == n);
@@ -129,6 +135,12 @@ void CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Te
       for (int64_t j = 0; j < n; ++j) yp[i * n + j] += bp[j];
     }
   }
+}
+
+void CpuBackend::Sgemm(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), 1.0f, x, static_cast<int>(k), w, static_cast<int>(k), 0.0f, y,
+              static_cast<int>(n));
 }
 
 void CpuBackend::LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n,
@@ -154,9 +166,37 @@ void CpuBackend::LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t
   for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
     kernels_.bf16_to_f32(w + i0, wf + i0, static_cast<size_t>(std::min(kChunk, count - i0)));
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), 1.0f, x, static_cast<int>(k), wf, static_cast<int>(k), 0.0f, y,
-              static_cast<int>(n));
+  Sgemm(x, m, k, wf, n, y);
+}
+
+void CpuBackend::LinearQuantized(const float* x, int64_t m, int64_t k, const Tensor& w, float* y) {
+  const int64_t n = w.dim(0);
+  const auto* wp = w.data_as<const uint8_t>();
+  // Quantize the activations once, then every weight row is read once for all m rows, output
+  // rows split across threads. One path for every m: each output depends only on its own row
+  // (batch invariance), and the integer dot products outrun an f32 copy plus SGEMM.
+  PDSERVE_KERNEL_CHECK(k % 32 == 0);
+  q8_codes_.resize(static_cast<size_t>(m * k));
+  q8_scales_.resize(static_cast<size_t>(m * k / 32));
+  q8_sums32_.resize(static_cast<size_t>(m * k / 32));
+  q8_sums16_.resize(static_cast<size_t>(m * k / 16));
+  // Rows are independent: prompts quantize in parallel, a decode step on the calling thread.
+#pragma omp parallel for num_threads(num_threads_) schedule(static) if (m * k > kParallelWork)
+  for (int64_t r = 0; r < m; ++r) {
+    kernels_.quantize_q8(x + r * k, 1, k, q8_codes_.data() + r * k, q8_scales_.data() + r * k / 32,
+                         q8_sums32_.data() + r * k / 32, q8_sums16_.data() + r * k / 16);
+  }
+  const Q8Activations acts{.codes = q8_codes_.data(),
+                           .scales = q8_scales_.data(),
+                           .sums32 = q8_sums32_.data(),
+                           .sums16 = q8_sums16_.data(),
+                           .m = m,
+                           .k = k};
+  const int64_t chunk = 16;
+#pragma omp parallel for num_threads(num_threads_) schedule(static) if (m * n * k > kParallelWork)
+  for (int64_t j0 = 0; j0 < n; j0 += chunk) {
+    gemm_q_(w.dtype(), wp, j0, std::min(n, j0 + chunk), acts, y, n);
+  }
 }
 
 void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
@@ -414,26 +454,31 @@ void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& 
   PDSERVE_KERNEL_CHECK(kp.width == k_width && vp.width == v_width &&
                        kp.block_size == vp.block_size && kp.num_blocks == vp.num_blocks);
 
-  // Decode: one new token per sequence reads the pages in place (memory-bound kernel).
-  const bool decode =
-      std::all_of(seqs.begin(), seqs.end(), [](const AttentionSeq& s) { return s.q_len == 1; });
-  if (decode && hd == vd && q.dim(0) == static_cast<int64_t>(seqs.size())) {
-    std::vector<PagedSeq> paged;
+  // K and V heads equally wide (GQA, MHA, MQA): every query row, decode or prefill, reads the
+  // pages in place through the paged decode kernel, as a sequence of its own whose context ends
+  // at its position. A row's result then depends only on its query and its context, never on
+  // how the prompt was batched or split by a cached prefix: prefill and decode rows, batched or
+  // alone, in one process or across prefill and decode workers, compute the same floats.
+  if (hd == vd) {
+    std::vector<PagedSeq> rows;
+    rows.reserve(static_cast<size_t>(q.dim(0)));
     for (const AttentionSeq& s : seqs) {
-      PDSERVE_KERNEL_CHECK(s.q_begin == static_cast<int64_t>(paged.size()));
-      paged.push_back({s.block_table, s.start_pos + 1});
+      PDSERVE_KERNEL_CHECK(s.q_len >= 1 && s.q_begin == static_cast<int64_t>(rows.size()));
+      for (int64_t t = 0; t < s.q_len; ++t) rows.push_back({s.block_table, s.start_pos + t + 1});
     }
+    PDSERVE_KERNEL_CHECK(static_cast<int64_t>(rows.size()) == q.dim(0));
     const PagedKv kv{kp.data,          vp.data, kp.num_blocks, static_cast<int>(kp.block_size),
                      shape.n_kv_heads, hd};
-    PagedDecodeAttention(q.data_as<float>(), shape.n_heads, kv, paged, shape.scale,
+    PagedDecodeAttention(q.data_as<float>(), shape.n_heads, kv, rows, shape.scale,
                          out.data_as<float>(), num_threads_, kernels_.isa);
     return;
   }
 
-  // Prefill: gather each sequence's context (cached prefix and new tokens) into contiguous K
-  // and V, then per (sequence, head, block of up to kBlock new tokens) two small GEMMs,
-  // S = Q·Kᵀ over the visible context and O = softmax(S)·V, so prefill runs at BLAS speed.
-  // The gather copies O(context) rows against O(new tokens × context) multiply-adds.
+  // K and V heads of different widths (DeepSeek's MHA form of MLA): gather each sequence's context
+  // (cached prefix and new tokens) into contiguous K and V, then per (sequence, head, block of up
+  // to kBlock new tokens) two small GEMMs, S = Q·Kᵀ over the visible context and O = softmax(S)·V,
+  // so prefill runs at BLAS speed. The gather copies O(context) rows against O(new tokens ×
+  // context) multiply-adds.
   std::vector<int64_t> ctx_off(seqs.size() + 1, 0);
   for (size_t i = 0; i < seqs.size(); ++i) {
     const AttentionSeq& s = seqs[i];

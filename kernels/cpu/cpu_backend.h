@@ -14,14 +14,18 @@ class CpuBackend final : public Backend {
  public:
   // num_threads <= 0 uses every available core. `isa` picks the compiled kernel variant
   // (kernels/cpu/cpu_kernels.h), by default the best this CPU runs; a given one must run here
-  // (check with CheckCpuIsaSupported first: an unsupported one aborts).
-  explicit CpuBackend(int num_threads = 0, std::optional<CpuIsa> isa = std::nullopt);
+  // (check with CheckCpuIsaSupported first: an unsupported one aborts). Quantized checkpoint
+  // weights stay quantized unless keep_quantized_weights is false (then they load as f32).
+  explicit CpuBackend(int num_threads = 0, std::optional<CpuIsa> isa = std::nullopt,
+                      bool keep_quantized_weights = true);
 
   Device device() const override { return Device::kCpu; }
   int num_threads() const override { return num_threads_; }
   CpuIsa isa() const { return kernels_.isa; }
 
-  // bf16 checkpoints stay bf16 (converted to f32 inside the GEMV/GEMM); others become f32.
+  // bf16 checkpoints stay bf16 (converted to f32 inside the GEMV/GEMM), quantized rows stay
+  // quantized (integer dot products on 8-bit activations; see keep_quantized_weights); others
+  // become f32.
   DType WeightDType(DType checkpoint_dtype) const override;
   Tensor Allocate(DType dtype, Shape shape) override;
   void CopyToHost(const Tensor& src, void* host) override;
@@ -49,8 +53,9 @@ class CpuBackend final : public Backend {
   void UnpackKvFromHost(const void* host, std::span<Tensor* const> pools,
                         std::span<const int32_t> block_table, int64_t token_begin,
                         int64_t token_count) override;
-  // Decode batches (one new token each, K and V heads equally wide) use the paged decode kernel
-  // of kernels/paged_attention.h; everything else gathers the context and runs GEMMs.
+  // With K and V heads equally wide, every query row (decode and prefill alike) runs the paged
+  // decode kernel of kernels/paged_attention.h over its own context, so results are batch
+  // invariant; otherwise (DeepSeek's MHA form) it gathers the context and runs GEMMs.
   void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                  std::span<const AttentionSeq> seqs, const AttentionShape& shape,
                  Tensor& out) override;
@@ -59,14 +64,20 @@ class CpuBackend final : public Backend {
                     Tensor& o_lat) override;
 
  private:
+  void Sgemm(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y);
   void LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, float* y);
+  void LinearQuantized(const float* x, int64_t m, int64_t k, const Tensor& w, float* y);
 
   // Makes BLAS on the calling thread use num_threads_ (see the definition).
   void UseBlasThreads() const;
 
   int num_threads_;
+  bool keep_quantized_weights_;
   const CpuKernels& kernels_;
-  std::vector<float> bf16_scratch_;           // f32 copy of a bf16 weight for prefill-sized GEMMs
+  GemmQFn gemm_q_;                   // BestGemmQ(kernels_)
+  std::vector<float> bf16_scratch_;  // f32 copy of a bf16 weight for prefill-sized GEMMs
+  std::vector<int8_t> q8_codes_;     // the activations of a quantized GEMM
+  std::vector<float> q8_scales_, q8_sums32_, q8_sums16_;
   std::vector<float> k_scratch_, v_scratch_;  // prefill attention's gathered contexts
 };
 

@@ -200,6 +200,11 @@ const CpuKernels& CpuKernelsFor(CpuIsa isa) {
   return LevelOf(isa).kernels();
 }
 
+GemmQFn BestGemmQ(const CpuKernels& kernels) {
+  return kernels.gemm_q_vnni != nullptr && DetectCpuFeatures().avx512_vnni ? kernels.gemm_q_vnni
+                                                                           : kernels.gemm_q;
+}
+
 const CpuKernels& BestCpuKernels() {
   static const CpuKernels& best = CpuKernelsFor(BestCpuIsa());
   return best;

@@ -10,8 +10,9 @@
 // Which CPU features a level needs is checked with CPUID and XGETBV (the OS must save the wider
 // registers), not guessed from the vendor or model.
 //
-// Integer dot products (AVX-512 VNNI, AVX-VNNI) are detected and reported; no kernel needs them
-// until weights stay quantized in memory (their int8 dot products are where VNNI pays).
+// The integer dot products of quantized weights (kernels/cpu/quant_kernels.cc) are compiled once
+// more for x86-64-v4 with AVX-512 VNNI, used where CPUID reports it (AVX-VNNI, its VEX form on
+// some AVX2 CPUs, is detected and reported but has no kernel yet).
 // The KV frame checksum (XXH3) uses xxHash's own x86 dispatcher (libxxhash), which makes the
 // same choice between SSE2, AVX2 and AVX-512 (transport/kv_frame.cc).
 //
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/tensor.h"
 
 namespace pdserve {
 
@@ -65,8 +67,23 @@ absl::StatusOr<CpuIsa> ResolveCpuIsa(const std::string& flag);
 // dispatch".
 std::string DescribeCpuKernels(CpuIsa isa);
 
-// GGML's 32-element block formats (layouts in gguf/dequantize.h).
-enum class QuantBlockType : uint8_t { kQ8_0, kQ4_0, kQ4_1 };
+// Activation rows quantized to 8 bits for the integer dot products with quantized weight rows
+// (DType q4g32, q8g32, q8g16; layout in kernels/tensor.h). Per row of k values (k a multiple of
+// 32): k int8 codes; per 32 values a scale (value ~ scale * code, scale = max |value| / 127);
+// and the scaled sums of the codes (scale * sum of codes) per 32 and per 16, which multiply the
+// weight groups' offsets.
+struct Q8Activations {
+  const int8_t* codes = nullptr;  // [m, k]
+  const float* scales = nullptr;  // [m, k / 32]
+  const float* sums32 = nullptr;  // [m, k / 32]
+  const float* sums16 = nullptr;  // [m, k / 16]
+  int64_t m = 0, k = 0;
+};
+
+// y[r, j] = dot(x[r, :], w[j, :]) for r < x.m, j in [j0, j1): w is rows of the quantized type
+// `w_dtype`, x.k values each; y is row-major [x.m, n].
+using GemmQFn = void (*)(DType w_dtype, const uint8_t* w, int64_t j0, int64_t j1,
+                         const Q8Activations& x, float* y, int64_t n);
 
 // The kernels compiled for one level. All are single-threaded; callers split the work.
 struct CpuKernels {
@@ -92,9 +109,22 @@ struct CpuKernels {
   void (*add)(float* x, const float* y, int64_t n);
   // bf16 to f32, exactly.
   void (*bf16_to_f32)(const uint16_t* src, float* dst, size_t n);
-  // `blocks` consecutive 32-element blocks of `type` to 32 * blocks floats.
-  void (*dequantize)(QuantBlockType type, const uint8_t* src, int64_t blocks, float* dst);
+  // `rows` rows of k values of the quantized type `dtype` to f32: d * code + m, rounded as
+  // written (a multiply, then an add), so equal to the scalar definition at every level.
+  void (*dequantize_rows)(DType dtype, const uint8_t* src, int64_t rows, int64_t k, float* dst);
+  // x [m, k] f32 to Q8Activations' arrays (sizes there); the same values at every level.
+  void (*quantize_q8)(const float* x, int64_t m, int64_t k, int8_t* codes, float* scales,
+                      float* sums32, float* sums16);
+  // Integer dot products of this level: SSE4.1/SSSE3 (pmaddubsw, pmaddwd) at v2, AVX2 at v3
+  // and v4.
+  GemmQFn gemm_q;
+  // The same with AVX-512 VNNI dot products (vpdpbusd); set at v4 only, and usable only where
+  // DetectCpuFeatures().avx512_vnni (BestGemmQ checks).
+  GemmQFn gemm_q_vnni;
 };
+
+// The fastest quantized GEMM of `kernels`' level that this CPU runs.
+GemmQFn BestGemmQ(const CpuKernels& kernels);
 
 // The kernels of `isa`; aborts when this CPU does not support it (callers check first with
 // CheckCpuIsaSupported or take BestCpuIsa()).

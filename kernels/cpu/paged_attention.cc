@@ -2,10 +2,11 @@
 // kernels share, kernels/cpu/grouped_decode.h).
 //
 // Work items are (sequence, context chunk), covering all groups. Long contexts are cut into chunks
-// so that one sequence keeps every thread busy; each chunk leaves a partial softmax state (max,
-// sum, unnormalized output) that a second pass merges (flash-decoding). A sequence whose context
-// fits in one chunk writes its output directly. The items themselves run in the CPU kernels of
-// the chosen ISA level (CpuKernels::decode_attention_item); threads and the merge live here.
+// (at fixed token offsets, so that results do not depend on the batch) to keep every thread busy;
+// each chunk leaves a partial softmax state (max, sum, unnormalized output) that a second pass
+// merges (flash-decoding). A sequence whose context fits in one chunk writes its output directly.
+// The items themselves run in the CPU kernels of the chosen ISA level
+// (CpuKernels::decode_attention_item); threads and the merge live here.
 #include "kernels/paged_attention.h"
 
 #include <omp.h>
@@ -27,11 +28,12 @@ namespace {
 // Below this many multiply-adds the kernel runs on the calling thread (as in cpu_backend.cc:
 // waking the OpenMP team costs more than it saves).
 constexpr int64_t kParallelWork = 1 << 16;
-// A context is split into chunks of at least this many tokens; below it the merge pass and the
-// per-chunk setup cost more than the parallelism brings.
-constexpr int64_t kMinChunk = 256;
-// Aim for this many work items per thread so dynamic scheduling evens out ragged batches.
-constexpr int64_t kItemsPerThread = 4;
+// Contexts are cut into chunks at fixed multiples of this many tokens, whatever the batch and
+// the thread count: a sequence's result then depends only on its own query and context, never
+// on what it is batched with (batch invariance: a prefill worker's rows equal a single process's
+// bit for bit). Long enough to amortize the merge pass, short enough that one long context
+// keeps every thread busy.
+constexpr int64_t kChunk = 256;
 
 int ResolveThreads(int num_threads) { return num_threads > 0 ? num_threads : omp_get_num_procs(); }
 
@@ -41,14 +43,8 @@ void RunGroupedDecode(const GroupedDecode& p, std::span<const PagedSeq> seqs, in
   const int64_t n_heads = static_cast<int64_t>(p.n_groups) * p.group_size;
   const int64_t dk = p.da + p.db;
 
-  // Chunk length: long enough to amortize the merge, short enough that the whole batch makes
-  // about kItemsPerThread items per thread.
   int64_t total_tokens = 0;
   for (const PagedSeq& s : seqs) total_tokens += s.context_len;
-  const int64_t target_items = static_cast<int64_t>(threads) * kItemsPerThread;
-  const int64_t chunk =
-      std::max(kMinChunk, (total_tokens + target_items - 1) / std::max<int64_t>(target_items, 1));
-
   std::vector<DecodeItem> items;
   struct Split {  // a sequence cut into `count` chunks with consecutive partial slots
     int64_t seq;
@@ -58,7 +54,7 @@ void RunGroupedDecode(const GroupedDecode& p, std::span<const PagedSeq> seqs, in
   int64_t n_partials = 0;
   for (size_t b = 0; b < seqs.size(); ++b) {
     const int64_t len = seqs[b].context_len;
-    const int64_t n_chunks = (len + chunk - 1) / chunk;
+    const int64_t n_chunks = (len + kChunk - 1) / kChunk;
     if (n_chunks == 1) {
       items.push_back({static_cast<int64_t>(b), 0, len, -1});
       continue;
@@ -66,7 +62,7 @@ void RunGroupedDecode(const GroupedDecode& p, std::span<const PagedSeq> seqs, in
     splits.push_back({static_cast<int64_t>(b), n_partials, n_chunks});
     for (int64_t c = 0; c < n_chunks; ++c) {
       items.push_back(
-          {static_cast<int64_t>(b), len * c / n_chunks, len * (c + 1) / n_chunks, n_partials++});
+          {static_cast<int64_t>(b), c * kChunk, std::min(len, (c + 1) * kChunk), n_partials++});
     }
   }
   // Partial state per slot: [max (H), sum (H), acc (H * dv)], H = n_heads.

@@ -19,7 +19,17 @@
 
 #include <cstdint>
 
-#if PDSERVE_SIMD_LEVEL == 3 && defined(__clang__)
+// PDSERVE_SIMD_VNNI=1 (level 4 only) adds AVX-512 VNNI, for the quantized GEMM's second compile.
+#if defined(PDSERVE_SIMD_VNNI) && PDSERVE_SIMD_LEVEL != 4
+#error "PDSERVE_SIMD_VNNI needs PDSERVE_SIMD_LEVEL 4"
+#endif
+
+#if PDSERVE_SIMD_LEVEL == 4 && defined(PDSERVE_SIMD_VNNI) && defined(__clang__)
+#pragma clang attribute push(                                                                 \
+    __attribute__((target("avx,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,avx512f,avx512bw,avx512vl," \
+                          "avx512dq,avx512cd,avx512vnni"))),                                  \
+    apply_to = function)
+#elif PDSERVE_SIMD_LEVEL == 3 && defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe"))), \
                              apply_to = function)
 #elif PDSERVE_SIMD_LEVEL == 4 && defined(__clang__)
@@ -31,6 +41,9 @@
 #pragma GCC push_options
 #if PDSERVE_SIMD_LEVEL == 3
 #pragma GCC target("avx,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe")
+#elif defined(PDSERVE_SIMD_VNNI)
+#pragma GCC target( \
+    "avx,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,avx512f,avx512bw,avx512vl,avx512dq,avx512cd,avx512vnni")
 #else
 #pragma GCC target( \
     "avx,avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,avx512f,avx512bw,avx512vl,avx512dq,avx512cd")

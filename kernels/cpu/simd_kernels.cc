@@ -21,7 +21,20 @@
 #define PDSERVE_LEVEL_NAMESPACE PDSERVE_CONCAT(level, PDSERVE_SIMD_LEVEL)
 
 namespace pdserve {
+#if PDSERVE_SIMD_LEVEL == 4
+namespace level4_vnni {  // kernels/cpu/quant_kernels.cc compiled with AVX-512 VNNI
+void GemmQ(DType w_dtype, const uint8_t* w, int64_t j0, int64_t j1, const Q8Activations& x,
+           float* y, int64_t n);
+}  // namespace level4_vnni
+#endif
 namespace PDSERVE_LEVEL_NAMESPACE {
+// kernels/cpu/quant_kernels.cc at this level.
+void GemmQ(DType w_dtype, const uint8_t* w, int64_t j0, int64_t j1, const Q8Activations& x,
+           float* y, int64_t n);
+void DequantizeRows(DType dtype, const uint8_t* src, int64_t rows, int64_t k, float* dst);
+void QuantizeQ8(const float* x, int64_t m, int64_t k, int8_t* codes, float* scales, float* sums32,
+                float* sums16);
+
 namespace {
 
 using simd::F;
@@ -308,58 +321,19 @@ void Bf16ToF32(const uint16_t* src, float* dst, size_t n) {
   for (; i < n; ++i) dst[i] = BF16ToFloat(src[i]);
 }
 
-// GGML blocks (gguf/dequantize.h): fp16 scale d (and min m for Q4_1), then 32 quants. Plain
-// loops of 32 that the compiler vectorizes for this level.
-uint16_t Half(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-
-void Dequantize(QuantBlockType type, const uint8_t* src, int64_t blocks, float* dst) {
-  for (int64_t b = 0; b < blocks; ++b, dst += 32) {
-    const float d = HalfToFloat(Half(src));
-    switch (type) {
-      case QuantBlockType::kQ8_0: {
-        const int8_t* q = reinterpret_cast<const int8_t*>(src + 2);
-        for (int i = 0; i < 32; ++i) dst[i] = static_cast<float>(q[i]) * d;
-        src += 34;
-        break;
-      }
-      case QuantBlockType::kQ4_0: {
-        const uint8_t* qs = src + 2;
-        for (int i = 0; i < 16; ++i) {
-          dst[i] = static_cast<float>((qs[i] & 0x0f) - 8) * d;
-          dst[i + 16] = static_cast<float>((qs[i] >> 4) - 8) * d;
-        }
-        src += 18;
-        break;
-      }
-      case QuantBlockType::kQ4_1: {
-        const float m = HalfToFloat(Half(src + 2));
-        const uint8_t* qs = src + 4;
-        for (int i = 0; i < 16; ++i) {
-          dst[i] = static_cast<float>(qs[i] & 0x0f) * d + m;
-          dst[i + 16] = static_cast<float>(qs[i] >> 4) * d + m;
-        }
-        src += 20;
-        break;
-      }
-    }
-  }
-}
-
 }  // namespace
 
 const CpuKernels& Kernels() {
-  static constexpr CpuKernels kKernels{
-      .isa = static_cast<CpuIsa>(PDSERVE_SIMD_LEVEL),
-      .f32_lanes = kLanes,
-      .gemv_bf16 = GemvBf16,
-      .decode_attention_item = DecodeAttentionItem,
-      .exp_shifted_sum = ExpShiftedSum,
-      .rms_norm = RmsNorm,
-      .rope = Rope,
-      .silu_mul = SiluMul,
-      .add = Add,
-      .bf16_to_f32 = Bf16ToF32,
-      .dequantize = Dequantize,
+  static constexpr CpuKernels kKernels {
+    .isa = static_cast<CpuIsa>(PDSERVE_SIMD_LEVEL), .f32_lanes = kLanes, .gemv_bf16 = GemvBf16,
+    .decode_attention_item = DecodeAttentionItem, .exp_shifted_sum = ExpShiftedSum,
+    .rms_norm = RmsNorm, .rope = Rope, .silu_mul = SiluMul, .add = Add, .bf16_to_f32 = Bf16ToF32,
+    .dequantize_rows = DequantizeRows, .quantize_q8 = QuantizeQ8, .gemm_q = GemmQ,
+#if PDSERVE_SIMD_LEVEL == 4
+    .gemm_q_vnni = level4_vnni::GemmQ,
+#else
+    .gemm_q_vnni = nullptr,
+#endif
   };
   return kKernels;
 }

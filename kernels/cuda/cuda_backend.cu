@@ -572,7 +572,7 @@ DType CudaBackend::WeightDType(DType checkpoint_dtype) const {
 Tensor CudaBackend::Allocate(DType dtype, Shape shape) {
   if (!ready_) Activate();  // aborts with the message; allocating starts no capture
   PDSERVE_CUDA_CHECK(cudaSetDevice(ordinal_));
-  const size_t bytes = static_cast<size_t>(shape.numel()) * DTypeSize(dtype);
+  const size_t bytes = DTypeBytes(dtype, shape.numel());
   // At least one byte so even an empty shape gets a non-null (non-"empty") tensor, as on CPU.
   void* p = memory_->Get(std::max<size_t>(bytes, 1));
   std::shared_ptr<void> storage(

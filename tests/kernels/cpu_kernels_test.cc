@@ -23,7 +23,6 @@
 #include <string>
 #include <vector>
 
-#include "gguf/dequantize.h"
 #include "kernels/backend.h"
 #include "kernels/convert.h"
 #include "tests/kernels/per_cpu_isa.h"
@@ -68,7 +67,9 @@ TEST_P(CpuKernelsTest, TableIsTheRequestedLevel) {
   EXPECT_NE(K().silu_mul, nullptr);
   EXPECT_NE(K().add, nullptr);
   EXPECT_NE(K().bf16_to_f32, nullptr);
-  EXPECT_NE(K().dequantize, nullptr);
+  EXPECT_NE(K().dequantize_rows, nullptr);
+  EXPECT_NE(K().quantize_q8, nullptr);
+  EXPECT_NE(K().gemm_q, nullptr);
 }
 
 // y[r, j] for j in [j0, j1) against a double-accumulated dot product of the same bf16 weights;
@@ -313,63 +314,6 @@ void ExpectExactConversion(void (*convert)(const uint16_t*, float*, size_t), flo
 
 TEST_P(CpuKernelsTest, Bf16ToF32IsExactForAllPatterns) {
   ExpectExactConversion(K().bf16_to_f32, BF16ToFloat, "bf16");
-}
-
-// A random finite IEEE half: any sign, normal or subnormal or zero (exponent field not 31).
-uint16_t RandomFiniteHalf(std::mt19937& rng) {
-  std::uniform_int_distribution<int> dist(0, 0xffff);
-  for (;;) {
-    const auto h = static_cast<uint16_t>(dist(rng));
-    if (((h >> 10) & 0x1f) != 0x1f) return h;
-  }
-}
-
-// Random blocks (random quants, random finite fp16 scales and mins) against the GGUF loader's
-// scalar decoder: both compute the same f32 products (and sum, for Q4_1) in the same order, so
-// the results must be equal bit for bit. The source is deliberately misaligned.
-TEST_P(CpuKernelsTest, DequantizeMatchesGgufDecoderExactly) {
-  struct Format {
-    QuantBlockType type;
-    GgmlType ggml;
-    int block_bytes;
-    int scales;  // fp16 values at the front of the block
-    const char* name;
-  };
-  const Format formats[] = {{QuantBlockType::kQ8_0, GgmlType::kQ8_0, 34, 1, "Q8_0"},
-                            {QuantBlockType::kQ4_0, GgmlType::kQ4_0, 18, 1, "Q4_0"},
-                            {QuantBlockType::kQ4_1, GgmlType::kQ4_1, 20, 2, "Q4_1"}};
-  std::mt19937 rng(7);
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (const Format& f : formats) {
-    for (int64_t blocks : {1, 2, 3, 7, 17, 100}) {
-      SCOPED_TRACE(testing::Message() << f.name << " blocks=" << blocks);
-      const size_t bytes = static_cast<size_t>(blocks * f.block_bytes);
-      std::vector<uint8_t> storage(bytes + 1);
-      uint8_t* src = storage.data() + 1;  // misaligned on purpose
-      for (int64_t b = 0; b < blocks; ++b) {
-        uint8_t* block = src + b * f.block_bytes;
-        for (int s = 0; s < f.scales; ++s) {
-          const uint16_t h = RandomFiniteHalf(rng);
-          block[2 * s] = static_cast<uint8_t>(h & 0xff);
-          block[2 * s + 1] = static_cast<uint8_t>(h >> 8);
-        }
-        for (int i = 2 * f.scales; i < f.block_bytes; ++i)
-          block[i] = static_cast<uint8_t>(byte(rng));
-      }
-      const size_t elements = static_cast<size_t>(blocks) * 32;
-      std::vector<float> got(elements + 1, -7.0f), want(elements);
-      K().dequantize(f.type, src, blocks, got.data());
-      ASSERT_TRUE(DequantizeToF32(f.ggml, std::span<const uint8_t>(src, bytes),
-                                  static_cast<int64_t>(elements), want.data())
-                      .ok());
-      ASSERT_EQ(got[elements], -7.0f) << "wrote past the last block";
-      for (size_t i = 0; i < elements; ++i) {
-        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
-            << "element " << i << " (block " << i / 32 << "): got " << got[i] << ", want "
-            << want[i];
-      }
-    }
-  }
 }
 
 PDSERVE_INSTANTIATE_PER_CPU_ISA(CpuKernelsTest);
