@@ -8,7 +8,9 @@
 #include <fstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 
 #ifndef PDSERVE_BUILD_CPU_TARGET
@@ -64,6 +66,12 @@ std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv, bool accept_model
     } else if (accept_model && flag == "--gen-tokens" && has_value) {
       args.gen_tokens = std::atoi(argv[++i]);
       usage_error = args.gen_tokens <= 0;
+    } else if (accept_model && flag == "--streams" && has_value) {
+      for (const absl::string_view n : absl::StrSplit(argv[++i], ',')) {
+        int streams = 0;
+        usage_error = usage_error || !absl::SimpleAtoi(n, &streams) || streams <= 0;
+        args.streams.push_back(streams);
+      }
     } else {
       usage_error = true;
     }
@@ -73,7 +81,9 @@ std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv, bool accept_model
                  "usage: %s [--quick] [--threads N] [--cpu-isa x86-64-v2|x86-64-v3|x86-64-v4|all] "
                  "[--json PATH]%s\n",
                  argv[0],
-                 accept_model ? " [--model PATH [--prompt-tokens N] [--gen-tokens N]]" : "");
+                 accept_model
+                     ? " [--model PATH [--prompt-tokens N] [--gen-tokens N] [--streams N,N,...]]"
+                     : "");
     return std::nullopt;
   }
   if (args.threads <= 0) args.threads = omp_get_num_procs();

@@ -22,8 +22,9 @@ const char* BuildCpuTarget();
 std::string BuildLine(CpuIsa isa);
 
 // The flags the CPU benchmarks share: --quick, --threads N, --cpu-isa NAME|all, --json PATH; and
-// pdserve-bench-engine's --model PATH [--prompt-tokens N] [--gen-tokens N], which measure one
-// given model file instead of the built-in models (other benchmarks reject them).
+// pdserve-bench-engine's --model PATH [--prompt-tokens N] [--gen-tokens N] [--streams N,...],
+// which measure one given model file instead of the built-in models (other benchmarks reject
+// them).
 struct BenchArgs {
   bool quick = false;
   int threads = 0;           // every core unless --threads N (N > 0) says otherwise
@@ -33,6 +34,7 @@ struct BenchArgs {
   std::string model_path;  // empty: no --model
   int prompt_tokens = 128;
   int gen_tokens = 128;
+  std::vector<int> streams;  // --streams 1,4,16: batched decode scaling (--model only)
 };
 // Parses them; on a bad flag prints the error or the usage to stderr and returns nullopt (the
 // caller exits with status 2). The --model flags are accepted only when `accept_model` is true.

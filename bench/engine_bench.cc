@@ -1,8 +1,8 @@
 // Single-process prefill and decode throughput of the CPU engine. Prints figures; asserts none.
 //
 //   pdserve-bench-engine [--quick] [--threads N] [--cpu-isa NAME|all] [--json PATH]
-//   pdserve-bench-engine --model PATH [--prompt-tokens N] [--gen-tokens N] [--threads N]
-//                        [--cpu-isa NAME|all] [--json PATH]
+//   pdserve-bench-engine --model PATH [--prompt-tokens N] [--gen-tokens N] [--streams N,...]
+//                        [--threads N] [--cpu-isa NAME|all] [--json PATH]
 //
 // Models: stories260K (../shared/models), a synthetic ~100M-parameter GQA model, a synthetic
 // SmolLM2-135M-shaped model (the default model's shape), and a small synthetic DeepSeek-V3 (MLA
@@ -18,7 +18,9 @@
 // --model measures one given model file (anything LoadModel reads, e.g. a GGUF) instead: one
 // warm-up request, then one timed greedy request of --prompt-tokens (default 128) prompt tokens
 // and --gen-tokens (default 128) decode steps (--quick changes nothing there); --json then holds
-// the figures "prefill" and "decode". For bench/llama-cpp-compare.sh, which runs it once per
+// the figures "prefill" and "decode". --streams 1,4,16,64 adds batched decode: that many
+// sequences decoding together (one forward pass per step), aggregate tok/s and its ratio to one
+// stream's. For bench/llama-cpp-compare.sh, which runs it once per
 // round and takes medians. A file that cannot be loaded exits 1 with "error: cannot load PATH: "
 // and the loader's message.
 #include <algorithm>
@@ -27,12 +29,14 @@
 #include <cstring>
 #include <filesystem>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "bench/cpu_report.h"
 #include "bench/memory_bandwidth.h"
 #include "engine/generate.h"
+#include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -101,14 +105,55 @@ void Report(const std::string& name, Model& model, int threads, int prompt_len, 
   figures.push_back({name + " decode", "tok/s", f.decode_tps});
 }
 
+// Aggregate decode tok/s of `streams` sequences decoding together, one Forward per step for all
+// of them (as a decode worker batches): each first prefilled with its own prompt_len-token
+// prompt, then `steps` timed greedy steps.
+double BatchedDecodeTps(Model& model, int streams, int prompt_len, int steps) {
+  const ModelConfig& c = model.config();
+  const KvFormat format = model.kv_format();
+  KvStore store(model.backend(), format,
+                streams * KvStore::BlocksFor(format, int64_t{prompt_len} + steps + 1));
+  std::vector<std::unique_ptr<KvCache>> caches;
+  std::vector<std::vector<int32_t>> next(static_cast<size_t>(streams));
+  for (int s = 0; s < streams; ++s) {
+    caches.push_back(std::make_unique<KvCache>(store));
+    for (int i = 0; i < prompt_len; ++i) {
+      next[static_cast<size_t>(s)].push_back(
+          static_cast<int32_t>((i * 131 + s * 17 + 7) % c.vocab_size));
+    }
+  }
+  auto step = [&] {
+    std::vector<SequenceInput> batch;
+    for (int s = 0; s < streams; ++s)
+      batch.push_back({next[static_cast<size_t>(s)], caches[static_cast<size_t>(s)].get()});
+    auto logits = model.Forward(batch);
+    if (!logits.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(logits.status().message()).c_str());
+      std::exit(1);
+    }
+    const auto vocab = static_cast<size_t>(c.vocab_size);
+    for (size_t s = 0; s < next.size(); ++s) {
+      const float* row = logits->data() + s * vocab;
+      next[s] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
+    }
+  };
+  step();  // the prompts (one prefill batch), untimed
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) step();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return static_cast<double>(streams) * steps / seconds;
+}
+
 // --model: per kernel level, loads the file, warms up (a prefill and one decode step, so that
 // first-touch page faults and thread start-up stay out of the figures, as llama-bench's warm-up
 // run does) and times one request.
 int RunModelFile(const bench::BenchArgs& args) {
   bench::PrintBuildHeader(args.isas);
   std::printf(
-      "pdserve engine benchmark: CPU backend, %d threads, f32 activations, model %s (quantized "
-      "weights dequantized at load), one warm-up request then one timed\n",
+      "pdserve engine benchmark: CPU backend, %d threads, model %s (quantized matrices kept "
+      "quantized: integer dot products on 8-bit activations), one warm-up request then one "
+      "timed\n",
       args.threads, args.model_path.c_str());
   std::vector<bench::IsaRun> runs;
   for (CpuIsa isa : args.isas) {
@@ -131,6 +176,24 @@ int RunModelFile(const bench::BenchArgs& args) {
                 f.prefill_tps, args.gen_tokens, f.decode_tps);
     std::fflush(stdout);
     runs.push_back({isa, {{"prefill", "tok/s", f.prefill_tps}, {"decode", "tok/s", f.decode_tps}}});
+    if (!args.streams.empty()) {
+      std::printf(
+          "batched decode: %d-token prompts, %d steps; aggregate tok/s and its ratio to "
+          "one stream's, measured in this run\n",
+          args.prompt_tokens, args.gen_tokens);
+      std::printf("%9s %14s %14s %10s\n", "streams", "agg tok/s", "tok/s/stream", "x 1 stream");
+      double one = 0;
+      for (int streams : args.streams) {
+        const double tps = BatchedDecodeTps(**model, streams, args.prompt_tokens, args.gen_tokens);
+        if (one == 0)
+          one = streams == 1 ? tps
+                             : BatchedDecodeTps(**model, 1, args.prompt_tokens, args.gen_tokens);
+        std::printf("%9d %14.1f %14.1f %10.2f\n", streams, tps, tps / streams, tps / one);
+        std::fflush(stdout);
+        runs.back().figures.push_back(
+            {"decode " + std::to_string(streams) + " streams", "tok/s", tps});
+      }
+    }
   }
   return bench::FinishReport(args, "engine-model", {}, runs);
 }

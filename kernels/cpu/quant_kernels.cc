@@ -78,6 +78,8 @@ inline FA FMulAdd(I isum, FA scale, FA acc) {
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
 }
 inline FA FSet1(float x) { return _mm256_set1_ps(x); }
+inline FA FBroadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline FA FMul(FA a, FA b) { return _mm256_mul_ps(a, b); }
 inline FA FSetHalves(float lo, float hi) {
   return _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo));
 }
@@ -122,6 +124,8 @@ struct I {
 using FA = __m128;
 inline FA FZero() { return _mm_setzero_ps(); }
 inline FA FSet1(float x) { return _mm_set1_ps(x); }
+inline FA FBroadcast(const float* p) { return _mm_load1_ps(p); }
+inline FA FMul(FA a, FA b) { return _mm_mul_ps(a, b); }
 inline I LoadS(const int8_t* p) {
   return {_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)),
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))};
@@ -157,15 +161,18 @@ inline FA FMulAdd(__m128i isum, FA scale, FA acc) {
 
 // acc[w][r] += the integer-dot part of chunk c of weight rows w < W with activation rows r < R.
 template <DType T, int W, int R>
-inline void AccumulateChunk(const RowParts* rows, int64_t c, const int8_t* const* xq,
-                            const float* const* xs, FA (*acc)[R]) {
+inline void AccumulateChunk(const RowParts* rows, int64_t c, const int8_t* xq, int64_t k,
+                            const float* xs, FA (*acc)[R]) {
+  // Activation row r's codes are at xq + r * k, its scales at xs + r * (k / kChunk): base plus
+  // stride, so the row pointers stay in registers.
+  const int64_t scales_per_row = k / kChunk;
   for (int w = 0; w < W; ++w) {
     if constexpr (T == DType::kQ8G16) {
       const auto u = LoadU8(rows[w].codes + c * kChunk);
       const float d0 = rows[w].scales[2 * c], d1 = rows[w].scales[2 * c + 1];
       for (int r = 0; r < R; ++r) {
-        const auto s = LoadS(xq[r] + c * kChunk);
-        const float sc = xs[r][c];
+        const auto s = LoadS(xq + r * k + c * kChunk);
+        const float sc = xs[r * scales_per_row + c];
 #if PDSERVE_SIMD_LEVEL >= 3
         acc[w][r] = FMulAdd(Dot16Pair(u, s), FSetHalves(d0 * sc, d1 * sc), acc[w][r]);
 #else
@@ -176,11 +183,11 @@ inline void AccumulateChunk(const RowParts* rows, int64_t c, const int8_t* const
     } else {
       const auto u =
           IsQ4(T) ? LoadU4(rows[w].codes + c * (kChunk / 2)) : LoadU8(rows[w].codes + c * kChunk);
-      const float d = rows[w].scales[c];
+      const FA d = FBroadcast(rows[w].scales + c);
       for (int r = 0; r < R; ++r) {
-        const auto s = LoadS(xq[r] + c * kChunk);
+        const auto s = LoadS(xq + r * k + c * kChunk);
         const auto isum = IsQ4(T) ? Dot32Small(u, s) : Dot32(u, s);
-        acc[w][r] = FMulAdd(isum, FSet1(d * xs[r][c]), acc[w][r]);
+        acc[w][r] = FMulAdd(isum, FMul(d, FBroadcast(xs + r * scales_per_row + c)), acc[w][r]);
       }
     }
   }
@@ -195,12 +202,10 @@ void DotTile(const uint8_t* w, size_t row_bytes, const Q8Activations& x, int64_t
   const int64_t k = x.k;
   RowParts rows[W];
   for (int i = 0; i < W; ++i) rows[i] = PartsOf<T>(w + static_cast<size_t>(j0 + i) * row_bytes, k);
-  const int8_t* xq[R];
-  const float* xs[R];
+  const int8_t* xq = x.codes + r0 * k;
+  const float* xs = x.scales + r0 * (k / kChunk);
   FA acc[W][R];
   for (int r = 0; r < R; ++r) {
-    xq[r] = x.codes + (r0 + r) * k;
-    xs[r] = x.scales + (r0 + r) * (k / kChunk);
     for (int i = 0; i < W; ++i) acc[i][r] = FZero();
   }
   // The next tile's weight rows are the next W * row_bytes bytes: ask for them a cache line per
@@ -215,7 +220,7 @@ void DotTile(const uint8_t* w, size_t row_bytes, const Q8Activations& x, int64_t
     for (int64_t l = c * lines_per_chunk; l < std::min(lines, (c + 1) * lines_per_chunk); ++l) {
       __builtin_prefetch(next + l * 64, 0, 0);
     }
-    AccumulateChunk<T, W, R>(rows, c, xq, xs, acc);
+    AccumulateChunk<T, W, R>(rows, c, xq, k, xs, acc);
   }
   const int64_t groups = k / GroupOf(T);
   for (int r = 0; r < R; ++r) {
