@@ -9,8 +9,10 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <span>
 
 #include "engine/generate.h"
+#include "engine/kv_cache.h"
 #include "engine/llama_model.h"
 #include "engine/safetensors.h"
 #include "engine/synth.h"
@@ -337,6 +339,57 @@ TEST(GgufModel, QuantizedModelsFollowTheirF32Expansion) {
     std::cout << "[ info ] " << TraitsOf(type).name << ": max |logit error| " << diff
               << ", max |logit| " << scale << "\n";
     EXPECT_LT(diff, 0.05f * scale);
+  }
+}
+
+// Batch invariance, which disaggregated == single process rests on once 8-bit activations can
+// turn a last-bit difference into a whole quantization step: with quantized weights, a row's
+// logits are the same floats however its prompt is split (one pass, two chunks as after a
+// prefix-cache hit) and whatever its decode step is batched with, at every CPU level. (f32
+// weights run OpenBLAS's SGEMM, whose summation order follows the matrix shape: there the
+// split-prompt check fails, in the last bits.)
+TEST(GgufModel, QuantizedRowsAreBatchInvariantBitForBit) {
+  const ModelConfig c = QuantizedTestConfig();
+  const std::string dir = FreshDir("gguf_invariance");
+  ASSERT_TRUE(WriteSyntheticModel(c, dir, 4).ok());
+  ConvertToGguf(c, dir, "llama", GgmlType::kQ4_K);
+  std::vector<int32_t> prompt, other;
+  for (int i = 0; i < 70; ++i) prompt.push_back((i * 37 + 11) % 300);
+  for (int i = 0; i < 45; ++i) other.push_back((i * 53 + 5) % 300);
+  const std::span<const int32_t> all(prompt);
+  for (CpuIsa isa : SupportedCpuIsas()) {
+    SCOPED_TRACE(CpuIsaName(isa));
+    CpuBackend backend(2, isa);
+    auto model = LoadModel(dir + "/model.gguf", backend);
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto store = testing_util::StoreFor(**model, 64);
+    auto forward = [&](std::vector<SequenceInput> batch) {
+      auto logits = (*model)->Forward(batch);
+      EXPECT_TRUE(logits.ok()) << logits.status();
+      return logits.ok() ? *logits : std::vector<float>{};
+    };
+    const auto vocab = static_cast<size_t>(c.vocab_size);
+    auto row = [&](const std::vector<float>& logits, size_t i) {
+      return std::vector<float>(logits.begin() + static_cast<std::ptrdiff_t>(i * vocab),
+                                logits.begin() + static_cast<std::ptrdiff_t>((i + 1) * vocab));
+    };
+
+    // The prompt in one pass, and in two (the first 32 tokens, then the rest).
+    KvCache whole(*store), split(*store), batched(*store), neighbour(*store);
+    const std::vector<float> one_pass = forward({{all, &whole}});
+    forward({{all.first(32), &split}});
+    const std::vector<float> two_pass = forward({{all.subspan(32), &split}});
+    ASSERT_FALSE(one_pass.empty());
+    EXPECT_EQ(one_pass, two_pass);
+
+    // A decode step alone, and batched with another sequence's prefill and decode.
+    const std::vector<int32_t> next = {7};
+    const std::vector<float> alone = forward({{next, &whole}});
+    forward({{all, &batched}, {other, &neighbour}});
+    const std::vector<int32_t> neighbour_next = {9};
+    const std::vector<float> together = forward({{neighbour_next, &neighbour}, {next, &batched}});
+    ASSERT_FALSE(alone.empty());
+    EXPECT_EQ(alone, row(together, 1));
   }
 }
 
