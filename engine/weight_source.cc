@@ -72,9 +72,9 @@ absl::Status CheckShape(const std::string& file, const std::string& tensor,
 }
 
 // Puts one checkpoint tensor on `backend` the way the backend keeps weights. A matrix stored as
-// `stored` (bf16, or a quantized row type) stays so when the backend keeps that type: copied
-// from `raw` (bf16) or repacked by `to_rows(uint8_t* dst)` (quantized). Anything else becomes
-// f32 through `to_f32(float* dst)`. Both checkpoint formats load through here.
+// `stored` (bf16, f16, or a quantized row type) stays so when the backend keeps that type:
+// copied from `raw` (bf16, f16) or repacked by `to_rows(uint8_t* dst)` (quantized). Anything else
+// becomes f32 through `to_f32(float* dst)`. Both checkpoint formats load through here.
 template <typename ToF32, typename ToRows>
 absl::StatusOr<Tensor> PlaceWeight(Backend& backend, TensorSource::Use use, const Shape& shape,
                                    DType stored, std::span<const std::byte> raw, ToF32&& to_f32,
@@ -82,8 +82,8 @@ absl::StatusOr<Tensor> PlaceWeight(Backend& backend, TensorSource::Use use, cons
   Tensor host;
   const bool kept = use == TensorSource::Use::kMatrix && stored != DType::kF32 &&
                     backend.WeightDType(stored) == stored;
-  if (kept && stored == DType::kBF16) {
-    host = Tensor::EmptyCpu(DType::kBF16, shape);
+  if (kept && !IsQuantized(stored)) {  // bf16 or f16: the checkpoint's bytes
+    host = Tensor::EmptyCpu(stored, shape);
     std::memcpy(host.data(), raw.data(), raw.size());
   } else if (kept) {
     host = Tensor::EmptyCpu(stored, shape);
@@ -143,8 +143,8 @@ absl::StatusOr<Tensor> WeightSource::Load(const std::string& name, const Shape& 
     return st;
   }
   return PlaceWeight(
-      backend, use, expected, entry->dtype == DType::kBF16 ? DType::kBF16 : DType::kF32,
-      entry->data, [&](float* dst) { return file->ReadF32(*entry, dst); }, [](uint8_t*) {});
+      backend, use, expected, entry->dtype.value_or(DType::kF32), entry->data,
+      [&](float* dst) { return file->ReadF32(*entry, dst); }, [](uint8_t*) {});
 }
 
 std::string GgufTensorName(const std::string& hf_name) {
@@ -278,8 +278,9 @@ absl::StatusOr<Tensor> GgufWeightSource::Load(const std::string& name, const Sha
     return st;
   }
   const std::optional<DType> rows_type = RowTypeOf(info->type);
-  const DType stored =
-      info->type == GgmlType::kBF16 ? DType::kBF16 : rows_type.value_or(DType::kF32);
+  const DType stored = info->type == GgmlType::kBF16  ? DType::kBF16
+                       : info->type == GgmlType::kF16 ? DType::kF16
+                                                      : rows_type.value_or(DType::kF32);
   return PlaceWeight(
       backend, use, expected, stored, std::as_bytes(info->data),
       [&](float* dst) -> absl::Status {

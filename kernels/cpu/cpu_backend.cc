@@ -27,11 +27,9 @@ int64_t Cols(const Tensor& t) { return t.dim(0) == 0 ? 0 : t.numel() / t.dim(0);
 // and decode workers sharing a laptop's cores) can slow a tiny step down by orders of magnitude.
 constexpr int64_t kParallelWork = 1 << 16;
 
-bool IsHostWeight(const Tensor& t) {
-  return t.device() == Device::kCpu && !t.empty() && t.dtype() != DType::kF16;
-}
+bool IsHostWeight(const Tensor& t) { return t.device() == Device::kCpu && !t.empty(); }
 
-// Decode-sized batches stream a bf16 weight matrix once, converting in registers; above this
+// Decode-sized batches stream a 16-bit weight matrix once, converting in registers; above this
 // many rows a converted f32 panel plus SGEMM is faster.
 constexpr int64_t kMaxGemvRows = 8;
 
@@ -46,10 +44,11 @@ void ForEachChunk(int threads, int64_t n, Fn fn) {
   }
 }
 
-// A weight row (or embedding row) of f32, bf16 or a quantized type as f32.
+// A weight row (or embedding row) of f32, bf16, f16 or a quantized type as f32.
 void RowToF32(const CpuKernels& kernels, const void* src, DType dtype, float* dst, size_t n) {
-  if (dtype == DType::kBF16) {
-    kernels.bf16_to_f32(static_cast<const uint16_t*>(src), dst, n);
+  if (dtype == DType::kBF16 || dtype == DType::kF16) {
+    (dtype == DType::kBF16 ? kernels.bf16_to_f32 : kernels.f16_to_f32)(
+        static_cast<const uint16_t*>(src), dst, n);
   } else if (IsQuantized(dtype)) {
     kernels.dequantize_rows(dtype, static_cast<const uint8_t*>(src), 1, static_cast<int64_t>(n),
                             dst);
@@ -81,7 +80,7 @@ void CpuBackend::UseBlasThreads() const {
 }
 
 DType CpuBackend::WeightDType(DType checkpoint_dtype) const {
-  if (checkpoint_dtype == DType::kBF16) return DType::kBF16;
+  if (checkpoint_dtype == DType::kBF16 || checkpoint_dtype == DType::kF16) return checkpoint_dtype;
   return IsQuantized(checkpoint_dtype) && keep_quantized_weights_ ? checkpoint_dtype : DType::kF32;
 }
 
@@ -123,8 +122,8 @@ void CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Te
     } else {
       Sgemm(xp, m, k, wp, n, yp);
     }
-  } else if (w.dtype() == DType::kBF16) {
-    LinearBf16(xp, m, k, w.data_as<uint16_t>(), n, yp);
+  } else if (w.dtype() == DType::kBF16 || w.dtype() == DType::kF16) {
+    Linear16(w.dtype(), xp, m, k, w.data_as<uint16_t>(), n, yp);
   } else {
     LinearQuantized(xp, m, k, w, yp);
   }
@@ -143,28 +142,31 @@ void CpuBackend::Sgemm(const float* x, int64_t m, int64_t k, const float* w, int
               static_cast<int>(n));
 }
 
-void CpuBackend::LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n,
-                            float* y) {
+void CpuBackend::Linear16(DType dtype, const float* x, int64_t m, int64_t k, const uint16_t* w,
+                          int64_t n, float* y) {
+  const bool bf16 = dtype == DType::kBF16;
   if (m <= kMaxGemvRows) {
+    const CpuKernels::Gemv16Fn gemv = bf16 ? kernels_.gemv_bf16 : kernels_.gemv_f16;
     // Memory-bound: split output rows across threads; each weight row is read exactly once.
     const int64_t chunk = 16;
 #pragma omp parallel for num_threads(num_threads_) schedule(static) if (m * n * k > kParallelWork)
     for (int64_t j0 = 0; j0 < n; j0 += chunk) {
-      kernels_.gemv_bf16(x, m, w, k, j0, std::min(n, j0 + chunk), y, n);
+      gemv(x, m, w, k, j0, std::min(n, j0 + chunk), y, n);
     }
     return;
   }
   // Compute-bound: convert the weights to f32 (in parallel, into reused scratch), then one
   // SGEMM. The conversion costs O(n·k), small next to the O(m·n·k) multiply.
   const int64_t count = n * k;
-  if (static_cast<int64_t>(bf16_scratch_.size()) < count) {
-    bf16_scratch_.resize(static_cast<size_t>(count));
+  if (static_cast<int64_t>(weight_scratch_.size()) < count) {
+    weight_scratch_.resize(static_cast<size_t>(count));
   }
-  float* wf = bf16_scratch_.data();
+  float* wf = weight_scratch_.data();
+  const CpuKernels::ToF32Fn to_f32 = bf16 ? kernels_.bf16_to_f32 : kernels_.f16_to_f32;
   constexpr int64_t kChunk = 1 << 14;
 #pragma omp parallel for num_threads(num_threads_) schedule(static)
   for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
-    kernels_.bf16_to_f32(w + i0, wf + i0, static_cast<size_t>(std::min(kChunk, count - i0)));
+    to_f32(w + i0, wf + i0, static_cast<size_t>(std::min(kChunk, count - i0)));
   }
   Sgemm(x, m, k, wf, n, y);
 }

@@ -23,7 +23,7 @@ class CpuBackend final : public Backend {
   int num_threads() const override { return num_threads_; }
   CpuIsa isa() const { return kernels_.isa; }
 
-  // bf16 checkpoints stay bf16 (converted to f32 inside the GEMV/GEMM), quantized rows stay
+  // bf16 and f16 checkpoints stay 16-bit (converted to f32 in the GEMV/GEMM), quantized rows stay
   // quantized (integer dot products on 8-bit activations; see keep_quantized_weights); others
   // become f32.
   DType WeightDType(DType checkpoint_dtype) const override;
@@ -65,7 +65,9 @@ class CpuBackend final : public Backend {
 
  private:
   void Sgemm(const float* x, int64_t m, int64_t k, const float* w, int64_t n, float* y);
-  void LinearBf16(const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, float* y);
+  // bf16 or f16 weights.
+  void Linear16(DType dtype, const float* x, int64_t m, int64_t k, const uint16_t* w, int64_t n,
+                float* y);
   void LinearQuantized(const float* x, int64_t m, int64_t k, const Tensor& w, float* y);
 
   // Makes BLAS on the calling thread use num_threads_ (see the definition).
@@ -74,9 +76,9 @@ class CpuBackend final : public Backend {
   int num_threads_;
   bool keep_quantized_weights_;
   const CpuKernels& kernels_;
-  GemmQFn gemm_q_;                   // BestGemmQ(kernels_)
-  std::vector<float> bf16_scratch_;  // f32 copy of a bf16 weight for prefill-sized GEMMs
-  std::vector<int8_t> q8_codes_;     // the activations of a quantized GEMM
+  GemmQFn gemm_q_;                     // BestGemmQ(kernels_)
+  std::vector<float> weight_scratch_;  // f32 copy of a 16-bit weight for prefill-sized GEMMs
+  std::vector<int8_t> q8_codes_;       // the activations of a quantized GEMM
   std::vector<float> q8_scales_, q8_sums32_, q8_sums16_;
   std::vector<float> k_scratch_, v_scratch_;  // prefill attention's gathered contexts
 };

@@ -90,9 +90,12 @@ struct CpuKernels {
   CpuIsa isa;
   int f32_lanes;
 
-  // y[r, j] = dot(x[r, :], w[j, :]) for r < m, j in [j0, j1); w is bf16, row-major [n, k].
-  void (*gemv_bf16)(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0, int64_t j1,
-                    float* y, int64_t n);
+  // y[r, j] = dot(x[r, :], w[j, :]) for r < m, j in [j0, j1); w is bf16 (gemv_bf16) or IEEE
+  // half (gemv_f16), row-major [n, k]. One template, two instantiations.
+  using Gemv16Fn = void (*)(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0,
+                            int64_t j1, float* y, int64_t n);
+  Gemv16Fn gemv_bf16;
+  Gemv16Fn gemv_f16;
   // One work item of the paged decode attention engine (kernels/cpu/grouped_decode.h).
   void (*decode_attention_item)(const GroupedDecode& p, const PagedSeq& seq, const DecodeItem& item,
                                 DecodeWorkspace& ws);
@@ -107,8 +110,10 @@ struct CpuKernels {
   void (*silu_mul)(const float* gate, const float* up, float* out, int64_t n);
   // x[i] += y[i].
   void (*add)(float* x, const float* y, int64_t n);
-  // bf16 to f32, exactly.
-  void (*bf16_to_f32)(const uint16_t* src, float* dst, size_t n);
+  // bf16 or IEEE half to f32, exactly (F16C from x86-64-v3; scalar at v2).
+  using ToF32Fn = void (*)(const uint16_t* src, float* dst, size_t n);
+  ToF32Fn bf16_to_f32;
+  ToF32Fn f16_to_f32;
   // `rows` rows of k values of the quantized type `dtype` to f32: d * code + m, rounded as
   // written (a multiply, then an add), so equal to the scalar definition at every level.
   void (*dequantize_rows)(DType dtype, const uint8_t* src, int64_t rows, int64_t k, float* dst);

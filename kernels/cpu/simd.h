@@ -19,6 +19,8 @@
 
 #include <cstdint>
 
+#include "kernels/convert.h"  // HalfToFloat, compiled for the baseline (outside the region)
+
 // PDSERVE_SIMD_VNNI=1 (level 4 only) adds AVX-512 VNNI, for the quantized GEMM's second compile.
 #if defined(PDSERVE_SIMD_VNNI) && PDSERVE_SIMD_LEVEL != 4
 #error "PDSERVE_SIMD_VNNI needs PDSERVE_SIMD_LEVEL 4"
@@ -87,6 +89,10 @@ inline F LoadBf16(const uint16_t* p) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
+// IEEE half -> f32, exactly (vcvtph2ps).
+inline F LoadF16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
 #elif PDSERVE_SIMD_LEVEL == 3
 using F = __m256;
 inline constexpr int kLanes = 8;
@@ -123,6 +129,9 @@ inline F LoadBf16(const uint16_t* p) {
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
+inline F LoadF16(const uint16_t* p) {  // F16C
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 #else
 using F = __m128;
 inline constexpr int kLanes = 4;
@@ -157,6 +166,10 @@ inline F Pow2(F n) {
 inline F LoadBf16(const uint16_t* p) {
   const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(raw), 16));
+}
+// No F16C below x86-64-v3: four scalar conversions (kernels/convert.h, exact).
+inline F LoadF16(const uint16_t* p) {
+  return _mm_setr_ps(HalfToFloat(p[0]), HalfToFloat(p[1]), HalfToFloat(p[2]), HalfToFloat(p[3]));
 }
 #endif
 

@@ -42,46 +42,58 @@ using simd::kLanes;
 
 // ---- Dot products and row updates (decode attention, GEMV) ----
 
-// Rows of f32 or bf16 (weights) as f32 lanes and as scalars, so the dot products below serve
-// both the attention scores (f32 query rows) and the bf16 GEMV (weight rows).
-inline F LoadRow(const float* p) { return simd::Load(p); }
-inline F LoadRow(const uint16_t* p) { return simd::LoadBf16(p); }
-inline float RowValue(float v) { return v; }
-inline float RowValue(uint16_t v) { return BF16ToFloat(v); }
+// How rows of each storage type read as f32 lanes and as scalars, so the dot products below
+// serve the attention scores (f32 query rows) and the GEMVs of 16-bit weights (bf16, f16 rows).
+struct F32Rows {
+  using T = float;
+  static F Load(const float* p) { return simd::Load(p); }
+  static float Value(float v) { return v; }
+};
+struct Bf16Rows {
+  using T = uint16_t;
+  static F Load(const uint16_t* p) { return simd::LoadBf16(p); }
+  static float Value(uint16_t v) { return BF16ToFloat(v); }
+};
+struct F16Rows {
+  using T = uint16_t;
+  static F Load(const uint16_t* p) { return simd::LoadF16(p); }
+  static float Value(uint16_t v) { return HalfToFloat(v); }
+};
 
 // out[j] = rows[j * stride : j * stride + n] · x for j < 4: four independent FMA chains sharing
 // each load of x (one chain alone would be bound by FMA latency, not memory).
-template <typename T>
-inline void Dot4(const T* rows, int64_t stride, const float* x, int64_t n, float* out) {
+template <typename Rows>
+inline void Dot4(const typename Rows::T* rows, int64_t stride, const float* x, int64_t n,
+                 float* out) {
   F a0 = simd::Zero(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     const F xv = simd::Load(x + i);
-    a0 = simd::MulAdd(LoadRow(rows + i), xv, a0);
-    a1 = simd::MulAdd(LoadRow(rows + stride + i), xv, a1);
-    a2 = simd::MulAdd(LoadRow(rows + 2 * stride + i), xv, a2);
-    a3 = simd::MulAdd(LoadRow(rows + 3 * stride + i), xv, a3);
+    a0 = simd::MulAdd(Rows::Load(rows + i), xv, a0);
+    a1 = simd::MulAdd(Rows::Load(rows + stride + i), xv, a1);
+    a2 = simd::MulAdd(Rows::Load(rows + 2 * stride + i), xv, a2);
+    a3 = simd::MulAdd(Rows::Load(rows + 3 * stride + i), xv, a3);
   }
   float r[4] = {simd::ReduceAdd(a0), simd::ReduceAdd(a1), simd::ReduceAdd(a2), simd::ReduceAdd(a3)};
   for (; i < n; ++i) {
-    for (int j = 0; j < 4; ++j) r[j] += RowValue(rows[j * stride + i]) * x[i];
+    for (int j = 0; j < 4; ++j) r[j] += Rows::Value(rows[j * stride + i]) * x[i];
   }
   for (int j = 0; j < 4; ++j) out[j] = r[j];
 }
 
-template <typename T>
-inline float Dot(const T* row, const float* x, int64_t n) {
+template <typename Rows>
+inline float Dot(const typename Rows::T* row, const float* x, int64_t n) {
   F a0 = simd::Zero(), a1 = a0;
   int64_t i = 0;
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    a0 = simd::MulAdd(LoadRow(row + i), simd::Load(x + i), a0);
-    a1 = simd::MulAdd(LoadRow(row + i + kLanes), simd::Load(x + i + kLanes), a1);
+    a0 = simd::MulAdd(Rows::Load(row + i), simd::Load(x + i), a0);
+    a1 = simd::MulAdd(Rows::Load(row + i + kLanes), simd::Load(x + i + kLanes), a1);
   }
   for (; i + kLanes <= n; i += kLanes) {
-    a0 = simd::MulAdd(LoadRow(row + i), simd::Load(x + i), a0);
+    a0 = simd::MulAdd(Rows::Load(row + i), simd::Load(x + i), a0);
   }
   float r = simd::ReduceAdd(simd::Add(a0, a1));
-  for (; i < n; ++i) r += RowValue(row[i]) * x[i];
+  for (; i < n; ++i) r += Rows::Value(row[i]) * x[i];
   return r;
 }
 
@@ -134,15 +146,17 @@ float ExpShiftedSum(float* s, int64_t n, float shift) {
   return sum;
 }
 
-// Weight rows four at a time (Dot4), the last n % 4 one by one.
-void GemvBf16(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0, int64_t j1,
-              float* y, int64_t n) {
+// Weight rows four at a time (Dot4), the last n % 4 one by one; 16-bit rows (Bf16Rows or
+// F16Rows).
+template <typename Rows>
+void Gemv16(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0, int64_t j1,
+            float* y, int64_t n) {
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * k;
     float* yr = y + r * n;
     int64_t j = j0;
-    for (; j + 4 <= j1; j += 4) Dot4(w + j * k, k, xr, k, yr + j);
-    for (; j < j1; ++j) yr[j] = Dot(w + j * k, xr, k);
+    for (; j + 4 <= j1; j += 4) Dot4<Rows>(w + j * k, k, xr, k, yr + j);
+    for (; j < j1; ++j) yr[j] = Dot<Rows>(w + j * k, xr, k);
   }
 }
 
@@ -213,12 +227,12 @@ void DecodeAttentionItem(const GroupedDecode& p, const PagedSeq& seq, const Deco
         int j = 0;
         for (; j + 4 <= g_size; j += 4) {
           float s[4];
-          Dot4(q + j * dk, dk, kr, dk, s);
+          Dot4<F32Rows>(q + j * dk, dk, kr, dk, s);
           for (int u = 0; u < 4; ++u)
             ws.scores[static_cast<size_t>((j + u) * kDecodeTile + r)] = s[u];
         }
         for (; j < g_size; ++j) {
-          ws.scores[static_cast<size_t>(j * kDecodeTile + r)] = Dot(q + j * dk, kr, dk);
+          ws.scores[static_cast<size_t>(j * kDecodeTile + r)] = Dot<F32Rows>(q + j * dk, kr, dk);
         }
       }
       // Online softmax: rescale each head's running state to the new max, then add the tile.
@@ -315,25 +329,40 @@ void Add(float* x, const float* y, int64_t n) {
 
 // ---- Conversions ----
 
-void Bf16ToF32(const uint16_t* src, float* dst, size_t n) {
+// 16-bit rows (Bf16Rows or F16Rows) to f32, exactly.
+template <typename Rows>
+void ToF32(const uint16_t* src, float* dst, size_t n) {
   size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) simd::Store(dst + i, simd::LoadBf16(src + i));
-  for (; i < n; ++i) dst[i] = BF16ToFloat(src[i]);
+  for (; i + kLanes <= n; i += kLanes) simd::Store(dst + i, Rows::Load(src + i));
+  for (; i < n; ++i) dst[i] = Rows::Value(src[i]);
 }
 
 }  // namespace
 
-const CpuKernels& Kernels() {
-  static constexpr CpuKernels kKernels {
-    .isa = static_cast<CpuIsa>(PDSERVE_SIMD_LEVEL), .f32_lanes = kLanes, .gemv_bf16 = GemvBf16,
-    .decode_attention_item = DecodeAttentionItem, .exp_shifted_sum = ExpShiftedSum,
-    .rms_norm = RmsNorm, .rope = Rope, .silu_mul = SiluMul, .add = Add, .bf16_to_f32 = Bf16ToF32,
-    .dequantize_rows = DequantizeRows, .quantize_q8 = QuantizeQ8, .gemm_q = GemmQ,
 #if PDSERVE_SIMD_LEVEL == 4
-    .gemm_q_vnni = level4_vnni::GemmQ,
+constexpr GemmQFn kGemmQVnni = level4_vnni::GemmQ;
 #else
-    .gemm_q_vnni = nullptr,
+constexpr GemmQFn kGemmQVnni = nullptr;
 #endif
+
+const CpuKernels& Kernels() {
+  static constexpr CpuKernels kKernels{
+      .isa = static_cast<CpuIsa>(PDSERVE_SIMD_LEVEL),
+      .f32_lanes = kLanes,
+      .gemv_bf16 = Gemv16<Bf16Rows>,
+      .gemv_f16 = Gemv16<F16Rows>,
+      .decode_attention_item = DecodeAttentionItem,
+      .exp_shifted_sum = ExpShiftedSum,
+      .rms_norm = RmsNorm,
+      .rope = Rope,
+      .silu_mul = SiluMul,
+      .add = Add,
+      .bf16_to_f32 = ToF32<Bf16Rows>,
+      .f16_to_f32 = ToF32<F16Rows>,
+      .dequantize_rows = DequantizeRows,
+      .quantize_q8 = QuantizeQ8,
+      .gemm_q = GemmQ,
+      .gemm_q_vnni = kGemmQVnni,
   };
   return kKernels;
 }

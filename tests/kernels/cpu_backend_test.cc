@@ -55,53 +55,58 @@ TEST(CpuBackend, LinearMatchesReferenceForGemvAndGemmWithBias) {
   }
 }
 
-// bf16 weights: GEMV for decode-sized batches, converted panel + SGEMM for larger ones. The
-// reference uses the same bf16-rounded weights in double, so only f32 accumulation differs.
-TEST(CpuBackend, Bf16LinearMatchesReferenceOnBothPaths) {
+// 16-bit weights (bf16, f16): GEMV for decode-sized batches, converted panel + SGEMM for larger
+// ones. The reference uses the same 16-bit-rounded weights in double, so only f32 accumulation
+// differs.
+TEST(CpuBackend, SixteenBitLinearMatchesReferenceOnBothPaths) {
   std::mt19937 rng(11);
   CpuBackend be(2);
   EXPECT_EQ(be.WeightDType(DType::kBF16), DType::kBF16);
-  EXPECT_EQ(be.WeightDType(DType::kF16), DType::kF32);
-  for (int64_t m : {1, 3, 8, 9, 40}) {
-    const int64_t k = 203, n = 67;  // k not a multiple of 8: exercises the scalar tail
-    Tensor x = Random(Shape{m, k}, rng), wf = Random(Shape{n, k}, rng);
-    Tensor w = Tensor::EmptyCpu(DType::kBF16, Shape{n, k});
-    ConvertFromF32(wf.data_as<float>(), DType::kBF16, w.data(), static_cast<size_t>(n * k));
-    Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{m, n});
-    be.Linear(x, w, nullptr, y);
-    std::vector<float> ref(static_cast<size_t>(m * n));
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (int64_t t = 0; t < k; ++t) {
-          acc +=
-              double(x.data_as<float>()[i * k + t]) * BF16ToFloat(w.data_as<uint16_t>()[j * k + t]);
+  EXPECT_EQ(be.WeightDType(DType::kF16), DType::kF16);
+  EXPECT_EQ(be.WeightDType(DType::kF32), DType::kF32);
+  for (const DType dtype : {DType::kBF16, DType::kF16}) {
+    for (int64_t m : {1, 3, 8, 9, 40}) {
+      const int64_t k = 203, n = 67;  // k not a multiple of 8: exercises the scalar tail
+      Tensor x = Random(Shape{m, k}, rng), wf = Random(Shape{n, k}, rng);
+      Tensor w = Tensor::EmptyCpu(dtype, Shape{n, k});
+      ConvertFromF32(wf.data_as<float>(), dtype, w.data(), static_cast<size_t>(n * k));
+      std::vector<float> wr(static_cast<size_t>(n * k));
+      ConvertToF32(w.data(), dtype, wr.data(), wr.size());
+      Tensor y = Tensor::EmptyCpu(DType::kF32, Shape{m, n});
+      be.Linear(x, w, nullptr, y);
+      std::vector<float> ref(static_cast<size_t>(m * n));
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          double acc = 0;
+          for (int64_t t = 0; t < k; ++t) {
+            acc += double(x.data_as<float>()[i * k + t]) * wr[static_cast<size_t>(j * k + t)];
+          }
+          ref[static_cast<size_t>(i * n + j)] = static_cast<float>(acc);
         }
-        ref[static_cast<size_t>(i * n + j)] = static_cast<float>(acc);
       }
+      SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " m=" << m);
+      ExpectNear(y, ref, kTol);
     }
-    SCOPED_TRACE(testing::Message() << "m=" << m);
-    ExpectNear(y, ref, kTol);
   }
 }
 
-TEST(CpuBackend, EmbedGathersF32AndBf16Rows) {
+TEST(CpuBackend, EmbedGathersF32Bf16AndF16Rows) {
   std::mt19937 rng(12);
   CpuBackend be(1);
   Tensor tf = Random(Shape{10, 12}, rng);
-  Tensor tb = Tensor::EmptyCpu(DType::kBF16, Shape{10, 12});
-  ConvertFromF32(tf.data_as<float>(), DType::kBF16, tb.data(), 120);
   const std::vector<int32_t> ids = {7, 0, 7, 9};
-  for (const Tensor& table : {tf, tb}) {
+  for (const DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    Tensor table = Tensor::EmptyCpu(dtype, Shape{10, 12});
+    ConvertFromF32(tf.data_as<float>(), dtype, table.data(), 120);
+    std::vector<float> rounded(120);
+    ConvertToF32(table.data(), dtype, rounded.data(), rounded.size());
     Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{4, 12});
     be.Embed(ids, table, out);
     std::vector<float> ref;
     for (int32_t id : ids) {
-      for (int i = 0; i < 12; ++i) {
-        const float v = tf.data_as<float>()[id * 12 + i];
-        ref.push_back(table.dtype() == DType::kBF16 ? BF16ToFloat(FloatToBF16(v)) : v);
-      }
+      for (int i = 0; i < 12; ++i) ref.push_back(rounded[static_cast<size_t>(id * 12 + i)]);
     }
+    SCOPED_TRACE(DTypeName(dtype));
     ExpectNear(out, ref, 0.0f);
   }
 }

@@ -60,6 +60,8 @@ TEST_P(CpuKernelsTest, TableIsTheRequestedLevel) {
                                                        : 16;
   EXPECT_EQ(K().f32_lanes, lanes);
   EXPECT_NE(K().gemv_bf16, nullptr);
+  EXPECT_NE(K().gemv_f16, nullptr);
+  EXPECT_NE(K().f16_to_f32, nullptr);
   EXPECT_NE(K().decode_attention_item, nullptr);
   EXPECT_NE(K().exp_shifted_sum, nullptr);
   EXPECT_NE(K().rms_norm, nullptr);
@@ -77,38 +79,42 @@ TEST_P(CpuKernelsTest, TableIsTheRequestedLevel) {
 // Tolerance: 1e-5 * Σ|x_t w_t| + 1e-6. The kernel accumulates k products in f32 (FMA chains per
 // lane, or multiply-then-add on v2); in practice its error is a few roundings times sqrt(k) of
 // Σ|x w|, far below 1e-5 of it for k <= 1000.
-TEST_P(CpuKernelsTest, GemvBf16MatchesDoubleReference) {
+TEST_P(CpuKernelsTest, Gemv16MatchesDoubleReferenceForBf16AndF16) {
   std::mt19937 rng(1);
   const int64_t n = 11;
   const std::vector<std::pair<int64_t, int64_t>> ranges = {{0, 11}, {3, 10}, {5, 6},
                                                            {0, 4},  {2, 9},  {4, 4}};
-  for (int64_t m : {1, 3}) {
-    for (int64_t k : kLengths) {
-      const std::vector<float> x = Random(static_cast<size_t>(m * k), rng);
-      const std::vector<float> wf = Random(static_cast<size_t>(n * k), rng);
-      std::vector<uint16_t> w(wf.size());
-      for (size_t i = 0; i < w.size(); ++i) w[i] = FloatToBF16(wf[i]);
-      for (auto [j0, j1] : ranges) {
-        SCOPED_TRACE(testing::Message()
-                     << "m=" << m << " k=" << k << " j=[" << j0 << "," << j1 << ")");
-        constexpr float kSentinel = -12345.0f;
-        std::vector<float> y(static_cast<size_t>(m * n), kSentinel);
-        K().gemv_bf16(x.data(), m, w.data(), k, j0, j1, y.data(), n);
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t j = 0; j < n; ++j) {
-            const float got = y[static_cast<size_t>(r * n + j)];
-            if (j < j0 || j >= j1) {
-              ASSERT_EQ(got, kSentinel) << "wrote outside [j0, j1): r=" << r << " j=" << j;
-              continue;
+  for (const DType dtype : {DType::kBF16, DType::kF16}) {
+    const auto gemv = dtype == DType::kBF16 ? K().gemv_bf16 : K().gemv_f16;
+    const auto value = dtype == DType::kBF16 ? BF16ToFloat : HalfToFloat;
+    for (int64_t m : {1, 3}) {
+      for (int64_t k : kLengths) {
+        const std::vector<float> x = Random(static_cast<size_t>(m * k), rng);
+        const std::vector<float> wf = Random(static_cast<size_t>(n * k), rng);
+        std::vector<uint16_t> w(wf.size());
+        ConvertFromF32(wf.data(), dtype, w.data(), w.size());
+        for (auto [j0, j1] : ranges) {
+          SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " m=" << m << " k=" << k << " j=["
+                                          << j0 << "," << j1 << ")");
+          constexpr float kSentinel = -12345.0f;
+          std::vector<float> y(static_cast<size_t>(m * n), kSentinel);
+          gemv(x.data(), m, w.data(), k, j0, j1, y.data(), n);
+          for (int64_t r = 0; r < m; ++r) {
+            for (int64_t j = 0; j < n; ++j) {
+              const float got = y[static_cast<size_t>(r * n + j)];
+              if (j < j0 || j >= j1) {
+                ASSERT_EQ(got, kSentinel) << "wrote outside [j0, j1): r=" << r << " j=" << j;
+                continue;
+              }
+              double ref = 0, mag = 0;
+              for (int64_t t = 0; t < k; ++t) {
+                const double p = double(x[static_cast<size_t>(r * k + t)]) *
+                                 value(w[static_cast<size_t>(j * k + t)]);
+                ref += p;
+                mag += std::abs(p);
+              }
+              ASSERT_NEAR(got, ref, 1e-5 * mag + 1e-6) << "r=" << r << " j=" << j;
             }
-            double ref = 0, mag = 0;
-            for (int64_t t = 0; t < k; ++t) {
-              const double p = double(x[static_cast<size_t>(r * k + t)]) *
-                               BF16ToFloat(w[static_cast<size_t>(j * k + t)]);
-              ref += p;
-              mag += std::abs(p);
-            }
-            ASSERT_NEAR(got, ref, 1e-5 * mag + 1e-6) << "r=" << r << " j=" << j;
           }
         }
       }
@@ -314,6 +320,10 @@ void ExpectExactConversion(void (*convert)(const uint16_t*, float*, size_t), flo
 
 TEST_P(CpuKernelsTest, Bf16ToF32IsExactForAllPatterns) {
   ExpectExactConversion(K().bf16_to_f32, BF16ToFloat, "bf16");
+}
+
+TEST_P(CpuKernelsTest, F16ToF32IsExactForAllPatterns) {
+  ExpectExactConversion(K().f16_to_f32, HalfToFloat, "f16");
 }
 
 PDSERVE_INSTANTIATE_PER_CPU_ISA(CpuKernelsTest);
