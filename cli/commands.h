@@ -44,6 +44,7 @@ struct DemoOptions {
   std::string prompt = "What is the capital of France?";  // sent as a chat message
   int max_tokens = 64;
   int threads = 0;
+  bool dequantize_weights = false;  // the workers' --dequantize-weights
   // Keep serving until SIGINT/SIGTERM instead of answering one prompt: the router's gRPC API on
   // router_port and its OpenAI-compatible API on openai_port (0: any free port).
   bool serve = false;

@@ -128,6 +128,8 @@ int RunDemo(const DemoOptions& options) {
       .model = *model,
       // One thread each by default: the three processes share this machine's cores.
       .threads = options.threads > 0 ? options.threads : 1,
+      .worker_args = options.dequantize_weights ? std::vector<std::string>{"--dequantize-weights"}
+                                                : std::vector<std::string>{},
       .tokenizer = text ? *model : "",
       .log_level = "warn",
       .run_dir = dir,

@@ -76,6 +76,9 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--max-tokens", demo.max_tokens, "Maximum new tokens")->default_val(64);
   demo_cmd->add_option("--threads", demo.threads, "Compute threads per worker (0 = 1 each)")
       ->default_val(0);
+  demo_cmd->add_flag("--dequantize-weights", demo.dequantize_weights,
+                     "The workers expand quantized GGUF weights to f32 at load (slower; f32 "
+                     "numerics)");
   demo_cmd->add_flag("--serve", demo.serve,
                      "Keep serving until Ctrl-C (SIGINT) or SIGTERM instead of answering a prompt");
   demo_cmd

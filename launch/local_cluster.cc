@@ -29,6 +29,7 @@ std::vector<std::string> LocalCluster::WorkerArgs(const std::string& name) const
       absl::StrCat("--listen=", OrLoopback(For(name).host), ":", For(name).port),
       absl::StrCat("--threads=", options_.threads)};
   if (options_.kv_blocks > 0) args.push_back(absl::StrCat("--kv-blocks=", options_.kv_blocks));
+  args.insert(args.end(), options_.worker_args.begin(), options_.worker_args.end());
   return args;
 }
 

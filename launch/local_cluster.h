@@ -41,9 +41,10 @@ struct LocalClusterOptions {
   std::string model;  // every worker's --model
   int prefill_workers = 1;
   int decode_workers = 1;
-  int kv_blocks = 0;        // per worker; 0: the workers' default (sized by --kv-cache-mb)
-  int threads = 1;          // compute threads per worker: they share this machine's cores
-  std::string tokenizer{};  // the router's --tokenizer (empty: token ids only)
+  int kv_blocks = 0;  // per worker; 0: the workers' default (sized by --kv-cache-mb)
+  int threads = 1;    // compute threads per worker: they share this machine's cores
+  std::vector<std::string> worker_args{};  // more flags for every worker (--dequantize-weights)
+  std::string tokenizer{};                 // the router's --tokenizer (empty: token ids only)
   rpc::TlsFiles tls{};      // mutual TLS on every gRPC connection, Channel()'s included
   std::string log_level{};  // every process's --log-level (empty: their default)
   // Where each process's log (decode0.log, prefill0.log, router.log) and port file go; created

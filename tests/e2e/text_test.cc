@@ -121,23 +121,16 @@ v1::GenerateRequest Greedy(int max_tokens) {
   return req;
 }
 
-// The workers' flags that make them expand the model's quantized weights to f32: the numerics
-// llama.cpp's reference was recorded with (on the F32 expansion of the same file).
-launch::ProcessOptions DequantizedWorker() {
-  launch::ProcessOptions worker;
-  worker.args = {"--dequantize-weights"};
-  return worker;
-}
-
 class TextEndToEnd : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     model_path_ = new std::string(testing_util::DefaultGgufPath());
     if (!fs::exists(*model_path_)) return;
-    cluster_ = new Cluster(
-        {.model = *model_path_,
-         .tokenizer = *model_path_,
-         .processes = {{"prefill0", DequantizedWorker()}, {"decode0", DequantizedWorker()}}});
+    // The workers expand the weights to f32: the numerics llama.cpp's reference was
+    // recorded with (on the F32 expansion of the same file).
+    cluster_ = new Cluster({.model = *model_path_,
+                            .worker_args = {"--dequantize-weights"},
+                            .tokenizer = *model_path_});
     const absl::Status started = cluster_->Start();
     started_ = started.ok();
     if (!started_) start_error_ = new std::string(started.ToString());
