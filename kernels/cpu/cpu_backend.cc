@@ -175,8 +175,9 @@ void CpuBackend::LinearQuantized(const float* x, int64_t m, int64_t k, const Ten
   const int64_t n = w.dim(0);
   const auto* wp = w.data_as<const uint8_t>();
   // Quantize the activations once, then every weight row is read once for all m rows, output
-  // rows split across threads. One path for every m: each output depends only on its own row
-  // (batch invariance), and the integer dot products outrun an f32 copy plus SGEMM.
+  // rows split across threads. One path for every m, so each output depends only on its own row
+  // (batch invariance). An f32 copy plus SGEMM would prefill long prompts faster, but its
+  // summation order follows the batch's shape.
   PDSERVE_KERNEL_CHECK(k % 32 == 0);
   q8_codes_.resize(static_cast<size_t>(m * k));
   q8_scales_.resize(static_cast<size_t>(m * k / 32));
