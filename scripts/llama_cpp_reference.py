@@ -5,8 +5,10 @@ Run through scripts/llama-cpp-reference.sh, which sets up .venv-ref (llama-cpp-p
 numpy) and fetches the model. Two steps:
 
 1. F32 conversion. llama.cpp multiplies Q4_1/Q8_0 weights in a quantized domain (it quantizes the
-   activations to Q8 for the dot products), while pdserve dequantizes every weight to f32 at load
-   and multiplies in f32. So llama.cpp runs on an F32 GGUF made from the same file: every tensor
+   activations to Q8 for the dot products), and so does pdserve by default; with
+   --dequantize-weights pdserve expands every weight to f32 at load and multiplies in f32, which
+   is what this reference checks (tests/e2e/text_test.cc). So llama.cpp runs on an F32 GGUF made
+   from the same file: every tensor
    dequantized with gguf.quants.dequantize (the reference numpy implementation of ggml's
    dequantization), names, shapes and order unchanged, every metadata key copied with
    general.file_type set to 0 (ALL_F32). The result is checked tensor by tensor against the source.
