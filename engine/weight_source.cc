@@ -216,7 +216,7 @@ void RepackRows(const GgufTensorInfo& t, DType dtype, uint8_t* dst) {
   const int64_t group = DTypeGroup(dtype);
   const int64_t block = traits.block_size, groups_per_block = block / group;
   const size_t row_bytes = DTypeBytes(dtype, k);
-  const int64_t code_bytes = dtype == DType::kQ4G32 ? k / 2 : k;
+  const int64_t code_bytes = QuantCodeBytes(dtype, k);
   uint8_t codes[kMaxGgmlBlockElements];
   float d[kMaxGgmlBlockGroups], m[kMaxGgmlBlockGroups];
   const uint8_t* src = t.data.data();
@@ -243,11 +243,11 @@ void RepackRows(const GgufTensorInfo& t, DType dtype, uint8_t* dst) {
   }
 }
 
-// A GGUF tensor as f32: quantized ones repacked and decoded by the CPU kernels dispatched for
-// this machine (equal to gguf's reference decoder, tests/engine/gguf_model_test.cc), the float
-// types through the reference; both after the same size checks.
-absl::Status DequantizeTensor(const GgufTensorInfo& t, float* dst) {
-  const std::optional<DType> rows_type = RowTypeOf(t.type);
+// A GGUF tensor as f32: quantized ones (`rows_type`, RowTypeOf(t.type)) repacked and decoded by
+// the CPU kernels dispatched for this machine (equal to gguf's reference decoder,
+// tests/engine/gguf_model_test.cc), the float types through the reference; both after the same
+// size checks.
+absl::Status DequantizeTensor(const GgufTensorInfo& t, std::optional<DType> rows_type, float* dst) {
   if (!rows_type || t.dims.empty()) return DequantizeToF32(t.type, t.data, t.num_elements, dst);
   absl::StatusOr<int64_t> blocks = DequantizeBlockCount(t.type, t.data, t.num_elements);
   if (!blocks.ok()) return blocks.status();
@@ -284,7 +284,7 @@ absl::StatusOr<Tensor> GgufWeightSource::Load(const std::string& name, const Sha
   return PlaceWeight(
       backend, use, expected, stored, std::as_bytes(info->data),
       [&](float* dst) -> absl::Status {
-        absl::Status s = DequantizeTensor(*info, dst);
+        absl::Status s = DequantizeTensor(*info, rows_type, dst);
         if (s.ok()) return s;
         return absl::InvalidArgumentError(
             absl::StrCat(file_->source_name(), ": tensor ", tensor, ": ", s.message()));

@@ -23,8 +23,8 @@ absl::StatusOr<int64_t> DequantizeBlockCount(GgmlType type, std::span<const uint
 
 // Decodes `elements` values of `type` from `src` into dst (room for `elements` floats). Plain
 // per-block loops, every quantized format through UnpackGgmlBlock: the reference that the
-// run-time dispatched CPU kernels that the model loader uses for Q8_0/Q4_0/Q4_1
-// (kernels/cpu/cpu_kernels.h) are tested against.
+// model loader's repacked rows and their CPU kernels (engine/weight_source.h,
+// kernels/cpu/cpu_kernels.h) are tested against.
 // InvalidArgument when the type is not supported (the message names it and lists those that
 // are), when `elements` is not a whole number of blocks, or when `src` is not exactly the
 // bytes those blocks take. `src` needs no alignment.

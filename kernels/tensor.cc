@@ -26,15 +26,11 @@ size_t DTypeSize(DType dtype) {
 
 bool IsQuantized(DType dtype) { return DTypeSize(dtype) == 0; }
 
-int64_t DTypeGroup(DType dtype) {
-  return dtype == DType::kQ4G32 || dtype == DType::kQ8G32 ? 32 : dtype == DType::kQ8G16 ? 16 : 1;
-}
-
 size_t DTypeBytes(DType dtype, int64_t numel) {
-  const auto n = static_cast<size_t>(numel);
-  if (!IsQuantized(dtype)) return n * DTypeSize(dtype);
-  const size_t code_bytes = dtype == DType::kQ4G32 ? n / 2 : n;
-  return code_bytes + n / static_cast<size_t>(DTypeGroup(dtype)) * 2 * sizeof(float);
+  if (!IsQuantized(dtype)) return static_cast<size_t>(numel) * DTypeSize(dtype);
+  // Codes, then an f32 scale and an f32 offset per group.
+  return static_cast<size_t>(QuantCodeBytes(dtype, numel) +
+                             numel / DTypeGroup(dtype) * 2 * int64_t{sizeof(float)});
 }
 
 std::string_view DTypeName(DType dtype) {

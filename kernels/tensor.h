@@ -34,7 +34,13 @@ size_t DTypeSize(DType dtype);
 size_t DTypeBytes(DType dtype, int64_t numel);
 bool IsQuantized(DType dtype);
 // Values per group of a quantized type (32 or 16); 1 for a float type.
-int64_t DTypeGroup(DType dtype);
+constexpr int64_t DTypeGroup(DType dtype) {
+  return dtype == DType::kQ4G32 || dtype == DType::kQ8G32 ? 32 : dtype == DType::kQ8G16 ? 16 : 1;
+}
+// Bytes of the codes of `n` values of a quantized type: where a row's scales start.
+constexpr int64_t QuantCodeBytes(DType dtype, int64_t n) {
+  return dtype == DType::kQ4G32 ? n / 2 : n;
+}
 std::string_view DTypeName(DType dtype);  // "f32", "f16", "bf16", "q4g32", "q8g32", "q8g16"
 // The float types only (a KV cache or a config's torch_dtype is never quantized rows).
 std::optional<DType> ParseDType(std::string_view name);

@@ -44,11 +44,17 @@ void ForEachChunk(int threads, int64_t n, Fn fn) {
   }
 }
 
+bool Is16Bit(DType dtype) { return dtype == DType::kBF16 || dtype == DType::kF16; }
+
+// The conversion kernel of a 16-bit type.
+CpuKernels::ToF32Fn ToF32Of(const CpuKernels& kernels, DType dtype) {
+  return dtype == DType::kBF16 ? kernels.bf16_to_f32 : kernels.f16_to_f32;
+}
+
 // A weight row (or embedding row) of f32, bf16, f16 or a quantized type as f32.
 void RowToF32(const CpuKernels& kernels, const void* src, DType dtype, float* dst, size_t n) {
-  if (dtype == DType::kBF16 || dtype == DType::kF16) {
-    (dtype == DType::kBF16 ? kernels.bf16_to_f32 : kernels.f16_to_f32)(
-        static_cast<const uint16_t*>(src), dst, n);
+  if (Is16Bit(dtype)) {
+    ToF32Of(kernels, dtype)(static_cast<const uint16_t*>(src), dst, n);
   } else if (IsQuantized(dtype)) {
     kernels.dequantize_rows(dtype, static_cast<const uint8_t*>(src), 1, static_cast<int64_t>(n),
                             dst);
@@ -62,8 +68,7 @@ void RowToF32(const CpuKernels& kernels, const void* src, DType dtype, float* ds
 CpuBackend::CpuBackend(int num_threads, std::optional<CpuIsa> isa, bool keep_quantized_weights)
     : num_threads_(num_threads > 0 ? num_threads : omp_get_num_procs()),
       keep_quantized_weights_(keep_quantized_weights),
-      kernels_(CpuKernelsFor(isa.value_or(BestCpuIsa()))),
-      gemm_q_(BestGemmQ(kernels_)) {
+      kernels_(CpuKernelsFor(isa.value_or(BestCpuIsa()))) {
   openblas_set_num_threads(num_threads_);
 }
 
@@ -80,7 +85,7 @@ void CpuBackend::UseBlasThreads() const {
 }
 
 DType CpuBackend::WeightDType(DType checkpoint_dtype) const {
-  if (checkpoint_dtype == DType::kBF16 || checkpoint_dtype == DType::kF16) return checkpoint_dtype;
+  if (Is16Bit(checkpoint_dtype)) return checkpoint_dtype;
   return IsQuantized(checkpoint_dtype) && keep_quantized_weights_ ? checkpoint_dtype : DType::kF32;
 }
 
@@ -122,7 +127,7 @@ void CpuBackend::Linear(const Tensor& x, const Tensor& w, const Tensor* bias, Te
     } else {
       Sgemm(xp, m, k, wp, n, yp);
     }
-  } else if (w.dtype() == DType::kBF16 || w.dtype() == DType::kF16) {
+  } else if (Is16Bit(w.dtype())) {
     Linear16(w.dtype(), xp, m, k, w.data_as<uint16_t>(), n, yp);
   } else {
     LinearQuantized(xp, m, k, w, yp);
@@ -144,9 +149,9 @@ void CpuBackend::Sgemm(const float* x, int64_t m, int64_t k, const float* w, int
 
 void CpuBackend::Linear16(DType dtype, const float* x, int64_t m, int64_t k, const uint16_t* w,
                           int64_t n, float* y) {
-  const bool bf16 = dtype == DType::kBF16;
   if (m <= kMaxGemvRows) {
-    const CpuKernels::Gemv16Fn gemv = bf16 ? kernels_.gemv_bf16 : kernels_.gemv_f16;
+    const CpuKernels::Gemv16Fn gemv =
+        dtype == DType::kBF16 ? kernels_.gemv_bf16 : kernels_.gemv_f16;
     // Memory-bound: split output rows across threads; each weight row is read exactly once.
     const int64_t chunk = 16;
 #pragma omp parallel for num_threads(num_threads_) schedule(static) if (m * n * k > kParallelWork)
@@ -162,7 +167,7 @@ void CpuBackend::Linear16(DType dtype, const float* x, int64_t m, int64_t k, con
     weight_scratch_.resize(static_cast<size_t>(count));
   }
   float* wf = weight_scratch_.data();
-  const CpuKernels::ToF32Fn to_f32 = bf16 ? kernels_.bf16_to_f32 : kernels_.f16_to_f32;
+  const CpuKernels::ToF32Fn to_f32 = ToF32Of(kernels_, dtype);
   constexpr int64_t kChunk = 1 << 14;
 #pragma omp parallel for num_threads(num_threads_) schedule(static)
   for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
@@ -195,10 +200,11 @@ void CpuBackend::LinearQuantized(const float* x, int64_t m, int64_t k, const Ten
                            .sums16 = q8_sums16_.data(),
                            .m = m,
                            .k = k};
+  const GemmQFn gemm = BestGemmQ(kernels_);
   const int64_t chunk = 16;
 #pragma omp parallel for num_threads(num_threads_) schedule(static) if (m * n * k > kParallelWork)
   for (int64_t j0 = 0; j0 < n; j0 += chunk) {
-    gemm_q_(w.dtype(), wp, j0, std::min(n, j0 + chunk), acts, y, n);
+    gemm(w.dtype(), wp, j0, std::min(n, j0 + chunk), acts, y, n);
   }
 }
 

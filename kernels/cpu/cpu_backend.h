@@ -76,7 +76,6 @@ class CpuBackend final : public Backend {
   int num_threads_;
   bool keep_quantized_weights_;
   const CpuKernels& kernels_;
-  GemmQFn gemm_q_;                     // BestGemmQ(kernels_)
   std::vector<float> weight_scratch_;  // f32 copy of a 16-bit weight for prefill-sized GEMMs
   std::vector<int8_t> q8_codes_;       // the activations of a quantized GEMM
   std::vector<float> q8_scales_, q8_sums32_, q8_sums16_;

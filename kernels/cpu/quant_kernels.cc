@@ -36,19 +36,16 @@ constexpr int64_t kChunk = 32;  // activation scale group: every weight group is
 constexpr int64_t kPrefetchTiles = 2;  // how far ahead DotTile prefetches weight rows, in tiles
 
 constexpr bool IsQ4(DType t) { return t == DType::kQ4G32; }
-constexpr int64_t GroupOf(DType t) { return t == DType::kQ8G16 ? 16 : 32; }
 
-// Where the parts of one quantized row of k values start.
+// Where the parts of one quantized row of k values start (layout in kernels/tensor.h).
 struct RowParts {
   const uint8_t* codes;
   const float* scales;   // k / G
   const float* offsets;  // k / G
 };
-template <DType T>
-RowParts PartsOf(const uint8_t* row, int64_t k) {
-  const int64_t code_bytes = IsQ4(T) ? k / 2 : k;
-  const auto* scales = reinterpret_cast<const float*>(row + code_bytes);
-  return {row, scales, scales + k / GroupOf(T)};
+inline RowParts PartsOf(DType dtype, const uint8_t* row, int64_t k) {
+  const auto* scales = reinterpret_cast<const float*>(row + QuantCodeBytes(dtype, k));
+  return {row, scales, scales + k / DTypeGroup(dtype)};
 }
 
 // sum_i a[i] * b[i] over n floats (the offsets term).
@@ -201,7 +198,7 @@ void DotTile(const uint8_t* w, size_t row_bytes, const Q8Activations& x, int64_t
              float* y, int64_t n) {
   const int64_t k = x.k;
   RowParts rows[W];
-  for (int i = 0; i < W; ++i) rows[i] = PartsOf<T>(w + static_cast<size_t>(j0 + i) * row_bytes, k);
+  for (int i = 0; i < W; ++i) rows[i] = PartsOf(T, w + static_cast<size_t>(j0 + i) * row_bytes, k);
   const int8_t* xq = x.codes + r0 * k;
   const float* xs = x.scales + r0 * (k / kChunk);
   FA acc[W][R];
@@ -222,9 +219,9 @@ void DotTile(const uint8_t* w, size_t row_bytes, const Q8Activations& x, int64_t
     }
     AccumulateChunk<T, W, R>(rows, c, xq, k, xs, acc);
   }
-  const int64_t groups = k / GroupOf(T);
+  const int64_t groups = k / DTypeGroup(T);
   for (int r = 0; r < R; ++r) {
-    const float* sums = (GroupOf(T) == 16 ? x.sums16 : x.sums32) + (r0 + r) * groups;
+    const float* sums = (DTypeGroup(T) == 16 ? x.sums16 : x.sums32) + (r0 + r) * groups;
     for (int i = 0; i < W; ++i) {
       y[(r0 + r) * n + j0 + i] = FReduce(acc[i][r]) + DotF32(rows[i].offsets, sums, groups);
     }
@@ -275,26 +272,24 @@ void GemmQ(DType w_dtype, const uint8_t* w, int64_t j0, int64_t j1, const Q8Acti
 #if !defined(PDSERVE_SIMD_VNNI)
 
 // Plain loops (vectorized by the compiler for this level). Multiply, then add, each rounded:
-// ISO C++ mode does not contract them into an FMA, so every level gives the same floats.
+// this file is compiled with -ffp-contract=off (kernels/CMakeLists.txt), so no level fuses them
+// into an FMA and every level gives the same floats.
 void DequantizeRows(DType dtype, const uint8_t* src, int64_t rows, int64_t k, float* dst) {
   const int64_t group = DTypeGroup(dtype);
   const size_t row_bytes = DTypeBytes(dtype, k);
   for (int64_t r = 0; r < rows; ++r, dst += k) {
-    const uint8_t* row = src + static_cast<size_t>(r) * row_bytes;
-    const uint8_t* codes = row;
-    const auto* scales = reinterpret_cast<const float*>(row + (dtype == DType::kQ4G32 ? k / 2 : k));
-    const float* offsets = scales + k / group;
+    const RowParts row = PartsOf(dtype, src + static_cast<size_t>(r) * row_bytes, k);
     for (int64_t g = 0; g < k / group; ++g) {
-      const float d = scales[g], m = offsets[g];
+      const float d = row.scales[g], m = row.offsets[g];
       float* out = dst + g * group;
-      if (dtype == DType::kQ4G32) {
-        const uint8_t* b = codes + g * 16;
+      if (IsQ4(dtype)) {
+        const uint8_t* b = row.codes + g * 16;
         for (int i = 0; i < 16; ++i) {
           out[i] = d * static_cast<float>(b[i] & 0x0f) + m;
           out[i + 16] = d * static_cast<float>(b[i] >> 4) + m;
         }
       } else {
-        const uint8_t* b = codes + g * group;
+        const uint8_t* b = row.codes + g * group;
         for (int64_t i = 0; i < group; ++i) out[i] = d * static_cast<float>(b[i]) + m;
       }
     }

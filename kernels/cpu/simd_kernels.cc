@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/backend.h"
 #include "kernels/convert.h"
@@ -21,19 +22,17 @@
 #define PDSERVE_LEVEL_NAMESPACE PDSERVE_CONCAT(level, PDSERVE_SIMD_LEVEL)
 
 namespace pdserve {
+// The entries kernels/cpu/quant_kernels.cc defines, declared by the types of their CpuKernels
+// fields (so their signatures are written once, in cpu_kernels.h).
 #if PDSERVE_SIMD_LEVEL == 4
-namespace level4_vnni {  // kernels/cpu/quant_kernels.cc compiled with AVX-512 VNNI
-void GemmQ(DType w_dtype, const uint8_t* w, int64_t j0, int64_t j1, const Q8Activations& x,
-           float* y, int64_t n);
+namespace level4_vnni {  // quant_kernels.cc compiled with AVX-512 VNNI
+std::remove_pointer_t<GemmQFn> GemmQ;
 }  // namespace level4_vnni
 #endif
 namespace PDSERVE_LEVEL_NAMESPACE {
-// kernels/cpu/quant_kernels.cc at this level.
-void GemmQ(DType w_dtype, const uint8_t* w, int64_t j0, int64_t j1, const Q8Activations& x,
-           float* y, int64_t n);
-void DequantizeRows(DType dtype, const uint8_t* src, int64_t rows, int64_t k, float* dst);
-void QuantizeQ8(const float* x, int64_t m, int64_t k, int8_t* codes, float* scales, float* sums32,
-                float* sums16);
+std::remove_pointer_t<GemmQFn> GemmQ;
+std::remove_pointer_t<decltype(CpuKernels::dequantize_rows)> DequantizeRows;
+std::remove_pointer_t<decltype(CpuKernels::quantize_q8)> QuantizeQ8;
 
 namespace {
 

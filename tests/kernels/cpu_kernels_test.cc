@@ -40,18 +40,7 @@ std::vector<float> Random(size_t n, std::mt19937& rng, float lo = -1.0f, float h
   return v;
 }
 
-class CpuKernelsTest : public PerCpuIsaTest {
- protected:
-  void SetUp() override {
-    PerCpuIsaTest::SetUp();
-    if (IsSkipped()) return;
-    kernels_ = &CpuKernelsFor(GetParam());
-  }
-  const CpuKernels& K() const { return *kernels_; }
-
- private:
-  const CpuKernels* kernels_ = nullptr;
-};
+class CpuKernelsTest : public PerCpuIsaTest {};
 
 TEST_P(CpuKernelsTest, TableIsTheRequestedLevel) {
   EXPECT_EQ(K().isa, GetParam());

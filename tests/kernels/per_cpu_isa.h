@@ -24,6 +24,8 @@ class PerCpuIsaTest : public testing::TestWithParam<CpuIsa> {
       GTEST_SKIP() << "this CPU lacks " << CpuIsaName(GetParam()) << ": " << s.message();
     }
   }
+  // The level's kernels (SetUp has skipped a level this CPU lacks).
+  const CpuKernels& K() const { return CpuKernelsFor(GetParam()); }
 };
 
 inline std::string CpuIsaTestName(const testing::TestParamInfo<CpuIsa>& info) {

@@ -66,13 +66,6 @@ float ValueAt(DType dtype, const uint8_t* row, int64_t k, int64_t i) {
 
 class QuantKernelsTest : public PerCpuIsaTest {
  protected:
-  void SetUp() override {
-    PerCpuIsaTest::SetUp();
-    if (IsSkipped()) return;
-    kernels_ = &CpuKernelsFor(GetParam());
-  }
-  const CpuKernels& K() const { return *kernels_; }
-
   // Every GEMM variant of this level that this CPU runs, by name.
   std::vector<std::pair<const char*, GemmQFn>> Variants() const {
     std::vector<std::pair<const char*, GemmQFn>> v = {{"integer SIMD", K().gemm_q}};
@@ -81,9 +74,6 @@ class QuantKernelsTest : public PerCpuIsaTest {
     }
     return v;
   }
-
- private:
-  const CpuKernels* kernels_ = nullptr;
 };
 
 TEST_P(QuantKernelsTest, DequantizeRowsIsTheLayoutDefinitionExactly) {
