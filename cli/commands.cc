@@ -107,6 +107,9 @@ int RunGenerate(const GenerateOptions& options) {
   if (!device.ok()) return Fail(device.status());
   device->cuda_graphs = !options.enforce_eager;
   device->keep_quantized_weights = !options.dequantize_weights;
+  absl::StatusOr<DType> kv_dtype = ParseKvCacheDTypeFlag(options.kv_cache_dtype);
+  if (!kv_dtype.ok()) return Fail(kv_dtype.status());
+  device->kv_cache_dtype = *kv_dtype;
   absl::StatusOr<CpuIsa> isa = ResolveCpuIsa(options.cpu_isa);
   if (!isa.ok()) return Fail(isa.status());
   if (options.verbose && device->device == Device::kCpu) {
@@ -157,13 +160,14 @@ int RunKvInfo(const KvInfoOptions& options) {
   auto config =
       options.model.empty() ? ReadConfigFile(options.config_path) : ReadModelConfig(options.model);
   if (!config.ok()) return Fail(config.status());
-  const std::optional<DType> dtype = ParseDType(options.dtype);
+  const std::optional<DType> dtype = ParseKvCacheDType(options.dtype);
   if (!dtype) {
     return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--dtype ", options.dtype, ": expected bf16, f16 or f32")));
+        absl::StrCat("--dtype ", options.dtype, ": expected bf16, f16, f32, fp8 or int8")));
   }
   const ModelConfig& c = *config;
   const KvFormat f = KvFormat::FromConfig(c, *dtype, options.tokens_per_block);
+  if (absl::Status s = f.CheckStorable(); !s.ok()) return Fail(s);
 
   if (options.json) {
     nlohmann::json j = f.ToJson();
@@ -212,8 +216,16 @@ int RunKvInfo(const KvInfoOptions& options) {
                 ll(f.num_kv_heads), ll(f.k_head_dim), ll(f.num_kv_heads), ll(f.v_head_dim),
                 ll(f.values_per_token_per_layer()));
   }
-  std::printf("dtype:         %s (%zu bytes per value)\n", std::string(DTypeName(f.dtype)).c_str(),
-              DTypeSize(f.dtype));
+  if (IsScaledKv(f.dtype)) {
+    std::printf(
+        "dtype:         %s (%s, 1 byte per value + an f16 scale per %lld values: %.4g bytes per "
+        "value)\n",
+        std::string(DTypeName(f.dtype)).c_str(), f.dtype == DType::kI8 ? "int8 codes" : "e4m3",
+        ll(DTypeGroup(f.dtype)), f.bytes_per_value());
+  } else {
+    std::printf("dtype:         %s (%zu bytes per value)\n",
+                std::string(DTypeName(f.dtype)).c_str(), DTypeSize(f.dtype));
+  }
   std::printf("per token:     %s over %lld layers; %s per layer\n",
               Bytes(f.bytes_per_token()).c_str(), ll(f.num_layers),
               Bytes(f.bytes_per_token_per_layer()).c_str());

@@ -26,7 +26,8 @@ struct GenerateOptions {
   std::string device = "cpu";       // cpu, cuda or cuda:N (kernels/make_backend.h)
   bool enforce_eager = false;       // no CUDA graphs (DeviceSpec::cuda_graphs)
   bool dequantize_weights = false;  // DeviceSpec::keep_quantized_weights cleared
-  bool verbose = false;             // the CPU kernels and timings on stderr
+  std::string kv_cache_dtype = "bf16";  // DeviceSpec::kv_cache_dtype
+  bool verbose = false;                 // the CPU kernels and timings on stderr
 };
 int RunGenerate(const GenerateOptions& options);
 
@@ -44,7 +45,8 @@ struct DemoOptions {
   std::string prompt = "What is the capital of France?";  // sent as a chat message
   int max_tokens = 64;
   int threads = 0;
-  bool dequantize_weights = false;  // the workers' --dequantize-weights
+  bool dequantize_weights = false;      // the workers' --dequantize-weights
+  std::string kv_cache_dtype = "bf16";  // the workers' --kv-cache-dtype
   // Keep serving until SIGINT/SIGTERM instead of answering one prompt: the router's gRPC API on
   // router_port and its OpenAI-compatible API on openai_port (0: any free port).
   bool serve = false;

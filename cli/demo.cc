@@ -124,12 +124,13 @@ int RunDemo(const DemoOptions& options) {
   std::fflush(stdout);
   // A model with a tokenizer (GGUF, or a directory with tokenizer.json) is talked to in text.
   const bool text = model->ends_with(".gguf") || fs::exists(fs::path(*model) / "tokenizer.json");
+  std::vector<std::string> worker_args = {"--kv-cache-dtype", options.kv_cache_dtype};
+  if (options.dequantize_weights) worker_args.push_back("--dequantize-weights");
   launch::LocalClusterOptions cluster_options{
       .model = *model,
       // One thread each by default: the three processes share this machine's cores.
       .threads = options.threads > 0 ? options.threads : 1,
-      .worker_args = options.dequantize_weights ? std::vector<std::string>{"--dequantize-weights"}
-                                                : std::vector<std::string>{},
+      .worker_args = worker_args,
       .tokenizer = text ? *model : "",
       .log_level = "warn",
       .run_dir = dir,

@@ -54,6 +54,11 @@ int main(int argc, char** argv) {
   generate->add_flag("--dequantize-weights", gen.dequantize_weights,
                      "On the CPU: expand quantized GGUF weights to f32 at load instead of "
                      "keeping them quantized (slower; f32 numerics)");
+  generate
+      ->add_option("--kv-cache-dtype", gen.kv_cache_dtype,
+                   "KV cache storage: bf16, f16, f32, or fp8 (e4m3) / int8 with an f16 scale "
+                   "per 32 values (CPU only)")
+      ->capture_default_str();
   generate->add_flag("-v,--verbose", gen.verbose, "Print the CPU kernels and timings to stderr");
 
   SynthOptions synth;
@@ -79,6 +84,10 @@ int main(int argc, char** argv) {
   demo_cmd->add_flag("--dequantize-weights", demo.dequantize_weights,
                      "The workers expand quantized GGUF weights to f32 at load (slower; f32 "
                      "numerics)");
+  demo_cmd
+      ->add_option("--kv-cache-dtype", demo.kv_cache_dtype,
+                   "The workers' KV cache storage: bf16, f16, f32, fp8 or int8")
+      ->capture_default_str();
   demo_cmd->add_flag("--serve", demo.serve,
                      "Keep serving until Ctrl-C (SIGINT) or SIGTERM instead of answering a prompt");
   demo_cmd
@@ -101,7 +110,9 @@ int main(int argc, char** argv) {
                         "Hugging Face model directory, GGUF file or llama2.c .bin");
   kv_source->add_option("--config", kv.config_path, "config.json (Hugging Face keys)");
   kv_source->require_option(1);
-  kv_cmd->add_option("--dtype", kv.dtype, "KV storage dtype: bf16, f16 or f32")
+  kv_cmd
+      ->add_option("--dtype", kv.dtype,
+                   "KV storage dtype (a worker's --kv-cache-dtype): bf16, f16, f32, fp8 or int8")
       ->default_val("bf16");
   kv_cmd
       ->add_option("--block-size", kv.tokens_per_block,

@@ -45,8 +45,37 @@ int64_t KvFormat::values_per_token_per_layer() const {
   return num_kv_heads * (k_head_dim + v_head_dim);
 }
 
+std::vector<int64_t> KvFormat::pool_widths() const {
+  if (is_mla()) return {kv_lora_rank + qk_rope_head_dim};
+  return {num_kv_heads * k_head_dim, num_kv_heads * v_head_dim};
+}
+
+double KvFormat::bytes_per_value() const {
+  return static_cast<double>(DTypeBytes(dtype, DTypeGroup(dtype))) /
+         static_cast<double>(DTypeGroup(dtype));
+}
+
 int64_t KvFormat::bytes_per_token_per_layer() const {
-  return values_per_token_per_layer() * static_cast<int64_t>(DTypeSize(dtype));
+  int64_t bytes = 0;
+  for (int64_t width : pool_widths()) bytes += static_cast<int64_t>(DTypeBytes(dtype, width));
+  return bytes;
+}
+
+absl::Status KvFormat::CheckStorable() const {
+  if (!IsKvCacheDType(dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("a KV cache cannot be stored as ",
+                                                   std::string(DTypeName(dtype)),
+                                                   "; use f32, bf16, f16, fp8 or int8"));
+  }
+  for (int64_t width : pool_widths()) {
+    if (width % DTypeGroup(dtype) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV cache dtype ", std::string(DTypeName(dtype)), " scales groups of ",
+                       DTypeGroup(dtype), " values, but this model caches rows of ", width,
+                       " values (", ToString(), "); use --kv-cache-dtype bf16, f16 or f32"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 int64_t KvFormat::bytes_per_token() const { return num_layers * bytes_per_token_per_layer(); }
@@ -54,8 +83,8 @@ int64_t KvFormat::bytes_per_token() const { return num_layers * bytes_per_token_
 int64_t KvFormat::bytes_per_block() const { return tokens_per_block * bytes_per_token(); }
 
 int64_t KvFormat::expanded_bytes_per_token() const {
-  return num_layers * num_kv_heads * (k_head_dim + v_head_dim) *
-         static_cast<int64_t>(DTypeSize(dtype));
+  return num_layers *
+         static_cast<int64_t>(DTypeBytes(dtype, num_kv_heads * (k_head_dim + v_head_dim)));
 }
 
 std::string KvFormat::KindName() const {
@@ -96,7 +125,7 @@ nlohmann::json KvFormat::ToJson() const {
   j["kind"] = KindName();
   j["num_layers"] = num_layers;
   j["dtype"] = std::string(DTypeName(dtype));
-  j["dtype_bytes"] = DTypeSize(dtype);
+  j["dtype_bytes"] = bytes_per_value();
   j["tokens_per_block"] = tokens_per_block;
   if (is_mla()) {
     j["kv_lora_rank"] = kv_lora_rank;

@@ -4,7 +4,9 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "engine/model_config.h"
 #include "kernels/backend.h"
 #include "kernels/tensor.h"
@@ -45,7 +47,9 @@ struct KvFormat {
   int64_t kv_lora_rank = 0;      // MLA only
   int64_t qk_rope_head_dim = 0;  // MLA only
   RopeStyle k_rope_style = RopeStyle::kHalfSplit;
-  DType dtype = DType::kBF16;  // storage dtype of every cached value
+  // Storage dtype of every cached value: f32, bf16, f16, or int8 / fp8 with an f16 scale per 32
+  // values (kernels/tensor.h).
+  DType dtype = DType::kBF16;
   int64_t tokens_per_block = kDefaultTokensPerBlock;
 
   // The format of `config` stored as `dtype`, with `tokens_per_block` (> 0) tokens per block
@@ -56,6 +60,13 @@ struct KvFormat {
   bool is_mla() const { return kind == Kind::kMLA; }
   // Cached values of one token in one layer (see above).
   int64_t values_per_token_per_layer() const;
+  // The row widths of one layer's pools, in payload order: {K, V}, or {latent} for MLA.
+  std::vector<int64_t> pool_widths() const;
+  // INVALID_ARGUMENT, saying what to use instead, unless `dtype` is a KV cache dtype whose
+  // scale groups tile every pool row (int8 and fp8 need widths that are multiples of 32).
+  absl::Status CheckStorable() const;
+  // Bytes per cached value, scales included (1.0625 for int8 and fp8).
+  double bytes_per_value() const;
   // Bytes of one token in one layer: what one per-layer transfer frame carries per token.
   int64_t bytes_per_token_per_layer() const;
   // Bytes of one token over all layers.

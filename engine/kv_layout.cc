@@ -11,7 +11,7 @@ namespace {
 void AppendRows(const Tensor& pool, std::span<const int32_t> table, int64_t begin, int64_t count,
                 std::vector<std::span<std::byte>>& out) {
   const int64_t tpb = pool.dim(1);
-  const size_t row_bytes = static_cast<size_t>(pool.dim(2)) * DTypeSize(pool.dtype());
+  const size_t row_bytes = DTypeBytes(pool.dtype(), pool.dim(2));
   auto* base = static_cast<std::byte*>(pool.data());
   for (int64_t t = begin; t < begin + count;) {
     const int64_t block = table[static_cast<size_t>(t / tpb)];

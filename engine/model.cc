@@ -62,7 +62,9 @@ void AppendBatch(std::span<const SequenceInput> batch) {
   for (const SequenceInput& in : batch) in.cache->Append(in.tokens);
 }
 
-absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backend& backend) {
+namespace {
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModelFile(const std::string& path, Backend& backend) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
@@ -90,6 +92,17 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backen
                      "(*.gguf) or a llama2.c checkpoint (*.bin)"));
   }
   return absl::NotFoundError(absl::StrCat(path, ": no such model file or directory"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, Backend& backend) {
+  absl::StatusOr<std::unique_ptr<Model>> model = LoadModelFile(path, backend);
+  if (!model.ok()) return model;
+  if (absl::Status s = (*model)->kv_format().CheckStorable(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+  }
+  return model;
 }
 
 }  // namespace pdserve

@@ -5,10 +5,25 @@
 #include <cstdlib>
 #include <vector>
 
+#include "kernels/convert.h"
 #include "kernels/paged_attention.h"
 
 namespace pdserve {
 namespace {
+
+// A whole pool of num_blocks * block_size rows of row_width values of `dtype`, as f32: the
+// references read every KV cache dtype by its definition, KvRowToF32.
+std::vector<float> PoolAsF32(const void* pool, DType dtype, int64_t num_blocks, int block_size,
+                             int64_t row_width) {
+  const int64_t rows = num_blocks * block_size;
+  const size_t row_bytes = DTypeBytes(dtype, row_width);
+  std::vector<float> out(static_cast<size_t>(rows * row_width));
+  for (int64_t r = 0; r < rows; ++r) {
+    KvRowToF32(static_cast<const std::byte*>(pool) + static_cast<size_t>(r) * row_bytes, dtype,
+               row_width, out.data() + r * row_width);
+  }
+  return out;
+}
 
 // Address of token t's row in a pool of [num_blocks, block_size, row_width].
 const float* TokenRow(const float* pool, const PagedSeq& seq, int block_size, int64_t row_width,
@@ -43,6 +58,10 @@ void PagedDecodeAttentionReference(const float* q, int n_heads, const PagedKv& k
   const int group = n_heads / kv.n_kv_heads;
   const int64_t kv_width = static_cast<int64_t>(kv.n_kv_heads) * hd;
   const int64_t q_width = static_cast<int64_t>(n_heads) * hd;
+  const std::vector<float> k_pool =
+      PoolAsF32(kv.k, kv.dtype, kv.num_blocks, kv.block_size, kv_width);
+  const std::vector<float> v_pool =
+      PoolAsF32(kv.v, kv.dtype, kv.num_blocks, kv.block_size, kv_width);
   for (size_t b = 0; b < seqs.size(); ++b) {
     const PagedSeq& seq = seqs[b];
     for (int h = 0; h < n_heads; ++h) {
@@ -50,15 +69,17 @@ void PagedDecodeAttentionReference(const float* q, int n_heads, const PagedKv& k
       const int64_t kv_off = static_cast<int64_t>(h / group) * hd;
       std::vector<double> scores(static_cast<size_t>(seq.context_len));
       for (int64_t t = 0; t < seq.context_len; ++t) {
-        const float* k = TokenRow(kv.k, seq, kv.block_size, kv_width, t) + kv_off;
+        const float* k = TokenRow(k_pool.data(), seq, kv.block_size, kv_width, t) + kv_off;
         double dot = 0;
         for (int i = 0; i < hd; ++i) dot += double(qh[i]) * k[i];
         scores[static_cast<size_t>(t)] = dot * scale;
       }
       SoftmaxWeightedSum(
           scores,
-          [&](int64_t t) { return TokenRow(kv.v, seq, kv.block_size, kv_width, t) + kv_off; }, hd,
-          out + static_cast<int64_t>(b) * q_width + static_cast<int64_t>(h) * hd);
+          [&](int64_t t) {
+            return TokenRow(v_pool.data(), seq, kv.block_size, kv_width, t) + kv_off;
+          },
+          hd, out + static_cast<int64_t>(b) * q_width + static_cast<int64_t>(h) * hd);
     }
   }
 }
@@ -72,6 +93,10 @@ void PagedPrefillAttentionReference(const float* q, int n_heads, const PagedKv& 
   const int64_t v_width = static_cast<int64_t>(kv.n_kv_heads) * vd;
   const int64_t q_width = static_cast<int64_t>(n_heads) * hd;
   const int64_t o_width = static_cast<int64_t>(n_heads) * vd;
+  const std::vector<float> k_pool =
+      PoolAsF32(kv.k, kv.dtype, kv.num_blocks, kv.block_size, k_width);
+  const std::vector<float> v_pool =
+      PoolAsF32(kv.v, kv.dtype, kv.num_blocks, kv.block_size, v_width);
   for (const AttentionSeq& s : seqs) {
     const PagedSeq seq{s.block_table, s.start_pos + s.q_len};
     CheckPagedSeqs(std::span<const PagedSeq>(&seq, 1), kv.num_blocks, kv.block_size);
@@ -84,7 +109,8 @@ void PagedPrefillAttentionReference(const float* q, int n_heads, const PagedKv& 
         std::vector<double> scores(static_cast<size_t>(s.start_pos + i + 1));
         for (size_t t = 0; t < scores.size(); ++t) {
           const float* k =
-              TokenRow(kv.k, seq, kv.block_size, k_width, static_cast<int64_t>(t)) + kv_head * hd;
+              TokenRow(k_pool.data(), seq, kv.block_size, k_width, static_cast<int64_t>(t)) +
+              kv_head * hd;
           double dot = 0;
           for (int d = 0; d < hd; ++d) dot += double(qh[d]) * k[d];
           scores[t] = dot * scale;
@@ -92,7 +118,7 @@ void PagedPrefillAttentionReference(const float* q, int n_heads, const PagedKv& 
         SoftmaxWeightedSum(
             scores,
             [&](int64_t t) {
-              return TokenRow(kv.v, seq, kv.block_size, v_width, t) + kv_head * vd;
+              return TokenRow(v_pool.data(), seq, kv.block_size, v_width, t) + kv_head * vd;
             },
             vd, out + row * o_width + static_cast<int64_t>(h) * vd);
       }
@@ -107,6 +133,8 @@ void MlaDecodeAttentionReference(const float* q_lat, const float* q_pe, int n_he
   CheckPagedSeqs(seqs, cache.num_blocks, cache.block_size);
   const int rank = cache.kv_lora_rank, rope = cache.rope_dim;
   const int64_t row = rank + rope;
+  const std::vector<float> latent =
+      PoolAsF32(cache.latent, cache.dtype, cache.num_blocks, cache.block_size, row);
   for (size_t b = 0; b < seqs.size(); ++b) {
     const PagedSeq& seq = seqs[b];
     for (int h = 0; h < n_heads; ++h) {
@@ -115,7 +143,7 @@ void MlaDecodeAttentionReference(const float* q_lat, const float* q_pe, int n_he
       const float* qp = q_pe + bh * rope;
       std::vector<double> scores(static_cast<size_t>(seq.context_len));
       for (int64_t t = 0; t < seq.context_len; ++t) {
-        const float* c_kv = TokenRow(cache.latent, seq, cache.block_size, row, t);
+        const float* c_kv = TokenRow(latent.data(), seq, cache.block_size, row, t);
         const float* k_pe = c_kv + rank;
         double dot = 0;
         for (int i = 0; i < rank; ++i) dot += double(ql[i]) * c_kv[i];
@@ -123,7 +151,7 @@ void MlaDecodeAttentionReference(const float* q_lat, const float* q_pe, int n_he
         scores[static_cast<size_t>(t)] = dot * scale;
       }
       SoftmaxWeightedSum(
-          scores, [&](int64_t t) { return TokenRow(cache.latent, seq, cache.block_size, row, t); },
+          scores, [&](int64_t t) { return TokenRow(latent.data(), seq, cache.block_size, row, t); },
           rank, o_lat + bh * rank);
     }
   }

@@ -16,7 +16,7 @@ size_t CheckKvPackArgs(std::span<const Tensor* const> pools, Device device,
   for (const Tensor* pool : pools) {
     PDSERVE_KERNEL_CHECK(pool != nullptr && pool->device() == device && pool->shape().rank() == 3);
     PDSERVE_KERNEL_CHECK(pool->dim(0) == pools[0]->dim(0) && pool->dim(1) == pools[0]->dim(1));
-    const size_t row_bytes = static_cast<size_t>(pool->dim(2)) * DTypeSize(pool->dtype());
+    const size_t row_bytes = DTypeBytes(pool->dtype(), pool->dim(2));
     PDSERVE_KERNEL_CHECK(row_bytes > 0 && row_bytes <= INT_MAX);
     token_bytes += row_bytes;
   }

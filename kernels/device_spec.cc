@@ -25,4 +25,11 @@ absl::StatusOr<DeviceSpec> ParseDevice(const std::string& flag) {
       "'"));
 }
 
+absl::StatusOr<DType> ParseKvCacheDTypeFlag(const std::string& flag) {
+  if (std::optional<DType> dtype = ParseKvCacheDType(flag)) return *dtype;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--kv-cache-dtype must be bf16, f16, f32, fp8 (e4m3, also fp8_e4m3) or int8; got '", flag,
+      "'"));
+}
+
 }  // namespace pdserve

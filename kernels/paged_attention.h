@@ -9,7 +9,9 @@
 // (kernels/attention_reference.cc) are straightforward loops in double with a two-pass softmax;
 // parity tests compare the two (tests/kernels/paged_attention_test.cc).
 //
-// Storage is f32 for now. Thread-safety: the functions keep no state; concurrent calls are safe
+// The pools may hold any KV cache dtype (f32, bf16, f16, int8, fp8; kernels/tensor.h): the
+// kernels read a tile of rows as f32, exactly, and compute in f32; the references read them by
+// KvRowToF32. Thread-safety: the functions keep no state; concurrent calls are safe
 // when their outputs do not overlap.
 #pragma once
 
@@ -24,25 +26,27 @@ namespace pdserve {
 // Full K/V cache of one layer, paged. K and V pools are each
 // [num_blocks, block_size, n_kv_heads * head_dim]: token-major, the heads of a token side by side
 // ("NHD"). Token t of a sequence lives in block block_table[t / block_size], slot
-// t % block_size.
+// t % block_size. Rows are `dtype`'s (DTypeBytes(dtype, width) bytes each).
 struct PagedKv {
-  const float* k = nullptr;
-  const float* v = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
   int64_t num_blocks = 0;
   int block_size = 0;
   int n_kv_heads = 0;
   int head_dim = 0;
+  DType dtype = DType::kF32;
 };
 
 // MLA latent cache of one layer, paged: one pool [num_blocks, block_size, kv_lora_rank +
 // rope_dim]; each token row holds c_kv (kv_lora_rank values) then k_pe (rope_dim values, already
-// rotated). Shared by all heads.
+// rotated). Shared by all heads. Rows are `dtype`'s.
 struct MlaCache {
-  const float* latent = nullptr;
+  const void* latent = nullptr;
   int64_t num_blocks = 0;
   int block_size = 0;
   int kv_lora_rank = 0;
   int rope_dim = 0;
+  DType dtype = DType::kF32;
 };
 
 // One sequence of a decode batch. Invariants (checked, abort when broken): 1 <= context_len <=

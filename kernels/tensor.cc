@@ -19,14 +19,19 @@ size_t DTypeSize(DType dtype) {
     case DType::kQ4G32:
     case DType::kQ8G32:
     case DType::kQ8G16:
+    case DType::kI8:
+    case DType::kF8E4M3:
       return 0;
   }
   return 0;
 }
 
-bool IsQuantized(DType dtype) { return DTypeSize(dtype) == 0; }
+bool IsQuantized(DType dtype) { return DTypeSize(dtype) == 0 && !IsScaledKv(dtype); }
 
 size_t DTypeBytes(DType dtype, int64_t numel) {
+  if (IsScaledKv(dtype)) {  // codes, then an f16 scale per group
+    return static_cast<size_t>(numel + numel / DTypeGroup(dtype) * int64_t{sizeof(uint16_t)});
+  }
   if (!IsQuantized(dtype)) return static_cast<size_t>(numel) * DTypeSize(dtype);
   // Codes, then an f32 scale and an f32 offset per group.
   return static_cast<size_t>(QuantCodeBytes(dtype, numel) +
@@ -47,6 +52,10 @@ std::string_view DTypeName(DType dtype) {
       return "q8g32";
     case DType::kQ8G16:
       return "q8g16";
+    case DType::kI8:
+      return "int8";
+    case DType::kF8E4M3:
+      return "fp8";
   }
   return "?";
 }
@@ -56,6 +65,12 @@ std::optional<DType> ParseDType(std::string_view name) {
   if (name == "f16" || name == "float16" || name == "F16") return DType::kF16;
   if (name == "bf16" || name == "bfloat16" || name == "BF16") return DType::kBF16;
   return std::nullopt;
+}
+
+std::optional<DType> ParseKvCacheDType(std::string_view name) {
+  if (name == "int8") return DType::kI8;
+  if (name == "fp8" || name == "fp8_e4m3") return DType::kF8E4M3;
+  return ParseDType(name);
 }
 
 std::string_view DeviceName(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }

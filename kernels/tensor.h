@@ -26,24 +26,41 @@ enum class Device : uint8_t { kCpu, kCuda };
 //   q4g32: 4-bit codes, G = 32 (Q4_0, Q4_1, Q4_K)      0.75 bytes per value
 //   q8g32: 8-bit codes, G = 32 (Q8_0, Q5_0, Q5_1, Q5_K) 1.25 bytes per value
 //   q8g16: 8-bit codes, G = 16 (Q6_K)                   1.5 bytes per value
-enum class DType : uint8_t { kF32, kF16, kBF16, kQ4G32, kQ8G32, kQ8G16 };
+//
+// int8 and fp8 are KV cache rows (a paged pool's row: one token's K, V or MLA latent), scaled
+// per group of 32 values so that one outlier costs only its own group's precision: a row of k
+// values is its k signed codes (int8, |code| <= 127; or fp8 e4m3, |value| <= 448), then its
+// k / 32 f16 scales, value = scale * code. 1.0625 bytes per value: 3.76x fewer than f32.
+enum class DType : uint8_t { kF32, kF16, kBF16, kQ4G32, kQ8G32, kQ8G16, kI8, kF8E4M3 };
 
 // Bytes per value of a float type; 0 for the quantized row types (use DTypeBytes).
 size_t DTypeSize(DType dtype);
-// Bytes that `numel` values take; for a quantized type, numel must be whole groups.
+// Bytes that `numel` values take; for a quantized or scaled type, numel must be whole groups.
 size_t DTypeBytes(DType dtype, int64_t numel);
+// The quantized weight row types (q4g32, q8g32, q8g16).
 bool IsQuantized(DType dtype);
-// Values per group of a quantized type (32 or 16); 1 for a float type.
+// The scaled 8-bit KV cache types (int8, fp8).
+constexpr bool IsScaledKv(DType dtype) { return dtype == DType::kI8 || dtype == DType::kF8E4M3; }
+// The dtypes a KV cache may be stored in: the float types, int8 and fp8.
+constexpr bool IsKvCacheDType(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16 || IsScaledKv(dtype);
+}
+// Values per group of a quantized or scaled type (32 or 16); 1 for a float type.
 constexpr int64_t DTypeGroup(DType dtype) {
-  return dtype == DType::kQ4G32 || dtype == DType::kQ8G32 ? 32 : dtype == DType::kQ8G16 ? 16 : 1;
+  return dtype == DType::kQ4G32 || dtype == DType::kQ8G32 || IsScaledKv(dtype) ? 32
+         : dtype == DType::kQ8G16                                              ? 16
+                                                                               : 1;
 }
 // Bytes of the codes of `n` values of a quantized type: where a row's scales start.
 constexpr int64_t QuantCodeBytes(DType dtype, int64_t n) {
   return dtype == DType::kQ4G32 ? n / 2 : n;
 }
-std::string_view DTypeName(DType dtype);  // "f32", "f16", "bf16", "q4g32", "q8g32", "q8g16"
-// The float types only (a KV cache or a config's torch_dtype is never quantized rows).
+// "f32", "f16", "bf16", "q4g32", "q8g32", "q8g16", "int8", "fp8"
+std::string_view DTypeName(DType dtype);
+// The float types only (a config's torch_dtype is never quantized rows).
 std::optional<DType> ParseDType(std::string_view name);
+// A KV cache dtype: a float type, "int8", or "fp8" (also "fp8_e4m3").
+std::optional<DType> ParseKvCacheDType(std::string_view name);
 std::string_view DeviceName(Device device);
 
 // Up to four dimensions, row-major.

@@ -12,6 +12,9 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerFlags& flags) {
   if (!device.ok()) return device.status();
   device->cuda_graphs = !flags.enforce_eager;
   device->keep_quantized_weights = !flags.dequantize_weights;
+  absl::StatusOr<DType> kv_dtype = ParseKvCacheDTypeFlag(flags.kv_cache_dtype);
+  if (!kv_dtype.ok()) return kv_dtype.status();
+  device->kv_cache_dtype = *kv_dtype;
   absl::StatusOr<std::unique_ptr<rpc::Server>> loading =
       rpc::Server::Start(flags.listen, {}, flags.tls);
   if (!loading.ok()) return loading.status();

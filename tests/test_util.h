@@ -13,10 +13,15 @@
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
+#include "kernels/device_spec.h"
 
 namespace pdserve::testing_util {
 
 // ../shared/models beside the repository, or $PDSERVE_MODELS_DIR.
+// The KV cache dtype workers and `pdserve generate` use unless told otherwise (bf16): an
+// in-process model compared with a cluster's output runs its backend with it.
+inline DType WorkerKvCacheDType() { return DeviceSpec{}.kv_cache_dtype; }
+
 inline std::string ModelsDir() {
   if (const char* env = std::getenv("PDSERVE_MODELS_DIR")) return env;
   return PDSERVE_DEFAULT_MODELS_DIR;

@@ -65,10 +65,13 @@ void RowToF32(const CpuKernels& kernels, const void* src, DType dtype, float* ds
 
 }  // namespace
 
-CpuBackend::CpuBackend(int num_threads, std::optional<CpuIsa> isa, bool keep_quantized_weights)
+CpuBackend::CpuBackend(int num_threads, std::optional<CpuIsa> isa, bool keep_quantized_weights,
+                       DType kv_cache_dtype)
     : num_threads_(num_threads > 0 ? num_threads : omp_get_num_procs()),
       keep_quantized_weights_(keep_quantized_weights),
+      kv_cache_dtype_(kv_cache_dtype),
       kernels_(CpuKernelsFor(isa.value_or(BestCpuIsa()))) {
+  PDSERVE_KERNEL_CHECK(IsKvCacheDType(kv_cache_dtype));
   openblas_set_num_threads(num_threads_);
 }
 
@@ -334,31 +337,38 @@ void CpuBackend::ScatterAddRows(const Tensor& x, std::span<const int32_t> rows,
 
 namespace {
 
-// A paged pool [num_blocks, block_size, width] and the address of one sequence's position.
+// A paged pool [num_blocks, block_size, width] of a KV cache dtype and the address of one
+// sequence's position.
 struct PoolView {
-  float* data;
+  std::byte* data;
+  DType dtype;
   int64_t num_blocks, block_size, width;
+  size_t row_bytes;
 
   explicit PoolView(const Tensor& pool)
-      : data(pool.data_as<float>()),
+      : data(static_cast<std::byte*>(pool.data())),
+        dtype(pool.dtype()),
         num_blocks(pool.dim(0)),
         block_size(pool.dim(1)),
-        width(pool.dim(2)) {
-    PDSERVE_KERNEL_CHECK(IsHostF32(pool) && pool.shape().rank() == 3);
+        width(pool.dim(2)),
+        row_bytes(DTypeBytes(pool.dtype(), pool.dim(2))) {
+    PDSERVE_KERNEL_CHECK(pool.device() == Device::kCpu && !pool.empty() &&
+                         pool.shape().rank() == 3 && IsKvCacheDType(dtype) &&
+                         width % DTypeGroup(dtype) == 0);
   }
-  float* Row(std::span<const int32_t> table, int64_t pos) const {
+  std::byte* Row(std::span<const int32_t> table, int64_t pos) const {
     const size_t slot = static_cast<size_t>(pos / block_size);
     PDSERVE_KERNEL_CHECK(slot < table.size() && table[slot] >= 0 && table[slot] < num_blocks);
-    return data + (table[slot] * block_size + pos % block_size) * width;
+    return data + static_cast<size_t>(table[slot] * block_size + pos % block_size) * row_bytes;
   }
 };
 
-// Copies positions [0, n) of a sequence into contiguous rows (run by run within each block).
-void GatherSequence(const PoolView& pool, std::span<const int32_t> table, int64_t n, float* out) {
+// Positions [0, n) of a sequence as contiguous f32 rows (run by run within each block).
+void GatherSequence(const CpuKernels& kernels, const PoolView& pool, std::span<const int32_t> table,
+                    int64_t n, float* out) {
   for (int64_t p = 0; p < n; p += pool.block_size) {
     const int64_t run = std::min(pool.block_size, n - p);
-    std::memcpy(out + p * pool.width, pool.Row(table, p),
-                static_cast<size_t>(run * pool.width) * sizeof(float));
+    kernels.kv_rows_to_f32(pool.dtype, pool.Row(table, p), run, pool.width, out + p * pool.width);
   }
 }
 
@@ -367,12 +377,11 @@ void GatherSequence(const PoolView& pool, std::span<const int32_t> table, int64_
 void CpuBackend::WriteCache(const Tensor& rows, std::span<const AttentionSeq> seqs, Tensor& pool) {
   const PoolView view(pool);
   PDSERVE_KERNEL_CHECK(IsHostF32(rows) && Cols(rows) == view.width);
-  const size_t row_bytes = static_cast<size_t>(view.width) * sizeof(float);
   for (const AttentionSeq& s : seqs) {
     PDSERVE_KERNEL_CHECK(s.q_begin + s.q_len <= rows.dim(0));
     for (int64_t t = 0; t < s.q_len; ++t) {
-      std::memcpy(view.Row(s.block_table, s.start_pos + t),
-                  rows.data_as<float>() + (s.q_begin + t) * view.width, row_bytes);
+      KvRowFromF32(rows.data_as<float>() + (s.q_begin + t) * view.width, view.width, view.dtype,
+                   view.Row(s.block_table, s.start_pos + t));
     }
   }
 }
@@ -380,7 +389,7 @@ void CpuBackend::WriteCache(const Tensor& rows, std::span<const AttentionSeq> se
 void CpuBackend::ReadCache(const Tensor& pool, std::span<const int32_t> block_table, Tensor& out) {
   const PoolView view(pool);
   PDSERVE_KERNEL_CHECK(IsHostF32(out) && Cols(out) == view.width);
-  GatherSequence(view, block_table, out.dim(0), out.data_as<float>());
+  GatherSequence(kernels_, view, block_table, out.dim(0), out.data_as<float>());
 }
 
 namespace {
@@ -392,7 +401,7 @@ void ForEachKvRun(std::span<const Tensor* const> pools, std::span<const int32_t>
                   int64_t begin, int64_t count, HostByte* host, Copy copy) {
   for (const Tensor* pool : pools) {
     const int64_t tpb = pool->dim(1);
-    const size_t row_bytes = static_cast<size_t>(pool->dim(2)) * DTypeSize(pool->dtype());
+    const size_t row_bytes = DTypeBytes(pool->dtype(), pool->dim(2));
     auto* base = static_cast<std::byte*>(pool->data());
     for (int64_t t = begin; t < begin + count;) {
       const int64_t block = table[static_cast<size_t>(t / tpb)];
@@ -440,8 +449,8 @@ void CpuBackend::MlaAttention(const Tensor& q_lat, const Tensor& q_pe, const Ten
     paged.push_back({seqs[i].block_table, seqs[i].start_pos + 1});
   }
   PDSERVE_KERNEL_CHECK(q_lat.dim(0) == static_cast<int64_t>(seqs.size()));
-  const MlaCache cache{view.data, view.num_blocks, static_cast<int>(view.block_size),
-                       shape.kv_lora_rank, shape.rope_dim};
+  const MlaCache cache{view.data,          view.num_blocks, static_cast<int>(view.block_size),
+                       shape.kv_lora_rank, shape.rope_dim,  view.dtype};
   MlaDecodeAttention(q_lat.data_as<float>(), q_pe.data_as<float>(), shape.n_heads, cache, paged,
                      shape.scale, o_lat.data_as<float>(), num_threads_, kernels_.isa);
 }
@@ -476,8 +485,9 @@ void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& 
       for (int64_t t = 0; t < s.q_len; ++t) rows.push_back({s.block_table, s.start_pos + t + 1});
     }
     PDSERVE_KERNEL_CHECK(static_cast<int64_t>(rows.size()) == q.dim(0));
+    PDSERVE_KERNEL_CHECK(kp.dtype == vp.dtype);
     const PagedKv kv{kp.data,          vp.data, kp.num_blocks, static_cast<int>(kp.block_size),
-                     shape.n_kv_heads, hd};
+                     shape.n_kv_heads, hd,      kp.dtype};
     PagedDecodeAttention(q.data_as<float>(), shape.n_heads, kv, rows, shape.scale,
                          out.data_as<float>(), num_threads_, kernels_.isa);
     return;
@@ -498,8 +508,10 @@ void CpuBackend::Attention(const Tensor& q, const Tensor& k_pool, const Tensor& 
   v_scratch_.resize(static_cast<size_t>(ctx_off.back() * v_width));
   for (size_t i = 0; i < seqs.size(); ++i) {
     const int64_t ctx = ctx_off[i + 1] - ctx_off[i];
-    GatherSequence(kp, seqs[i].block_table, ctx, k_scratch_.data() + ctx_off[i] * k_width);
-    GatherSequence(vp, seqs[i].block_table, ctx, v_scratch_.data() + ctx_off[i] * v_width);
+    GatherSequence(kernels_, kp, seqs[i].block_table, ctx,
+                   k_scratch_.data() + ctx_off[i] * k_width);
+    GatherSequence(kernels_, vp, seqs[i].block_table, ctx,
+                   v_scratch_.data() + ctx_off[i] * v_width);
   }
 
   constexpr int64_t kBlock = 64;

@@ -16,8 +16,11 @@ class CpuBackend final : public Backend {
   // (kernels/cpu/cpu_kernels.h), by default the best this CPU runs; a given one must run here
   // (check with CheckCpuIsaSupported first: an unsupported one aborts). Quantized checkpoint
   // weights stay quantized unless keep_quantized_weights is false (then they load as f32).
+  // kv_cache_dtype is the paged KV pools' storage: f32, bf16, f16, int8 or fp8 (kernels/tensor.h).
+  // f32 here, the reference numerics the unit tests compare against; the workers and
+  // `pdserve generate` default to bf16 (DeviceSpec).
   explicit CpuBackend(int num_threads = 0, std::optional<CpuIsa> isa = std::nullopt,
-                      bool keep_quantized_weights = true);
+                      bool keep_quantized_weights = true, DType kv_cache_dtype = DType::kF32);
 
   Device device() const override { return Device::kCpu; }
   int num_threads() const override { return num_threads_; }
@@ -27,6 +30,7 @@ class CpuBackend final : public Backend {
   // quantized (integer dot products on 8-bit activations; see keep_quantized_weights); others
   // become f32.
   DType WeightDType(DType checkpoint_dtype) const override;
+  DType KvCacheDType() const override { return kv_cache_dtype_; }
   Tensor Allocate(DType dtype, Shape shape) override;
   void CopyToHost(const Tensor& src, void* host) override;
   void CopyFromHost(const void* host, Tensor& dst) override;
@@ -55,7 +59,8 @@ class CpuBackend final : public Backend {
                         int64_t token_count) override;
   // With K and V heads equally wide, every query row (decode and prefill alike) runs the paged
   // decode kernel of kernels/paged_attention.h over its own context, so results are batch
-  // invariant; otherwise (DeepSeek's MHA form) it gathers the context and runs GEMMs.
+  // invariant; otherwise (DeepSeek's MHA form, on f32 pools the model builds) it gathers the
+  // context and runs GEMMs.
   void Attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                  std::span<const AttentionSeq> seqs, const AttentionShape& shape,
                  Tensor& out) override;
@@ -75,6 +80,7 @@ class CpuBackend final : public Backend {
 
   int num_threads_;
   bool keep_quantized_weights_;
+  DType kv_cache_dtype_;
   const CpuKernels& kernels_;
   std::vector<float> weight_scratch_;  // f32 copy of a 16-bit weight for prefill-sized GEMMs
   std::vector<int8_t> q8_codes_;       // the activations of a quantized GEMM

@@ -114,6 +114,11 @@ struct CpuKernels {
   using ToF32Fn = void (*)(const uint16_t* src, float* dst, size_t n);
   ToF32Fn bf16_to_f32;
   ToF32Fn f16_to_f32;
+  // `rows` consecutive KV cache rows of `width` values of any KV cache dtype (f32, bf16, f16,
+  // int8, fp8; layouts in kernels/tensor.h) to f32 [rows, width]. Exact, so equal to
+  // KvRowToF32 (kernels/convert.h) at every level.
+  void (*kv_rows_to_f32)(DType dtype, const std::byte* src, int64_t rows, int64_t width,
+                         float* dst);
   // `rows` rows of k values of the quantized type `dtype` to f32: d * code + m, rounded as
   // written (a multiply, then an add), so equal to the scalar definition at every level.
   void (*dequantize_rows)(DType dtype, const uint8_t* src, int64_t rows, int64_t k, float* dst);

@@ -9,8 +9,11 @@
 // CpuKernels::decode_attention_item runs one item (compiled per ISA level in simd_kernels.cc).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "kernels/tensor.h"
 
 namespace pdserve {
 
@@ -19,9 +22,10 @@ namespace pdserve {
 inline constexpr int kDecodeTile = 32;
 
 // The problem: G query heads per group, n_groups groups per sequence. Query row j of group g of
-// sequence b is [qa[b, g*G + j, :da] | qb[b, g*G + j, :db]] * scale. Token t's key row for group
-// g starts at k + row(t) * row_stride + g * group_offset and holds da + db floats; its value row
-// starts at the same offset from v and holds dv floats.
+// sequence b is [qa[b, g*G + j, :da] | qb[b, g*G + j, :db]] * scale. The pools hold rows of
+// row_width values of kv_dtype (any KV cache dtype; rows of scaled types are read as f32 a tile
+// at a time). Token t's key row for group g is values [g * group_offset, + da + db) of row(t) of
+// k; its value row the values [g * group_offset, + dv) of row(t) of v.
 struct GroupedDecode {
   const float* qa = nullptr;
   int da = 0;
@@ -29,9 +33,10 @@ struct GroupedDecode {
   int db = 0;
   int n_groups = 0;
   int group_size = 0;
-  const float* k = nullptr;
-  const float* v = nullptr;
-  int64_t row_stride = 0;
+  const std::byte* k = nullptr;
+  const std::byte* v = nullptr;  // may equal k (MLA: the value is part of the key row)
+  DType kv_dtype = DType::kF32;
+  int64_t row_width = 0;
   int64_t group_offset = 0;
   int block_size = 0;
   int dv = 0;
@@ -54,6 +59,8 @@ struct DecodeWorkspace {
   std::vector<float> acc;     // [H, dv], unnormalized
   std::vector<float> max;     // [H]
   std::vector<float> sum;     // [H]
+  std::vector<float> k_tile;  // [kDecodeTile, row_width]: a tile's K rows as f32 (non-f32 pools)
+  std::vector<float> v_tile;  // the same for V, when V is a pool of its own
 };
 
 }  // namespace pdserve

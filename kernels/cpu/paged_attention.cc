@@ -159,9 +159,10 @@ void PagedDecodeAttention(const float* q, int n_heads, const PagedKv& kv,
   p.da = kv.head_dim;
   p.n_groups = kv.n_kv_heads;
   p.group_size = n_heads / kv.n_kv_heads;
-  p.k = kv.k;
-  p.v = kv.v;
-  p.row_stride = static_cast<int64_t>(kv.n_kv_heads) * kv.head_dim;
+  p.k = static_cast<const std::byte*>(kv.k);
+  p.v = static_cast<const std::byte*>(kv.v);
+  p.kv_dtype = kv.dtype;
+  p.row_width = static_cast<int64_t>(kv.n_kv_heads) * kv.head_dim;
   p.group_offset = kv.head_dim;
   p.block_size = kv.block_size;
   p.dv = kv.head_dim;
@@ -184,9 +185,10 @@ void MlaDecodeAttention(const float* q_lat, const float* q_pe, int n_heads, cons
   p.db = cache.rope_dim;
   p.n_groups = 1;
   p.group_size = n_heads;
-  p.k = cache.latent;
-  p.v = cache.latent;  // the value is the c_kv prefix of the same row
-  p.row_stride = static_cast<int64_t>(cache.kv_lora_rank) + cache.rope_dim;
+  p.k = static_cast<const std::byte*>(cache.latent);
+  p.v = p.k;  // the value is the c_kv prefix of the same row
+  p.kv_dtype = cache.dtype;
+  p.row_width = static_cast<int64_t>(cache.kv_lora_rank) + cache.rope_dim;
   p.group_offset = 0;
   p.block_size = cache.block_size;
   p.dv = cache.kv_lora_rank;

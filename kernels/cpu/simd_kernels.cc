@@ -4,6 +4,7 @@
 // time. Every kernel here has a plain reference that the parity tests
 // (tests/kernels/cpu_kernels_test.cc) run each compiled level against.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -162,30 +163,112 @@ void Gemv16(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0,
 // ---- Paged decode attention: one work item (see grouped_decode.h) ----
 
 // Pages are scattered, so the hardware prefetcher loses the stream at every block boundary:
-// while group g of one tile computes, ask for group g's slices of the next tile's K and V rows
-// (spread over the group loop so the requests do not arrive as one burst).
+// while group g of one tile computes, ask for the g-th share of the next tile's K and V rows
+// (spread over the group loop so the requests do not arrive as one burst; for GQA the share is
+// group g's slice).
 struct NextTile {
-  int64_t first = -1;  // float offset of the next tile's first row; -1 when there is none
+  int64_t first = -1;  // byte offset of the next tile's first row; -1 when there is none
   int64_t rows = 0;
 };
 
-NextTile FindNextTile(const GroupedDecode& p, const PagedSeq& seq, int64_t t, int64_t end) {
+NextTile FindNextTile(const GroupedDecode& p, const PagedSeq& seq, int64_t row_bytes, int64_t t,
+                      int64_t end) {
   if (t >= end) return {};
   const int64_t bs = p.block_size;
   const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
-  return {(block * bs + t % bs) * p.row_stride,
+  return {(block * bs + t % bs) * row_bytes,
           std::min({int64_t{kDecodeTile}, bs - t % bs, end - t})};
 }
 
-void PrefetchGroupSlice(const GroupedDecode& p, const NextTile& next, int g, int64_t bytes) {
+void PrefetchShare(const GroupedDecode& p, const NextTile& next, int64_t row_bytes, int g) {
   if (next.first < 0) return;
+  const int64_t b0 = row_bytes * g / p.n_groups, b1 = row_bytes * (g + 1) / p.n_groups;
   for (int64_t r = 0; r < next.rows; ++r) {
-    const int64_t off = next.first + r * p.row_stride + g * p.group_offset;
-    for (int64_t b = 0; b < bytes; b += 64) {
-      __builtin_prefetch(reinterpret_cast<const char*>(p.k + off) + b, 0, 3);
-      if (p.v != p.k) __builtin_prefetch(reinterpret_cast<const char*>(p.v + off) + b, 0, 3);
+    const int64_t off = next.first + r * row_bytes;
+    for (int64_t b = b0; b < b1; b += 64) {
+      __builtin_prefetch(p.k + off + b, 0, 3);
+      if (p.v != p.k) __builtin_prefetch(p.v + off + b, 0, 3);
     }
   }
+}
+
+// ---- KV cache rows to f32 ----
+
+// The f32 value of each 8-bit code of a scaled KV type, before its group's scale.
+struct I8Codes {
+  static float Value(uint8_t c) { return static_cast<float>(static_cast<int8_t>(c)); }
+};
+// e4m3's sign and 7 magnitude bits placed at f32's bit 31 and bits 26..20 give the code's value
+// times 2^-120, subnormal codes included (as f32 subnormals); the exact multiply by 2^120 undoes
+// that (folding it into the scale could overflow f32 for scales above 2^8).
+struct E4M3Codes {
+  static float Value(uint8_t c) {
+    return std::bit_cast<float>(static_cast<uint32_t>(c & 0x80) << 24 |
+                                static_cast<uint32_t>(c & 0x7f) << 20) *
+           0x1p120f;
+  }
+};
+
+// One scaled row: per group of 32, 32 codes times the group's f16 scale. Each product is exact
+// (a code has at most 8 significant bits, the scale 11), so this equals KvRowToF32.
+template <typename Codes>
+void ScaledRowToF32(const uint8_t* codes, int64_t width, float* dst) {
+  constexpr int64_t kGroup = DTypeGroup(DType::kI8);
+  const uint8_t* scales = codes + width;
+  for (int64_t g = 0; g < width / kGroup; ++g) {
+    uint16_t half;
+    std::memcpy(&half, scales + g * 2, sizeof(half));
+    const float s = HalfToFloat(half);
+    for (int64_t i = 0; i < kGroup; ++i) {
+      dst[g * kGroup + i] = Codes::Value(codes[g * kGroup + i]) * s;
+    }
+  }
+}
+
+template <typename Rows>
+void ToF32(const uint16_t* src, float* dst, size_t n);
+
+void KvRowsToF32(DType dtype, const std::byte* src, int64_t rows, int64_t width, float* dst) {
+  const size_t n = static_cast<size_t>(rows * width);
+  switch (dtype) {
+    case DType::kBF16:
+      return ToF32<Bf16Rows>(reinterpret_cast<const uint16_t*>(src), dst, n);
+    case DType::kF16:
+      return ToF32<F16Rows>(reinterpret_cast<const uint16_t*>(src), dst, n);
+    case DType::kI8:
+    case DType::kF8E4M3: {
+      const int64_t row_bytes = static_cast<int64_t>(DTypeBytes(dtype, width));
+      const auto* bytes = reinterpret_cast<const uint8_t*>(src);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (dtype == DType::kI8) {
+          ScaledRowToF32<I8Codes>(bytes + r * row_bytes, width, dst + r * width);
+        } else {
+          ScaledRowToF32<E4M3Codes>(bytes + r * row_bytes, width, dst + r * width);
+        }
+      }
+      return;
+    }
+    default:  // f32 (and, never passed here, the weight types)
+      std::memcpy(dst, src, n * sizeof(float));
+  }
+}
+
+// ---- Paged decode attention: one work item (see grouped_decode.h) ----
+
+// A tile of K or V rows as f32: in place for an f32 pool, else converted into `scratch`.
+struct F32Tile {
+  const float* rows;
+  int64_t stride;  // floats from one row to the next
+};
+
+F32Tile TileAsF32(const GroupedDecode& p, const std::byte* pool, int64_t first_row, int rows,
+                  std::vector<float>& scratch) {
+  const int64_t row_bytes = static_cast<int64_t>(DTypeBytes(p.kv_dtype, p.row_width));
+  const std::byte* src = pool + first_row * row_bytes;
+  if (p.kv_dtype == DType::kF32) return {reinterpret_cast<const float*>(src), p.row_width};
+  scratch.resize(static_cast<size_t>(kDecodeTile * p.row_width));
+  KvRowsToF32(p.kv_dtype, src, rows, p.row_width, scratch.data());
+  return {scratch.data(), p.row_width};
 }
 
 // Attends every head to tokens [t0, t1) and leaves (max, sum, acc) in ws.
@@ -194,6 +277,7 @@ void DecodeAttentionItem(const GroupedDecode& p, const PagedSeq& seq, const Deco
   const int g_size = p.group_size;
   const int64_t dk = p.da + p.db;
   const int64_t n_heads = static_cast<int64_t>(p.n_groups) * g_size;
+  const int64_t row_bytes = static_cast<int64_t>(DTypeBytes(p.kv_dtype, p.row_width));
   ws.q.resize(static_cast<size_t>(n_heads * dk));
   ws.scores.resize(static_cast<size_t>(g_size) * kDecodeTile);
   ws.acc.assign(static_cast<size_t>(n_heads * p.dv), 0.0f);
@@ -211,18 +295,19 @@ void DecodeAttentionItem(const GroupedDecode& p, const PagedSeq& seq, const Deco
     const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
     const int64_t slot = t % bs;
     const int rows = static_cast<int>(std::min({int64_t{kDecodeTile}, bs - slot, it.t1 - t}));
-    const NextTile next = FindNextTile(p, seq, t + rows, it.t1);
+    const NextTile next = FindNextTile(p, seq, row_bytes, t + rows, it.t1);
+    const F32Tile kt = TileAsF32(p, p.k, block * bs + slot, rows, ws.k_tile);
+    const F32Tile vt = p.v == p.k ? kt : TileAsF32(p, p.v, block * bs + slot, rows, ws.v_tile);
     for (int g = 0; g < p.n_groups; ++g) {
-      PrefetchGroupSlice(p, next, g, std::max<int64_t>(dk, p.dv) * int64_t{sizeof(float)});
-      const int64_t first = (block * bs + slot) * p.row_stride + g * p.group_offset;
-      const float* k = p.k + first;
-      const float* v = p.v + first;
+      PrefetchShare(p, next, row_bytes, g);
+      const float* k = kt.rows + g * p.group_offset;
+      const float* v = vt.rows + g * p.group_offset;
       const float* q = ws.q.data() + static_cast<int64_t>(g) * g_size * dk;
       const int64_t h0 = static_cast<int64_t>(g) * g_size;  // first head of the group
 
       // Scores of the tile, [G, rows] at stride kDecodeTile.
       for (int r = 0; r < rows; ++r) {
-        const float* kr = k + r * p.row_stride;
+        const float* kr = k + r * kt.stride;
         int j = 0;
         for (; j + 4 <= g_size; j += 4) {
           float s[4];
@@ -249,7 +334,7 @@ void DecodeAttentionItem(const GroupedDecode& p, const PagedSeq& seq, const Deco
           ws.max[h] = new_max;
         }
         ws.sum[h] += tile_sum;
-        AccumulateRows(s, v, p.row_stride, rows, p.dv, acc);
+        AccumulateRows(s, v, vt.stride, rows, p.dv, acc);
       }
     }
     t += rows;
@@ -358,6 +443,7 @@ const CpuKernels& Kernels() {
       .add = Add,
       .bf16_to_f32 = ToF32<Bf16Rows>,
       .f16_to_f32 = ToF32<F16Rows>,
+      .kv_rows_to_f32 = KvRowsToF32,
       .dequantize_rows = DequantizeRows,
       .quantize_q8 = QuantizeQ8,
       .gemm_q = GemmQ,

@@ -819,7 +819,7 @@ cuda::KvPackArgs CudaBackend::PrepareKvPack(std::span<const Tensor* const> pools
   if (*bytes == 0) return args;
   for (const Tensor* pool : pools) {
     args.streams[args.num_streams++] = {
-        pool->data(), pool->dim(2) * static_cast<int64_t>(DTypeSize(pool->dtype()))};
+        pool->data(), static_cast<int64_t>(DTypeBytes(pool->dtype(), pool->dim(2)))};
   }
   // The kernel indexes the table by absolute block: it gets every entry up to the last one.
   const int64_t block_size = pools[0]->dim(1);

@@ -97,7 +97,8 @@ TEST(Disaggregation, Stories260KMatchesLlama2cForAllReferenceCases) {
   std::ifstream in(dir + "/stories260K.reference.json");
   ASSERT_TRUE(in) << "missing " << dir << "/stories260K.reference.json";
   const nlohmann::json reference = nlohmann::json::parse(in);
-  Cluster cluster({.model = dir + "/stories260K.bin"});
+  // llama2.c computes in f32: so does this cluster's KV cache.
+  Cluster cluster({.model = dir + "/stories260K.bin", .worker_args = {"--kv-cache-dtype", "f32"}});
   ASSERT_EQ(cluster.Start(), absl::OkStatus());
   for (const auto& c : reference["cases"]) {
     const auto prompt = c["prompt_ids"].get<std::vector<int32_t>>();
@@ -119,7 +120,7 @@ TEST(Disaggregation, SyntheticMhaGqaMqaEqualSingleProcess) {
   for (int64_t kv_heads : {4, 2, 1}) {
     SCOPED_TRACE(testing::Message() << "kv_heads=" << kv_heads);
     const std::string path = SynthModel("e2e_synth", kv_heads);
-    CpuBackend backend(1);
+    CpuBackend backend(1, std::nullopt, true, testing_util::WorkerKvCacheDType());
     auto model = LoadModel(path, backend);
     ASSERT_TRUE(model.ok()) << model.status();
     Cluster cluster({.model = path});
@@ -140,7 +141,7 @@ TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
     ASSERT_TRUE(config.ok()) << config.status();
     const std::string path = testing_util::FreshDir("e2e_mla");
     ASSERT_TRUE(WriteSyntheticModel(*config, path, 4).ok());
-    CpuBackend backend(1);
+    CpuBackend backend(1, std::nullopt, true, testing_util::WorkerKvCacheDType());
     auto model = LoadModel(path, backend);
     ASSERT_TRUE(model.ok()) << model.status();
     ASSERT_TRUE((*model)->kv_format().is_mla());
@@ -265,7 +266,7 @@ TEST(GpuDisaggregation, NcclOnOneGpuWhereNcclAllowsIt) {
 
 TEST(Disaggregation, ThirtyTwoConcurrentStreamsOnTwoByTwoWorkersAllCompleteAndFreeBlocks) {
   const std::string path = SynthModel("e2e_concurrent", 2);
-  CpuBackend backend(1);
+  CpuBackend backend(1, std::nullopt, true, testing_util::WorkerKvCacheDType());
   auto model = LoadModel(path, backend);
   ASSERT_TRUE(model.ok());
   Cluster cluster({.model = path, .prefill_workers = 2, .decode_workers = 2});

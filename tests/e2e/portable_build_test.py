@@ -65,9 +65,11 @@ def main():
     for cpu, level in CPUS if qemu else []:
         for i, case in enumerate(cases):
             # run.c with steps = len(prompt) + 64 emits 65 tokens and ends a story at BOS (1).
+            # run.c keeps its KV cache in f32, so does this run.
             cmd = [qemu, "-cpu", cpu, args.pdserve, "generate", "--model", model,
                    "--prompt-ids", ",".join(map(str, case["prompt_ids"])), "--max-tokens", "65",
-                   "--stop-ids", "1", "--ignore-eos", "--threads", "2", "-v"]
+                   "--stop-ids", "1", "--ignore-eos", "--threads", "2", "--kv-cache-dtype", "f32",
+                   "-v"]
             r = run(cmd)
             if r.returncode != 0:
                 failures.append(f"{cpu} case {i}: exit {r.returncode}: {r.stderr.strip()[-500:]}")
@@ -80,6 +82,16 @@ def main():
                 failures.append(f"{cpu}: expected the dispatcher to pick {level}; it said: "
                                 f"{r.stderr.splitlines()[:1]}")
         print(f"{cpu}: {len(cases)} reference cases run, dispatcher expected at {level}")
+
+        # The 16-bit and 8-bit KV caches' conversion kernels run at this level too.
+        for kv_dtype in ("bf16", "f16", "int8", "fp8"):
+            r = run([qemu, "-cpu", cpu, args.pdserve, "generate", "--model", model,
+                     "--prompt-ids", ",".join(map(str, cases[0]["prompt_ids"])), "--max-tokens",
+                     "40", "--ignore-eos", "--kv-cache-dtype", kv_dtype])
+            ids = r.stdout.split()
+            if r.returncode != 0 or len(ids) != 40:
+                failures.append(f"{cpu} --kv-cache-dtype {kv_dtype}: exit {r.returncode}, "
+                                f"{len(ids)} ids; stderr {r.stderr.strip()[-300:]!r}")
 
         # A level above the CPU's is refused with a message, never run into SIGILL.
         r = run([qemu, "-cpu", cpu, args.pdserve, "generate", "--model", model, "--prompt-ids",

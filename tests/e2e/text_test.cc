@@ -126,10 +126,10 @@ class TextEndToEnd : public ::testing::Test {
   static void SetUpTestSuite() {
     model_path_ = new std::string(testing_util::DefaultGgufPath());
     if (!fs::exists(*model_path_)) return;
-    // The workers expand the weights to f32: the numerics llama.cpp's reference was
-    // recorded with (on the F32 expansion of the same file).
+    // The workers expand the weights to f32 and keep an f32 KV cache: the numerics llama.cpp's
+    // reference was recorded with (on the F32 expansion of the same file).
     cluster_ = new Cluster({.model = *model_path_,
-                            .worker_args = {"--dequantize-weights"},
+                            .worker_args = {"--dequantize-weights", "--kv-cache-dtype", "f32"},
                             .tokenizer = *model_path_});
     const absl::Status started = cluster_->Start();
     started_ = started.ok();
@@ -285,7 +285,7 @@ TEST(QuantizedTextEndToEnd, GreedyIdsEqualSingleProcessAndFollowLlamaCpp) {
   Cluster cluster({.model = model_path});
   const absl::Status started = cluster.Start();
   ASSERT_TRUE(started.ok()) << started;
-  CpuBackend backend(1);
+  CpuBackend backend(1, std::nullopt, true, testing_util::WorkerKvCacheDType());
   auto model = LoadModel(model_path, backend);
   ASSERT_TRUE(model.ok()) << model.status();
   const nlohmann::json reference = LoadReference();

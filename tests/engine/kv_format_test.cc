@@ -1,5 +1,6 @@
 #include "engine/kv_format.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -67,6 +68,43 @@ TEST(KvFormat, BytesScaleWithTheStorageDtype) {
     EXPECT_EQ(KvFormat::FromConfig(*c, DType::kF32).bytes_per_token(), 2 * e.bf16_bytes_per_token);
     EXPECT_EQ(KvFormat::FromConfig(*c, DType::kF16).bytes_per_token(), e.bf16_bytes_per_token);
   }
+}
+
+// int8 and fp8 rows carry one f16 scale per 32 values: 17/16 bytes per value, 64/17 = 3.76x
+// fewer than f32.
+TEST(KvFormat, ScaledKvBytesIncludeOneF16ScalePer32Values) {
+  for (const Expected& e : kRealConfigs) {
+    SCOPED_TRACE(e.config);
+    auto c = RealConfig(e.config);
+    ASSERT_TRUE(c.ok()) << c.status();
+    for (DType dtype : {DType::kI8, DType::kF8E4M3}) {
+      const KvFormat f = KvFormat::FromConfig(*c, dtype);
+      ASSERT_TRUE(f.CheckStorable().ok()) << f.CheckStorable();
+      EXPECT_EQ(f.bytes_per_token_per_layer(), e.values_per_token_per_layer * 17 / 16);
+      EXPECT_EQ(f.bytes_per_token() * 64,
+                KvFormat::FromConfig(*c, DType::kF32).bytes_per_token() * 17);
+      EXPECT_DOUBLE_EQ(f.bytes_per_value(), 1.0625);
+    }
+  }
+  // SmolLM2-135M: 30 layers x (K 192 + V 192) values -> 30 x (384 + 12 scales x 2 B).
+  auto smol = RealConfig("smollm2-135m-instruct");
+  ASSERT_TRUE(smol.ok());
+  EXPECT_EQ(KvFormat::FromConfig(*smol, DType::kI8).bytes_per_token(), 30 * (384 + 24));
+}
+
+TEST(KvFormat, ScaledKvRefusesRowsThatAreNotWholeGroups) {
+  ModelConfig c = testing_util::TinyConfig(1);
+  c.head_dim = 8;
+  c.num_heads = 4;
+  c.hidden_size = 32;  // K and V rows of 1 x 8 values
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    EXPECT_TRUE(KvFormat::FromConfig(c, dtype).CheckStorable().ok()) << DTypeName(dtype);
+  }
+  const absl::Status s = KvFormat::FromConfig(c, DType::kI8).CheckStorable();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("rows of 8 values"));
+  EXPECT_THAT(std::string(s.message()), testing::HasSubstr("--kv-cache-dtype bf16"));
+  EXPECT_FALSE(KvFormat::FromConfig(c, DType::kQ8G32).CheckStorable().ok());
 }
 
 TEST(KvFormat, DefaultBlockIs16TokensForFullKvAnd64ForMla) {

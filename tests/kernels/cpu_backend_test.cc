@@ -241,6 +241,74 @@ TEST(CpuBackend, PagedAttentionMatchesReferenceForPrefillWithPrefixAndDecode) {
   }
 }
 
+// Pools of every KV cache dtype: WriteCache stores each row as KvRowFromF32 does, ReadCache and
+// Attention read it back by KvRowToF32's values, and the KV transfer's pack / unpack moves
+// DTypeBytes per row, scales included.
+TEST(CpuBackend, EveryKvCacheDTypeIsWrittenReadAttendedAndPacked) {
+  std::mt19937 rng(9);
+  const int heads = 4, kv_heads = 2, hd = 32, block_size = 4;
+  const int64_t num_blocks = 40, width = kv_heads * hd;
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kI8, DType::kF8E4M3}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    CpuBackend be(2, std::nullopt, true, dtype);
+    EXPECT_EQ(be.KvCacheDType(), dtype);
+    testing_util::PagedBatch b =
+        testing_util::MakePagedBatch({{0, 5}, {9, 1}, {3, 30}}, block_size, num_blocks, rng);
+    Tensor k_pool = be.Allocate(dtype, Shape{num_blocks, block_size, width});
+    Tensor v_pool = be.Allocate(dtype, Shape{num_blocks, block_size, width});
+    EXPECT_EQ(k_pool.bytes(), num_blocks * block_size * DTypeBytes(dtype, width));
+    // The cached prefixes first (positions [0, start_pos)), then the new rows.
+    for (const AttentionSeq& s : b.seqs) {
+      if (s.start_pos == 0) continue;
+      const AttentionSeq prefix{0, s.start_pos, 0, s.block_table};
+      be.WriteCache(Random(Shape{s.start_pos, width}, rng), std::span(&prefix, 1), k_pool);
+      be.WriteCache(Random(Shape{s.start_pos, width}, rng), std::span(&prefix, 1), v_pool);
+    }
+    Tensor k = Random(Shape{b.rows, width}, rng), v = Random(Shape{b.rows, width}, rng);
+    be.WriteCache(k, b.seqs, k_pool);
+    be.WriteCache(v, b.seqs, v_pool);
+    for (const AttentionSeq& s : b.seqs) {
+      Tensor ctx = Tensor::EmptyCpu(DType::kF32, Shape{s.start_pos + s.q_len, width});
+      be.ReadCache(k_pool, s.block_table, ctx);
+      for (int64_t t = 0; t < s.q_len; ++t) {
+        std::vector<std::byte> stored(DTypeBytes(dtype, width));
+        std::vector<float> want(static_cast<size_t>(width));
+        KvRowFromF32(k.data_as<float>() + (s.q_begin + t) * width, width, dtype, stored.data());
+        KvRowToF32(stored.data(), dtype, width, want.data());
+        ExpectNear(ctx.Rows(s.start_pos + t, 1), want, 0.0f);
+      }
+    }
+    Tensor q = Random(Shape{b.rows, heads * hd}, rng);
+    Tensor out = Tensor::EmptyCpu(DType::kF32, Shape{b.rows, heads * hd});
+    const float scale = 1.0f / std::sqrt(float(hd));
+    be.Attention(q, k_pool, v_pool, b.seqs,
+                 {.n_heads = heads, .n_kv_heads = kv_heads, .head_dim = hd, .scale = scale}, out);
+    std::vector<float> ref(static_cast<size_t>(b.rows * heads * hd));
+    const PagedKv kv{k_pool.data(), v_pool.data(), num_blocks, block_size, kv_heads, hd, dtype};
+    PagedPrefillAttentionReference(q.data_as<float>(), heads, kv, hd, b.seqs, scale, ref.data());
+    ExpectNear(out, ref, 2e-5f);
+
+    // Tokens [2, 33) of the third sequence through host memory into fresh pools.
+    const AttentionSeq& s = b.seqs[2];
+    const std::vector<const Tensor*> from = {&k_pool, &v_pool};
+    std::vector<std::byte> host(static_cast<size_t>(31) * 2 * DTypeBytes(dtype, width));
+    be.PackKvToHost(from, s.block_table, 2, 31, host.data());
+    Tensor k2 = be.Allocate(dtype, k_pool.shape()), v2 = be.Allocate(dtype, v_pool.shape());
+    const std::vector<Tensor*> to = {&k2, &v2};
+    be.UnpackKvFromHost(host.data(), to, s.block_table, 2, 31);
+    for (auto [src, dst] : {std::pair{&k_pool, &k2}, std::pair{&v_pool, &v2}}) {
+      Tensor a = Tensor::EmptyCpu(DType::kF32, Shape{33, width});
+      Tensor c = Tensor::EmptyCpu(DType::kF32, Shape{33, width});
+      be.ReadCache(*src, s.block_table, a);
+      be.ReadCache(*dst, s.block_table, c);
+      ExpectNear(
+          c.Rows(2, 31),
+          std::vector<float>(a.data_as<float>() + 2 * width, a.data_as<float>() + 33 * width),
+          0.0f);
+    }
+  }
+}
+
 // Every kernel variant this CPU runs (x86-64-v2/v3/v4, kernels/cpu/cpu_kernels.h), each through
 // a whole backend on the same inputs. The variants differ only in f32 rounding (lane count and
 // order of the partial sums, FMA or multiply-then-add), so each output must agree with the

@@ -17,6 +17,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <ostream>
 #include <random>
 #include <span>
@@ -313,6 +314,43 @@ TEST_P(CpuKernelsTest, Bf16ToF32IsExactForAllPatterns) {
 
 TEST_P(CpuKernelsTest, F16ToF32IsExactForAllPatterns) {
   ExpectExactConversion(K().f16_to_f32, HalfToFloat, "f16");
+}
+
+// Rows of every KV cache dtype read as f32 equal KvRowToF32 bit for bit: for the 8-bit types
+// every code (NaN codes of fp8 included) with scales from f16 subnormals to large normals.
+TEST_P(CpuKernelsTest, KvRowsToF32EqualsTheDefinitionForEveryKvCacheDType) {
+  std::mt19937 rng(17);
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kI8, DType::kF8E4M3}) {
+    for (int64_t width : {32, 96, 576}) {
+      SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " width=" << width);
+      const int64_t rows = 5;
+      const size_t row_bytes = DTypeBytes(dtype, width);
+      std::vector<std::byte> pool(static_cast<size_t>(rows) * row_bytes);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::byte* row = pool.data() + r * static_cast<int64_t>(row_bytes);
+        if (IsScaledKv(dtype)) {  // raw codes, then f16 scales of every magnitude
+          for (int64_t i = 0; i < width; ++i) row[i] = static_cast<std::byte>(rng() & 0xff);
+          for (int64_t g = 0; g < width / 32; ++g) {
+            const uint16_t scale = static_cast<uint16_t>(rng() % 0x7c00);  // finite, >= 0
+            std::memcpy(row + width + 2 * g, &scale, sizeof(scale));
+          }
+        } else {
+          const std::vector<float> x = Random(static_cast<size_t>(width), rng, -100.0f, 100.0f);
+          KvRowFromF32(x.data(), width, dtype, row);
+        }
+      }
+      std::vector<float> got(static_cast<size_t>(rows * width)), want(got.size());
+      K().kv_rows_to_f32(dtype, pool.data(), rows, width, got.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        KvRowToF32(pool.data() + r * static_cast<int64_t>(row_bytes), dtype, width,
+                   want.data() + r * width);
+      }
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+            << "value " << i << ": " << got[i] << " vs " << want[i];
+      }
+    }
+  }
 }
 
 PDSERVE_INSTANTIATE_PER_CPU_ISA(CpuKernelsTest);

@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/convert.h"
 #include "tests/kernels/per_cpu_isa.h"
 
 namespace pdserve {
@@ -180,6 +181,77 @@ TEST_P(MlaDecodeAttentionTest, LongContextSplitAcrossThreadsMatchesReference) {
   const std::vector<float> two = CheckMla(c, rng_a, 2, GetParam());
   const std::vector<float> one = CheckMla(c, rng_b, 1, GetParam());
   ExpectNear(one, two, kTol);
+}
+
+// `rows` rows of `width` f32 values stored as `dtype`, row by row (KvRowFromF32), as a KV cache
+// pool holds them.
+std::vector<std::byte> StoreRows(const std::vector<float>& values, int64_t width, DType dtype) {
+  const int64_t rows = static_cast<int64_t>(values.size()) / width;
+  const size_t row_bytes = DTypeBytes(dtype, width);
+  std::vector<std::byte> pool(static_cast<size_t>(rows) * row_bytes);
+  for (int64_t r = 0; r < rows; ++r) {
+    KvRowFromF32(values.data() + r * width, width, dtype, pool.data() + r * row_bytes);
+  }
+  return pool;
+}
+
+// Pools of every KV cache dtype: the kernels read a tile of rows as f32 (exactly) and must match
+// the references, which read each row by its definition (KvRowToF32), to the f32 tolerance.
+TEST_P(PagedDecodeAttentionTest, MatchesReferenceForEveryKvCacheDType) {
+  struct Shape {
+    int n_heads, n_kv_heads, head_dim;  // K/V rows n_kv_heads * head_dim wide: multiples of 32
+  };
+  for (DType dtype : {DType::kBF16, DType::kF16, DType::kI8, DType::kF8E4M3}) {
+    std::mt19937 rng(11);
+    for (Shape sh : {Shape{8, 2, 64}, Shape{6, 2, 48}, Shape{8, 4, 8}}) {
+      for (int block_size : {1, 16}) {
+        SCOPED_TRACE(testing::Message()
+                     << DTypeName(dtype) << " heads=" << sh.n_heads << "/" << sh.n_kv_heads
+                     << " head_dim=" << sh.head_dim << " block_size=" << block_size);
+        Paging paging = MakePaging({1, 17, 300}, block_size, rng);
+        const int64_t width = int64_t{sh.n_kv_heads} * sh.head_dim;
+        const size_t values = static_cast<size_t>(paging.num_blocks * block_size * width);
+        const std::vector<std::byte> k = StoreRows(Random(values, rng), width, dtype);
+        const std::vector<std::byte> v = StoreRows(Random(values, rng), width, dtype);
+        const size_t q_size = paging.seqs.size() * static_cast<size_t>(sh.n_heads * sh.head_dim);
+        const std::vector<float> q = Random(q_size, rng);
+        const PagedKv kv{k.data(),    v.data(), paging.num_blocks, block_size, sh.n_kv_heads,
+                         sh.head_dim, dtype};
+        const float scale = 1.0f / std::sqrt(static_cast<float>(sh.head_dim));
+        std::vector<float> out(q_size), ref(q_size);
+        PagedDecodeAttention(q.data(), sh.n_heads, kv, paging.seqs, scale, out.data(), 2,
+                             GetParam());
+        PagedDecodeAttentionReference(q.data(), sh.n_heads, kv, paging.seqs, scale, ref.data());
+        ExpectNear(out, ref, kTol);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+TEST_P(MlaDecodeAttentionTest, MatchesReferenceForEveryKvCacheDType) {
+  for (DType dtype : {DType::kBF16, DType::kF16, DType::kI8, DType::kF8E4M3}) {
+    std::mt19937 rng(13);
+    for (auto [rank, rope] : {std::pair{512, 64}, std::pair{16, 16}}) {
+      SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " rank=" << rank << " rope=" << rope);
+      Paging paging = MakePaging({1, 17, 300}, 64, rng);
+      const int64_t row = rank + rope;
+      const std::vector<std::byte> latent =
+          StoreRows(Random(static_cast<size_t>(paging.num_blocks * 64 * row), rng), row, dtype);
+      const size_t rows = paging.seqs.size() * 16;
+      const std::vector<float> q_lat = Random(rows * static_cast<size_t>(rank), rng);
+      const std::vector<float> q_pe = Random(rows * static_cast<size_t>(rope), rng);
+      const MlaCache cache{latent.data(), paging.num_blocks, 64, rank, rope, dtype};
+      const float scale = 1.0f / std::sqrt(static_cast<float>(row));
+      std::vector<float> out(rows * static_cast<size_t>(rank)), ref(out.size());
+      MlaDecodeAttention(q_lat.data(), q_pe.data(), 16, cache, paging.seqs, scale, out.data(), 2,
+                         GetParam());
+      MlaDecodeAttentionReference(q_lat.data(), q_pe.data(), 16, cache, paging.seqs, scale,
+                                  ref.data());
+      ExpectNear(out, ref, kTol);
+      if (HasFatalFailure()) return;
+    }
+  }
 }
 
 // Broken paging invariants abort with a message instead of reading outside the pool.
