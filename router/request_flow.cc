@@ -31,9 +31,10 @@ bool Disconnected(const WorkerStubs& worker) {
 constexpr std::chrono::milliseconds kFirstQueueBackoff{10};
 constexpr std::chrono::milliseconds kMaxQueueBackoff{100};
 
-absl::Status NoPrefillWorker() {
-  return absl::UnavailableError(
-      "no healthy prefill worker: check --prefill/--prefill-dns and the prefill workers' health");
+absl::Status NoPrefillWorker(const WorkerPool& pool) {
+  return absl::UnavailableError(absl::StrCat(
+      "no healthy prefill worker: check --prefill/--prefill-dns and the prefill workers' health",
+      pool.ExclusionNote(WorkerRole::kPrefill)));
 }
 
 }  // namespace
@@ -121,13 +122,14 @@ void RequestFlow::Start() {
   reserve_errors_.clear();
   decode_full_ = false;
   if (decode_candidates_.empty()) {
-    Fail(absl::UnavailableError(
-        "no healthy decode worker: check --decode/--decode-dns and the decode workers' health"));
+    Fail(absl::UnavailableError(absl::StrCat(
+        "no healthy decode worker: check --decode/--decode-dns and the decode workers' health",
+        env_.pool->ExclusionNote(WorkerRole::kDecode))));
     return;
   }
   // No KV is reserved for a request no prefill worker could compute.
   if (!env_.pool->HasEligible(WorkerRole::kPrefill)) {
-    Fail(NoPrefillWorker());
+    Fail(NoPrefillWorker(*env_.pool));
     return;
   }
   Reserve();
@@ -288,7 +290,7 @@ void RequestFlow::Prefill() {
                                         request_.prompt_token_ids_size());
   const std::optional<std::string> address = env_.pool->PickPrefill(prompt, failed_prefill_);
   if (!address.has_value()) {
-    Fail(NoPrefillWorker());
+    Fail(NoPrefillWorker(*env_.pool));
     return;
   }
   grpc::ClientContext* context = NewContext();

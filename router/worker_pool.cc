@@ -143,6 +143,25 @@ WorkerPool::StageSummary WorkerPool::Summarize(WorkerRole role) const {
   return summary;
 }
 
+std::string WorkerPool::ExclusionNote(WorkerRole role) const {
+  absl::ReaderMutexLock lock(&mu_);
+  if (reference_ == nullptr) return "";
+  int excluded = 0;
+  const v1::ModelInfo* example = nullptr;
+  for (const auto& [address, w] : Map(role)) {
+    if (w.info != nullptr && w.info->fingerprint() != reference_->fingerprint()) {
+      ++excluded;
+      example = w.info.get();
+    }
+  }
+  if (excluded == 0) return "";
+  return absl::StrCat("; ", excluded, " ", RoleName(role), " worker", excluded == 1 ? "" : "s",
+                      " excluded for serving another model or KV cache format (e.g. '",
+                      example->kv_format().description(), "' where the first worker serves '",
+                      reference_->kv_format().description(),
+                      "'): run every worker with the same model and --kv-cache-dtype");
+}
+
 bool WorkerPool::Eligible(const Worker& w) const {
   return w.healthy && w.load.has_value() && !w.load->draining() && w.info != nullptr &&
          reference_ != nullptr && w.info->fingerprint() == reference_->fingerprint();
@@ -169,9 +188,11 @@ void WorkerPool::UpdateReference() {
       const bool excluded = w.info != nullptr && w.info->fingerprint() != reference_->fingerprint();
       if (excluded && !w.excluded_logged) {
         spdlog::error(
-            "{} worker {} serves another model (fingerprint {}, expected {}): excluded; run every "
-            "worker with the same model files",
-            RoleName(role), address, w.info->fingerprint(), reference_->fingerprint());
+            "{} worker {} serves another model or KV cache format (fingerprint {}, {}; expected "
+            "{}, {}): excluded; run every worker with the same model files and "
+            "--kv-cache-dtype",
+            RoleName(role), address, w.info->fingerprint(), w.info->kv_format().description(),
+            reference_->fingerprint(), reference_->kv_format().description());
       }
       w.excluded_logged = excluded;
     }

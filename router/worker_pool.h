@@ -63,6 +63,11 @@ class WorkerPool {
   void MarkUnhealthy(WorkerRole role, const std::string& address);
   bool NeedsModelInfo(WorkerRole role, const std::string& address) const;
 
+  // Why workers of `role` that answer are still not used, for a client's UNAVAILABLE: "" when
+  // none is excluded; else how many serve another model or KV cache format than the reference
+  // (the first worker that reported), with both KV formats.
+  std::string ExclusionNote(WorkerRole role) const;
+
   // Eligible decode workers, most free KV blocks first (ties: fewer running requests, then
   // address, so the order is deterministic).
   std::vector<std::string> DecodeCandidates() const;

@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "engine/generate.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
@@ -58,6 +61,36 @@ inline std::string FreshDir(const std::string& name) {
 // A KV store for `model` with `blocks` blocks (64 of 16 tokens: plenty for the unit tests).
 inline std::unique_ptr<KvStore> StoreFor(Model& model, int64_t blocks = 64) {
   return std::make_unique<KvStore>(model.backend(), model.kv_format(), blocks);
+}
+
+// The logits of every position of `prompt`, run as one prefill on a fresh cache.
+inline std::vector<float> AllLogits(Model& model, const std::vector<int32_t>& prompt) {
+  auto store = StoreFor(model);
+  KvCache cache(*store);
+  SequenceInput in{prompt, &cache};
+  auto logits = model.Forward(std::span<const SequenceInput>(&in, 1),
+                              ForwardOptions{.all_logits = true, .on_layer_done = {}});
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  return logits.ok() ? *logits : std::vector<float>{};
+}
+
+inline float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float d = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) d = std::max(d, std::abs(a[i] - b[i]));
+  return d;
+}
+
+// `n` greedy tokens after `prompt` (EOS ignored).
+inline std::vector<int32_t> GreedyTokens(Model& model, const std::vector<int32_t>& prompt, int n) {
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  StopCriteria stop;
+  stop.max_tokens = n;
+  stop.ignore_eos = true;
+  auto result = Generate(model, prompt, greedy, stop);
+  EXPECT_TRUE(result.ok()) << result.status();
+  return result.ok() ? result->tokens : std::vector<int32_t>{};
 }
 
 // A tiny Llama-family config; vary the KV heads for MHA (4), GQA (2) or MQA (1).

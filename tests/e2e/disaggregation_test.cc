@@ -154,6 +154,64 @@ TEST(Disaggregation, SyntheticDeepseekMlaModelsEqualSingleProcess) {
   }
 }
 
+// A tiny DeepSeek (MLA) whose latent rows (c_kv 48 + k_pe 16) are whole groups of 32, as the
+// 8-bit KV caches need (the shipped tiny configs have rows of 40 and 80 values).
+std::string SynthMlaModelFor8BitKv(const std::string& name) {
+  std::ifstream in(testing_util::ConfigsDir() + "/deepseek-v3-tiny.json");
+  EXPECT_TRUE(in);
+  absl::StatusOr<ModelConfig> config = ParseHfConfig(nlohmann::json::parse(in), "deepseek");
+  EXPECT_TRUE(config.ok()) << config.status();
+  config->kv_lora_rank = 48;
+  const std::string dir = testing_util::FreshDir(name);
+  EXPECT_TRUE(WriteSyntheticModel(*config, dir, 4).ok());
+  return dir;
+}
+
+// int8 and fp8 KV caches (an f16 scale per 32 values): token for token equal to one process with
+// the same cache, and the wire carries exactly their bytes, 17/64 of f32's, plus one header per
+// layer.
+TEST(Disaggregation, EightBitKvCachesEqualSingleProcessAndShipOnlyTheirBytes) {
+  const std::vector<std::string> models = {SynthModel("e2e_kv8_gqa", 2),
+                                           SynthMlaModelFor8BitKv("e2e_kv8_mla")};
+  for (const char* dtype_name : {"int8", "fp8"}) {
+    const DType dtype = *ParseKvCacheDType(dtype_name);
+    for (const std::string& path : models) {
+      SCOPED_TRACE(testing::Message() << dtype_name << " " << path);
+      CpuBackend backend(1, std::nullopt, true, dtype);
+      auto model = LoadModel(path, backend);
+      ASSERT_TRUE(model.ok()) << model.status();
+      const KvFormat format = (*model)->kv_format();
+      ASSERT_EQ(format.dtype, dtype);
+      KvFormat f32 = format;
+      f32.dtype = DType::kF32;
+      EXPECT_EQ(format.bytes_per_token() * 64, f32.bytes_per_token() * 17);
+      Cluster cluster({.model = path, .worker_args = {"--kv-cache-dtype", dtype_name}});
+      ASSERT_EQ(cluster.Start(), absl::OkStatus());
+      for (int i = 0; i < 2; ++i) {
+        ExpectSameGreedyIdsAndExactKvBytes(cluster, **model, Prompt(9 + 30 * i, i, 300), 12);
+      }
+    }
+  }
+}
+
+// Prefill and decode workers with different KV cache dtypes: the router serves the first worker's
+// model and KV format, excludes the other (its fingerprint covers the format), and refuses every
+// request before a byte moves with UNAVAILABLE naming both formats and the flag to fix. (A
+// decode worker reached anyway answers FAILED_PRECONDITION: DecodeService::DoReserve.)
+TEST(Disaggregation, WorkersWithDifferentKvCacheDTypesRefuseWithBothFormats) {
+  const std::string path = SynthModel("e2e_kv_mismatch", 2);
+  launch::ProcessOptions prefill;
+  prefill.args = {"--kv-cache-dtype", "int8"};
+  Cluster cluster({.model = path, .processes = {{"prefill0", prefill}}, .first_request = false});
+  ASSERT_EQ(cluster.Start(), absl::OkStatus());
+  auto got = Complete(cluster, Greedy(Prompt(20, 1, 300), 4));
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+  for (const char* part : {"int8", "bf16", "excluded", "--kv-cache-dtype"}) {
+    EXPECT_NE(got.status().message().find(part), std::string::npos) << part << ": " << got.status();
+  }
+}
+
 // A worker told to use a transport it cannot run (a device link for a cache in host memory)
 // stops at start and says why, instead of offering something else: each role in turn.
 TEST(Disaggregation, ADeviceTransportOnACpuWorkerStopsItAtStartWithTheReason) {

@@ -28,8 +28,11 @@
 namespace pdserve {
 namespace {
 
+using testing_util::AllLogits;
 using testing_util::FreshDir;
 using testing_util::GgufWriter;
+using testing_util::GreedyTokens;
+using testing_util::MaxAbsDiff;
 using testing_util::TinyConfig;
 
 // Logits are O(1..10). The GGUF model computes the same sums with Q/K rows (hence dot-product
@@ -184,34 +187,6 @@ void ConvertToGguf(const ModelConfig& c, const std::string& dir, const std::stri
   std::ofstream(dir + "/model.gguf", std::ios::binary)
       .write(reinterpret_cast<const char*>(bytes.data()),
              static_cast<std::streamsize>(bytes.size()));
-}
-
-std::vector<float> AllLogits(Model& model, const std::vector<int32_t>& prompt) {
-  auto store = testing_util::StoreFor(model);
-  KvCache cache(*store);
-  SequenceInput in{prompt, &cache};
-  auto logits = model.Forward(std::span<const SequenceInput>(&in, 1),
-                              ForwardOptions{.all_logits = true, .on_layer_done = {}});
-  EXPECT_TRUE(logits.ok()) << logits.status();
-  return logits.ok() ? *logits : std::vector<float>{};
-}
-
-float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float d = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) d = std::max(d, std::abs(a[i] - b[i]));
-  return d;
-}
-
-std::vector<int32_t> GreedyTokens(Model& model, const std::vector<int32_t>& prompt, int n) {
-  SamplingParams greedy;
-  greedy.temperature = 0;
-  StopCriteria stop;
-  stop.max_tokens = n;
-  stop.ignore_eos = true;
-  auto result = Generate(model, prompt, greedy, stop);
-  EXPECT_TRUE(result.ok()) << result.status();
-  return result.ok() ? result->tokens : std::vector<int32_t>{};
 }
 
 TEST(GgufModel, ConvertedSyntheticModelMatchesTheSafetensorsOriginal) {
