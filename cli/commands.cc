@@ -218,7 +218,7 @@ int RunKvInfo(const KvInfoOptions& options) {
   }
   if (IsScaledKv(f.dtype)) {
     std::printf(
-        "dtype:         %s (%s, 1 byte per value + an f16 scale per %lld values: %.4g bytes per "
+        "dtype:         %s (%s, 1 byte per value + an f16 scale per %lld values: %.4f bytes per "
         "value)\n",
         std::string(DTypeName(f.dtype)).c_str(), f.dtype == DType::kI8 ? "int8 codes" : "e4m3",
         ll(DTypeGroup(f.dtype)), f.bytes_per_value());
@@ -232,6 +232,14 @@ int RunKvInfo(const KvInfoOptions& options) {
   std::printf("per block:     %s for %lld tokens\n", Bytes(f.bytes_per_block()).c_str(),
               ll(f.tokens_per_block));
   std::printf("per GiB:       %lld tokens\n", ll((int64_t{1} << 30) / f.bytes_per_token()));
+  if (f.dtype != DType::kF32) {
+    KvFormat f32 = f;
+    f32.dtype = DType::kF32;
+    std::printf("vs f32:        %s per token in f32: %.2fx fewer bytes in memory and on the wire\n",
+                Bytes(f32.bytes_per_token()).c_str(),
+                static_cast<double>(f32.bytes_per_token()) /
+                    static_cast<double>(f.bytes_per_token()));
+  }
   if (f.is_mla()) {
     std::printf("vs per-head:   %s per token had each head's K and V been cached: %.1fx more\n",
                 Bytes(f.expanded_bytes_per_token()).c_str(),
