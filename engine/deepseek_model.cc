@@ -167,21 +167,15 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
     b.o_lat = alloc(rows, heads * rank);
   } else {
     int64_t max_ctx = 0;
-    bool any_prefix = false;
-    for (const AttentionSeq& s : seqs) {
-      max_ctx = std::max(max_ctx, s.start_pos + s.q_len);
-      any_prefix = any_prefix || s.start_pos > 0;
-    }
+    for (const AttentionSeq& s : seqs) max_ctx = std::max(max_ctx, s.start_pos + s.q_len);
     b.q = alloc(rows, heads * (rope + nope));
     b.k_nope = alloc(max_ctx, heads * nope);
     b.v = alloc(max_ctx, heads * vd);
     b.k = alloc(max_ctx, heads * (rope + nope));
-    if (any_prefix) {
-      b.ctx_latent = alloc(max_ctx, rank + rope);
-      b.ctx_c = alloc(max_ctx, rank);
-      b.ctx_pe = alloc(max_ctx, rope);
-      PrepareLatentSplit(rank, rope, max_ctx, b);
-    }
+    b.ctx_latent = alloc(max_ctx, rank + rope);
+    b.ctx_c = alloc(max_ctx, rank);
+    b.ctx_pe = alloc(max_ctx, rope);
+    PrepareLatentSplit(rank, rope, max_ctx, b);
   }
   int64_t ffn = c.intermediate_size;
   if (c.moe.enabled()) {
@@ -237,16 +231,12 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
       // Q = [q_pe | q_nope] in the same order.
       be.ConcatHeads(b.q_pe, h, b.q_nope, h, h, b.q);
       for (const AttentionSeq& s : seqs) {
+        // The whole context, new rows included, read back from the pool: attention sees what
+        // the cache holds (int8, fp8 and bf16 round it), so a prompt gives the same floats with
+        // or without a cached prefix, and the same as decode steps will read.
         const int64_t ctx = s.start_pos + s.q_len;
-        Tensor c_ctx, pe_ctx;
-        if (s.start_pos == 0) {  // the context is exactly the new rows
-          c_ctx = b.c_kv.Rows(s.q_begin, s.q_len);
-          pe_ctx = b.k_pe.Rows(s.q_begin, s.q_len);
-        } else {  // a cached prefix: read the whole context back from the pool
-          ReadLatent(be, pool, s.block_table, ctx, rank, rope, b);
-          c_ctx = b.ctx_c.Rows(0, ctx);
-          pe_ctx = b.ctx_pe.Rows(0, ctx);
-        }
+        ReadLatent(be, pool, s.block_table, ctx, rank, rope, b);
+        const Tensor c_ctx = b.ctx_c.Rows(0, ctx), pe_ctx = b.ctx_pe.Rows(0, ctx);
         Tensor k_nope = b.k_nope.Rows(0, ctx), v = b.v.Rows(0, ctx), k = b.k.Rows(0, ctx);
         be.Linear(c_ctx, w.w_uk, nullptr, k_nope);
         be.Linear(c_ctx, w.w_uv, nullptr, v);
