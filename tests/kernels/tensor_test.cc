@@ -117,7 +117,9 @@ TEST(Convert, KvRowsStayWithinTheirStatedBound) {
         s = HalfToFloat(half);
         const float qmax = dtype == DType::kI8 ? 127.0f : 448.0f;
         EXPECT_GE(s, amax / qmax) << "group " << g;
-        if (half > 0) EXPECT_LT(HalfToFloat(uint16_t(half - 1)), amax / qmax) << "group " << g;
+        if (half > 0) {
+          EXPECT_LT(HalfToFloat(uint16_t(half - 1)), amax / qmax) << "group " << g;
+        }
       }
       for (int64_t i = g * 32; i < (g + 1) * 32; ++i) {
         const float xi = x[size_t(i)], err = std::abs(y[size_t(i)] - xi);
