@@ -26,6 +26,7 @@
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/device_spec.h"
 #include "launch/local_cluster.h"
 #include "pdserve/v1/generation.grpc.pb.h"
 #include "pdserve/v1/worker.grpc.pb.h"
@@ -133,16 +134,25 @@ bool Orchestrate(v1::DecodeWorker::Stub& decode, v1::PrefillWorker::Stub& prefil
 
 int Run(int argc, char** argv) {
   std::string model_path;
+  std::string kv_dtype_name = "bf16";  // the workers' default
   int requests = 30;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
       model_path = argv[++i];
     } else if (std::strcmp(argv[i], "--requests") == 0 && i + 1 < argc) {
       requests = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--kv-cache-dtype") == 0 && i + 1 < argc) {
+      kv_dtype_name = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--model PATH] [--requests N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--model PATH] [--requests N] [--kv-cache-dtype D]\n",
+                   argv[0]);
       return 2;
     }
+  }
+  const absl::StatusOr<DType> kv_dtype = ParseKvCacheDTypeFlag(kv_dtype_name);
+  if (!kv_dtype.ok()) {
+    std::fprintf(stderr, "%s\n", kv_dtype.status().ToString().c_str());
+    return 2;
   }
   // This process's backend and the workers (no --cpu-isa given) run the best level this CPU has.
   std::printf("%s\n", bench::BuildLine(BestCpuIsa()).c_str());
@@ -167,14 +177,18 @@ int Run(int argc, char** argv) {
       return 1;
     }
   }
-  CpuBackend backend(1);
+  // The one-process baseline keeps its KV cache in the workers' dtype.
+  CpuBackend backend(1, std::nullopt, true, *kv_dtype);
   auto model = LoadModel(model_path, backend);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
     return 1;
   }
   const int64_t vocab = (*model)->config().vocab_size;
-  launch::LocalCluster cluster({.model = model_path, .log_level = "warn", .run_dir = dir});
+  launch::LocalCluster cluster({.model = model_path,
+                                .worker_args = {"--kv-cache-dtype", kv_dtype_name},
+                                .log_level = "warn",
+                                .run_dir = dir});
   if (absl::Status s = cluster.Start(); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;
@@ -193,7 +207,7 @@ int Run(int argc, char** argv) {
 
   std::printf("\n1. exposed KV transfer (goal <= 0.1)\n%8s %12s %14s %14s %12s %10s\n", "prompt",
               "KV MB", "TTFT 1-proc", "TTFT disagg", "transfer", "exposed");
-  for (int n : {512, 1024, 2048}) {
+  for (int n : {256, 512, 1024, 2048}) {
     std::vector<double> single, disagg, transfer;
     for (int rep = 0; rep < 5; ++rep) {
       const auto prompt = Prompt(n, vocab, rep + 1);
