@@ -4,7 +4,10 @@
 // heads share each latent row). Prints figures; asserts none.
 //
 //   pdserve-bench-attention [--quick] [--threads N] [--cpu-isa NAME|all] [--json PATH]
+//                           [--kv-cache-dtype f32|bf16|f16|int8|fp8]
 //
+// The cache is f32 unless --kv-cache-dtype says otherwise; KV GB/s counts the bytes of that
+// dtype (scales included), so an 8-bit cache reads ~1/4 of f32's bytes per token.
 // --cpu-isa picks the compiled kernel level (x86-64-v2/v3/v4, default the best this CPU runs);
 // "all" runs the whole sweep once per supported level, one after another, then prints each
 // figure per level beside its ratio to the best level's. --json writes the figures (KV GB/s per
@@ -29,6 +32,7 @@
 #include "bench/cpu_report.h"
 #include "bench/memory_bandwidth.h"
 #include "bench/peak_flops.h"
+#include "kernels/convert.h"
 #include "kernels/paged_attention.h"
 
 namespace pdserve {
@@ -42,9 +46,15 @@ struct BenchShape {
   int n_heads, n_kv_heads, head_dim;  // GQA
   int kv_lora_rank, rope_dim;         // MLA
   int block_size;
-  // Floats of cache one token occupies in one layer (what a decode step reads).
-  int64_t RowFloats() const {
-    return mla ? kv_lora_rank + rope_dim : 2 * static_cast<int64_t>(n_kv_heads) * head_dim;
+  // Values of one pool row (K or V of one token; MLA: its latent row), and the pools (K and V;
+  // MLA: one).
+  int64_t Width() const {
+    return mla ? kv_lora_rank + rope_dim : static_cast<int64_t>(n_kv_heads) * head_dim;
+  }
+  int Streams() const { return mla ? 1 : 2; }
+  // Bytes of cache one token occupies in one layer (what a decode step reads), as `dtype`.
+  double TokenBytes(DType dtype) const {
+    return static_cast<double>(Streams()) * static_cast<double>(DTypeBytes(dtype, Width()));
   }
   // Multiply-adds per token and head group: scores plus weighted sum.
   double FmasPerToken() const {
@@ -75,9 +85,9 @@ Batch MakeBatch(int batch, int64_t context, int block_size, int64_t num_blocks, 
 // Prints one row per combo and appends its KV GB/s to `figures`.
 void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
          const std::vector<int>& batches, int threads, int reps, double bandwidth,
-         double peak_gflops, CpuIsa isa, std::vector<bench::Figure>& figures) {
+         double peak_gflops, CpuIsa isa, DType dtype, std::vector<bench::Figure>& figures) {
   // One pool sized for the largest combo that fits, reused by all of them.
-  const double row_bytes = static_cast<double>(shape.RowFloats()) * sizeof(float);
+  const double row_bytes = shape.TokenBytes(dtype);
   int64_t max_blocks = 0;
   for (int64_t c : contexts) {
     for (int b : batches) {
@@ -87,12 +97,23 @@ void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
       }
     }
   }
-  const size_t pool_floats =
-      static_cast<size_t>(max_blocks) * shape.block_size * static_cast<size_t>(shape.RowFloats());
-  // Small deterministic values; K and V (GQA) are the two halves of one allocation.
-  std::vector<float> pool(pool_floats);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < pool_floats; ++i) pool[i] = static_cast<float>(i % 97) * 1e-3f - 0.05f;
+  // Small deterministic values stored as `dtype`; K and V (GQA) are the two halves of one
+  // allocation.
+  const int64_t width = shape.Width();
+  const size_t pool_row_bytes = DTypeBytes(dtype, width);
+  const int64_t pool_rows = max_blocks * shape.block_size * shape.Streams();
+  std::vector<std::byte> pool(static_cast<size_t>(pool_rows) * pool_row_bytes);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> row(static_cast<size_t>(width));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < pool_rows; ++r) {
+      for (int64_t i = 0; i < width; ++i) {
+        row[static_cast<size_t>(i)] = static_cast<float>((r * width + i) % 97) * 1e-3f - 0.05f;
+      }
+      KvRowFromF32(row.data(), width, dtype, pool.data() + static_cast<size_t>(r) * pool_row_bytes);
+    }
+  }
   std::mt19937 rng(1);
 
   for (int64_t context : contexts) {
@@ -113,17 +134,17 @@ void Run(const BenchShape& shape, const std::vector<int64_t>& contexts,
       std::vector<float> out(static_cast<size_t>(batch * q_width));
       auto call = [&] {
         if (shape.mla) {
-          const MlaCache cache{pool.data(), blocks, shape.block_size, shape.kv_lora_rank,
-                               shape.rope_dim};
+          const MlaCache cache{pool.data(),        blocks,         shape.block_size,
+                               shape.kv_lora_rank, shape.rope_dim, dtype};
           const float* q_pe =
               q.data() + static_cast<int64_t>(batch) * shape.n_heads * shape.kv_lora_rank;
           MlaDecodeAttention(q.data(), q_pe, shape.n_heads, cache, b.seqs, 0.135f, out.data(),
                              threads, isa);
         } else {
-          const size_t half = static_cast<size_t>(blocks * shape.block_size) *
-                              static_cast<size_t>(shape.n_kv_heads * shape.head_dim);
+          const size_t half = static_cast<size_t>(blocks * shape.block_size) * pool_row_bytes;
           const PagedKv kv{pool.data(),      pool.data() + half, blocks,
-                           shape.block_size, shape.n_kv_heads,   shape.head_dim};
+                           shape.block_size, shape.n_kv_heads,   shape.head_dim,
+                           dtype};
           PagedDecodeAttention(q.data(), shape.n_heads, kv, b.seqs,
                                1.0f / std::sqrt(static_cast<float>(shape.head_dim)), out.data(),
                                threads, isa);
@@ -165,9 +186,9 @@ int main(int argc, char** argv) {
   const std::vector<CpuIsa>& isas = args->isas;
   const int reps = quick ? 3 : 5;
   bench::PrintBuildHeader(isas);
-  std::printf(
-      "pdserve attention benchmark: CPU decode kernels, f32 cache, %d threads, best of %d\n",
-      threads, reps);
+  const DType kv_dtype = args->kv_cache_dtype.value_or(DType::kF32);
+  std::printf("pdserve attention benchmark: CPU decode kernels, %s cache, %d threads, best of %d\n",
+              std::string(DTypeName(kv_dtype)).c_str(), threads, reps);
   const double bandwidth = bench::MeasureReadBandwidthGBs(threads);
   std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", threads, bandwidth);
   const BenchShape gqa{"GQA", false, 32, 8, 128, 0, 0, 16};
@@ -186,13 +207,15 @@ int main(int argc, char** argv) {
     std::printf("%-6s %7s %6s %10s %9s %9s %7s %7s\n", "kind", "context", "batch", "ms/call",
                 "KV GB/s", "GFLOP/s", "/bw", "/peak");
     runs.push_back({isa, {}});
-    Run(gqa, contexts, batches, threads, reps, bandwidth, peak, isa, runs.back().figures);
-    Run(mla, contexts, batches, threads, reps, bandwidth, peak, isa, runs.back().figures);
+    Run(gqa, contexts, batches, threads, reps, bandwidth, peak, isa, kv_dtype,
+        runs.back().figures);
+    Run(mla, contexts, batches, threads, reps, bandwidth, peak, isa, kv_dtype,
+        runs.back().figures);
   }
   std::printf(
       "GQA: Llama-3-8B layer (32 heads, 8 KV heads, head_dim 128). MLA: DeepSeek-V3 layer (128 "
-      "heads sharing one 576-float latent row): ~%.0f FLOP per byte read, so on a CPU MLA decode "
+      "heads sharing one 576-value latent row): ~%.0f FLOP per byte read, so on a CPU MLA decode "
       "is compute-bound: read its /peak, not its /bw.\n",
-      2.0 * mla.FmasPerToken() / (static_cast<double>(mla.RowFloats()) * sizeof(float)));
+      2.0 * mla.FmasPerToken() / mla.TokenBytes(kv_dtype));
   return bench::FinishReport(*args, "attention", baselines, runs);
 }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "kernels/device_spec.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -56,6 +57,13 @@ std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv, bool accept_model
         return std::nullopt;
       }
       args.isas = *std::move(parsed);
+    } else if (flag == "--kv-cache-dtype" && has_value) {
+      absl::StatusOr<DType> parsed = ParseKvCacheDTypeFlag(argv[++i]);
+      if (!parsed.ok()) {
+        std::fprintf(stderr, "error: %s\n", std::string(parsed.status().message()).c_str());
+        return std::nullopt;
+      }
+      args.kv_cache_dtype = *parsed;
     } else if (flag == "--json" && has_value) {
       args.json_path = argv[++i];
     } else if (accept_model && flag == "--model" && has_value) {
@@ -79,7 +87,7 @@ std::optional<BenchArgs> ParseBenchArgs(int argc, char** argv, bool accept_model
   if (usage_error) {
     std::fprintf(stderr,
                  "usage: %s [--quick] [--threads N] [--cpu-isa x86-64-v2|x86-64-v3|x86-64-v4|all] "
-                 "[--json PATH]%s\n",
+                 "[--json PATH] [--kv-cache-dtype f32|bf16|f16|int8|fp8]%s\n",
                  argv[0],
                  accept_model
                      ? " [--model PATH [--prompt-tokens N] [--gen-tokens N] [--streams N,N,...]]"

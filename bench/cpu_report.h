@@ -35,6 +35,8 @@ struct BenchArgs {
   int prompt_tokens = 128;
   int gen_tokens = 128;
   std::vector<int> streams;  // --streams 1,4,16: batched decode scaling (--model only)
+  // --kv-cache-dtype: the paged KV cache's storage; unset: each benchmark's own default.
+  std::optional<DType> kv_cache_dtype;
 };
 // Parses them; on a bad flag prints the error or the usage to stderr and returns nullopt (the
 // caller exits with status 2). The --model flags are accepted only when `accept_model` is true.

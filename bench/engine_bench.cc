@@ -40,6 +40,7 @@
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/device_spec.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve {
@@ -150,14 +151,15 @@ double BatchedDecodeTps(Model& model, int streams, int prompt_len, int steps) {
 // run does) and times one request.
 int RunModelFile(const bench::BenchArgs& args) {
   bench::PrintBuildHeader(args.isas);
+  const DType kv_dtype = args.kv_cache_dtype.value_or(DeviceSpec{}.kv_cache_dtype);
   std::printf(
       "pdserve engine benchmark: CPU backend, %d threads, model %s (quantized matrices kept "
-      "quantized: integer dot products on 8-bit activations), one warm-up request then one "
-      "timed\n",
-      args.threads, args.model_path.c_str());
+      "quantized: integer dot products on 8-bit activations), %s KV cache, one warm-up request "
+      "then one timed\n",
+      args.threads, args.model_path.c_str(), std::string(DTypeName(kv_dtype)).c_str());
   std::vector<bench::IsaRun> runs;
   for (CpuIsa isa : args.isas) {
-    CpuBackend backend(args.threads, isa);
+    CpuBackend backend(args.threads, isa, true, kv_dtype);
     if (args.isas.size() > 1) std::printf("\n%s\n", DescribeCpuKernels(isa).c_str());
     const auto load_start = std::chrono::steady_clock::now();
     auto model = LoadModel(args.model_path, backend);
@@ -248,11 +250,12 @@ int main(int argc, char** argv) {
   const bool quick = args->quick;
   const int threads = args->threads;
   const std::vector<CpuIsa>& isas = args->isas;
+  const DType kv_dtype = args->kv_cache_dtype.value_or(DeviceSpec{}.kv_cache_dtype);
   bench::PrintBuildHeader(isas);
   std::printf(
       "pdserve engine benchmark: CPU backend, %d threads, f32 activations (synthetic models: "
-      "bf16 weights; stories260K: f32), best of %d runs\n",
-      threads, quick ? 1 : 3);
+      "bf16 weights; stories260K: f32), %s KV cache, best of %d runs\n",
+      threads, std::string(DTypeName(kv_dtype)).c_str(), quick ? 1 : 3);
   const double bandwidth = bench::MeasureReadBandwidthGBs(threads);
   std::printf("memory read bandwidth measured now, %d threads: %.1f GB/s\n", threads, bandwidth);
 
@@ -271,7 +274,7 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(dir);  // a checkpoint left half-written by an interrupted run
   std::vector<bench::IsaRun> runs;
   for (CpuIsa isa : isas) {
-    CpuBackend backend(threads, isa);
+    CpuBackend backend(threads, isa, true, kv_dtype);
     if (isas.size() > 1) std::printf("\n%s\n", DescribeCpuKernels(isa).c_str());
     std::printf("%-28s %9s %7s %8s %14s %8s %13s %9s %6s\n", "model", "params", "threads", "prompt",
                 "prefill tok/s", "decode", "decode tok/s", "wt GB/s", "/bw");
