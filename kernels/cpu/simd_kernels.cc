@@ -160,38 +160,6 @@ void Gemv16(const float* x, int64_t m, const uint16_t* w, int64_t k, int64_t j0,
   }
 }
 
-// ---- Paged decode attention: one work item (see grouped_decode.h) ----
-
-// Pages are scattered, so the hardware prefetcher loses the stream at every block boundary:
-// while group g of one tile computes, ask for the g-th share of the next tile's K and V rows
-// (spread over the group loop so the requests do not arrive as one burst; for GQA the share is
-// group g's slice).
-struct NextTile {
-  int64_t first = -1;  // byte offset of the next tile's first row; -1 when there is none
-  int64_t rows = 0;
-};
-
-NextTile FindNextTile(const GroupedDecode& p, const PagedSeq& seq, int64_t row_bytes, int64_t t,
-                      int64_t end) {
-  if (t >= end) return {};
-  const int64_t bs = p.block_size;
-  const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
-  return {(block * bs + t % bs) * row_bytes,
-          std::min({int64_t{kDecodeTile}, bs - t % bs, end - t})};
-}
-
-void PrefetchShare(const GroupedDecode& p, const NextTile& next, int64_t row_bytes, int g) {
-  if (next.first < 0) return;
-  const int64_t b0 = row_bytes * g / p.n_groups, b1 = row_bytes * (g + 1) / p.n_groups;
-  for (int64_t r = 0; r < next.rows; ++r) {
-    const int64_t off = next.first + r * row_bytes;
-    for (int64_t b = b0; b < b1; b += 64) {
-      __builtin_prefetch(p.k + off + b, 0, 3);
-      if (p.v != p.k) __builtin_prefetch(p.v + off + b, 0, 3);
-    }
-  }
-}
-
 // ---- KV cache rows to f32 ----
 
 // The f32 value of each 8-bit code of a scaled KV type, before its group's scale.
@@ -226,7 +194,7 @@ void ScaledRowToF32(const uint8_t* codes, int64_t width, float* dst) {
 }
 
 template <typename Rows>
-void ToF32(const uint16_t* src, float* dst, size_t n);
+void ToF32(const uint16_t* src, float* dst, size_t n);  // under "Conversions" below
 
 void KvRowsToF32(DType dtype, const std::byte* src, int64_t rows, int64_t width, float* dst) {
   const size_t n = static_cast<size_t>(rows * width);
@@ -254,6 +222,36 @@ void KvRowsToF32(DType dtype, const std::byte* src, int64_t rows, int64_t width,
 }
 
 // ---- Paged decode attention: one work item (see grouped_decode.h) ----
+
+// Pages are scattered, so the hardware prefetcher loses the stream at every block boundary:
+// while group g of one tile computes, ask for the g-th share of the next tile's K and V rows
+// (spread over the group loop so the requests do not arrive as one burst; for GQA the share is
+// group g's slice).
+struct NextTile {
+  int64_t first = -1;  // byte offset of the next tile's first row; -1 when there is none
+  int64_t rows = 0;
+};
+
+NextTile FindNextTile(const GroupedDecode& p, const PagedSeq& seq, int64_t row_bytes, int64_t t,
+                      int64_t end) {
+  if (t >= end) return {};
+  const int64_t bs = p.block_size;
+  const int64_t block = seq.block_table[static_cast<size_t>(t / bs)];
+  return {(block * bs + t % bs) * row_bytes,
+          std::min({int64_t{kDecodeTile}, bs - t % bs, end - t})};
+}
+
+void PrefetchShare(const GroupedDecode& p, const NextTile& next, int64_t row_bytes, int g) {
+  if (next.first < 0) return;
+  const int64_t b0 = row_bytes * g / p.n_groups, b1 = row_bytes * (g + 1) / p.n_groups;
+  for (int64_t r = 0; r < next.rows; ++r) {
+    const int64_t off = next.first + r * row_bytes;
+    for (int64_t b = b0; b < b1; b += 64) {
+      __builtin_prefetch(p.k + off + b, 0, 3);
+      if (p.v != p.k) __builtin_prefetch(p.v + off + b, 0, 3);
+    }
+  }
+}
 
 // A tile of K or V rows as f32: in place for an f32 pool, else converted into `scratch`.
 struct F32Tile {
