@@ -107,9 +107,6 @@ void ConvertFromF32(const float* src, DType dst_dtype, void* dst, size_t count) 
   }
 }
 
-}  // namespace pdserve
-
-namespace pdserve {
 namespace {
 
 constexpr int64_t kKvGroup = DTypeGroup(DType::kI8);

@@ -163,6 +163,7 @@ void PagedDecodeAttention(const float* q, int n_heads, const PagedKv& kv,
   p.v = static_cast<const std::byte*>(kv.v);
   p.kv_dtype = kv.dtype;
   p.row_width = static_cast<int64_t>(kv.n_kv_heads) * kv.head_dim;
+  PDSERVE_KERNEL_CHECK(IsKvCacheDType(kv.dtype) && p.row_width % DTypeGroup(kv.dtype) == 0);
   p.group_offset = kv.head_dim;
   p.block_size = kv.block_size;
   p.dv = kv.head_dim;
@@ -189,6 +190,7 @@ void MlaDecodeAttention(const float* q_lat, const float* q_pe, int n_heads, cons
   p.v = p.k;  // the value is the c_kv prefix of the same row
   p.kv_dtype = cache.dtype;
   p.row_width = static_cast<int64_t>(cache.kv_lora_rank) + cache.rope_dim;
+  PDSERVE_KERNEL_CHECK(IsKvCacheDType(cache.dtype) && p.row_width % DTypeGroup(cache.dtype) == 0);
   p.group_offset = 0;
   p.block_size = cache.block_size;
   p.dv = cache.kv_lora_rank;
