@@ -8,16 +8,13 @@ namespace pdserve {
 
 KvStore::KvStore(Backend& backend, const KvFormat& format, int64_t num_blocks)
     : format_(format), pool_(format, num_blocks) {
-  const int64_t tpb = format.tokens_per_block;
+  // Per layer, one pool per cached stream in payload order: {K, V}, or MLA's {latent}.
+  const std::vector<int64_t> widths = format.pool_widths();
   for (int64_t l = 0; l < format.num_layers; ++l) {
-    if (format.is_mla()) {
-      k_.push_back(backend.Allocate(
-          format.dtype, Shape{num_blocks, tpb, format.kv_lora_rank + format.qk_rope_head_dim}));
-    } else {
-      k_.push_back(backend.Allocate(
-          format.dtype, Shape{num_blocks, tpb, format.num_kv_heads * format.k_head_dim}));
-      v_.push_back(backend.Allocate(
-          format.dtype, Shape{num_blocks, tpb, format.num_kv_heads * format.v_head_dim}));
+    for (size_t i = 0; i < widths.size(); ++i) {
+      (i == 0 ? k_ : v_)
+          .push_back(backend.Allocate(format.dtype,
+                                      Shape{num_blocks, format.tokens_per_block, widths[i]}));
     }
   }
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
@@ -45,6 +46,22 @@ inline std::chrono::milliseconds DrainGrace(const WorkerFlags& flags) {
   return absl::ToChronoMilliseconds(grace);
 }
 
+// A CLI11 check from a flag parser returning absl::Status or absl::StatusOr: accepts a value the
+// parser takes, else fails with the parser's message.
+template <typename Parse>
+auto StatusCheck(Parse parse) {
+  return [parse](const std::string& text) {
+    const auto parsed = parse(text);
+    absl::Status status;
+    if constexpr (std::is_same_v<std::decay_t<decltype(parsed)>, absl::Status>) {
+      status = parsed;
+    } else {
+      status = parsed.status();
+    }
+    return status.ok() ? std::string() : std::string(status.message());
+  };
+}
+
 // Declares the flags above on `app` (--model, --listen, --threads, --kv-blocks, --kv-cache-mb,
 // --port-file, --log-level, --cpu-isa, --device, --enforce-eager, --dequantize-weights,
 // --kv-cache-dtype, --kv-transport, --tls-*, --drain-grace, --kv-plaintext, --metrics-*), writing
@@ -71,10 +88,7 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
          "Where the model and its KV cache live: cpu, or cuda / cuda:N (a GPU's KV moves over "
          "TCP staged through host memory)")
       ->capture_default_str()
-      ->check([](const std::string& text) {
-        absl::StatusOr<DeviceSpec> spec = ParseDevice(text);
-        return spec.ok() ? std::string() : std::string(spec.status().message());
-      });
+      ->check(StatusCheck(ParseDevice));
   app.add_flag("--enforce-eager", flags.enforce_eager,
                "With --device cuda: run every op as it comes instead of replaying decode steps as "
                "CUDA graphs (slower; to debug or to rule graphs out)");
@@ -86,20 +100,14 @@ inline void AddWorkerFlags(CLI::App& app, WorkerFlags& flags) {
                  "an f16 scale per 32 values (3.76x fewer bytes than f32; CPU only). Prefill and "
                  "decode workers must use the same")
       ->capture_default_str()
-      ->check([](const std::string& text) {
-        absl::StatusOr<DType> dtype = ParseKvCacheDTypeFlag(text);
-        return dtype.ok() ? std::string() : std::string(dtype.status().message());
-      });
+      ->check(StatusCheck(ParseKvCacheDTypeFlag));
   app.add_option("--kv-transport", flags.kv_transport,
                  "How KV moves between prefill and decode workers: auto (the best both sides "
                  "run: cuda-ipc between GPU workers on one machine, else nccl between GPU "
                  "workers, else tcp), tcp (a GPU worker's KV staged through host memory), "
                  "cuda-ipc or nccl (GPU workers on both sides)")
       ->capture_default_str()
-      ->check([](const std::string& text) {
-        absl::Status s = CheckKvTransportFlag(text);
-        return s.ok() ? std::string() : std::string(s.message());
-      });
+      ->check(StatusCheck(CheckKvTransportFlag));
   rpc::AddTlsFlags(app, flags.tls);
   app.add_option("--drain-grace", flags.drain_grace,
                  "On SIGTERM, how long requests in flight may take to finish before they are cut "

@@ -259,9 +259,8 @@ struct F32Tile {
   int64_t stride;  // floats from one row to the next
 };
 
-F32Tile TileAsF32(const GroupedDecode& p, const std::byte* pool, int64_t first_row, int rows,
-                  std::vector<float>& scratch) {
-  const int64_t row_bytes = static_cast<int64_t>(DTypeBytes(p.kv_dtype, p.row_width));
+F32Tile TileAsF32(const GroupedDecode& p, const std::byte* pool, int64_t row_bytes,
+                  int64_t first_row, int rows, std::vector<float>& scratch) {
   const std::byte* src = pool + first_row * row_bytes;
   if (p.kv_dtype == DType::kF32) return {reinterpret_cast<const float*>(src), p.row_width};
   scratch.resize(static_cast<size_t>(kDecodeTile * p.row_width));
@@ -294,8 +293,9 @@ void DecodeAttentionItem(const GroupedDecode& p, const PagedSeq& seq, const Deco
     const int64_t slot = t % bs;
     const int rows = static_cast<int>(std::min({int64_t{kDecodeTile}, bs - slot, it.t1 - t}));
     const NextTile next = FindNextTile(p, seq, row_bytes, t + rows, it.t1);
-    const F32Tile kt = TileAsF32(p, p.k, block * bs + slot, rows, ws.k_tile);
-    const F32Tile vt = p.v == p.k ? kt : TileAsF32(p, p.v, block * bs + slot, rows, ws.v_tile);
+    const F32Tile kt = TileAsF32(p, p.k, row_bytes, block * bs + slot, rows, ws.k_tile);
+    const F32Tile vt =
+        p.v == p.k ? kt : TileAsF32(p, p.v, row_bytes, block * bs + slot, rows, ws.v_tile);
     for (int g = 0; g < p.n_groups; ++g) {
       PrefetchShare(p, next, row_bytes, g);
       const float* k = kt.rows + g * p.group_offset;
